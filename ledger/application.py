@@ -1,0 +1,71 @@
+"""The event-sourced application: where the `eventsourcing` library is configured."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+
+from ledger.domain.position import Position
+from ledger.store.index_ops import ReservationRow
+
+SNAPSHOT_INTERVAL = 200
+READ_CACHE_SIZE = 10_000
+
+
+class InventoryLedger(Application):
+    """All ledger aggregates share one notification log (one global order)."""
+
+    # Pinned: the PostgreSQL table names derive from it (ledger_events, ...).
+    name = "Ledger"
+    snapshotting_intervals = {Position: SNAPSHOT_INTERVAL}  # noqa: RUF012
+
+    def __init__(self, env: dict[str, str]) -> None:
+        if "PERSISTENCE_MODULE" not in env:
+            raise ValueError("PERSISTENCE_MODULE must be set explicitly")
+        defaults = {
+            "AGGREGATE_CACHE_MAXSIZE": str(READ_CACHE_SIZE),
+            "AGGREGATE_CACHE_FASTFORWARD": "y",
+        }
+        super().__init__(env={**defaults, **env})
+
+    def find(self, aggregate_id: UUID) -> Any | None:
+        """The current aggregate, or None when it has no events."""
+        try:
+            return self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+
+    # Index lookups, answered by the ledger recorder subclasses (ledger.store).
+
+    def notification_id_of(self, aggregate_id: UUID, version: int) -> int | None:
+        return self.recorder.notification_id_of(aggregate_id, version)  # type: ignore[attr-defined]
+
+    def locations_of(self, sku: str) -> list[str]:
+        rows = self.recorder.select_positions(  # type: ignore[attr-defined]
+            sku=sku, location_id=None, after=("", ""), limit=100_000
+        )
+        return [location for _, location in rows]
+
+    def select_positions(
+        self, *, sku: str | None, location_id: str | None, after: tuple[str, str], limit: int
+    ) -> list[tuple[str, str]]:
+        return self.recorder.select_positions(  # type: ignore[attr-defined]
+            sku=sku, location_id=location_id, after=after, limit=limit
+        )
+
+    def select_reservations(
+        self, *, channel: str, order_ref: str | None, after: str, limit: int
+    ) -> list[ReservationRow]:
+        return self.recorder.select_reservations(  # type: ignore[attr-defined]
+            channel=channel, order_ref=order_ref, after=after, limit=limit
+        )
+
+    def select_due_reservations(self, *, now_us: int, limit: int) -> list[str]:
+        return self.recorder.select_due_reservations(  # type: ignore[attr-defined]
+            now_us=now_us, limit=limit
+        )
+
+    def head_position(self) -> int:
+        return self.recorder.max_notification_id() or 0

@@ -1,0 +1,84 @@
+"""Configuration: command-line flags over environment variables over defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DATABASE_URL = "sqlite:///./ledger.db"
+
+
+class ConfigError(ValueError):
+    """Raised when configuration is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = DEFAULT_LISTEN
+    database_url: str = DEFAULT_DATABASE_URL
+    expiry_sweep_seconds: float = 1.0
+    grace_seconds: float = 5.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    page_token_secret: str = "inventory-ledger-page-token"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "listen": os.environ.get("LEDGER_LISTEN", DEFAULT_LISTEN),
+            "database_url": os.environ.get("LEDGER_DATABASE_URL", DEFAULT_DATABASE_URL),
+            "expiry_sweep_seconds": float(os.environ.get("LEDGER_EXPIRY_SWEEP_SECONDS", "1.0")),
+            "page_token_secret": os.environ.get(
+                "LEDGER_PAGE_TOKEN_SECRET", "inventory-ledger-page-token"
+            ),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def eventsourcing_env(database_url: str) -> dict[str, str]:
+    """Translate a database URL into the `eventsourcing` library's environment.
+
+    Persistence is always set explicitly: an unset PERSISTENCE_MODULE silently means in-memory.
+    """
+    parts = urlsplit(database_url)
+    if parts.scheme == "sqlite":
+        path = unquote(parts.path)
+        # sqlite:///relative.db -> "relative.db"; sqlite:////abs/path.db -> "/abs/path.db"
+        path = path[1:] if path.startswith("/") else path
+        if not path:
+            raise ConfigError(f"no database file in {database_url!r}")
+        if path != ":memory:":
+            parent = Path(path).expanduser().resolve().parent
+            if not parent.is_dir():
+                raise ConfigError(f"directory of the database file does not exist: {parent}")
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": path,
+            "SQLITE_LOCK_TIMEOUT": "10",
+            "APPLICATION_RECORDER_TOPIC": "ledger.store.sqlite_recorder:LedgerSQLiteRecorder",
+        }
+    if parts.scheme in ("postgresql", "postgres"):
+        if not parts.path.strip("/"):
+            raise ConfigError(f"no database name in {database_url!r}")
+        query = parse_qs(parts.query)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": unquote(parts.path.strip("/")),
+            "POSTGRES_HOST": unquote(parts.hostname or "127.0.0.1"),
+            "POSTGRES_PORT": str(parts.port or 5432),
+            "POSTGRES_USER": unquote(parts.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(parts.password or ""),
+            "POSTGRES_SCHEMA": query.get("schema", ["public"])[0],
+            "POSTGRES_POOL_SIZE": query.get("pool_size", ["4"])[0],
+            "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", ["8"])[0],
+            # Fail fast (then UNAVAILABLE) rather than hang a caller for the 30 s default.
+            "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", ["5"])[0],
+            "POSTGRES_LOCK_TIMEOUT": "10",
+            "APPLICATION_RECORDER_TOPIC": "ledger.store.postgres_recorder:LedgerPostgresRecorder",
+        }
+    raise ConfigError(
+        f"unsupported database URL {database_url!r}: use sqlite:///PATH or postgresql://..."
+    )

@@ -1,0 +1,82 @@
+"""Pure availability arithmetic of SPEC §2, over any object with a position's state attributes.
+
+Kept free of the event store so the aggregate, projections and as-of replays share one formula.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+HOLD_ACTIVE = "ACTIVE"
+HOLD_COMMITTED = "COMMITTED"
+
+
+class PositionState(Protocol):
+    on_hand: int
+    safety_stock: int
+    fences: dict[str, int]
+    holds: dict[str, dict[str, Any]]
+
+
+def hold_open_qty(hold: dict[str, Any]) -> int:
+    return int(hold["qty"]) - int(hold["shipped"])
+
+
+def hold_blocks(hold: dict[str, Any], now: datetime) -> bool:
+    """A hold counts against stock while COMMITTED, or while ACTIVE and not yet expired."""
+    if hold["status"] == HOLD_COMMITTED:
+        return True
+    return hold["status"] == HOLD_ACTIVE and now < hold["expires_at"]
+
+
+def reserved(position: PositionState, now: datetime) -> int:
+    return sum(
+        hold_open_qty(h)
+        for h in position.holds.values()
+        if h["status"] == HOLD_ACTIVE and now < h["expires_at"]
+    )
+
+
+def allocated(position: PositionState) -> int:
+    return sum(hold_open_qty(h) for h in position.holds.values() if h["status"] == HOLD_COMMITTED)
+
+
+def available(position: PositionState, now: datetime) -> int:
+    """ATP: on_hand - reserved - allocated - safety_stock (may be negative)."""
+    return position.on_hand - reserved(position, now) - allocated(position) - position.safety_stock
+
+
+def channel_demand(position: PositionState, channel: str, now: datetime) -> int:
+    return sum(
+        hold_open_qty(h)
+        for h in position.holds.values()
+        if h["channel"] == channel and hold_blocks(h, now)
+    )
+
+
+def unused_fences(position: PositionState, now: datetime) -> dict[str, int]:
+    return {
+        channel: max(0, fence - channel_demand(position, channel, now))
+        for channel, fence in position.fences.items()
+    }
+
+
+def available_to(position: PositionState, channel: str, now: datetime) -> int:
+    """What ``channel`` may still reserve: ATP less the other channels' unused ring-fences."""
+    others = sum(qty for c, qty in unused_fences(position, now).items() if c != channel)
+    return max(0, available(position, now) - others)
+
+
+def fence_raise_allowed(
+    position: PositionState, channel: str, new_fence: int, now: datetime
+) -> tuple[bool, int]:
+    """Whether setting ``fence[channel] = new_fence`` keeps Σ unused_fence ≤ max(0, available).
+
+    Lowering a fence is always allowed. Returns (allowed, Σ unused_fence after the change).
+    """
+    unused = unused_fences(position, now)
+    unused[channel] = max(0, new_fence - channel_demand(position, channel, now))
+    total = sum(unused.values())
+    lowering = new_fence <= position.fences.get(channel, 0)
+    return lowering or total <= max(0, available(position, now)), total

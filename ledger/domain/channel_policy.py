@@ -1,0 +1,61 @@
+"""Per-channel publishing policy (SPEC §4.3): eligible locations, share, buffer, cap."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import Aggregate
+
+CHANNEL_NAMESPACE = UUID("a3d5c3c4-52a9-4bd4-8f3c-7f1de0b6a0c2")
+
+
+def channel_policy_id(channel: str) -> UUID:
+    return uuid5(CHANNEL_NAMESPACE, channel)
+
+
+class ChannelPolicy(Aggregate):
+    """No policy means: every location, 100 %, no buffer, no cap."""
+
+    class Created(Aggregate.Created):
+        channel: str
+        recorded_at: datetime
+
+    class Set(Aggregate.Event):
+        eligible_location_ids: list[str]
+        share_percent: int
+        buffer: int
+        max_publish: int
+        recorded_at: datetime
+        request_id: str
+        correlation_id: str
+        actor: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.eligible_location_ids = list(self.eligible_location_ids)
+            aggregate.share_percent = self.share_percent
+            aggregate.buffer = self.buffer
+            aggregate.max_publish = self.max_publish
+            aggregate.updated_at = self.recorded_at
+
+    @staticmethod
+    def create_id(channel: str) -> UUID:
+        return channel_policy_id(channel)
+
+    def __init__(self, channel: str, recorded_at: datetime) -> None:
+        self.channel = channel
+        self.eligible_location_ids: list[str] = []
+        self.share_percent = 100
+        self.buffer = 0
+        self.max_publish = 0
+        self.updated_at = recorded_at
+
+    def is_eligible(self, location_id: str) -> bool:
+        return not self.eligible_location_ids or location_id in self.eligible_location_ids
+
+    def channel_available(self, available_to_by_location: dict[str, int]) -> int:
+        """clamp(floor(Σ eligible available_to × share / 100) − buffer, 0, max_publish or ∞)."""
+        total = sum(q for loc, q in available_to_by_location.items() if self.is_eligible(loc))
+        value = max(0, total * self.share_percent // 100 - self.buffer)
+        return min(value, self.max_publish) if self.max_publish else value

@@ -1,0 +1,477 @@
+"""The position aggregate: stock of one SKU at one location, folded from immutable events.
+
+Every event's ``apply`` is a pure fold over the position's state attributes, so the same
+code reconstructs the aggregate, feeds projections and replays history as of an instant.
+Folds decide from state (never from flags computed at write time), which keeps them valid
+whatever order a replay takes (SPEC §3 effective axis).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import Aggregate
+
+from ledger.domain import availability
+from ledger.domain.availability import HOLD_ACTIVE, HOLD_COMMITTED
+from ledger.domain.movements import Disposition, FromBucket, Movement, MovementType
+
+POSITION_NAMESPACE = UUID("6f1c1e6e-3f0b-4a51-9d43-5b9a4f7c2a10")
+
+
+def position_id(sku: str, location_id: str) -> UUID:
+    """Deterministic id: the same SKU-location always maps to the same aggregate."""
+    return uuid5(POSITION_NAMESPACE, f"{len(sku)}:{sku}|{location_id}")
+
+
+@dataclass(frozen=True)
+class EventMeta:
+    """Provenance recorded on every event (SPEC §2 last paragraph)."""
+
+    occurred_at: datetime
+    recorded_at: datetime
+    source: str
+    message_id: str
+    request_id: str
+    correlation_id: str
+    actor: str
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "occurred_at": self.occurred_at,
+            "recorded_at": self.recorded_at,
+            "source": self.source,
+            "message_id": self.message_id,
+            "request_id": self.request_id,
+            "correlation_id": self.correlation_id,
+            "actor": self.actor,
+        }
+
+
+def _check(condition: bool, message: str) -> None:
+    # Explicit raise: `python -O` strips assert statements.
+    if not condition:
+        raise AssertionError(message)
+
+
+class Position(Aggregate):
+    """Buckets of SPEC §2 for one ``(sku, location_id)``; reservations live here as holds."""
+
+    class Event(Aggregate.Event):
+        occurred_at: datetime
+        recorded_at: datetime
+        source: str
+        message_id: str
+        request_id: str
+        correlation_id: str
+        actor: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.updated_at = self.recorded_at
+
+    class Opened(Event, Aggregate.Created):
+        sku: str
+        location_id: str
+
+    @staticmethod
+    def create_id(sku: str, location_id: str) -> UUID:
+        return position_id(sku, location_id)
+
+    def __init__(
+        self,
+        sku: str,
+        location_id: str,
+        occurred_at: datetime,
+        recorded_at: datetime,
+        source: str,
+        message_id: str,
+        request_id: str,
+        correlation_id: str,
+        actor: str,
+    ) -> None:
+        self.sku = sku
+        self.location_id = location_id
+        init_state(self)
+        self.updated_at = recorded_at
+
+    @classmethod
+    def open(cls, sku: str, location_id: str, meta: EventMeta) -> Position:
+        return cls._create(cls.Opened, sku=sku, location_id=location_id, **meta.fields())
+
+    # ---- facts -----------------------------------------------------------------------------
+
+    class Received(Event):
+        qty: int
+        putaway_pending: bool
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            if self.putaway_pending:
+                aggregate.receiving += self.qty
+            else:
+                aggregate.on_hand += self.qty
+
+    class PutAway(Event):
+        qty: int
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            aggregate.receiving -= self.qty
+            aggregate.on_hand += self.qty
+
+    class Shipped(Event):
+        qty: int
+        reservation_id: str | None
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            aggregate.on_hand -= self.qty
+            hold = aggregate.holds.get(self.reservation_id) if self.reservation_id else None
+            if hold is not None:
+                hold["shipped"] += min(self.qty, availability.hold_open_qty(hold))
+                if availability.hold_open_qty(hold) == 0:
+                    del aggregate.holds[self.reservation_id]
+
+    class Adjusted(Event):
+        delta: int
+        reason: str
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            aggregate.on_hand += self.delta
+
+    class Counted(Event):
+        counted: int
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            if is_stale_count(aggregate, self.occurred_at):
+                return
+            aggregate.on_hand = self.counted
+            aggregate.last_count_at = self.occurred_at
+
+    class Quarantined(Event):
+        qty: int
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            aggregate.on_hand -= self.qty
+            aggregate.quarantine += self.qty
+
+    class QuarantineReleased(Event):
+        qty: int
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            aggregate.quarantine -= self.qty
+            aggregate.on_hand += self.qty
+
+    class Damaged(Event):
+        qty: int
+        from_bucket: str
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            if self.from_bucket == FromBucket.QUARANTINE:
+                aggregate.quarantine -= self.qty
+            else:
+                aggregate.on_hand -= self.qty
+            aggregate.damaged += self.qty
+
+    class WrittenOff(Event):
+        qty: int
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            aggregate.damaged -= self.qty
+
+    class TransferDispatched(Event):
+        """Source leg: stock leaves on_hand towards ``to_location_id``."""
+
+        qty: int
+        transfer_id: str
+        to_location_id: str
+        expected_at: datetime | None
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            aggregate.on_hand -= self.qty
+
+    class TransferInbound(Event):
+        """Destination leg of a dispatch, written in the same transaction as the source leg."""
+
+        qty: int
+        transfer_id: str
+        from_location_id: str
+        expected_at: datetime | None
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            transfer = _inbound_transfer(aggregate, self.transfer_id)
+            before = inbound_outstanding(transfer)
+            transfer["dispatched"] += self.qty
+            transfer["from_location_id"] = self.from_location_id
+            transfer["expected_at"] = self.expected_at
+            transfer["dispatched_at"] = transfer["dispatched_at"] or self.occurred_at
+            aggregate.in_transit_inbound += inbound_outstanding(transfer) - before
+            _forget_settled_transfer(aggregate, self.transfer_id)
+
+    class TransferReceived(Event):
+        qty: int
+        transfer_id: str
+        final: bool
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            transfer = _inbound_transfer(aggregate, self.transfer_id)
+            before = inbound_outstanding(transfer)
+            transfer["received"] += self.qty
+            if self.final:
+                transfer["closed"] = True
+            aggregate.in_transit_inbound += inbound_outstanding(transfer) - before
+            aggregate.on_hand += self.qty
+            _forget_settled_transfer(aggregate, self.transfer_id)
+
+    class ReturnReceived(Event):
+        qty: int
+        disposition: str
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            if self.disposition == Disposition.QUARANTINE:
+                aggregate.quarantine += self.qty
+            elif self.disposition == Disposition.DAMAGED:
+                aggregate.damaged += self.qty
+            else:
+                aggregate.on_hand += self.qty
+
+    # ---- policies ---------------------------------------------------------------------------
+
+    class SafetyStockSet(Event):
+        qty: int
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            aggregate.safety_stock = self.qty
+
+    class ChannelFenceSet(Event):
+        channel: str
+        qty: int
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            if self.qty == 0:
+                aggregate.fences.pop(self.channel, None)
+            else:
+                aggregate.fences[self.channel] = self.qty
+
+    # ---- holds (the position side of reservations) -----------------------------------------
+
+    class HoldPlaced(Event):
+        reservation_id: str
+        channel: str
+        order_ref: str
+        qty: int
+        expires_at: datetime
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            _check(self.reservation_id not in aggregate.holds, "hold placed twice")
+            aggregate.holds[self.reservation_id] = {
+                "channel": self.channel,
+                "order_ref": self.order_ref,
+                "status": HOLD_ACTIVE,
+                "qty": self.qty,
+                "shipped": 0,
+                "expires_at": self.expires_at,
+            }
+
+    class HoldCommitted(Event):
+        reservation_id: str
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            hold = aggregate.holds.get(self.reservation_id)
+            if hold is not None:
+                hold["status"] = HOLD_COMMITTED
+
+    class HoldReleased(Event):
+        """The hold stops counting: released by the caller, or expired (``reason``)."""
+
+        reservation_id: str
+        reason: str
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            aggregate.holds.pop(self.reservation_id, None)
+
+    # ---- commands (validate first, then trigger: a rejected command changes nothing) -------
+
+    def record(self, movement: Movement, meta: EventMeta) -> None:
+        """Record a fact at this position. Facts are never refused for lack of stock."""
+        kind = movement.type
+        qty = movement.qty or 0
+        if kind is MovementType.RECEIPT:
+            self.trigger_event(
+                self.Received, qty=qty, putaway_pending=movement.putaway_pending, **meta.fields()
+            )
+        elif kind is MovementType.PUTAWAY:
+            self.trigger_event(self.PutAway, qty=qty, **meta.fields())
+        elif kind is MovementType.SHIPMENT:
+            self.trigger_event(
+                self.Shipped, qty=qty, reservation_id=movement.reservation_id, **meta.fields()
+            )
+        elif kind is MovementType.ADJUSTMENT:
+            self.trigger_event(
+                self.Adjusted, delta=movement.delta, reason=movement.reason or "", **meta.fields()
+            )
+        elif kind is MovementType.CYCLE_COUNT:
+            self.trigger_event(self.Counted, counted=movement.counted, **meta.fields())
+        elif kind is MovementType.QUARANTINE:
+            self.trigger_event(self.Quarantined, qty=qty, **meta.fields())
+        elif kind is MovementType.QUARANTINE_RELEASE:
+            self.trigger_event(self.QuarantineReleased, qty=qty, **meta.fields())
+        elif kind is MovementType.DAMAGE:
+            from_bucket = (movement.from_bucket or FromBucket.ON_HAND).value
+            self.trigger_event(self.Damaged, qty=qty, from_bucket=from_bucket, **meta.fields())
+        elif kind is MovementType.WRITE_OFF:
+            self.trigger_event(self.WrittenOff, qty=qty, **meta.fields())
+        elif kind is MovementType.TRANSFER_DISPATCH:
+            self.trigger_event(
+                self.TransferDispatched,
+                qty=qty,
+                transfer_id=movement.transfer_id,
+                to_location_id=movement.to_location_id,
+                expected_at=movement.expected_at,
+                **meta.fields(),
+            )
+        elif kind is MovementType.TRANSFER_RECEIPT:
+            self.trigger_event(
+                self.TransferReceived,
+                qty=qty,
+                transfer_id=movement.transfer_id,
+                final=movement.final,
+                **meta.fields(),
+            )
+        elif kind is MovementType.RETURN_RECEIPT:
+            disposition = (movement.disposition or Disposition.RESTOCK).value
+            self.trigger_event(
+                self.ReturnReceived, qty=qty, disposition=disposition, **meta.fields()
+            )
+        else:  # pragma: no cover - MovementType is closed
+            raise AssertionError(f"unhandled movement type {kind}")
+
+    def record_inbound_transfer(self, movement: Movement, meta: EventMeta) -> None:
+        """The destination leg of ``transfer_dispatch`` (this position is the destination)."""
+        _check(movement.type is MovementType.TRANSFER_DISPATCH, "not a dispatch")
+        self.trigger_event(
+            self.TransferInbound,
+            qty=movement.qty,
+            transfer_id=movement.transfer_id,
+            from_location_id=movement.location_id,
+            expected_at=movement.expected_at,
+            **meta.fields(),
+        )
+
+    def set_safety_stock(self, qty: int, meta: EventMeta) -> None:
+        _check(qty >= 0, "safety stock must not be negative")
+        self.trigger_event(self.SafetyStockSet, qty=qty, **meta.fields())
+
+    def set_channel_fence(self, channel: str, qty: int, meta: EventMeta) -> None:
+        """Caller checks :func:`availability.fence_raise_allowed` first."""
+        _check(qty >= 0, "fence must not be negative")
+        self.trigger_event(self.ChannelFenceSet, channel=channel, qty=qty, **meta.fields())
+
+    def place_hold(
+        self,
+        reservation_id: str,
+        channel: str,
+        order_ref: str,
+        qty: int,
+        expires_at: datetime,
+        meta: EventMeta,
+    ) -> None:
+        """Caller checks ``qty <= available_to(channel)`` across all lines first."""
+        _check(qty > 0, "hold quantity must be positive")
+        self.trigger_event(
+            self.HoldPlaced,
+            reservation_id=reservation_id,
+            channel=channel,
+            order_ref=order_ref,
+            qty=qty,
+            expires_at=expires_at,
+            **meta.fields(),
+        )
+
+    def commit_hold(self, reservation_id: str, meta: EventMeta) -> None:
+        self.trigger_event(self.HoldCommitted, reservation_id=reservation_id, **meta.fields())
+
+    def release_hold(self, reservation_id: str, reason: str, meta: EventMeta) -> None:
+        self.trigger_event(
+            self.HoldReleased, reservation_id=reservation_id, reason=reason, **meta.fields()
+        )
+
+    # ---- queries ------------------------------------------------------------------------------
+
+    def reserved(self, now: datetime) -> int:
+        return availability.reserved(self, now)
+
+    def allocated(self) -> int:
+        return availability.allocated(self)
+
+    def available(self, now: datetime) -> int:
+        return availability.available(self, now)
+
+    def available_to(self, channel: str, now: datetime) -> int:
+        return availability.available_to(self, channel, now)
+
+
+def init_state(target: Any) -> None:
+    """Zero buckets; shared by the aggregate and by plain replays (as-of, projections)."""
+    target.on_hand = 0
+    target.receiving = 0
+    target.quarantine = 0
+    target.damaged = 0
+    target.in_transit_inbound = 0
+    target.safety_stock = 0
+    target.fences = {}
+    target.holds = {}
+    target.inbound = {}
+    target.last_count_at = None
+    target.updated_at = None
+
+
+def is_stale_count(position: Any, occurred_at: datetime) -> bool:
+    """A count older than the newest applied count changes nothing (STALE_COUNT)."""
+    return position.last_count_at is not None and occurred_at < position.last_count_at
+
+
+def inbound_outstanding(transfer: dict[str, Any]) -> int:
+    if transfer["closed"]:
+        return 0
+    return max(0, transfer["dispatched"] - transfer["received"])
+
+
+def _inbound_transfer(position: Any, transfer_id: str) -> dict[str, Any]:
+    transfer = position.inbound.get(transfer_id)
+    if transfer is None:
+        transfer = {
+            "from_location_id": "",
+            "dispatched": 0,
+            "received": 0,
+            "closed": False,
+            "expected_at": None,
+            "dispatched_at": None,
+        }
+        position.inbound[transfer_id] = transfer
+    return transfer
+
+
+def _forget_settled_transfer(position: Any, transfer_id: str) -> None:
+    """Keep state small: a transfer dispatched and fully received (or closed) is done."""
+    transfer = position.inbound[transfer_id]
+    if transfer["closed"] or (transfer["dispatched"] > 0 and inbound_outstanding(transfer) == 0):
+        del position.inbound[transfer_id]

@@ -1,0 +1,166 @@
+"""A unit of work: the aggregates one command (or, later, one batch) reads and writes.
+
+Only the pipeline's writer thread creates units of work, so the aggregate cache below is
+single-threaded by construction and commands on one aggregate never race inside a process.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Recording
+
+from ledger.application import InventoryLedger
+from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
+from ledger.domain.idempotency import IdempotencyKey
+from ledger.domain.position import EventMeta, Position, position_id
+from ledger.domain.reservation import Reservation
+from ledger.store.index_ops import IndexOp, PositionIndexed
+
+
+class AggregateCache:
+    """LRU of aggregates owned by the writer thread, fast-forwarded on every first touch.
+
+    Fast-forwarding (one indexed query) means reads are never stale by more than the
+    transactions in flight elsewhere; those surface as IntegrityError on save and are retried.
+    """
+
+    def __init__(self, app: InventoryLedger, maxsize: int = 20_000) -> None:
+        self._app = app
+        self._maxsize = maxsize
+        self._items: OrderedDict[UUID, Any] = OrderedDict()
+
+    def load(self, aggregate_id: UUID) -> Any | None:
+        aggregate = self._items.get(aggregate_id)
+        if aggregate is None:
+            try:
+                aggregate = self._app.repository.get(aggregate_id)
+            except AggregateNotFoundError:
+                return None
+        else:
+            for event in self._app.events.get(aggregate_id, gt=aggregate.version):
+                event.mutate(aggregate)
+        self.put(aggregate)
+        return aggregate
+
+    def put(self, aggregate: Any) -> None:
+        self._items[aggregate.id] = aggregate
+        self._items.move_to_end(aggregate.id)
+        while len(self._items) > self._maxsize:
+            self._items.popitem(last=False)
+
+    def evict(self, aggregate_ids: Iterable[UUID]) -> None:
+        for aggregate_id in aggregate_ids:
+            self._items.pop(aggregate_id, None)
+
+
+Finisher = Callable[[list[Recording]], Any]
+
+
+class UnitOfWork:
+    def __init__(self, app: InventoryLedger, cache: AggregateCache, now: datetime) -> None:
+        self.app = app
+        self.now = now
+        self._cache = cache
+        self._seen: dict[UUID, Any] = {}
+        self._keys: dict[UUID, IdempotencyKey] = {}
+        self.index_ops: list[IndexOp] = []
+
+    @property
+    def seen_ids(self) -> list[UUID]:
+        return list(self._seen)
+
+    def _load(self, aggregate_id: UUID) -> Any | None:
+        if aggregate_id in self._seen:
+            return self._seen[aggregate_id]
+        aggregate = self._cache.load(aggregate_id)
+        if aggregate is not None:
+            self._seen[aggregate_id] = aggregate
+        return aggregate
+
+    # ---- aggregates --------------------------------------------------------------------------
+
+    def find_position(self, sku: str, location_id: str) -> Position | None:
+        return self._load(position_id(sku, location_id))
+
+    def position(self, sku: str, location_id: str, meta: EventMeta) -> Position:
+        """The position, opened (and indexed) in this unit of work if it has no events yet."""
+        found = self.find_position(sku, location_id)
+        if found is not None:
+            return found
+        opened = Position.open(sku, location_id, meta)
+        self._seen[opened.id] = opened
+        self._cache.put(opened)
+        self.index_ops.append(PositionIndexed(sku, location_id, str(opened.id)))
+        return opened
+
+    def reservation(self, reservation_id: UUID) -> Reservation | None:
+        found = self._load(reservation_id)
+        return found if isinstance(found, Reservation) else None
+
+    def add(self, aggregate: Any) -> None:
+        """Track an aggregate created by a command."""
+        self._seen[aggregate.id] = aggregate
+        self._cache.put(aggregate)
+
+    def channel_policy(self, channel: str) -> ChannelPolicy | None:
+        found = self._load(channel_policy_id(channel))
+        return found if isinstance(found, ChannelPolicy) else None
+
+    def locations_of(self, sku: str) -> list[str]:
+        """Locations holding a position for ``sku``, including ones opened in this unit."""
+        known = set(self.app.locations_of(sku))
+        known.update(
+            op.location_id for op in self.index_ops if isinstance(op, PositionIndexed) and op.sku == sku
+        )
+        return sorted(known)
+
+    # ---- idempotency keys (read straight from the store; never cached) -------------------------
+
+    def idempotency_key(self, key_id: UUID) -> IdempotencyKey | None:
+        if key_id in self._keys:
+            return self._keys[key_id]
+        try:
+            return self.app.repository.get(key_id)
+        except AggregateNotFoundError:
+            return None
+
+    def remember(self, key: IdempotencyKey) -> None:
+        self._keys[key.id] = key
+
+    # ---- commit ---------------------------------------------------------------------------------
+
+    def commit(self) -> list[Recording]:
+        """Save everything touched in one transaction; idempotency keys last, so a key's
+        notification id is at least every other event's position in this commit."""
+        changed = [a for a in self._seen.values() if a.pending_events]
+        if not changed and not self._keys:
+            return []
+        return self.app.save(*changed, *self._keys.values(), index_ops=self.index_ops)
+
+    def discard(self, *, only_mutated: bool = False) -> None:
+        """Forget aggregates this unit may have mutated without saving.
+
+        After a failed save every touched aggregate is suspect (its pending events were
+        collected); after a rejected command only those with pending events are.
+        """
+        if only_mutated:
+            self._cache.evict(a.id for a in self._seen.values() if a.pending_events)
+        else:
+            self._cache.evict(self._seen)
+
+
+def position_of(recordings: list[Recording], aggregate_id: UUID) -> int:
+    """The global ledger position of the last event written for ``aggregate_id``."""
+    positions = [r.notification.id for r in recordings if r.domain_event.originator_id == aggregate_id]
+    if not positions:
+        raise AssertionError(f"no event recorded for {aggregate_id}")
+    return max(positions)
+
+
+def last_position(recordings: list[Recording]) -> int:
+    return max((r.notification.id for r in recordings), default=0)

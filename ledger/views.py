@@ -1,0 +1,160 @@
+"""Read-side shapes the use cases return; the API layer turns them into protobuf messages."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from ledger.domain import availability
+from ledger.domain.position import Position
+from ledger.domain.reservation import Reservation
+
+
+@dataclass(frozen=True)
+class HoldView:
+    reservation_id: str
+    channel: str
+    order_ref: str
+    status: str
+    qty: int
+    shipped: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class PositionView:
+    sku: str
+    location_id: str
+    on_hand: int = 0
+    receiving: int = 0
+    quarantine: int = 0
+    damaged: int = 0
+    in_transit_inbound: int = 0
+    reserved: int = 0
+    allocated: int = 0
+    safety_stock: int = 0
+    available: int = 0
+    fences: dict[str, int] = field(default_factory=dict)
+    version: int = 0
+    updated_at: datetime | None = None
+    holds: list[HoldView] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, position: Position, now: datetime, *, include_holds: bool) -> PositionView:
+        holds = []
+        if include_holds:
+            holds = [
+                HoldView(
+                    reservation_id=rid,
+                    channel=h["channel"],
+                    order_ref=h["order_ref"],
+                    status=h["status"],
+                    qty=h["qty"],
+                    shipped=h["shipped"],
+                    expires_at=h["expires_at"],
+                )
+                for rid, h in sorted(position.holds.items())
+                if availability.hold_blocks(h, now)
+            ]
+        return cls(
+            sku=position.sku,
+            location_id=position.location_id,
+            on_hand=position.on_hand,
+            receiving=position.receiving,
+            quarantine=position.quarantine,
+            damaged=position.damaged,
+            in_transit_inbound=position.in_transit_inbound,
+            reserved=position.reserved(now),
+            allocated=position.allocated(),
+            safety_stock=position.safety_stock,
+            available=position.available(now),
+            fences=dict(position.fences),
+            version=position.version,
+            updated_at=position.updated_at,
+            holds=holds,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PositionView:
+        return cls(**{**data, "holds": [HoldView(**h) for h in data.get("holds", [])]})
+
+
+@dataclass(frozen=True)
+class ReservationLineView:
+    sku: str
+    location_id: str
+    qty: int
+    shipped: int
+
+
+@dataclass(frozen=True)
+class ReservationView:
+    reservation_id: str
+    channel: str
+    order_ref: str
+    status: str
+    lines: list[ReservationLineView]
+    expires_at: datetime
+    created_at: datetime
+    ledger_position: int = 0
+
+    @classmethod
+    def of(cls, reservation: Reservation, now: datetime, ledger_position: int = 0) -> ReservationView:
+        return cls(
+            reservation_id=str(reservation.id),
+            channel=reservation.channel,
+            order_ref=reservation.order_ref,
+            status=reservation.effective_status(now).value,
+            lines=[
+                ReservationLineView(ln["sku"], ln["location_id"], ln["qty"], ln["shipped"])
+                for ln in reservation.lines
+            ],
+            expires_at=reservation.expires_at,
+            created_at=reservation.created_at,
+            ledger_position=ledger_position,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReservationView:
+        return cls(**{**data, "lines": [ReservationLineView(**ln) for ln in data["lines"]]})
+
+
+@dataclass(frozen=True)
+class MovementResultView:
+    source: str
+    message_id: str
+    outcome: str  # "RECORDED" | "DUPLICATE"
+    ledger_position: int
+
+
+@dataclass(frozen=True)
+class ChannelPolicyView:
+    channel: str
+    eligible_location_ids: list[str]
+    share_percent: int
+    buffer: int
+    max_publish: int
+    version: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChannelPolicyView:
+        return cls(**data)
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_after: Any | None
