@@ -1,0 +1,198 @@
+"""The ledger's use-case façade: writes go through the pipeline, reads straight to the store.
+
+This is the composition the gRPC servicers (and CLI, tools, tests) talk to.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from ledger.application import InventoryLedger
+from ledger.config import eventsourcing_env
+from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
+from ledger.domain.errors import ReservationNotFound
+from ledger.domain.movements import Movement
+from ledger.domain.position import Position, position_id
+from ledger.domain.reservation import Reservation
+from ledger.pipeline import CommandPipeline
+from ledger.store.index_ops import to_micros
+from ledger.use_cases import movements, policies, reservations
+from ledger.use_cases.context import CallContext
+from ledger.use_cases.reservations import ReserveInput
+from ledger.views import (
+    ChannelPolicyView,
+    MovementResultView,
+    Page,
+    PositionView,
+    ReservationView,
+)
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+EXPIRY_BATCH_MAX = 100
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+class LedgerService:
+    def __init__(self, app: InventoryLedger, clock: Clock = system_clock) -> None:
+        self.app = app
+        self.clock = clock
+        self.pipeline = CommandPipeline(app, clock)
+        self._sweeper_stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
+
+    @classmethod
+    def open(cls, database_url: str, clock: Clock = system_clock) -> LedgerService:
+        return cls(InventoryLedger(eventsourcing_env(database_url)), clock)
+
+    def close(self) -> None:
+        self.stop_expiry_sweeper()
+        self.pipeline.close()
+        self.app.close()
+
+    # ---- writes (each returns a Future; use .result() or asyncio.wrap_future) -----------------
+
+    def record_movements(self, ctx: CallContext, items: Sequence[Movement]) -> Any:
+        return self.pipeline.submit(movements.record_movements(ctx, list(items)))
+
+    def reserve(self, ctx: CallContext, request: ReserveInput) -> Any:
+        return self.pipeline.submit(reservations.reserve(ctx, request))
+
+    def commit(self, ctx: CallContext, request_id: str, reservation_id: str, channel: str) -> Any:
+        return self.pipeline.submit(reservations.commit(ctx, request_id, reservation_id, channel))
+
+    def release(self, ctx: CallContext, request_id: str, reservation_id: str, channel: str) -> Any:
+        return self.pipeline.submit(reservations.release(ctx, request_id, reservation_id, channel))
+
+    def set_safety_stock(
+        self, ctx: CallContext, request_id: str, sku: str, location_id: str, qty: int
+    ) -> Any:
+        return self.pipeline.submit(
+            policies.set_safety_stock(ctx, request_id, sku, location_id, qty)
+        )
+
+    def set_channel_fence(
+        self, ctx: CallContext, request_id: str, sku: str, location_id: str, channel: str, qty: int
+    ) -> Any:
+        return self.pipeline.submit(
+            policies.set_channel_fence(ctx, request_id, sku, location_id, channel, qty)
+        )
+
+    def set_channel_policy(
+        self,
+        ctx: CallContext,
+        request_id: str,
+        channel: str,
+        eligible_location_ids: list[str],
+        share_percent: int,
+        buffer: int,
+        max_publish: int,
+    ) -> Any:
+        return self.pipeline.submit(
+            policies.set_channel_policy(
+                ctx, request_id, channel, eligible_location_ids, share_percent, buffer, max_publish
+            )
+        )
+
+    # ---- reads (strongly consistent: from the aggregates) -------------------------------------
+
+    def get_position(self, sku: str, location_id: str, *, include_holds: bool = False) -> PositionView:
+        position = self.app.find(position_id(sku, location_id))
+        if not isinstance(position, Position):
+            return PositionView(sku=sku, location_id=location_id)
+        return PositionView.of(position, self.clock(), include_holds=include_holds)
+
+    def list_positions(
+        self,
+        *,
+        sku: str | None,
+        location_id: str | None,
+        after: tuple[str, str],
+        page_size: int,
+        include_holds: bool = False,
+    ) -> Page[PositionView]:
+        keys = self.app.select_positions(
+            sku=sku, location_id=location_id, after=after, limit=page_size + 1
+        )
+        views = [self.get_position(s, loc, include_holds=include_holds) for s, loc in keys[:page_size]]
+        next_after = keys[page_size - 1] if len(keys) > page_size else None
+        return Page(views, next_after)
+
+    def get_reservation(self, reservation_id: str, channel: str = "") -> ReservationView:
+        try:
+            rid = uuid.UUID(reservation_id)
+        except ValueError:
+            raise ReservationNotFound(reservation_id) from None
+        reservation = self.app.find(rid)
+        if not isinstance(reservation, Reservation) or (channel and reservation.channel != channel):
+            raise ReservationNotFound(reservation_id)
+        return ReservationView.of(reservation, self.clock())
+
+    def list_reservations(
+        self, *, channel: str, order_ref: str | None, after: str, page_size: int
+    ) -> Page[ReservationView]:
+        rows = self.app.select_reservations(
+            channel=channel, order_ref=order_ref, after=after, limit=page_size + 1
+        )
+        views = [self.get_reservation(row.reservation_id) for row in rows[:page_size]]
+        next_after = rows[page_size - 1].reservation_id if len(rows) > page_size else None
+        return Page(views, next_after)
+
+    def get_channel_policy(self, channel: str) -> ChannelPolicyView | None:
+        policy = self.app.find(channel_policy_id(channel))
+        if not isinstance(policy, ChannelPolicy):
+            return None
+        return ChannelPolicyView(
+            channel,
+            list(policy.eligible_location_ids),
+            policy.share_percent,
+            policy.buffer,
+            policy.max_publish,
+            policy.version,
+        )
+
+    def head_position(self) -> int:
+        return self.app.head_position()
+
+    # ---- expiry sweeper ------------------------------------------------------------------------
+
+    def expire_due_reservations(self) -> list[str]:
+        """Record EXPIRED for every reservation past its expiry (bounded batches)."""
+        expired: list[str] = []
+        while True:
+            due = self.app.select_due_reservations(
+                now_us=to_micros(self.clock()), limit=EXPIRY_BATCH_MAX
+            )
+            if not due:
+                return expired
+            done = self.pipeline.execute(reservations.expire_due(CallContext("system"), due))
+            expired.extend(done)
+            if len(due) < EXPIRY_BATCH_MAX:
+                return expired
+
+    def start_expiry_sweeper(self, interval_seconds: float) -> None:
+        def loop() -> None:
+            while not self._sweeper_stop.wait(interval_seconds):
+                try:
+                    expired = self.expire_due_reservations()
+                    if expired:
+                        log.info("recorded expiry of %d reservation(s)", len(expired))
+                except Exception:  # noqa: BLE001 - keep sweeping; the next pass retries
+                    log.exception("expiry sweep failed; will retry")
+
+        self._sweeper = threading.Thread(target=loop, name="expiry-sweeper", daemon=True)
+        self._sweeper.start()
+
+    def stop_expiry_sweeper(self) -> None:
+        self._sweeper_stop.set()
+        if self._sweeper is not None:
+            self._sweeper.join(5)

@@ -1,0 +1,1 @@
+"""Use cases: one function per command, run by the pipeline inside a unit of work."""

@@ -1,0 +1,115 @@
+"""RecordMovements: facts from warehouses, idempotent on (source, message_id)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from eventsourcing.application import Recording
+
+from ledger.domain.errors import RequestIdReused
+from ledger.domain.idempotency import IdempotencyKey, fingerprint, movement_key_id
+from ledger.domain.movements import Movement, MovementType
+from ledger.domain.position import EventMeta, Position
+from ledger.store.index_ops import ReservationIndexed, to_micros
+from ledger.unit_of_work import Finisher, UnitOfWork, position_of
+from ledger.use_cases.context import CallContext
+from ledger.views import MovementResultView
+
+RECORDED = "RECORDED"
+DUPLICATE = "DUPLICATE"
+
+
+def record_movements(ctx: CallContext, movements: Sequence[Movement]) -> Any:
+    """All movements of one request in one transaction; a reused id with another payload
+    fails the whole request (nothing applied)."""
+
+    def command(uow: UnitOfWork) -> Finisher:
+        outcomes: list[tuple[Movement, str, int]] = []  # (movement, outcome, known position)
+        written: dict[Any, Movement] = {}
+        for movement in movements:
+            key_id = movement_key_id(movement.source, movement.message_id)
+            digest = fingerprint("movement", movement.fingerprint_fields())
+            stored = uow.idempotency_key(key_id)
+            if stored is not None:
+                if stored.fingerprint != digest:
+                    raise RequestIdReused(f"{movement.source}/{movement.message_id}")
+                known = 0 if key_id in written else uow.app.notification_id_of(key_id, 1) or 0
+                outcomes.append((movement, DUPLICATE, known))
+                continue
+            apply_movement(uow, ctx, movement)
+            uow.remember(
+                IdempotencyKey.remember(
+                    key_id,
+                    f"{movement.source}/{movement.message_id}",
+                    digest,
+                    {"outcome": RECORDED},
+                    uow.now,
+                )
+            )
+            written[key_id] = movement
+            outcomes.append((movement, RECORDED, 0))
+
+        def finish(recordings: list[Recording]) -> list[MovementResultView]:
+            results = []
+            for movement, outcome, known in outcomes:
+                position = known or position_of(
+                    recordings, movement_key_id(movement.source, movement.message_id)
+                )
+                results.append(
+                    MovementResultView(movement.source, movement.message_id, outcome, position)
+                )
+            return results
+
+        return finish
+
+    return command
+
+
+def apply_movement(uow: UnitOfWork, ctx: CallContext, movement: Movement) -> None:
+    meta = ctx.meta(
+        uow.now,
+        source=movement.source,
+        message_id=movement.message_id,
+        occurred_at=movement.occurred_at,
+    )
+    position = uow.position(movement.sku, movement.location_id, meta)
+    if movement.type is MovementType.SHIPMENT and movement.reservation_id:
+        _ship_against_reservation(uow, position, movement, meta)
+    position.record(movement, meta)
+    if movement.type is MovementType.TRANSFER_DISPATCH:
+        # Both legs in the same unit of work, hence the same transaction.
+        destination = uow.position(movement.sku, movement.to_location_id or "", meta)
+        destination.record_inbound_transfer(movement, meta)
+
+
+def _ship_against_reservation(
+    uow: UnitOfWork, position: Position, movement: Movement, meta: EventMeta
+) -> None:
+    """Mirror the shipment's effect on the hold onto the reservation's lines."""
+    hold = position.holds.get(movement.reservation_id or "")
+    if hold is None:
+        return
+    try:
+        reservation = uow.reservation(uuid.UUID(movement.reservation_id))
+    except ValueError:
+        return
+    if reservation is None:
+        return
+    take = min(movement.qty or 0, hold["qty"] - hold["shipped"])
+    if take <= 0:
+        return
+    before = reservation.status
+    reservation.record_shipment(movement.sku, movement.location_id, take, meta)
+    if reservation.status != before:
+        uow.index_ops.append(
+            ReservationIndexed(
+                str(reservation.id),
+                reservation.channel,
+                reservation.order_ref,
+                reservation.status,
+                to_micros(reservation.expires_at),
+                to_micros(reservation.created_at),
+            )
+        )

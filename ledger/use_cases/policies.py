@@ -1,0 +1,120 @@
+"""Policies: safety stock, channel fences, channel publishing policy (SPEC §2, §4.3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+from ledger.domain import availability
+from ledger.domain.channel_policy import ChannelPolicy
+from ledger.domain.errors import FenceExceedsAvailable
+from ledger.unit_of_work import Finisher, UnitOfWork
+from ledger.use_cases.context import CallContext
+from ledger.use_cases.idempotent import previous_result, remember, request_key
+from ledger.views import ChannelPolicyView, PositionView
+
+
+def _replayed_position(stored: tuple[dict[str, Any], int]) -> Finisher:
+    view = PositionView.from_dict(stored[0])
+    return lambda _: view
+
+
+def set_safety_stock(
+    ctx: CallContext, request_id: str, sku: str, location_id: str, qty: int
+) -> Any:
+    key = request_key(
+        ctx, request_id, "SetSafetyStock", {"sku": sku, "location_id": location_id, "qty": qty}
+    )
+
+    def command(uow: UnitOfWork) -> Finisher:
+        stored = previous_result(uow, key)
+        if stored is not None:
+            return _replayed_position(stored)
+        meta = ctx.meta(uow.now, request_id=request_id)
+        position = uow.position(sku, location_id, meta)
+        position.set_safety_stock(qty, meta)
+        view = PositionView.of(position, uow.now, include_holds=False)
+        remember(uow, key, view.to_dict())
+        return lambda _: view
+
+    return command
+
+
+def set_channel_fence(
+    ctx: CallContext, request_id: str, sku: str, location_id: str, channel: str, qty: int
+) -> Any:
+    payload = {"sku": sku, "location_id": location_id, "channel": channel, "qty": qty}
+    key = request_key(ctx, request_id, "SetChannelFence", payload)
+
+    def command(uow: UnitOfWork) -> Finisher:
+        stored = previous_result(uow, key)
+        if stored is not None:
+            return _replayed_position(stored)
+        meta = ctx.meta(uow.now, request_id=request_id)
+        position = uow.position(sku, location_id, meta)
+        allowed, total = availability.fence_raise_allowed(position, channel, qty, uow.now)
+        if not allowed:
+            raise FenceExceedsAvailable(
+                sku, location_id, channel, qty, total, position.available(uow.now)
+            )
+        position.set_channel_fence(channel, qty, meta)
+        view = PositionView.of(position, uow.now, include_holds=False)
+        remember(uow, key, view.to_dict())
+        return lambda _: view
+
+    return command
+
+
+def set_channel_policy(
+    ctx: CallContext,
+    request_id: str,
+    channel: str,
+    eligible_location_ids: list[str],
+    share_percent: int,
+    buffer: int,
+    max_publish: int,
+) -> Any:
+    payload = {
+        "channel": channel,
+        "eligible_location_ids": eligible_location_ids,
+        "share_percent": share_percent,
+        "buffer": buffer,
+        "max_publish": max_publish,
+    }
+    key = request_key(ctx, request_id, "SetChannelPolicy", payload)
+
+    def command(uow: UnitOfWork) -> Finisher:
+        stored = previous_result(uow, key)
+        if stored is not None:
+            view = ChannelPolicyView.from_dict(stored[0])
+            return lambda _: view
+        policy = uow.channel_policy(channel)
+        if policy is None:
+            policy = ChannelPolicy._create(ChannelPolicy.Created, channel=channel, recorded_at=uow.now)
+            uow.add(policy)
+        policy.trigger_event(
+            ChannelPolicy.Set,
+            eligible_location_ids=list(eligible_location_ids),
+            share_percent=share_percent,
+            buffer=buffer,
+            max_publish=max_publish,
+            recorded_at=uow.now,
+            request_id=request_id,
+            correlation_id=ctx.correlation_id,
+            actor=ctx.principal,
+        )
+        view = ChannelPolicyView(
+            channel,
+            list(policy.eligible_location_ids),
+            policy.share_percent,
+            policy.buffer,
+            policy.max_publish,
+            policy.version,
+        )
+        remember(uow, key, view.to_dict())
+        return lambda _: view
+
+    return command
+
+
+__all__ = ["set_channel_fence", "set_channel_policy", "set_safety_stock"]

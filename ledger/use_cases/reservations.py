@@ -1,0 +1,263 @@
+"""Reserve, Commit, Release and expiry: all-or-nothing holds across positions."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from eventsourcing.application import Recording
+
+from ledger.domain.channel_policy import ChannelPolicy
+from ledger.domain.errors import InsufficientAvailability, ReservationNotFound, ShortLine
+from ledger.domain.reservation import Reservation
+from ledger.store.index_ops import ReservationIndexed, to_micros
+from ledger.unit_of_work import Finisher, UnitOfWork, last_position
+from ledger.use_cases.context import CallContext
+from ledger.use_cases.idempotent import previous_result, remember, request_key
+from ledger.views import ReservationView
+
+
+@dataclass(frozen=True)
+class ReserveLine:
+    sku: str
+    location_id: str  # "" lets the service choose
+    qty: int
+
+
+@dataclass(frozen=True)
+class ReserveInput:
+    request_id: str
+    channel: str
+    order_ref: str
+    lines: tuple[ReserveLine, ...]
+    ttl: timedelta
+    allow_split: bool = False
+
+    def payload(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ttl"] = self.ttl.total_seconds()
+        return data
+
+
+def _replayed(stored: tuple[dict[str, Any], int]) -> Finisher:
+    result, position = stored
+    view = ReservationView.from_dict(result)
+
+    def finish(_: list[Recording]) -> ReservationView:
+        return ReservationView(**{**view.__dict__, "ledger_position": position})
+
+    return finish
+
+
+def _written(reservation_view: ReservationView) -> Finisher:
+    def finish(recordings: list[Recording]) -> ReservationView:
+        return ReservationView(
+            **{**reservation_view.__dict__, "ledger_position": last_position(recordings)}
+        )
+
+    return finish
+
+
+def _index(reservation: Reservation) -> ReservationIndexed:
+    return ReservationIndexed(
+        str(reservation.id),
+        reservation.channel,
+        reservation.order_ref,
+        reservation.status,
+        to_micros(reservation.expires_at),
+        to_micros(reservation.created_at),
+    )
+
+
+# ---- Reserve ------------------------------------------------------------------------------------
+
+
+class _Planner:
+    """Chooses locations line by line, counting what earlier lines of the same request took."""
+
+    def __init__(self, uow: UnitOfWork, channel: str, policy: ChannelPolicy | None) -> None:
+        self.uow = uow
+        self.channel = channel
+        self.policy = policy
+        self.taken: dict[tuple[str, str], int] = defaultdict(int)
+
+    def headroom(self, sku: str, location_id: str) -> int:
+        if self.policy is not None and not self.policy.is_eligible(location_id):
+            return 0
+        position = self.uow.find_position(sku, location_id)
+        if position is None:
+            return 0
+        free = position.available_to(self.channel, self.uow.now)
+        return max(0, free - self.taken[(sku, location_id)])
+
+    def plan(self, index: int, line: ReserveLine, allow_split: bool) -> list[ReserveLine] | ShortLine:
+        if line.location_id:
+            free = self.headroom(line.sku, line.location_id)
+            if line.qty > free:
+                return ShortLine(index, line.sku, line.location_id, line.qty, free)
+            return self._take([ReserveLine(line.sku, line.location_id, line.qty)])
+        # Greatest headroom first; ties go to the smallest location_id.
+        ranked = sorted(
+            ((self.headroom(line.sku, loc), loc) for loc in self.uow.locations_of(line.sku)),
+            key=lambda pair: (-pair[0], pair[1]),
+        )
+        ranked = [(free, loc) for free, loc in ranked if free > 0]
+        if ranked and ranked[0][0] >= line.qty:
+            return self._take([ReserveLine(line.sku, ranked[0][1], line.qty)])
+        total = sum(free for free, _ in ranked)
+        if not allow_split or total < line.qty:
+            best = total if allow_split else (ranked[0][0] if ranked else 0)
+            return ShortLine(index, line.sku, "", line.qty, best)
+        parts, remaining = [], line.qty
+        for free, loc in ranked:
+            take = min(free, remaining)
+            parts.append(ReserveLine(line.sku, loc, take))
+            remaining -= take
+            if remaining == 0:
+                break
+        return self._take(parts)
+
+    def _take(self, parts: list[ReserveLine]) -> list[ReserveLine]:
+        for part in parts:
+            self.taken[(part.sku, part.location_id)] += part.qty
+        return parts
+
+
+def reserve(ctx: CallContext, request: ReserveInput) -> Any:
+    key = request_key(ctx, request.request_id, "Reserve", request.payload())
+
+    def command(uow: UnitOfWork) -> Finisher:
+        stored = previous_result(uow, key)
+        if stored is not None:
+            return _replayed(stored)
+        planner = _Planner(uow, request.channel, uow.channel_policy(request.channel))
+        planned: list[ReserveLine] = []
+        short: list[ShortLine] = []
+        for index, line in enumerate(request.lines):
+            outcome = planner.plan(index, line, request.allow_split)
+            if isinstance(outcome, ShortLine):
+                short.append(outcome)
+            else:
+                planned.extend(outcome)
+        if short:
+            raise InsufficientAvailability(request.channel, short)
+
+        meta = ctx.meta(uow.now, request_id=request.request_id)
+        expires_at = uow.now + request.ttl
+        reservation = Reservation.create(
+            uuid.uuid4(),
+            request.channel,
+            request.order_ref,
+            [asdict(part) for part in planned],
+            expires_at,
+            meta,
+        )
+        uow.add(reservation)
+        per_position: dict[tuple[str, str], int] = defaultdict(int)
+        for part in planned:
+            per_position[(part.sku, part.location_id)] += part.qty
+        for (sku, location_id), qty in sorted(per_position.items()):
+            position = uow.position(sku, location_id, meta)
+            position.place_hold(
+                str(reservation.id), request.channel, request.order_ref, qty, expires_at, meta
+            )
+        uow.index_ops.append(_index(reservation))
+        view = ReservationView.of(reservation, uow.now)
+        remember(uow, key, view.to_dict())
+        return _written(view)
+
+    return command
+
+
+# ---- Commit / Release ----------------------------------------------------------------------------
+
+
+def _load_for(uow: UnitOfWork, reservation_id: str, channel: str) -> Reservation:
+    """A reservation of another channel answers 'not found': existence is not leaked."""
+    try:
+        rid = uuid.UUID(reservation_id)
+    except ValueError:
+        raise ReservationNotFound(reservation_id) from None
+    reservation = uow.reservation(rid)
+    if reservation is None or (channel and reservation.channel != channel):
+        raise ReservationNotFound(reservation_id)
+    return reservation
+
+
+def commit(ctx: CallContext, request_id: str, reservation_id: str, channel: str) -> Any:
+    key = request_key(ctx, request_id, "Commit", {"reservation_id": reservation_id, "channel": channel})
+
+    def command(uow: UnitOfWork) -> Finisher:
+        stored = previous_result(uow, key)
+        if stored is not None:
+            return _replayed(stored)
+        reservation = _load_for(uow, reservation_id, channel)
+        meta = ctx.meta(uow.now, request_id=request_id)
+        reservation.commit(uow.now, meta)
+        for sku, location_id in reservation.positions():
+            uow.position(sku, location_id, meta).commit_hold(str(reservation.id), meta)
+        uow.index_ops.append(_index(reservation))
+        view = ReservationView.of(reservation, uow.now)
+        remember(uow, key, view.to_dict())
+        return _written(view)
+
+    return command
+
+
+def release(ctx: CallContext, request_id: str, reservation_id: str, channel: str) -> Any:
+    key = request_key(
+        ctx, request_id, "Release", {"reservation_id": reservation_id, "channel": channel}
+    )
+
+    def command(uow: UnitOfWork) -> Finisher:
+        stored = previous_result(uow, key)
+        if stored is not None:
+            return _replayed(stored)
+        reservation = _load_for(uow, reservation_id, channel)
+        meta = ctx.meta(uow.now, request_id=request_id)
+        reservation.release(uow.now, meta)
+        for sku, location_id in reservation.positions():
+            uow.position(sku, location_id, meta).release_hold(str(reservation.id), "released", meta)
+        uow.index_ops.append(_index(reservation))
+        view = ReservationView.of(reservation, uow.now)
+        remember(uow, key, view.to_dict())
+        return _written(view)
+
+    return command
+
+
+def expire_due(ctx: CallContext, reservation_ids: list[str]) -> Any:
+    """Record EXPIRED for reservations whose time has passed (the sweeper's command).
+
+    Holds already stopped counting at ``expires_at``; this only writes the fact down. A
+    reservation committed or released meanwhile is skipped, so re-running is harmless.
+    """
+
+    def command(uow: UnitOfWork) -> Finisher:
+        expired: list[str] = []
+        for reservation_id in reservation_ids:
+            reservation = uow.reservation(uuid.UUID(reservation_id))
+            if reservation is None or not (
+                reservation.status == "ACTIVE" and uow.now >= reservation.expires_at
+            ):
+                continue
+            meta = ctx.meta(uow.now, source="expiry-sweeper")
+            reservation.expire(uow.now, meta)
+            for sku, location_id in reservation.positions():
+                uow.position(sku, location_id, meta).release_hold(
+                    str(reservation.id), "expired", meta
+                )
+            uow.index_ops.append(_index(reservation))
+            expired.append(reservation_id)
+
+        def finish(_: list[Recording]) -> list[str]:
+            return expired
+
+        return finish
+
+    return command
+
+
