@@ -1,0 +1,1 @@
+"""gRPC edge: validation, conversion, error mapping, servicers and the server."""

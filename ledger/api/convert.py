@@ -1,0 +1,187 @@
+"""Protobuf ↔ domain: pull plain values out of requests, build messages from views."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from google.protobuf import duration_pb2, timestamp_pb2
+from inventory.ledger.v1 import (
+    channel_policy_pb2,
+    movement_pb2,
+    movement_service_pb2,
+    position_pb2,
+    reservation_pb2,
+)
+from pydantic import BaseModel, ValidationError
+
+from ledger.api.errors import InvalidRequest
+from ledger.api.validation import MovementModel, field_violations
+from ledger.domain.movements import Movement
+from ledger.views import ChannelPolicyView, MovementResultView, PositionView, ReservationView
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], values: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        raise InvalidRequest(field_violations(error)) from None
+
+
+def _enum_value(enum_type: Any, number: int, prefix: str) -> str:
+    """Proto enum number → the SPEC's lowercase name ("" for UNSPECIFIED or unknown numbers)."""
+    try:
+        name = enum_type.Name(number)
+    except ValueError:
+        return f"<unknown {number}>"
+    return "" if name.endswith("_UNSPECIFIED") else name.removeprefix(prefix).lower()
+
+
+def _timestamp(message: Any, field: str) -> datetime | None:
+    if not message.HasField(field):
+        return None
+    value: timestamp_pb2.Timestamp = getattr(message, field)
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        # Not a datetime: fails validation below, reported under the field's own path.
+        return "timestamp out of range"  # type: ignore[return-value]
+
+
+def duration(message: Any, field: str) -> timedelta | None:
+    if not message.HasField(field):
+        return None
+    value: duration_pb2.Duration = getattr(message, field)
+    return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+
+
+def movement_values(m: movement_pb2.Movement) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "message_id": m.message_id,
+        "source": m.source,
+        "type": _enum_value(movement_pb2.MovementType, m.type, "MOVEMENT_TYPE_"),
+        "sku": m.sku,
+        "location_id": m.location_id,
+        "uom": m.uom,
+        "reservation_id": m.reservation_id,
+        "transfer_id": m.transfer_id,
+        "to_location_id": m.to_location_id,
+        "reason": m.reason,
+        "putaway_pending": m.putaway_pending,
+        "final": m.final,
+        "occurred_at": _timestamp(m, "occurred_at"),
+        "expected_at": _timestamp(m, "expected_at"),
+    }
+    for name in ("qty", "delta", "counted"):
+        if m.HasField(name):
+            values[name] = getattr(m, name)
+    if m.disposition:
+        values["disposition"] = _enum_value(movement_pb2.Disposition, m.disposition, "DISPOSITION_")
+    if m.from_bucket:
+        values["from_bucket"] = _enum_value(movement_pb2.FromBucket, m.from_bucket, "FROM_BUCKET_")
+    return values
+
+
+def movement_of(model: MovementModel) -> Movement:
+    return Movement(
+        source=model.source,
+        message_id=model.message_id,
+        type=model.type,
+        sku=model.sku,
+        location_id=model.location_id,
+        qty=model.qty,
+        delta=model.delta,
+        counted=model.counted,
+        occurred_at=model.occurred_at,
+        reservation_id=model.reservation_id or None,
+        transfer_id=model.transfer_id or None,
+        to_location_id=model.to_location_id or None,
+        reason=model.reason or None,
+        disposition=model.disposition,
+        putaway_pending=model.putaway_pending,
+        final=model.final,
+        expected_at=model.expected_at,
+        from_bucket=model.from_bucket,
+    )
+
+
+# ---- responses --------------------------------------------------------------------------------------
+
+
+def to_timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if moment is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def position_message(view: PositionView) -> position_pb2.Position:
+    return position_pb2.Position(
+        sku=view.sku,
+        location_id=view.location_id,
+        on_hand=view.on_hand,
+        receiving=view.receiving,
+        quarantine=view.quarantine,
+        damaged=view.damaged,
+        in_transit_inbound=view.in_transit_inbound,
+        reserved=view.reserved,
+        allocated=view.allocated,
+        safety_stock=view.safety_stock,
+        available=view.available,
+        fences=view.fences,
+        version=view.version,
+        updated_at=to_timestamp(view.updated_at),
+        holds=[
+            position_pb2.Hold(
+                reservation_id=h.reservation_id,
+                channel=h.channel,
+                order_ref=h.order_ref,
+                status=reservation_pb2.ReservationStatus.Value(f"RESERVATION_STATUS_{h.status}"),
+                qty=h.qty,
+                shipped=h.shipped,
+                expires_at=to_timestamp(h.expires_at),
+            )
+            for h in view.holds
+        ],
+    )
+
+
+def reservation_message(view: ReservationView) -> reservation_pb2.Reservation:
+    return reservation_pb2.Reservation(
+        reservation_id=view.reservation_id,
+        channel=view.channel,
+        order_ref=view.order_ref,
+        status=reservation_pb2.ReservationStatus.Value(f"RESERVATION_STATUS_{view.status}"),
+        lines=[
+            reservation_pb2.ReservationLine(
+                sku=ln.sku, location_id=ln.location_id, qty=ln.qty, shipped=ln.shipped
+            )
+            for ln in view.lines
+        ],
+        expires_at=to_timestamp(view.expires_at),
+        created_at=to_timestamp(view.created_at),
+        ledger_position=view.ledger_position,
+    )
+
+
+def movement_result_message(view: MovementResultView) -> movement_service_pb2.MovementResult:
+    return movement_service_pb2.MovementResult(
+        source=view.source,
+        message_id=view.message_id,
+        outcome=movement_service_pb2.MovementOutcome.Value(f"MOVEMENT_OUTCOME_{view.outcome}"),
+        ledger_position=view.ledger_position,
+    )
+
+
+def channel_policy_message(view: ChannelPolicyView) -> channel_policy_pb2.ChannelPolicy:
+    return channel_policy_pb2.ChannelPolicy(
+        channel=view.channel,
+        eligible_location_ids=view.eligible_location_ids,
+        share_percent=view.share_percent,
+        buffer=view.buffer,
+        max_publish=view.max_publish,
+        version=view.version,
+    )

@@ -1,0 +1,176 @@
+"""The one mapping from failures to gRPC statuses with google.rpc details (SPEC §4.5).
+
+Every servicer method goes through :func:`status_for`; nothing else decides a status code.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from ledger.domain.errors import (
+    ConcurrencyConflict,
+    FenceExceedsAvailable,
+    IllegalTransition,
+    InsufficientAvailability,
+    InvalidCommand,
+    RequestIdReused,
+    ReservationNotFound,
+    StoreUnavailable,
+)
+from ledger.pipeline import PipelineOverloaded
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "inventory.ledger.v1"
+
+
+class InvalidRequest(Exception):
+    """Raised by the edge when a request fails validation."""
+
+    def __init__(self, violations: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{f}: {d}" for f, d in violations))
+        self.violations = violations
+
+
+def _pack(*messages: object) -> list[any_pb2.Any]:
+    packed = []
+    for message in messages:
+        container = any_pb2.Any()
+        container.Pack(message)
+        packed.append(container)
+    return packed
+
+
+def _info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
+
+
+def _status(code: int, message: str, *details: object) -> status_pb2.Status:
+    return status_pb2.Status(code=code, message=message, details=_pack(*details))
+
+
+def status_for(error: BaseException, correlation_id: str) -> status_pb2.Status:
+    """A google.rpc.Status for ``error``; unknown errors are logged and hidden (INTERNAL)."""
+    if isinstance(error, InvalidRequest):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                for f, d in error.violations
+            ]
+        )
+        first = error.violations[0][0] if error.violations else "request"
+        return _status(
+            code_pb2.INVALID_ARGUMENT,
+            f"invalid request: {error}",
+            _info("INVALID_ARGUMENT", field=first),
+            bad_request,
+        )
+    if isinstance(error, InvalidCommand):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=error.field_path, description=error.description
+                )
+            ]
+        )
+        return _status(
+            code_pb2.INVALID_ARGUMENT,
+            str(error),
+            _info("INVALID_ARGUMENT", field=error.field_path),
+            bad_request,
+        )
+    if isinstance(error, InsufficientAvailability):
+        # One PreconditionFailure violation per short line; ErrorInfo carries the count.
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type="INSUFFICIENT_AVAILABILITY",
+                    subject=f"lines[{line.line_index}]",
+                    description=(
+                        f"sku {line.sku!r} at {line.location_id or 'any location'!r}: "
+                        f"requested {line.requested}, available {line.available}"
+                    ),
+                )
+                for line in error.short_lines
+            ]
+        )
+        return _status(
+            code_pb2.FAILED_PRECONDITION,
+            str(error),
+            _info(
+                error.reason,
+                channel=error.channel,
+                shortLines=",".join(str(line.line_index) for line in error.short_lines),
+            ),
+            failure,
+        )
+    if isinstance(error, ReservationNotFound):
+        return _status(
+            code_pb2.NOT_FOUND,
+            str(error),
+            _info(error.reason, reservationId=error.reservation_id),
+            error_details_pb2.ResourceInfo(
+                resource_type="inventory.ledger.v1.Reservation",
+                resource_name=error.reservation_id,
+                description="no such reservation for this caller",
+            ),
+        )
+    if isinstance(error, RequestIdReused):
+        return _status(
+            code_pb2.ALREADY_EXISTS, str(error), _info(error.reason, requestId=error.key)
+        )
+    if isinstance(error, IllegalTransition):
+        return _status(
+            code_pb2.FAILED_PRECONDITION,
+            str(error),
+            _info(error.reason, reservationId=error.reservation_id, status=error.current_status),
+            error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type="RESERVATION_STATUS",
+                        subject=error.reservation_id,
+                        description=f"{error.action} is not allowed in status {error.current_status}",
+                    )
+                ]
+            ),
+        )
+    if isinstance(error, FenceExceedsAvailable):
+        return _status(
+            code_pb2.FAILED_PRECONDITION,
+            str(error),
+            _info(error.reason, sku=error.sku, locationId=error.location_id, channel=error.channel),
+        )
+    if isinstance(error, ConcurrencyConflict):
+        return _status(code_pb2.ABORTED, str(error), _info(error.reason))
+    if isinstance(error, PipelineOverloaded):
+        return _status(
+            code_pb2.RESOURCE_EXHAUSTED,
+            str(error),
+            _info("WRITE_QUEUE_FULL"),
+            error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=100_000_000)),
+        )
+    if isinstance(error, StoreUnavailable):
+        log.warning("store unavailable (correlation id %s): %s", correlation_id, error)
+        return _status(
+            code_pb2.UNAVAILABLE,
+            "the ledger's database is unavailable; retry with the same request_id",
+            _info(error.reason),
+            error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1)),
+        )
+    log.error("internal error (correlation id %s)", correlation_id, exc_info=error)
+    return _status(
+        code_pb2.INTERNAL,
+        f"internal error; quote correlation id {correlation_id}",
+        _info("INTERNAL"),
+    )
+
+
+def grpc_code(status: status_pb2.Status) -> grpc.StatusCode:
+    for code in grpc.StatusCode:
+        if code.value[0] == status.code:
+            return code
+    return grpc.StatusCode.UNKNOWN

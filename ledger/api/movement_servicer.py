@@ -1,0 +1,29 @@
+"""MovementService: the synchronous path for systems that do not publish to NATS."""
+
+from __future__ import annotations
+
+from inventory.ledger.v1 import movement_service_pb2, movement_service_pb2_grpc
+
+from ledger.api import convert, validation
+from ledger.api.rpc import settled, unary
+from ledger.service import LedgerService
+from ledger.use_cases.context import CallContext
+
+
+class MovementServicer(movement_service_pb2_grpc.MovementServiceServicer):
+    def __init__(self, service: LedgerService) -> None:
+        self._service = service
+
+    @unary
+    async def RecordMovements(  # noqa: N802 - gRPC method name
+        self, request: movement_service_pb2.RecordMovementsRequest, ctx: CallContext
+    ) -> movement_service_pb2.RecordMovementsResponse:
+        model = convert.validate(
+            validation.RecordMovementsModel,
+            {"movements": [convert.movement_values(m) for m in request.movements]},
+        )
+        movements = [convert.movement_of(m) for m in model.movements]
+        results = await settled(self._service.record_movements(ctx, movements))
+        return movement_service_pb2.RecordMovementsResponse(
+            results=[convert.movement_result_message(r) for r in results]
+        )

@@ -1,0 +1,89 @@
+"""PolicyService: safety stock, channel fences and channel publishing policy."""
+
+from __future__ import annotations
+
+from inventory.ledger.v1 import (
+    channel_policy_pb2,
+    policy_service_pb2,
+    policy_service_pb2_grpc,
+    position_pb2,
+)
+
+from ledger.api import convert, validation
+from ledger.api.rpc import settled, unary
+from ledger.service import LedgerService
+from ledger.use_cases.context import CallContext
+
+
+class PolicyServicer(policy_service_pb2_grpc.PolicyServiceServicer):
+    def __init__(self, service: LedgerService) -> None:
+        self._service = service
+
+    @unary
+    async def SetSafetyStock(  # noqa: N802 - gRPC method name
+        self, request: policy_service_pb2.SetSafetyStockRequest, ctx: CallContext
+    ) -> position_pb2.Position:
+        model = convert.validate(
+            validation.SetSafetyStockModel,
+            {
+                "request_id": request.request_id,
+                "sku": request.sku,
+                "location_id": request.location_id,
+                "qty": request.qty,
+            },
+        )
+        view = await settled(
+            self._service.set_safety_stock(
+                ctx, model.request_id, model.sku, model.location_id, model.qty
+            )
+        )
+        return convert.position_message(view)
+
+    @unary
+    async def SetChannelFence(  # noqa: N802
+        self, request: policy_service_pb2.SetChannelFenceRequest, ctx: CallContext
+    ) -> position_pb2.Position:
+        model = convert.validate(
+            validation.SetChannelFenceModel,
+            {
+                "request_id": request.request_id,
+                "sku": request.sku,
+                "location_id": request.location_id,
+                "channel": request.channel,
+                "qty": request.qty,
+            },
+        )
+        view = await settled(
+            self._service.set_channel_fence(
+                ctx, model.request_id, model.sku, model.location_id, model.channel, model.qty
+            )
+        )
+        return convert.position_message(view)
+
+    @unary
+    async def SetChannelPolicy(  # noqa: N802
+        self, request: policy_service_pb2.SetChannelPolicyRequest, ctx: CallContext
+    ) -> channel_policy_pb2.ChannelPolicy:
+        model = convert.validate(
+            validation.SetChannelPolicyModel,
+            {
+                "request_id": request.request_id,
+                "channel": request.channel,
+                "eligible_location_ids": list(request.eligible_location_ids),
+                "share_percent": request.share_percent,
+                "buffer": request.buffer,
+                "max_publish": request.max_publish,
+            },
+        )
+        view = await settled(
+            self._service.set_channel_policy(
+                ctx,
+                model.request_id,
+                model.channel,
+                sorted(set(model.eligible_location_ids)),
+                model.share_percent or 100,
+                model.buffer,
+                model.max_publish,
+            )
+        )
+        return convert.channel_policy_message(view)

@@ -1,0 +1,128 @@
+"""ReservationService: all-or-nothing holds with expiry."""
+
+from __future__ import annotations
+
+import asyncio
+
+from inventory.ledger.v1 import (
+    reservation_pb2,
+    reservation_service_pb2,
+    reservation_service_pb2_grpc,
+)
+
+from ledger.api import convert, validation
+from ledger.api.page_tokens import PageTokens, page_size_of
+from ledger.api.rpc import settled, unary
+from ledger.domain.limits import RESERVATION_TTL_DEFAULT
+from ledger.service import LedgerService
+from ledger.use_cases.context import CallContext
+from ledger.use_cases.reservations import ReserveInput, ReserveLine
+
+
+class ReservationServicer(reservation_service_pb2_grpc.ReservationServiceServicer):
+    def __init__(self, service: LedgerService, page_tokens: PageTokens) -> None:
+        self._service = service
+        self._tokens = page_tokens
+
+    @unary
+    async def Reserve(  # noqa: N802 - gRPC method name
+        self, request: reservation_service_pb2.ReserveRequest, ctx: CallContext
+    ) -> reservation_pb2.Reservation:
+        model = convert.validate(
+            validation.ReserveModel,
+            {
+                "request_id": request.request_id,
+                "channel": request.channel,
+                "order_ref": request.order_ref,
+                "lines": [
+                    {"sku": ln.sku, "location_id": ln.location_id, "qty": ln.qty}
+                    for ln in request.lines
+                ],
+                "ttl": convert.duration(request, "ttl"),
+                "allow_split": request.allow_split,
+            },
+        )
+        command = ReserveInput(
+            request_id=model.request_id,
+            channel=model.channel,
+            order_ref=model.order_ref,
+            lines=tuple(ReserveLine(ln.sku, ln.location_id, ln.qty) for ln in model.lines),
+            ttl=model.ttl or RESERVATION_TTL_DEFAULT,
+            allow_split=model.allow_split,
+        )
+        view = await settled(self._service.reserve(ctx, command))
+        return convert.reservation_message(view)
+
+    @unary
+    async def GetReservation(  # noqa: N802
+        self, request: reservation_service_pb2.GetReservationRequest, ctx: CallContext
+    ) -> reservation_pb2.Reservation:
+        model = convert.validate(
+            validation.GetReservationModel,
+            {"reservation_id": request.reservation_id, "channel": request.channel},
+        )
+        view = await asyncio.to_thread(
+            self._service.get_reservation, model.reservation_id, model.channel
+        )
+        return convert.reservation_message(view)
+
+    @unary
+    async def Commit(  # noqa: N802
+        self, request: reservation_service_pb2.CommitRequest, ctx: CallContext
+    ) -> reservation_pb2.Reservation:
+        model = self._action(request)
+        view = await settled(
+            self._service.commit(ctx, model.request_id, model.reservation_id, model.channel)
+        )
+        return convert.reservation_message(view)
+
+    @unary
+    async def Release(  # noqa: N802
+        self, request: reservation_service_pb2.ReleaseRequest, ctx: CallContext
+    ) -> reservation_pb2.Reservation:
+        model = self._action(request)
+        view = await settled(
+            self._service.release(ctx, model.request_id, model.reservation_id, model.channel)
+        )
+        return convert.reservation_message(view)
+
+    @unary
+    async def ListReservations(  # noqa: N802
+        self, request: reservation_service_pb2.ListReservationsRequest, ctx: CallContext
+    ) -> reservation_service_pb2.ListReservationsResponse:
+        model = convert.validate(
+            validation.ListReservationsModel,
+            {
+                "channel": request.channel,
+                "order_ref": request.order_ref,
+                "page_size": request.page_size,
+                "page_token": request.page_token,
+            },
+        )
+        listing = {"m": "ListReservations", "channel": model.channel, "order": model.order_ref}
+        after = self._tokens.decode(model.page_token, listing) or ""
+        page = await asyncio.to_thread(
+            self._service.list_reservations,
+            channel=model.channel,
+            order_ref=model.order_ref or None,
+            after=after,
+            page_size=page_size_of(model.page_size),
+        )
+        token = self._tokens.encode(listing, page.next_after) if page.next_after else ""
+        return reservation_service_pb2.ListReservationsResponse(
+            reservations=[convert.reservation_message(v) for v in page.items],
+            next_page_token=token,
+        )
+
+    @staticmethod
+    def _action(
+        request: reservation_service_pb2.CommitRequest | reservation_service_pb2.ReleaseRequest,
+    ) -> validation.ReservationActionModel:
+        return convert.validate(
+            validation.ReservationActionModel,
+            {
+                "request_id": request.request_id,
+                "reservation_id": request.reservation_id,
+                "channel": request.channel,
+            },
+        )

@@ -1,0 +1,85 @@
+"""The gRPC server: servicers, health, reflection, limits and graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from inventory.ledger.v1 import (
+    movement_service_pb2,
+    movement_service_pb2_grpc,
+    policy_service_pb2,
+    policy_service_pb2_grpc,
+    query_service_pb2,
+    query_service_pb2_grpc,
+    reservation_service_pb2,
+    reservation_service_pb2_grpc,
+)
+
+from ledger.api.movement_servicer import MovementServicer
+from ledger.api.page_tokens import PageTokens
+from ledger.api.policy_servicer import PolicyServicer
+from ledger.api.query_servicer import QueryServicer
+from ledger.api.reservation_servicer import ReservationServicer
+from ledger.config import Settings
+from ledger.service import LedgerService
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    query_service_pb2.DESCRIPTOR.services_by_name["InventoryQueryService"].full_name,
+    reservation_service_pb2.DESCRIPTOR.services_by_name["ReservationService"].full_name,
+    movement_service_pb2.DESCRIPTOR.services_by_name["MovementService"].full_name,
+    policy_service_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
+)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Report NOT_SERVING first so load balancers drain us, then finish in-flight calls."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_seconds)
+
+
+async def start_server(service: LedgerService, settings: Settings) -> RunningServer:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    tokens = PageTokens(settings.page_token_secret)
+    query_service_pb2_grpc.add_InventoryQueryServiceServicer_to_server(
+        QueryServicer(service, tokens), server
+    )
+    reservation_service_pb2_grpc.add_ReservationServiceServicer_to_server(
+        ReservationServicer(service, tokens), server
+    )
+    movement_service_pb2_grpc.add_MovementServiceServicer_to_server(
+        MovementServicer(service), server
+    )
+    policy_service_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(service), server)
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise OSError(f"could not listen on {settings.listen}")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, health_servicer)

@@ -1,0 +1,271 @@
+"""Request validation at the edge (pydantic v2), in a fixed precedence.
+
+Every model is fed plain values pulled from the protobuf request by ``convert``; a pydantic
+error location such as ``('lines', 3, 'sku')`` becomes the field path ``lines[3].sku``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from ledger.domain import limits
+from ledger.domain.movements import Disposition, FromBucket, MovementType
+
+
+def _no_control_characters(value: str) -> str:
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+Identifier = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=limits.IDENTIFIER_LENGTH_MAX),
+    AfterValidator(_no_control_characters),
+]
+OptionalIdentifier = Annotated[
+    str,
+    StringConstraints(max_length=limits.IDENTIFIER_LENGTH_MAX),
+    AfterValidator(_no_control_characters),
+]
+Channel = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9_-]{1,64}$")
+]
+OptionalChannel = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]{0,64}$")]
+Source = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+RequestId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=limits.REQUEST_ID_LENGTH_MAX),
+    AfterValidator(_no_control_characters),
+]
+FreeText = Annotated[
+    str,
+    StringConstraints(max_length=limits.REASON_LENGTH_MAX),
+    AfterValidator(_no_control_characters),
+]
+Quantity = Annotated[int, Field(ge=1, le=limits.QUANTITY_MAX)]
+NonNegativeQuantity = Annotated[int, Field(ge=0, le=limits.QUANTITY_MAX)]
+PageSize = Annotated[int, Field(ge=0)]
+
+BASE_UNITS = ("", "EA")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def field_violations(error: ValidationError) -> list[tuple[str, str]]:
+    """(field path, description) pairs from a pydantic error."""
+    violations = []
+    for item in error.errors():
+        path = ""
+        for part in item["loc"]:
+            if isinstance(part, int):
+                path += f"[{part}]"
+            elif part:
+                path += f".{part}" if path else str(part)
+        message = item["msg"].removeprefix("Value error, ")
+        # Cross-field rules raise "field: problem" from a model validator; point at the field.
+        field, sep, rest = message.partition(": ")
+        if item["type"] == "value_error" and sep and field.isidentifier():
+            path = f"{path}.{field}" if path else field
+            message = rest
+        violations.append((path or "request", message))
+    return violations
+
+
+# ---- movements ------------------------------------------------------------------------------------
+
+_QTY_TYPES = {
+    MovementType.RECEIPT,
+    MovementType.PUTAWAY,
+    MovementType.SHIPMENT,
+    MovementType.QUARANTINE,
+    MovementType.QUARANTINE_RELEASE,
+    MovementType.DAMAGE,
+    MovementType.WRITE_OFF,
+    MovementType.TRANSFER_DISPATCH,
+    MovementType.TRANSFER_RECEIPT,
+    MovementType.RETURN_RECEIPT,
+}
+
+
+class MovementModel(_Strict):
+    message_id: Identifier
+    source: Source
+    type: MovementType
+    sku: Identifier
+    location_id: Identifier
+    qty: Quantity | None = None
+    uom: str = ""
+    occurred_at: datetime | None = None
+    reservation_id: OptionalIdentifier = ""
+    transfer_id: OptionalIdentifier = ""
+    to_location_id: OptionalIdentifier = ""
+    delta: Annotated[int, Field(ge=-limits.QUANTITY_MAX, le=limits.QUANTITY_MAX)] | None = None
+    counted: NonNegativeQuantity | None = None
+    reason: FreeText = ""
+    disposition: Disposition | None = None
+    putaway_pending: bool = False
+    final: bool = False
+    expected_at: datetime | None = None
+    from_bucket: FromBucket | None = None
+
+    @model_validator(mode="after")
+    def _fields_fit_type(self) -> MovementModel:
+        problems = list(_type_rules(self))
+        if problems:
+            field, message = problems[0]
+            raise ValueError(f"{field}: {message}")
+        return self
+
+
+def _type_rules(m: MovementModel) -> Any:
+    """Yield (field, problem) for fields that do not fit the movement type (first wins)."""
+    kind = m.type
+    if m.uom not in BASE_UNITS:
+        yield "uom", "RecordMovements takes base units (EA); convert at ingest"
+    if kind in _QTY_TYPES and m.qty is None:
+        yield "qty", f"required for {kind.value}"
+    if kind not in _QTY_TYPES and m.qty is not None:
+        yield "qty", f"not used by {kind.value}"
+    if kind is MovementType.ADJUSTMENT:
+        if m.delta is None or m.delta == 0:
+            yield "delta", "adjustment needs a non-zero delta"
+        if not m.reason:
+            yield "reason", "adjustment needs a reason"
+    elif m.delta is not None:
+        yield "delta", f"not used by {kind.value}"
+    if kind is MovementType.CYCLE_COUNT and m.counted is None:
+        yield "counted", "cycle_count needs counted"
+    if kind is not MovementType.CYCLE_COUNT and m.counted is not None:
+        yield "counted", f"not used by {kind.value}"
+    if kind in (MovementType.TRANSFER_DISPATCH, MovementType.TRANSFER_RECEIPT) and not m.transfer_id:
+        yield "transfer_id", f"required for {kind.value}"
+    if kind is MovementType.TRANSFER_DISPATCH:
+        if not m.to_location_id:
+            yield "to_location_id", "required for transfer_dispatch"
+        elif m.to_location_id == m.location_id:
+            yield "to_location_id", "must differ from location_id"
+    if kind is MovementType.RETURN_RECEIPT and m.disposition is None:
+        yield "disposition", "required for return_receipt"
+    if kind is not MovementType.RETURN_RECEIPT and m.disposition is not None:
+        yield "disposition", f"not used by {kind.value}"
+    if kind is not MovementType.DAMAGE and m.from_bucket is not None:
+        yield "from_bucket", f"not used by {kind.value}"
+    if m.reservation_id and kind is not MovementType.SHIPMENT:
+        yield "reservation_id", f"not used by {kind.value}"
+
+
+class RecordMovementsModel(_Strict):
+    movements: Annotated[
+        list[MovementModel], Field(min_length=1, max_length=limits.MOVEMENTS_PER_REQUEST_MAX)
+    ]
+
+
+# ---- reservations -----------------------------------------------------------------------------------
+
+
+class ReserveLineModel(_Strict):
+    sku: Identifier
+    location_id: OptionalIdentifier = ""
+    qty: Quantity
+
+
+class ReserveModel(_Strict):
+    request_id: RequestId
+    channel: Channel
+    order_ref: Annotated[str, StringConstraints(max_length=limits.ORDER_REF_LENGTH_MAX)] = ""
+    lines: Annotated[
+        list[ReserveLineModel], Field(min_length=1, max_length=limits.RESERVATION_LINES_MAX)
+    ]
+    ttl: timedelta | None = None
+    allow_split: bool = False
+
+    @model_validator(mode="after")
+    def _ttl_in_range(self) -> ReserveModel:
+        if self.ttl is not None and not (
+            limits.RESERVATION_TTL_MIN <= self.ttl <= limits.RESERVATION_TTL_MAX
+        ):
+            raise ValueError(
+                f"ttl: must be between {limits.RESERVATION_TTL_MIN} and {limits.RESERVATION_TTL_MAX}"
+            )
+        return self
+
+
+class ReservationActionModel(_Strict):
+    request_id: RequestId
+    reservation_id: Identifier
+    channel: OptionalChannel = ""
+
+
+class GetReservationModel(_Strict):
+    reservation_id: Identifier
+    channel: OptionalChannel = ""
+
+
+class ListReservationsModel(_Strict):
+    channel: Channel
+    order_ref: Annotated[str, StringConstraints(max_length=limits.ORDER_REF_LENGTH_MAX)] = ""
+    page_size: PageSize = 0
+    page_token: str = ""
+
+
+# ---- queries and policies -------------------------------------------------------------------------
+
+
+class GetPositionModel(_Strict):
+    sku: Identifier
+    location_id: Identifier
+    include_holds: bool = False
+
+
+class ListPositionsModel(_Strict):
+    sku: OptionalIdentifier = ""
+    location_id: OptionalIdentifier = ""
+    page_size: PageSize = 0
+    page_token: str = ""
+    include_holds: bool = False
+
+    @model_validator(mode="after")
+    def _exactly_one_filter(self) -> ListPositionsModel:
+        if bool(self.sku) == bool(self.location_id):
+            raise ValueError("sku: give exactly one of sku or location_id")
+        return self
+
+
+class SetSafetyStockModel(_Strict):
+    request_id: RequestId
+    sku: Identifier
+    location_id: Identifier
+    qty: NonNegativeQuantity
+
+
+class SetChannelFenceModel(_Strict):
+    request_id: RequestId
+    sku: Identifier
+    location_id: Identifier
+    channel: Channel
+    qty: NonNegativeQuantity
+
+
+class SetChannelPolicyModel(_Strict):
+    request_id: RequestId
+    channel: Channel
+    eligible_location_ids: Annotated[
+        list[Identifier], Field(max_length=limits.ELIGIBLE_LOCATIONS_MAX)
+    ] = []
+    share_percent: Annotated[int, Field(ge=0, le=100)] = 0
+    buffer: NonNegativeQuantity = 0
+    max_publish: NonNegativeQuantity = 0
