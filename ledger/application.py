@@ -19,7 +19,7 @@ class InventoryLedger(Application):
 
     # Pinned: the PostgreSQL table names derive from it (ledger_events, ...).
     name = "Ledger"
-    snapshotting_intervals = {Position: SNAPSHOT_INTERVAL}  # noqa: RUF012
+    snapshotting_intervals = {Position: SNAPSHOT_INTERVAL}
 
     def __init__(self, env: dict[str, str]) -> None:
         if "PERSISTENCE_MODULE" not in env:

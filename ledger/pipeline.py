@@ -81,7 +81,7 @@ class CommandPipeline:
                 continue
             try:
                 result = self._execute(command)
-            except BaseException as error:  # noqa: BLE001 - delivered to the caller
+            except BaseException as error:
                 future.set_exception(error)
             else:
                 future.set_result(result)

@@ -26,7 +26,6 @@ from ledger.use_cases.context import CallContext
 from ledger.use_cases.reservations import ReserveInput
 from ledger.views import (
     ChannelPolicyView,
-    MovementResultView,
     Page,
     PositionView,
     ReservationView,
@@ -105,7 +104,9 @@ class LedgerService:
 
     # ---- reads (strongly consistent: from the aggregates) -------------------------------------
 
-    def get_position(self, sku: str, location_id: str, *, include_holds: bool = False) -> PositionView:
+    def get_position(
+        self, sku: str, location_id: str, *, include_holds: bool = False
+    ) -> PositionView:
         position = self.app.find(position_id(sku, location_id))
         if not isinstance(position, Position):
             return PositionView(sku=sku, location_id=location_id)
@@ -123,7 +124,9 @@ class LedgerService:
         keys = self.app.select_positions(
             sku=sku, location_id=location_id, after=after, limit=page_size + 1
         )
-        views = [self.get_position(s, loc, include_holds=include_holds) for s, loc in keys[:page_size]]
+        views = [
+            self.get_position(s, loc, include_holds=include_holds) for s, loc in keys[:page_size]
+        ]
         next_after = keys[page_size - 1] if len(keys) > page_size else None
         return Page(views, next_after)
 
@@ -186,7 +189,7 @@ class LedgerService:
                     expired = self.expire_due_reservations()
                     if expired:
                         log.info("recorded expiry of %d reservation(s)", len(expired))
-                except Exception:  # noqa: BLE001 - keep sweeping; the next pass retries
+                except Exception:
                     log.exception("expiry sweep failed; will retry")
 
         self._sweeper = threading.Thread(target=loop, name="expiry-sweeper", daemon=True)

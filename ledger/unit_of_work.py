@@ -115,7 +115,9 @@ class UnitOfWork:
         """Locations holding a position for ``sku``, including ones opened in this unit."""
         known = set(self.app.locations_of(sku))
         known.update(
-            op.location_id for op in self.index_ops if isinstance(op, PositionIndexed) and op.sku == sku
+            op.location_id
+            for op in self.index_ops
+            if isinstance(op, PositionIndexed) and op.sku == sku
         )
         return sorted(known)
 
@@ -156,7 +158,9 @@ class UnitOfWork:
 
 def position_of(recordings: list[Recording], aggregate_id: UUID) -> int:
     """The global ledger position of the last event written for ``aggregate_id``."""
-    positions = [r.notification.id for r in recordings if r.domain_event.originator_id == aggregate_id]
+    positions = [
+        r.notification.id for r in recordings if r.domain_event.originator_id == aggregate_id
+    ]
     if not positions:
         raise AssertionError(f"no event recorded for {aggregate_id}")
     return max(positions)

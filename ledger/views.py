@@ -103,7 +103,9 @@ class ReservationView:
     ledger_position: int = 0
 
     @classmethod
-    def of(cls, reservation: Reservation, now: datetime, ledger_position: int = 0) -> ReservationView:
+    def of(
+        cls, reservation: Reservation, now: datetime, ledger_position: int = 0
+    ) -> ReservationView:
         return cls(
             reservation_id=str(reservation.id),
             channel=reservation.channel,

@@ -107,7 +107,7 @@ def movement_of(model: MovementModel) -> Movement:
     )
 
 
-# ---- responses --------------------------------------------------------------------------------------
+# ---- responses ----
 
 
 def to_timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:

@@ -133,7 +133,9 @@ def status_for(error: BaseException, correlation_id: str) -> status_pb2.Status:
                     error_details_pb2.PreconditionFailure.Violation(
                         type="RESERVATION_STATUS",
                         subject=error.reservation_id,
-                        description=f"{error.action} is not allowed in status {error.current_status}",
+                        description=(
+                            f"{error.action} is not allowed in status {error.current_status}"
+                        ),
                     )
                 ]
             ),

@@ -15,7 +15,7 @@ class MovementServicer(movement_service_pb2_grpc.MovementServiceServicer):
         self._service = service
 
     @unary
-    async def RecordMovements(  # noqa: N802 - gRPC method name
+    async def RecordMovements(
         self, request: movement_service_pb2.RecordMovementsRequest, ctx: CallContext
     ) -> movement_service_pb2.RecordMovementsResponse:
         model = convert.validate(

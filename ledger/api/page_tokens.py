@@ -40,7 +40,9 @@ class PageTokens:
                 raise ValueError("bad signature")
             data = json.loads(body)
         except ValueError:
-            raise InvalidRequest([("page_token", "not a page token issued by this service")]) from None
+            raise InvalidRequest(
+                [("page_token", "not a page token issued by this service")]
+            ) from None
         if data.get("l") != listing:
             raise InvalidRequest(
                 [("page_token", "the other parameters changed since this token was issued")]

@@ -20,7 +20,7 @@ class PolicyServicer(policy_service_pb2_grpc.PolicyServiceServicer):
         self._service = service
 
     @unary
-    async def SetSafetyStock(  # noqa: N802 - gRPC method name
+    async def SetSafetyStock(
         self, request: policy_service_pb2.SetSafetyStockRequest, ctx: CallContext
     ) -> position_pb2.Position:
         model = convert.validate(
@@ -40,7 +40,7 @@ class PolicyServicer(policy_service_pb2_grpc.PolicyServiceServicer):
         return convert.position_message(view)
 
     @unary
-    async def SetChannelFence(  # noqa: N802
+    async def SetChannelFence(
         self, request: policy_service_pb2.SetChannelFenceRequest, ctx: CallContext
     ) -> position_pb2.Position:
         model = convert.validate(
@@ -61,7 +61,7 @@ class PolicyServicer(policy_service_pb2_grpc.PolicyServiceServicer):
         return convert.position_message(view)
 
     @unary
-    async def SetChannelPolicy(  # noqa: N802
+    async def SetChannelPolicy(
         self, request: policy_service_pb2.SetChannelPolicyRequest, ctx: CallContext
     ) -> channel_policy_pb2.ChannelPolicy:
         model = convert.validate(

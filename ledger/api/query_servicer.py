@@ -19,7 +19,7 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
         self._tokens = page_tokens
 
     @unary
-    async def GetPosition(  # noqa: N802 - gRPC method name
+    async def GetPosition(
         self, request: query_service_pb2.GetPositionRequest, ctx: CallContext
     ) -> position_pb2.Position:
         query = convert.validate(
@@ -39,7 +39,7 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
         return convert.position_message(view)
 
     @unary
-    async def ListPositions(  # noqa: N802
+    async def ListPositions(
         self, request: query_service_pb2.ListPositionsRequest, ctx: CallContext
     ) -> query_service_pb2.ListPositionsResponse:
         query = convert.validate(

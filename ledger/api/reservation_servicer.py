@@ -25,7 +25,7 @@ class ReservationServicer(reservation_service_pb2_grpc.ReservationServiceService
         self._tokens = page_tokens
 
     @unary
-    async def Reserve(  # noqa: N802 - gRPC method name
+    async def Reserve(
         self, request: reservation_service_pb2.ReserveRequest, ctx: CallContext
     ) -> reservation_pb2.Reservation:
         model = convert.validate(
@@ -54,7 +54,7 @@ class ReservationServicer(reservation_service_pb2_grpc.ReservationServiceService
         return convert.reservation_message(view)
 
     @unary
-    async def GetReservation(  # noqa: N802
+    async def GetReservation(
         self, request: reservation_service_pb2.GetReservationRequest, ctx: CallContext
     ) -> reservation_pb2.Reservation:
         model = convert.validate(
@@ -67,7 +67,7 @@ class ReservationServicer(reservation_service_pb2_grpc.ReservationServiceService
         return convert.reservation_message(view)
 
     @unary
-    async def Commit(  # noqa: N802
+    async def Commit(
         self, request: reservation_service_pb2.CommitRequest, ctx: CallContext
     ) -> reservation_pb2.Reservation:
         model = self._action(request)
@@ -77,7 +77,7 @@ class ReservationServicer(reservation_service_pb2_grpc.ReservationServiceService
         return convert.reservation_message(view)
 
     @unary
-    async def Release(  # noqa: N802
+    async def Release(
         self, request: reservation_service_pb2.ReleaseRequest, ctx: CallContext
     ) -> reservation_pb2.Reservation:
         model = self._action(request)
@@ -87,7 +87,7 @@ class ReservationServicer(reservation_service_pb2_grpc.ReservationServiceService
         return convert.reservation_message(view)
 
     @unary
-    async def ListReservations(  # noqa: N802
+    async def ListReservations(
         self, request: reservation_service_pb2.ListReservationsRequest, ctx: CallContext
     ) -> reservation_service_pb2.ListReservationsResponse:
         model = convert.validate(

@@ -40,7 +40,7 @@ def unary(handler: Handler) -> Callable[[Any, Any, grpc.aio.ServicerContext], Aw
             return await handler(self, request, CallContext(ANONYMOUS, correlation_id))
         except asyncio.CancelledError:
             raise
-        except Exception as error:  # noqa: BLE001 - every failure becomes a status
+        except Exception as error:
             status = rpc_status.to_status(status_for(error, correlation_id))
             await context.abort(status.code, status.details, status.trailing_metadata)
 

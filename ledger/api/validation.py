@@ -39,9 +39,7 @@ OptionalIdentifier = Annotated[
     StringConstraints(max_length=limits.IDENTIFIER_LENGTH_MAX),
     AfterValidator(_no_control_characters),
 ]
-Channel = Annotated[
-    str, StringConstraints(pattern=r"^[a-z0-9_-]{1,64}$")
-]
+Channel = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]{1,64}$")]
 OptionalChannel = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]{0,64}$")]
 Source = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 RequestId = Annotated[
@@ -85,7 +83,7 @@ def field_violations(error: ValidationError) -> list[tuple[str, str]]:
     return violations
 
 
-# ---- movements ------------------------------------------------------------------------------------
+# ---- movements ----
 
 _QTY_TYPES = {
     MovementType.RECEIPT,
@@ -151,7 +149,10 @@ def _type_rules(m: MovementModel) -> Any:
         yield "counted", "cycle_count needs counted"
     if kind is not MovementType.CYCLE_COUNT and m.counted is not None:
         yield "counted", f"not used by {kind.value}"
-    if kind in (MovementType.TRANSFER_DISPATCH, MovementType.TRANSFER_RECEIPT) and not m.transfer_id:
+    if (
+        kind in (MovementType.TRANSFER_DISPATCH, MovementType.TRANSFER_RECEIPT)
+        and not m.transfer_id
+    ):
         yield "transfer_id", f"required for {kind.value}"
     if kind is MovementType.TRANSFER_DISPATCH:
         if not m.to_location_id:
@@ -174,7 +175,7 @@ class RecordMovementsModel(_Strict):
     ]
 
 
-# ---- reservations -----------------------------------------------------------------------------------
+# ---- reservations ----
 
 
 class ReserveLineModel(_Strict):
@@ -199,7 +200,8 @@ class ReserveModel(_Strict):
             limits.RESERVATION_TTL_MIN <= self.ttl <= limits.RESERVATION_TTL_MAX
         ):
             raise ValueError(
-                f"ttl: must be between {limits.RESERVATION_TTL_MIN} and {limits.RESERVATION_TTL_MAX}"
+                f"ttl: must be between {limits.RESERVATION_TTL_MIN}"
+                f" and {limits.RESERVATION_TTL_MAX}"
             )
         return self
 
@@ -222,7 +224,7 @@ class ListReservationsModel(_Strict):
     page_token: str = ""
 
 
-# ---- queries and policies -------------------------------------------------------------------------
+# ---- queries and policies ----
 
 
 class GetPositionModel(_Strict):

@@ -55,7 +55,7 @@ class ChannelPolicy(Aggregate):
         return not self.eligible_location_ids or location_id in self.eligible_location_ids
 
     def channel_available(self, available_to_by_location: dict[str, int]) -> int:
-        """clamp(floor(Σ eligible available_to × share / 100) − buffer, 0, max_publish or ∞)."""
+        """clamp(floor(sum(eligible available_to) * share / 100) - buffer, 0, max_publish)."""
         total = sum(q for loc, q in available_to_by_location.items() if self.is_eligible(loc))
         value = max(0, total * self.share_percent // 100 - self.buffer)
         return min(value, self.max_publish) if self.max_publish else value

@@ -1,4 +1,4 @@
-"""Domain errors. Each carries a stable ``reason`` (AIP-193 style) the API layer maps to a status."""
+"""Domain errors, each with a stable ``reason`` (AIP-193 style) the API maps to a status."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ class InsufficientAvailability(LedgerError):
     reason = "INSUFFICIENT_AVAILABILITY"
 
     def __str__(self) -> str:
-        return f"insufficient availability for channel {self.channel!r} on {len(self.short_lines)} line(s)"
+        lines = len(self.short_lines)
+        return f"insufficient availability for channel {self.channel!r} on {lines} line(s)"
 
 
 @dataclass
@@ -55,7 +56,9 @@ class IllegalTransition(LedgerError):
     reason = "ILLEGAL_RESERVATION_TRANSITION"
 
     def __str__(self) -> str:
-        return f"cannot {self.action} reservation {self.reservation_id!r}: it is {self.current_status}"
+        return (
+            f"cannot {self.action} reservation {self.reservation_id!r}: it is {self.current_status}"
+        )
 
 
 @dataclass

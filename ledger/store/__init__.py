@@ -1,1 +1,1 @@
-"""Event-store adapters: recorders that keep the ledger's lookup indexes in the event transaction."""
+"""Event-store adapters: recorders that keep lookup indexes in the event transaction."""

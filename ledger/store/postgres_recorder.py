@@ -26,8 +26,8 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         self.sql_create_statements.extend(
             [
                 SQL(
-                    "CREATE TABLE IF NOT EXISTS {s}.{t} (sku text COLLATE \"C\" NOT NULL,"
-                    " location_id text COLLATE \"C\" NOT NULL, position_id uuid NOT NULL,"
+                    'CREATE TABLE IF NOT EXISTS {s}.{t} (sku text COLLATE "C" NOT NULL,'
+                    ' location_id text COLLATE "C" NOT NULL, position_id uuid NOT NULL,'
                     " PRIMARY KEY (sku, location_id))"
                 ).format(s=schema, t=self._positions),
                 SQL("CREATE INDEX IF NOT EXISTS {i} ON {s}.{t} (location_id, sku)").format(
@@ -36,7 +36,8 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                     t=self._positions,
                 ),
                 SQL(
-                    "CREATE TABLE IF NOT EXISTS {s}.{t} (reservation_id text COLLATE \"C\" PRIMARY KEY,"
+                    "CREATE TABLE IF NOT EXISTS {s}.{t}"
+                    ' (reservation_id text COLLATE "C" PRIMARY KEY,'
                     " channel text NOT NULL, order_ref text NOT NULL, status text NOT NULL,"
                     " expires_at_us bigint NOT NULL, created_at_us bigint NOT NULL)"
                 ).format(s=schema, t=self._reservations),

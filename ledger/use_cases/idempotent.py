@@ -19,7 +19,9 @@ class RequestKey:
     fingerprint: str
 
 
-def request_key(ctx: CallContext, request_id: str, kind: str, payload: dict[str, Any]) -> RequestKey:
+def request_key(
+    ctx: CallContext, request_id: str, kind: str, payload: dict[str, Any]
+) -> RequestKey:
     return RequestKey(
         key_id=request_key_id(ctx.principal, request_id),
         request_id=request_id,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from ledger.domain import availability
 from ledger.domain.channel_policy import ChannelPolicy
 from ledger.domain.errors import FenceExceedsAvailable
@@ -90,7 +89,9 @@ def set_channel_policy(
             return lambda _: view
         policy = uow.channel_policy(channel)
         if policy is None:
-            policy = ChannelPolicy._create(ChannelPolicy.Created, channel=channel, recorded_at=uow.now)
+            policy = ChannelPolicy._create(
+                ChannelPolicy.Created, channel=channel, recorded_at=uow.now
+            )
             uow.add(policy)
         policy.trigger_event(
             ChannelPolicy.Set,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from eventsourcing.application import Recording
@@ -93,7 +93,9 @@ class _Planner:
         free = position.available_to(self.channel, self.uow.now)
         return max(0, free - self.taken[(sku, location_id)])
 
-    def plan(self, index: int, line: ReserveLine, allow_split: bool) -> list[ReserveLine] | ShortLine:
+    def plan(
+        self, index: int, line: ReserveLine, allow_split: bool
+    ) -> list[ReserveLine] | ShortLine:
         if line.location_id:
             free = self.headroom(line.sku, line.location_id)
             if line.qty > free:
@@ -188,7 +190,9 @@ def _load_for(uow: UnitOfWork, reservation_id: str, channel: str) -> Reservation
 
 
 def commit(ctx: CallContext, request_id: str, reservation_id: str, channel: str) -> Any:
-    key = request_key(ctx, request_id, "Commit", {"reservation_id": reservation_id, "channel": channel})
+    key = request_key(
+        ctx, request_id, "Commit", {"reservation_id": reservation_id, "channel": channel}
+    )
 
     def command(uow: UnitOfWork) -> Finisher:
         stored = previous_result(uow, key)
@@ -259,5 +263,3 @@ def expire_due(ctx: CallContext, reservation_ids: list[str]) -> Any:
         return finish
 
     return command
-
-
