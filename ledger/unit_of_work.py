@@ -126,10 +126,10 @@ class UnitOfWork:
     def idempotency_key(self, key_id: UUID) -> IdempotencyKey | None:
         if key_id in self._keys:
             return self._keys[key_id]
-        try:
-            return self.app.repository.get(key_id)
-        except AggregateNotFoundError:
-            return None
+        # A key never changes after its first event: one indexed read, and no cache
+        # pollution (most lookups are misses for new keys).
+        first = list(self.app.events.get(key_id, lte=1))
+        return first[0].mutate(None) if first else None
 
     def remember(self, key: IdempotencyKey) -> None:
         self._keys[key.id] = key
