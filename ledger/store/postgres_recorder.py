@@ -61,8 +61,9 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
     ) -> None:
         # After the table lock and the event rows, inside the same transaction.
         super()._insert_stored_events(curs, stored_events, **kwargs)
-        for op in kwargs.get("index_ops", ()):
-            self._apply(curs, op)
+        with curs.connection.cursor() as index_curs:  # `curs` must keep the RETURNING rows
+            for op in kwargs.get("index_ops", ()):
+                self._apply(index_curs, op)
 
     def _apply(self, curs: Cursor[DictRow], op: IndexOp) -> None:
         if isinstance(op, PositionIndexed):

@@ -1,0 +1,40 @@
+"""Integration fixtures: a real ``ledger serve`` process per test, on SQLite and PostgreSQL.
+
+``database_url`` is parametrized over both backends, so every test that uses ``ledger``
+runs twice (ids ``[sqlite]`` / ``[postgres]``).  The PostgreSQL fixture is only requested
+for the ``postgres`` parameter, so ``-k sqlite`` runs never start a PostgreSQL server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.server import LedgerProcess
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    return request.getfixturevalue("postgres_database_url")
+
+
+@pytest.fixture
+def ledger(database_url: str) -> Iterator[LedgerProcess]:
+    process = LedgerProcess(database_url)
+    process.start()
+    try:
+        yield process
+        if process.running:
+            # SIGTERM must drain and exit cleanly; nothing may have crashed meanwhile.
+            assert process.stop() == 0, process.log_text()
+            assert "stopped" in process.log_text(), process.log_text()
+        log = process.log_text(all_runs=True)
+        assert "Traceback" not in log and " ERROR " not in log, log
+    finally:
+        process.close()

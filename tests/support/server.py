@@ -1,0 +1,240 @@
+"""Run ``ledger serve`` as a real subprocess for integration tests.
+
+``LedgerProcess`` starts ``python -m ledger.cli serve --listen 127.0.0.1:0 --database URL``,
+reads the chosen port from the ``ledger listening on HOST:PORT`` log line, and waits until
+``grpc.health.v1`` answers SERVING.  stderr goes to a temporary file (``.log_text()``), so a
+chatty server can never block on a full pipe.
+
+    with LedgerProcess("sqlite:////tmp/x.db") as ledger:
+        query = stub(ledger, query_service_pb2_grpc.InventoryQueryServiceStub)
+        ...
+        ledger.restart()          # same database, new process (and port)
+
+``.stop()`` sends SIGTERM (clean shutdown) and SIGKILLs after 10 s; ``.kill()`` SIGKILLs at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+START_TIMEOUT_SECONDS = 30.0
+STOP_TIMEOUT_SECONDS = 10.0
+_LISTENING = re.compile(r"ledger listening on (?P<host>\S+):(?P<port>\d+) ")
+
+S = TypeVar("S")
+
+
+class LedgerStartError(RuntimeError):
+    """The server process did not come up (the message carries its stderr)."""
+
+
+class LedgerProcess:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        listen: str = "127.0.0.1:0",
+        env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
+        start_timeout: float = START_TIMEOUT_SECONDS,
+    ) -> None:
+        self.database_url = database_url
+        self.listen = listen
+        self.env = dict(env or {})
+        self.extra_args = list(extra_args or [])
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port: int | None = None
+        self._log_dir = tempfile.TemporaryDirectory(prefix="ledger-proc-")
+        self._log_path = Path(self._log_dir.name) / "stderr.log"
+        self._log_offset = 0  # where the current process's output starts in the log file
+        self._channel: grpc.Channel | None = None
+        self.start_seconds: float | None = None  # how long the last start took
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        if self.port is None:
+            raise RuntimeError("ledger process is not running")
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> Self:
+        if self.running:
+            raise RuntimeError("ledger process already running")
+        began = time.monotonic()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        # Command-line flags win over these, but keep the environment from leaking in.
+        env.pop("LEDGER_LISTEN", None)
+        env.pop("LEDGER_DATABASE_URL", None)
+        self._log_offset = self._log_path.stat().st_size if self._log_path.exists() else 0
+        with open(self._log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "ledger.cli",
+                    "serve",
+                    "--listen",
+                    self.listen,
+                    "--database",
+                    self.database_url,
+                    *self.extra_args,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        try:
+            self.port = self._wait_for_port(began + self.start_timeout)
+            self._wait_serving(began + self.start_timeout)
+        except BaseException:
+            self.kill()
+            raise
+        self.start_seconds = time.monotonic() - began
+        return self
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:
+        """SIGTERM, wait up to ``timeout``, then SIGKILL. Returns the exit code."""
+        self._close_channel()
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.port = None
+        return process.returncode
+
+    def kill(self) -> int | None:
+        """SIGKILL (a crash). Returns the exit code."""
+        self._close_channel()
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        self.port = None
+        return process.returncode
+
+    def restart(self) -> Self:
+        """Stop cleanly and start a new process on the same database."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            self._log_dir.cleanup()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = f"port {self.port}" if self.running else "stopped"
+        return f"<LedgerProcess {self.database_url} {state}>"
+
+    # ---- clients ----------------------------------------------------------------------------
+
+    def channel(self) -> grpc.Channel:
+        """A channel to the current process (re-created after a restart)."""
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.address)
+        return self._channel
+
+    def stub(self, stub_class: type[S]) -> S:
+        return stub(self.channel(), stub_class)
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    # ---- logs -------------------------------------------------------------------------------
+
+    def log_text(self, *, all_runs: bool = False) -> str:
+        """The server's stderr (this run only unless ``all_runs``)."""
+        if not self._log_path.exists():
+            return ""
+        data = self._log_path.read_bytes()
+        return (
+            data.decode("utf-8", "replace")
+            if all_runs
+            else data[self._log_offset :].decode("utf-8", "replace")
+        )
+
+    # ---- start-up -----------------------------------------------------------------------------
+
+    def _fail(self, why: str) -> LedgerStartError:
+        code = self.process.poll() if self.process is not None else None
+        return LedgerStartError(
+            f"ledger serve {why} (exit code {code}); database {self.database_url}\n"
+            f"--- stderr ---\n{self.log_text()}"
+        )
+
+    def _wait_for_port(self, deadline: float) -> int:
+        assert self.process is not None
+        while True:
+            match = _LISTENING.search(self.log_text())
+            if match:
+                return int(match["port"])
+            if self.process.poll() is not None:
+                raise self._fail("exited before listening")
+            if time.monotonic() > deadline:
+                raise self._fail(f"did not log its port within {self.start_timeout:.0f} s")
+            time.sleep(0.02)
+
+    def _wait_serving(self, deadline: float) -> None:
+        assert self.process is not None
+        health = health_pb2_grpc.HealthStub(self.channel())
+        last: Any = None
+        while True:
+            try:
+                answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+            except grpc.RpcError as error:
+                last = f"{error.code().name}: {error.details()}"
+            if self.process.poll() is not None:
+                raise self._fail(f"exited before SERVING (last health answer: {last})")
+            if time.monotonic() > deadline:
+                raise self._fail(f"not SERVING within {self.start_timeout:.0f} s (last: {last})")
+            time.sleep(0.05)
+
+
+def stub(target: grpc.Channel | LedgerProcess, stub_class: type[S]) -> S:
+    """``stub(ledger, ReservationServiceStub)`` — a stub on a channel or a running process."""
+    channel = target.channel() if isinstance(target, LedgerProcess) else target
+    return stub_class(channel)  # type: ignore[call-arg]
