@@ -56,7 +56,7 @@ class InventoryLedger(Application):
         )
 
     def select_reservations(
-        self, *, channel: str, order_ref: str | None, after: str, limit: int
+        self, *, channel: str, order_ref: str | None, after: tuple[int, str], limit: int
     ) -> list[ReservationRow]:
         return self.recorder.select_reservations(  # type: ignore[attr-defined]
             channel=channel, order_ref=order_ref, after=after, limit=limit

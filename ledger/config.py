@@ -64,13 +64,14 @@ def eventsourcing_env(database_url: str) -> dict[str, str]:
         if not parts.path.strip("/"):
             raise ConfigError(f"no database name in {database_url!r}")
         query = parse_qs(parts.query)
+        # libpq also takes host/port/user/password as query parameters (e.g. a socket dir).
         return {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
             "POSTGRES_DBNAME": unquote(parts.path.strip("/")),
-            "POSTGRES_HOST": unquote(parts.hostname or "127.0.0.1"),
-            "POSTGRES_PORT": str(parts.port or 5432),
-            "POSTGRES_USER": unquote(parts.username or "postgres"),
-            "POSTGRES_PASSWORD": unquote(parts.password or ""),
+            "POSTGRES_HOST": query.get("host", [unquote(parts.hostname or "127.0.0.1")])[0],
+            "POSTGRES_PORT": query.get("port", [str(parts.port or 5432)])[0],
+            "POSTGRES_USER": query.get("user", [unquote(parts.username or "postgres")])[0],
+            "POSTGRES_PASSWORD": query.get("password", [unquote(parts.password or "")])[0],
             "POSTGRES_SCHEMA": query.get("schema", ["public"])[0],
             "POSTGRES_POOL_SIZE": query.get("pool_size", ["4"])[0],
             "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", ["8"])[0],

@@ -141,13 +141,15 @@ class LedgerService:
         return ReservationView.of(reservation, self.clock())
 
     def list_reservations(
-        self, *, channel: str, order_ref: str | None, after: str, page_size: int
+        self, *, channel: str, order_ref: str | None, after: tuple[int, str], page_size: int
     ) -> Page[ReservationView]:
+        """Oldest first (creation time, then id), keyset-paged."""
         rows = self.app.select_reservations(
             channel=channel, order_ref=order_ref, after=after, limit=page_size + 1
         )
         views = [self.get_reservation(row.reservation_id) for row in rows[:page_size]]
-        next_after = rows[page_size - 1].reservation_id if len(rows) > page_size else None
+        last = rows[page_size - 1] if len(rows) > page_size else None
+        next_after = (last.created_at_us, last.reservation_id) if last else None
         return Page(views, next_after)
 
     def get_channel_policy(self, channel: str) -> ChannelPolicyView | None:

@@ -59,6 +59,9 @@ class AggregateCache:
 
 
 Finisher = Callable[[list[Recording]], Any]
+# (aggregate id as hex, version): one stored event, JSON-friendly for idempotency results.
+EventRef = tuple[str, int]
+Mark = dict[UUID, int]
 
 
 class UnitOfWork:
@@ -67,6 +70,8 @@ class UnitOfWork:
         self.now = now
         self._cache = cache
         self._seen: dict[UUID, Any] = {}
+        # Version of each aggregate when this unit first saw it (0: created here).
+        self._loaded_at: dict[UUID, int] = {}
         self._keys: dict[UUID, IdempotencyKey] = {}
         self.index_ops: list[IndexOp] = []
 
@@ -74,12 +79,31 @@ class UnitOfWork:
     def seen_ids(self) -> list[UUID]:
         return list(self._seen)
 
+    # ---- which events a command wrote (for the ledger positions it reports) -------------------
+
+    def mark(self) -> Mark:
+        """Versions now; pass to :meth:`written_since` after the command's changes."""
+        return {aggregate_id: a.version for aggregate_id, a in self._seen.items()}
+
+    def written_since(self, mark: Mark) -> list[EventRef]:
+        """The newest event of each aggregate changed since ``mark`` (idempotency keys aside).
+
+        Within one save an aggregate's events are contiguous and in version order, so the
+        newest ones carry the greatest notification ids of what was written.
+        """
+        return [
+            (aggregate_id.hex, a.version)
+            for aggregate_id, a in self._seen.items()
+            if a.version > mark.get(aggregate_id, self._loaded_at.get(aggregate_id, 0))
+        ]
+
     def _load(self, aggregate_id: UUID) -> Any | None:
         if aggregate_id in self._seen:
             return self._seen[aggregate_id]
         aggregate = self._cache.load(aggregate_id)
         if aggregate is not None:
             self._seen[aggregate_id] = aggregate
+            self._loaded_at[aggregate_id] = aggregate.version
         return aggregate
 
     # ---- aggregates --------------------------------------------------------------------------
@@ -134,6 +158,10 @@ class UnitOfWork:
     def remember(self, key: IdempotencyKey) -> None:
         self._keys[key.id] = key
 
+    def is_pending_key(self, key_id: UUID) -> bool:
+        """Whether the key was remembered in this unit (its events are in this commit)."""
+        return key_id in self._keys
+
     # ---- commit ---------------------------------------------------------------------------------
 
     def commit(self) -> list[Recording]:
@@ -156,15 +184,20 @@ class UnitOfWork:
             self._cache.evict(self._seen)
 
 
-def position_of(recordings: list[Recording], aggregate_id: UUID) -> int:
-    """The global ledger position of the last event written for ``aggregate_id``."""
+def position_of(recordings: list[Recording], refs: list[EventRef]) -> int:
+    """The global ledger position of the last of ``refs`` (events written in this commit)."""
+    wanted = {(UUID(hex_id), version) for hex_id, version in refs}
     positions = [
-        r.notification.id for r in recordings if r.domain_event.originator_id == aggregate_id
+        r.notification.id
+        for r in recordings
+        if (r.domain_event.originator_id, r.domain_event.originator_version) in wanted
     ]
-    if not positions:
-        raise AssertionError(f"no event recorded for {aggregate_id}")
+    if len(positions) != len(wanted):
+        raise AssertionError(f"events {refs} were not all recorded")
     return max(positions)
 
 
-def last_position(recordings: list[Recording]) -> int:
-    return max((r.notification.id for r in recordings), default=0)
+def recorded_position(app: InventoryLedger, refs: list[EventRef]) -> int:
+    """The same figure for events written by an earlier commit (idempotent replays)."""
+    positions = [app.notification_id_of(UUID(hex_id), version) for hex_id, version in refs]
+    return max((p for p in positions if p is not None), default=0)

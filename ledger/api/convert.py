@@ -16,11 +16,14 @@ from inventory.ledger.v1 import (
 from pydantic import BaseModel, ValidationError
 
 from ledger.api.errors import InvalidRequest
-from ledger.api.validation import MovementModel, field_violations
+from ledger.api.validation import OUT_OF_RANGE_TIMESTAMP, MovementModel, field_violations
 from ledger.domain.movements import Movement
 from ledger.views import ChannelPolicyView, MovementResultView, PositionView, ReservationView
 
 M = TypeVar("M", bound=BaseModel)
+
+# google.protobuf.Duration's own range (about 10,000 years).
+DURATION_SECONDS_MAX = 315_576_000_000
 
 
 def validate(model: type[M], values: dict[str, Any]) -> M:
@@ -46,14 +49,21 @@ def _timestamp(message: Any, field: str) -> datetime | None:
     try:
         return value.ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError):
-        # Not a datetime: fails validation below, reported under the field's own path.
-        return "timestamp out of range"  # type: ignore[return-value]
+        # Fails validation below, reported under the field's own path.
+        return OUT_OF_RANGE_TIMESTAMP  # type: ignore[return-value]
 
 
 def duration(message: Any, field: str) -> timedelta | None:
     if not message.HasField(field):
         return None
     value: duration_pb2.Duration = getattr(message, field)
+    mixed_signs = (value.seconds > 0 and value.nanos < 0) or (value.seconds < 0 and value.nanos > 0)
+    if (
+        mixed_signs
+        or abs(value.nanos) >= 1_000_000_000
+        or abs(value.seconds) > DURATION_SECONDS_MAX
+    ):
+        raise InvalidRequest([(field, "not a valid google.protobuf.Duration")])
     return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
 
 

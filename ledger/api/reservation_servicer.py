@@ -100,15 +100,15 @@ class ReservationServicer(reservation_service_pb2_grpc.ReservationServiceService
             },
         )
         listing = {"m": "ListReservations", "channel": model.channel, "order": model.order_ref}
-        after = self._tokens.decode(model.page_token, listing) or ""
+        after = self._tokens.decode(model.page_token, listing) or [-1, ""]
         page = await asyncio.to_thread(
             self._service.list_reservations,
             channel=model.channel,
             order_ref=model.order_ref or None,
-            after=after,
+            after=(int(after[0]), str(after[1])),
             page_size=page_size_of(model.page_size),
         )
-        token = self._tokens.encode(listing, page.next_after) if page.next_after else ""
+        token = self._tokens.encode(listing, list(page.next_after)) if page.next_after else ""
         return reservation_service_pb2.ListReservationsResponse(
             reservations=[convert.reservation_message(v) for v in page.items],
             next_page_token=token,

@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -57,6 +58,9 @@ NonNegativeQuantity = Annotated[int, Field(ge=0, le=limits.QUANTITY_MAX)]
 PageSize = Annotated[int, Field(ge=0)]
 
 BASE_UNITS = ("", "EA")
+
+# Stands in for a protobuf Timestamp that has no datetime (outside years 1-9999).
+OUT_OF_RANGE_TIMESTAMP = object()
 
 
 class _Strict(BaseModel):
@@ -119,6 +123,13 @@ class MovementModel(_Strict):
     final: bool = False
     expected_at: datetime | None = None
     from_bucket: FromBucket | None = None
+
+    @field_validator("occurred_at", "expected_at", mode="before")
+    @classmethod
+    def _timestamp_in_range(cls, value: Any) -> Any:
+        if value is OUT_OF_RANGE_TIMESTAMP:
+            raise ValueError("timestamp out of range")
+        return value
 
     @model_validator(mode="after")
     def _fields_fit_type(self) -> MovementModel:

@@ -130,7 +130,8 @@ class Position(Aggregate):
             super().apply(aggregate)
             aggregate.on_hand -= self.qty
             hold = aggregate.holds.get(self.reservation_id) if self.reservation_id else None
-            if hold is not None:
+            # An expired ACTIVE hold no longer holds anything: the shipment cannot consume it.
+            if hold is not None and availability.hold_blocks(hold, self.recorded_at):
                 hold["shipped"] += min(self.qty, availability.hold_open_qty(hold))
                 if availability.hold_open_qty(hold) == 0:
                     del aggregate.holds[self.reservation_id]

@@ -42,9 +42,18 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                     " expires_at_us bigint NOT NULL, created_at_us bigint NOT NULL)"
                 ).format(s=schema, t=self._reservations),
                 SQL(
-                    "CREATE INDEX IF NOT EXISTS {i} ON {s}.{t} (channel, order_ref, reservation_id)"
+                    "CREATE INDEX IF NOT EXISTS {i}"
+                    " ON {s}.{t} (channel, created_at_us, reservation_id)"
                 ).format(
                     i=Identifier(f"{prefix}_reservation_index_by_channel"),
+                    s=schema,
+                    t=self._reservations,
+                ),
+                SQL(
+                    "CREATE INDEX IF NOT EXISTS {i}"
+                    " ON {s}.{t} (channel, order_ref, created_at_us, reservation_id)"
+                ).format(
+                    i=Identifier(f"{prefix}_reservation_index_by_order"),
                     s=schema,
                     t=self._reservations,
                 ),
@@ -128,14 +137,15 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             return [(row["sku"], row["location_id"]) for row in curs.fetchall()]
 
     def select_reservations(
-        self, *, channel: str, order_ref: str | None, after: str, limit: int
+        self, *, channel: str, order_ref: str | None, after: tuple[int, str], limit: int
     ) -> list[ReservationRow]:
-        query = "SELECT * FROM {s}.{t} WHERE channel = %s AND reservation_id > %s"
-        params: list[Any] = [channel, after]
+        query = "SELECT * FROM {s}.{t} WHERE channel = %s"
+        query += " AND (created_at_us, reservation_id) > (%s, %s)"
+        params: list[Any] = [channel, after[0], after[1]]
         if order_ref is not None:
             query += " AND order_ref = %s"
             params.append(order_ref)
-        query += " ORDER BY reservation_id LIMIT %s"
+        query += " ORDER BY created_at_us, reservation_id LIMIT %s"
         params.append(limit)
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(SQL(query).format(s=self._schema, t=self._reservations), params)

@@ -21,7 +21,9 @@ _CREATE = [
     " reservation_id TEXT PRIMARY KEY, channel TEXT NOT NULL, order_ref TEXT NOT NULL,"
     " status TEXT NOT NULL, expires_at_us INTEGER NOT NULL, created_at_us INTEGER NOT NULL)",
     "CREATE INDEX IF NOT EXISTS ledger_reservation_index_by_channel"
-    " ON ledger_reservation_index (channel, order_ref, reservation_id)",
+    " ON ledger_reservation_index (channel, created_at_us, reservation_id)",
+    "CREATE INDEX IF NOT EXISTS ledger_reservation_index_by_order"
+    " ON ledger_reservation_index (channel, order_ref, created_at_us, reservation_id)",
     "CREATE INDEX IF NOT EXISTS ledger_reservation_index_due"
     " ON ledger_reservation_index (status, expires_at_us)",
 ]
@@ -70,14 +72,17 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             return [(row[0], row[1]) for row in c.fetchall()]
 
     def select_reservations(
-        self, *, channel: str, order_ref: str | None, after: str, limit: int
+        self, *, channel: str, order_ref: str | None, after: tuple[int, str], limit: int
     ) -> list[ReservationRow]:
-        sql = "SELECT * FROM ledger_reservation_index WHERE channel=? AND reservation_id>?"
-        params: list[Any] = [channel, after]
+        sql = (
+            "SELECT * FROM ledger_reservation_index"
+            " WHERE channel=? AND (created_at_us, reservation_id) > (?, ?)"
+        )
+        params: list[Any] = [channel, after[0], after[1]]
         if order_ref is not None:
             sql += " AND order_ref=?"
             params.append(order_ref)
-        sql += " ORDER BY reservation_id LIMIT ?"
+        sql += " ORDER BY created_at_us, reservation_id LIMIT ?"
         params.append(limit)
         with self.datastore.transaction(commit=False) as c:
             c.execute(sql, params)

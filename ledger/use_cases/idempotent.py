@@ -8,7 +8,7 @@ from uuid import UUID
 
 from ledger.domain.errors import RequestIdReused
 from ledger.domain.idempotency import IdempotencyKey, fingerprint, request_key_id
-from ledger.unit_of_work import UnitOfWork
+from ledger.unit_of_work import EventRef, UnitOfWork, recorded_position
 from ledger.use_cases.context import CallContext
 
 
@@ -30,7 +30,7 @@ def request_key(
 
 
 def previous_result(uow: UnitOfWork, key: RequestKey) -> tuple[dict[str, Any], int] | None:
-    """The first result and its ledger position, or None if the key is new.
+    """The first result and the ledger position of its last event, or None if the key is new.
 
     Raises RequestIdReused when the key was used for a different payload.
     """
@@ -39,10 +39,15 @@ def previous_result(uow: UnitOfWork, key: RequestKey) -> tuple[dict[str, Any], i
         return None
     if stored.fingerprint != key.fingerprint:
         raise RequestIdReused(key.request_id)
-    return stored.result, uow.app.notification_id_of(key.key_id, 1) or 0
+    events = [(hex_id, version) for hex_id, version in stored.result["events"]]
+    return stored.result["view"], recorded_position(uow.app, events)
 
 
-def remember(uow: UnitOfWork, key: RequestKey, result: dict[str, Any]) -> None:
+def remember(
+    uow: UnitOfWork, key: RequestKey, view: dict[str, Any], events: list[EventRef]
+) -> None:
+    """Store the result with the events it wrote, in the same transaction as those events."""
+    result = {"view": view, "events": [list(ref) for ref in events]}
     uow.remember(
         IdempotencyKey.remember(key.key_id, key.request_id, key.fingerprint, result, uow.now)
     )

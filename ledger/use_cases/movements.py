@@ -8,12 +8,13 @@ from typing import Any
 
 from eventsourcing.application import Recording
 
+from ledger.domain import availability
 from ledger.domain.errors import RequestIdReused
 from ledger.domain.idempotency import IdempotencyKey, fingerprint, movement_key_id
 from ledger.domain.movements import Movement, MovementType
 from ledger.domain.position import EventMeta, Position
 from ledger.store.index_ops import ReservationIndexed, to_micros
-from ledger.unit_of_work import Finisher, UnitOfWork, position_of
+from ledger.unit_of_work import EventRef, Finisher, UnitOfWork, position_of, recorded_position
 from ledger.use_cases.context import CallContext
 from ledger.views import MovementResultView
 
@@ -26,8 +27,9 @@ def record_movements(ctx: CallContext, movements: Sequence[Movement]) -> Any:
     fails the whole request (nothing applied)."""
 
     def command(uow: UnitOfWork) -> Finisher:
-        outcomes: list[tuple[Movement, str, int]] = []  # (movement, outcome, known position)
-        written: dict[Any, Movement] = {}
+        # Per movement: its outcome, and either its ledger position (an earlier request's
+        # duplicate) or the events this commit writes for it.
+        outcomes: list[tuple[Movement, str, int, list[EventRef]]] = []
         for movement in movements:
             key_id = movement_key_id(movement.source, movement.message_id)
             digest = fingerprint("movement", movement.fingerprint_fields())
@@ -35,32 +37,34 @@ def record_movements(ctx: CallContext, movements: Sequence[Movement]) -> Any:
             if stored is not None:
                 if stored.fingerprint != digest:
                     raise RequestIdReused(f"{movement.source}/{movement.message_id}")
-                known = 0 if key_id in written else uow.app.notification_id_of(key_id, 1) or 0
-                outcomes.append((movement, DUPLICATE, known))
+                events = [(hex_id, version) for hex_id, version in stored.result["events"]]
+                known = 0 if uow.is_pending_key(key_id) else recorded_position(uow.app, events)
+                outcomes.append((movement, DUPLICATE, known, events))
                 continue
+            mark = uow.mark()
             apply_movement(uow, ctx, movement)
+            events = uow.written_since(mark)
             uow.remember(
                 IdempotencyKey.remember(
                     key_id,
                     f"{movement.source}/{movement.message_id}",
                     digest,
-                    {"outcome": RECORDED},
+                    {"view": {"outcome": RECORDED}, "events": [list(e) for e in events]},
                     uow.now,
                 )
             )
-            written[key_id] = movement
-            outcomes.append((movement, RECORDED, 0))
+            outcomes.append((movement, RECORDED, 0, events))
 
         def finish(recordings: list[Recording]) -> list[MovementResultView]:
-            results = []
-            for movement, outcome, known in outcomes:
-                position = known or position_of(
-                    recordings, movement_key_id(movement.source, movement.message_id)
+            return [
+                MovementResultView(
+                    movement.source,
+                    movement.message_id,
+                    outcome,
+                    known or position_of(recordings, events),
                 )
-                results.append(
-                    MovementResultView(movement.source, movement.message_id, outcome, position)
-                )
-            return results
+                for movement, outcome, known, events in outcomes
+            ]
 
         return finish
 
@@ -89,7 +93,7 @@ def _ship_against_reservation(
 ) -> None:
     """Mirror the shipment's effect on the hold onto the reservation's lines."""
     hold = position.holds.get(movement.reservation_id or "")
-    if hold is None:
+    if hold is None or not availability.hold_blocks(hold, meta.recorded_at):
         return
     try:
         reservation = uow.reservation(uuid.UUID(movement.reservation_id))

@@ -29,11 +29,12 @@ def set_safety_stock(
         stored = previous_result(uow, key)
         if stored is not None:
             return _replayed_position(stored)
+        mark = uow.mark()
         meta = ctx.meta(uow.now, request_id=request_id)
         position = uow.position(sku, location_id, meta)
         position.set_safety_stock(qty, meta)
         view = PositionView.of(position, uow.now, include_holds=False)
-        remember(uow, key, view.to_dict())
+        remember(uow, key, view.to_dict(), uow.written_since(mark))
         return lambda _: view
 
     return command
@@ -49,6 +50,7 @@ def set_channel_fence(
         stored = previous_result(uow, key)
         if stored is not None:
             return _replayed_position(stored)
+        mark = uow.mark()
         meta = ctx.meta(uow.now, request_id=request_id)
         position = uow.position(sku, location_id, meta)
         allowed, total = availability.fence_raise_allowed(position, channel, qty, uow.now)
@@ -58,7 +60,7 @@ def set_channel_fence(
             )
         position.set_channel_fence(channel, qty, meta)
         view = PositionView.of(position, uow.now, include_holds=False)
-        remember(uow, key, view.to_dict())
+        remember(uow, key, view.to_dict(), uow.written_since(mark))
         return lambda _: view
 
     return command
@@ -87,6 +89,7 @@ def set_channel_policy(
         if stored is not None:
             view = ChannelPolicyView.from_dict(stored[0])
             return lambda _: view
+        mark = uow.mark()
         policy = uow.channel_policy(channel)
         if policy is None:
             policy = ChannelPolicy._create(
@@ -112,7 +115,7 @@ def set_channel_policy(
             policy.max_publish,
             policy.version,
         )
-        remember(uow, key, view.to_dict())
+        remember(uow, key, view.to_dict(), uow.written_since(mark))
         return lambda _: view
 
     return command

@@ -14,9 +14,9 @@ from ledger.domain.channel_policy import ChannelPolicy
 from ledger.domain.errors import InsufficientAvailability, ReservationNotFound, ShortLine
 from ledger.domain.reservation import Reservation
 from ledger.store.index_ops import ReservationIndexed, to_micros
-from ledger.unit_of_work import Finisher, UnitOfWork, last_position
+from ledger.unit_of_work import Finisher, Mark, UnitOfWork, position_of
 from ledger.use_cases.context import CallContext
-from ledger.use_cases.idempotent import previous_result, remember, request_key
+from ledger.use_cases.idempotent import RequestKey, previous_result, remember, request_key
 from ledger.views import ReservationView
 
 
@@ -52,10 +52,15 @@ def _replayed(stored: tuple[dict[str, Any], int]) -> Finisher:
     return finish
 
 
-def _written(reservation_view: ReservationView) -> Finisher:
+def _written(uow: UnitOfWork, key: RequestKey, reservation: Reservation, mark: Mark) -> Finisher:
+    """Remember the result with the events written since ``mark``; report their position."""
+    view = ReservationView.of(reservation, uow.now)
+    events = uow.written_since(mark)
+    remember(uow, key, view.to_dict(), events)
+
     def finish(recordings: list[Recording]) -> ReservationView:
         return ReservationView(
-            **{**reservation_view.__dict__, "ledger_position": last_position(recordings)}
+            **{**view.__dict__, "ledger_position": position_of(recordings, events)}
         )
 
     return finish
@@ -135,6 +140,7 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Any:
         stored = previous_result(uow, key)
         if stored is not None:
             return _replayed(stored)
+        mark = uow.mark()
         planner = _Planner(uow, request.channel, uow.channel_policy(request.channel))
         planned: list[ReserveLine] = []
         short: list[ShortLine] = []
@@ -167,9 +173,7 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Any:
                 str(reservation.id), request.channel, request.order_ref, qty, expires_at, meta
             )
         uow.index_ops.append(_index(reservation))
-        view = ReservationView.of(reservation, uow.now)
-        remember(uow, key, view.to_dict())
-        return _written(view)
+        return _written(uow, key, reservation, mark)
 
     return command
 
@@ -198,15 +202,14 @@ def commit(ctx: CallContext, request_id: str, reservation_id: str, channel: str)
         stored = previous_result(uow, key)
         if stored is not None:
             return _replayed(stored)
+        mark = uow.mark()
         reservation = _load_for(uow, reservation_id, channel)
         meta = ctx.meta(uow.now, request_id=request_id)
         reservation.commit(uow.now, meta)
         for sku, location_id in reservation.positions():
             uow.position(sku, location_id, meta).commit_hold(str(reservation.id), meta)
         uow.index_ops.append(_index(reservation))
-        view = ReservationView.of(reservation, uow.now)
-        remember(uow, key, view.to_dict())
-        return _written(view)
+        return _written(uow, key, reservation, mark)
 
     return command
 
@@ -220,15 +223,14 @@ def release(ctx: CallContext, request_id: str, reservation_id: str, channel: str
         stored = previous_result(uow, key)
         if stored is not None:
             return _replayed(stored)
+        mark = uow.mark()
         reservation = _load_for(uow, reservation_id, channel)
         meta = ctx.meta(uow.now, request_id=request_id)
         reservation.release(uow.now, meta)
         for sku, location_id in reservation.positions():
             uow.position(sku, location_id, meta).release_hold(str(reservation.id), "released", meta)
         uow.index_ops.append(_index(reservation))
-        view = ReservationView.of(reservation, uow.now)
-        remember(uow, key, view.to_dict())
-        return _written(view)
+        return _written(uow, key, reservation, mark)
 
     return command
 
