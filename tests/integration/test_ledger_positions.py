@@ -55,7 +55,8 @@ def test_ledger_position_is_the_calls_own_last_event(client: Client, database_ur
     assert topics[first[0].ledger_position].endswith("Position.Received")
     # The dispatch's last event is the destination leg, written after the source leg.
     assert topics[first[1].ledger_position].endswith("Position.TransferInbound")
-    assert topics[reservation.ledger_position].endswith("Position.HoldPlaced")
+    assert topics[reservation.ledger_position].endswith("Reservation.Created")
+    assert topics[reservation.ledger_position - 1].endswith("Position.HoldPlaced")
 
     again = client.record(receipt, dispatch)
     assert [(r.outcome, r.ledger_position) for r in again] == [
