@@ -70,6 +70,11 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
     ) -> None:
         # After the table lock and the event rows, inside the same transaction.
         super()._insert_stored_events(curs, stored_events, **kwargs)
+        # These statements follow the event INSERT in psycopg's pipeline, so a version
+        # conflict there makes the server skip them. psycopg (3.3.9) still records a statement
+        # that reached its prepare threshold in such an aborted pipeline as prepared, and the
+        # next use fails with 'prepared statement "_pg3_N" does not exist' (INTERNAL). Hence
+        # prepare=False in _apply.
         with curs.connection.cursor() as index_curs:  # `curs` must keep the RETURNING rows
             for op in kwargs.get("index_ops", ()):
                 self._apply(index_curs, op)
@@ -81,6 +86,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                     s=self._schema, t=self._positions
                 ),
                 (op.sku, op.location_id, op.position_id),
+                prepare=False,  # never prepared: see the note in _insert_stored_events
             )
         elif isinstance(op, ReservationIndexed):
             curs.execute(
@@ -96,6 +102,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                     op.expires_at_us,
                     op.created_at_us,
                 ),
+                prepare=False,
             )
         else:  # pragma: no cover
             raise AssertionError(f"unknown index op {op!r}")
