@@ -6,9 +6,11 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import ApplicationRecorder, EventStore
 
 from ledger.domain.position import Position
 from ledger.store.index_ops import ReservationRow
+from ledger.store.retries import limit_store_retries
 
 SNAPSHOT_INTERVAL = 200
 READ_CACHE_SIZE = 10_000
@@ -29,6 +31,16 @@ class InventoryLedger(Application):
             "AGGREGATE_CACHE_FASTFORWARD": "y",
         }
         super().__init__(env={**defaults, **env})
+
+    def construct_recorder(self) -> ApplicationRecorder:
+        recorder = super().construct_recorder()
+        limit_store_retries(recorder)
+        return recorder
+
+    def construct_snapshot_store(self) -> EventStore[UUID]:
+        store = super().construct_snapshot_store()
+        limit_store_retries(store.recorder)
+        return store
 
     def find(self, aggregate_id: UUID) -> Any | None:
         """The current aggregate, or None when it has no events."""

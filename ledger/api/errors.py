@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 import grpc
+from eventsourcing.persistence import InterfaceError, OperationalError
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
@@ -155,12 +156,12 @@ def status_for(error: BaseException, correlation_id: str) -> status_pb2.Status:
             _info("WRITE_QUEUE_FULL"),
             error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=100_000_000)),
         )
-    if isinstance(error, StoreUnavailable):
+    if isinstance(error, (StoreUnavailable, OperationalError, InterfaceError)):
         log.warning("store unavailable (correlation id %s): %s", correlation_id, error)
         return _status(
             code_pb2.UNAVAILABLE,
             "the ledger's database is unavailable; retry with the same request_id",
-            _info(error.reason),
+            _info(StoreUnavailable.reason),
             error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1)),
         )
     log.error("internal error (correlation id %s)", correlation_id, exc_info=error)
