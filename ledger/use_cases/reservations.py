@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from eventsourcing.application import Recording
 
 from ledger.domain.channel_policy import ChannelPolicy
 from ledger.domain.errors import InsufficientAvailability, ReservationNotFound, ShortLine
+from ledger.domain.position import EventMeta
 from ledger.domain.reservation import Reservation
 from ledger.store.index_ops import ReservationIndexed, to_micros
 from ledger.unit_of_work import Finisher, Mark, UnitOfWork, position_of
@@ -193,10 +195,16 @@ def _load_for(uow: UnitOfWork, reservation_id: str, channel: str) -> Reservation
     return reservation
 
 
-def commit(ctx: CallContext, request_id: str, reservation_id: str, channel: str) -> Any:
-    key = request_key(
-        ctx, request_id, "Commit", {"reservation_id": reservation_id, "channel": channel}
-    )
+def _transition(
+    ctx: CallContext,
+    request_id: str,
+    reservation_id: str,
+    channel: str,
+    kind: str,
+    apply: Callable[[Reservation, UnitOfWork, EventMeta], None],
+) -> Any:
+    """Commit or release: move the reservation and mirror it on each of its positions."""
+    key = request_key(ctx, request_id, kind, {"reservation_id": reservation_id, "channel": channel})
 
     def command(uow: UnitOfWork) -> Finisher:
         stored = previous_result(uow, key)
@@ -204,35 +212,34 @@ def commit(ctx: CallContext, request_id: str, reservation_id: str, channel: str)
             return _replayed(stored)
         mark = uow.mark()
         reservation = _load_for(uow, reservation_id, channel)
-        meta = ctx.meta(uow.now, request_id=request_id)
+        apply(reservation, uow, ctx.meta(uow.now, request_id=request_id))
+        uow.index_ops.append(_index(reservation))
+        return _written(uow, key, reservation, mark)
+
+    return command
+
+
+def commit(ctx: CallContext, request_id: str, reservation_id: str, channel: str) -> Any:
+    """ACTIVE → COMMITTED: each hold moves from reserved to allocated."""
+
+    def apply(reservation: Reservation, uow: UnitOfWork, meta: EventMeta) -> None:
         reservation.commit(uow.now, meta)
         for sku, location_id in reservation.positions():
             uow.position(sku, location_id, meta).commit_hold(str(reservation.id), meta)
-        uow.index_ops.append(_index(reservation))
-        return _written(uow, key, reservation, mark)
 
-    return command
+    return _transition(ctx, request_id, reservation_id, channel, "Commit", apply)
 
 
 def release(ctx: CallContext, request_id: str, reservation_id: str, channel: str) -> Any:
-    key = request_key(
-        ctx, request_id, "Release", {"reservation_id": reservation_id, "channel": channel}
-    )
+    """ACTIVE|COMMITTED → RELEASED: the holds disappear."""
 
-    def command(uow: UnitOfWork) -> Finisher:
-        stored = previous_result(uow, key)
-        if stored is not None:
-            return _replayed(stored)
-        mark = uow.mark()
-        reservation = _load_for(uow, reservation_id, channel)
-        meta = ctx.meta(uow.now, request_id=request_id)
+    def apply(reservation: Reservation, uow: UnitOfWork, meta: EventMeta) -> None:
         reservation.release(uow.now, meta)
         for sku, location_id in reservation.positions():
-            uow.position(sku, location_id, meta).release_hold(str(reservation.id), "released", meta)
-        uow.index_ops.append(_index(reservation))
-        return _written(uow, key, reservation, mark)
+            position = uow.position(sku, location_id, meta)
+            position.release_hold(str(reservation.id), "released", meta)
 
-    return command
+    return _transition(ctx, request_id, reservation_id, channel, "Release", apply)
 
 
 def expire_due(ctx: CallContext, reservation_ids: list[str]) -> Any:
