@@ -18,7 +18,15 @@ from tools import gen_protos
 PACKAGE = "inventory.ledger.v1"
 
 EXPECTED_METHODS = {
-    "InventoryQueryService": {"GetPosition", "ListPositions"},
+    "InventoryQueryService": {
+        "GetPosition",
+        "ListPositions",
+        "GetAvailability",
+        "WatchAvailability",
+        "ListInTransit",
+        "ListExceptions",
+        "GetProjectionStatus",
+    },
     "ReservationService": {
         "Reserve",
         "GetReservation",

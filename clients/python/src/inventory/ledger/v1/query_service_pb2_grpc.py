@@ -4,6 +4,7 @@
 import grpc
 import warnings
 
+from inventory.ledger.v1 import availability_pb2 as inventory_dot_ledger_dot_v1_dot_availability__pb2
 from inventory.ledger.v1 import position_pb2 as inventory_dot_ledger_dot_v1_dot_position__pb2
 from inventory.ledger.v1 import query_service_pb2 as inventory_dot_ledger_dot_v1_dot_query__service__pb2
 
@@ -47,6 +48,31 @@ class InventoryQueryServiceStub:
                 request_serializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.ListPositionsRequest.SerializeToString,
                 response_deserializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.ListPositionsResponse.FromString,
                 _registered_method=True)
+        self.GetAvailability = channel.unary_unary(
+                '/inventory.ledger.v1.InventoryQueryService/GetAvailability',
+                request_serializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.GetAvailabilityRequest.SerializeToString,
+                response_deserializer=inventory_dot_ledger_dot_v1_dot_availability__pb2.Availability.FromString,
+                _registered_method=True)
+        self.WatchAvailability = channel.unary_stream(
+                '/inventory.ledger.v1.InventoryQueryService/WatchAvailability',
+                request_serializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.WatchAvailabilityRequest.SerializeToString,
+                response_deserializer=inventory_dot_ledger_dot_v1_dot_availability__pb2.AvailabilityChange.FromString,
+                _registered_method=True)
+        self.ListInTransit = channel.unary_unary(
+                '/inventory.ledger.v1.InventoryQueryService/ListInTransit',
+                request_serializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.ListInTransitRequest.SerializeToString,
+                response_deserializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.ListInTransitResponse.FromString,
+                _registered_method=True)
+        self.ListExceptions = channel.unary_unary(
+                '/inventory.ledger.v1.InventoryQueryService/ListExceptions',
+                request_serializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.ListExceptionsRequest.SerializeToString,
+                response_deserializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.ListExceptionsResponse.FromString,
+                _registered_method=True)
+        self.GetProjectionStatus = channel.unary_unary(
+                '/inventory.ledger.v1.InventoryQueryService/GetProjectionStatus',
+                request_serializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.GetProjectionStatusRequest.SerializeToString,
+                response_deserializer=inventory_dot_ledger_dot_v1_dot_availability__pb2.ProjectionStatus.FromString,
+                _registered_method=True)
 
 
 class InventoryQueryServiceServicer:
@@ -68,6 +94,43 @@ class InventoryQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAvailability(self, request, context):
+        """What a channel may promise of one SKU, from the projection (or the ledger
+        with CONSISTENCY_STRONG); `min_position` gives read-your-writes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchAvailability(self, request, context):
+        """Streams each change of `channel_available` for the watched SKUs, starting
+        with their current values.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInTransit(self, request, context):
+        """Lists open transfers by SKU or by destination, paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListExceptions(self, request, context):
+        """Lists the exceptions raised while recording facts, newest last, paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProjectionStatus(self, request, context):
+        """How far the read models are behind the ledger.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InventoryQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +143,31 @@ def add_InventoryQueryServiceServicer_to_server(servicer, server):
                     servicer.ListPositions,
                     request_deserializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.ListPositionsRequest.FromString,
                     response_serializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.ListPositionsResponse.SerializeToString,
+            ),
+            'GetAvailability': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAvailability,
+                    request_deserializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.GetAvailabilityRequest.FromString,
+                    response_serializer=inventory_dot_ledger_dot_v1_dot_availability__pb2.Availability.SerializeToString,
+            ),
+            'WatchAvailability': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAvailability,
+                    request_deserializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.WatchAvailabilityRequest.FromString,
+                    response_serializer=inventory_dot_ledger_dot_v1_dot_availability__pb2.AvailabilityChange.SerializeToString,
+            ),
+            'ListInTransit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInTransit,
+                    request_deserializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.ListInTransitRequest.FromString,
+                    response_serializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.ListInTransitResponse.SerializeToString,
+            ),
+            'ListExceptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExceptions,
+                    request_deserializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.ListExceptionsRequest.FromString,
+                    response_serializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.ListExceptionsResponse.SerializeToString,
+            ),
+            'GetProjectionStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProjectionStatus,
+                    request_deserializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.GetProjectionStatusRequest.FromString,
+                    response_serializer=inventory_dot_ledger_dot_v1_dot_availability__pb2.ProjectionStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +225,141 @@ class InventoryQueryService:
             '/inventory.ledger.v1.InventoryQueryService/ListPositions',
             inventory_dot_ledger_dot_v1_dot_query__service__pb2.ListPositionsRequest.SerializeToString,
             inventory_dot_ledger_dot_v1_dot_query__service__pb2.ListPositionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAvailability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inventory.ledger.v1.InventoryQueryService/GetAvailability',
+            inventory_dot_ledger_dot_v1_dot_query__service__pb2.GetAvailabilityRequest.SerializeToString,
+            inventory_dot_ledger_dot_v1_dot_availability__pb2.Availability.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAvailability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/inventory.ledger.v1.InventoryQueryService/WatchAvailability',
+            inventory_dot_ledger_dot_v1_dot_query__service__pb2.WatchAvailabilityRequest.SerializeToString,
+            inventory_dot_ledger_dot_v1_dot_availability__pb2.AvailabilityChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInTransit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inventory.ledger.v1.InventoryQueryService/ListInTransit',
+            inventory_dot_ledger_dot_v1_dot_query__service__pb2.ListInTransitRequest.SerializeToString,
+            inventory_dot_ledger_dot_v1_dot_query__service__pb2.ListInTransitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExceptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inventory.ledger.v1.InventoryQueryService/ListExceptions',
+            inventory_dot_ledger_dot_v1_dot_query__service__pb2.ListExceptionsRequest.SerializeToString,
+            inventory_dot_ledger_dot_v1_dot_query__service__pb2.ListExceptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProjectionStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inventory.ledger.v1.InventoryQueryService/GetProjectionStatus',
+            inventory_dot_ledger_dot_v1_dot_query__service__pb2.GetProjectionStatusRequest.SerializeToString,
+            inventory_dot_ledger_dot_v1_dot_availability__pb2.ProjectionStatus.FromString,
             options,
             channel_credentials,
             insecure,
