@@ -55,7 +55,27 @@ class ChannelPolicy(Aggregate):
         return not self.eligible_location_ids or location_id in self.eligible_location_ids
 
     def channel_available(self, available_to_by_location: dict[str, int]) -> int:
-        """clamp(floor(sum(eligible available_to) * share / 100) - buffer, 0, max_publish)."""
-        total = sum(q for loc, q in available_to_by_location.items() if self.is_eligible(loc))
-        value = max(0, total * self.share_percent // 100 - self.buffer)
-        return min(value, self.max_publish) if self.max_publish else value
+        return channel_available(
+            available_to_by_location,
+            self.eligible_location_ids,
+            self.share_percent,
+            self.buffer,
+            self.max_publish,
+        )
+
+
+def channel_available(
+    available_to_by_location: dict[str, int],
+    eligible_location_ids: list[str],
+    share_percent: int = 100,
+    buffer: int = 0,
+    max_publish: int = 0,
+) -> int:
+    """clamp(floor(sum(eligible available_to) * share / 100) - buffer, 0, max_publish).
+
+    No eligible list means every location; max_publish 0 means no cap (SPEC §4.3).
+    """
+    eligible = set(eligible_location_ids)
+    total = sum(q for loc, q in available_to_by_location.items() if not eligible or loc in eligible)
+    value = max(0, total * share_percent // 100 - buffer)
+    return min(value, max_publish) if max_publish else value

@@ -429,6 +429,9 @@ class Position(Aggregate):
     def available_to(self, channel: str, now: datetime) -> int:
         return availability.available_to(self, channel, now)
 
+    def inbound_due(self, horizon: datetime) -> int:
+        return inbound_due(self, horizon)
+
 
 def init_state(target: Any) -> None:
     """Zero buckets; shared by the aggregate and by plain replays (as-of, projections)."""
@@ -454,6 +457,15 @@ def inbound_outstanding(transfer: dict[str, Any]) -> int:
     if transfer["closed"]:
         return 0
     return max(0, transfer["dispatched"] - transfer["received"])
+
+
+def inbound_due(position: Any, horizon: datetime) -> int:
+    """Inbound quantity still in transit whose ETA is at or before ``horizon`` (dated ATP)."""
+    return sum(
+        inbound_outstanding(t)
+        for t in position.inbound.values()
+        if t["expected_at"] is not None and t["expected_at"] <= horizon
+    )
 
 
 def _inbound_transfer(position: Any, transfer_id: str) -> dict[str, Any]:

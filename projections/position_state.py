@@ -1,0 +1,173 @@
+"""A position as the projection keeps it: the domain's own folds over a plain object.
+
+The projection never re-implements the arithmetic: it calls each event's ``apply`` (the
+pure fold the aggregate uses) on a :class:`ProjectedPosition`, and watches the fold for the
+exceptions of SPEC §5.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ledger.domain import availability
+from ledger.domain.position import (
+    Position,
+    inbound_due,
+    inbound_outstanding,
+    init_state,
+    is_stale_count,
+)
+
+BUCKETS = ("on_hand", "receiving", "quarantine", "damaged", "in_transit_inbound")
+
+NEGATIVE_BUCKET = "NEGATIVE_BUCKET"
+STALE_COUNT = "STALE_COUNT"
+TRANSFER_SHORTAGE = "TRANSFER_SHORTAGE"
+UNKNOWN_RESERVATION = "UNKNOWN_RESERVATION"
+
+
+@dataclass(frozen=True)
+class LedgerExceptionRecord:
+    ledger_position: int
+    type: str
+    sku: str
+    location_id: str
+    bucket: str
+    quantity: int
+    detail: str
+    source: str
+    message_id: str
+    occurred_at: datetime
+    recorded_at: datetime
+
+
+class ProjectedPosition:
+    """Same attributes as the aggregate's state, without the event-store machinery."""
+
+    def __init__(self, sku: str, location_id: str) -> None:
+        self.sku = sku
+        self.location_id = location_id
+        self.version = 0
+        init_state(self)
+
+    # Availability arithmetic works on any object with these attributes.
+    def available(self, now: datetime) -> int:
+        return availability.available(self, now)
+
+    def available_to(self, channel: str, now: datetime) -> int:
+        return availability.available_to(self, channel, now)
+
+    def inbound_due(self, horizon: datetime) -> int:
+        return inbound_due(self, horizon)
+
+    def fold(self, event: Any, ledger_position: int) -> list[LedgerExceptionRecord]:
+        """Apply one position event; return the exceptions it raises."""
+        if event.originator_version != self.version + 1:
+            raise AssertionError(
+                f"{self.sku}@{self.location_id}: event v{event.originator_version}"
+                f" after v{self.version}"
+            )
+        self.version = event.originator_version
+        if isinstance(event, Position.Opened):
+            self.updated_at = event.recorded_at
+            return []
+        found = self._exceptions_before(event)
+        before = {bucket: getattr(self, bucket) for bucket in BUCKETS}
+        event.apply(self)
+        for bucket in BUCKETS:
+            after = getattr(self, bucket)
+            if after < 0 and after < before[bucket]:
+                found.append((NEGATIVE_BUCKET, bucket, after, f"{bucket} fell to {after}"))
+        return [
+            LedgerExceptionRecord(
+                ledger_position=ledger_position,
+                type=kind,
+                sku=self.sku,
+                location_id=self.location_id,
+                bucket=bucket,
+                quantity=quantity,
+                detail=detail,
+                source=event.source,
+                message_id=event.message_id,
+                occurred_at=event.occurred_at,
+                recorded_at=event.recorded_at,
+            )
+            for kind, bucket, quantity, detail in found
+        ]
+
+    def _exceptions_before(self, event: Any) -> list[tuple[str, str, int, str]]:
+        found: list[tuple[str, str, int, str]] = []
+        if isinstance(event, Position.Counted) and is_stale_count(self, event.occurred_at):
+            found.append(
+                (STALE_COUNT, "on_hand", event.counted, "count older than the newest count")
+            )
+        if isinstance(event, Position.Shipped) and event.reservation_id:
+            hold = self.holds.get(event.reservation_id)
+            if hold is None or not availability.hold_blocks(hold, event.recorded_at):
+                found.append(
+                    (
+                        UNKNOWN_RESERVATION,
+                        "",
+                        event.qty,
+                        f"no open hold of reservation {event.reservation_id} here",
+                    )
+                )
+        if isinstance(event, Position.TransferReceived) and event.final:
+            transfer = self.inbound.get(event.transfer_id)
+            outstanding = inbound_outstanding(transfer) if transfer else 0
+            short = max(0, outstanding - event.qty)
+            if short:
+                found.append(
+                    (
+                        TRANSFER_SHORTAGE,
+                        "in_transit_inbound",
+                        short,
+                        f"transfer {event.transfer_id} closed {short} short",
+                    )
+                )
+        return found
+
+    # ---- rows ---------------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": self.version,
+                "on_hand": self.on_hand,
+                "receiving": self.receiving,
+                "quarantine": self.quarantine,
+                "damaged": self.damaged,
+                "in_transit_inbound": self.in_transit_inbound,
+                "safety_stock": self.safety_stock,
+                "fences": self.fences,
+                "holds": self.holds,
+                "inbound": self.inbound,
+                "last_count_at": self.last_count_at,
+                "updated_at": self.updated_at,
+            },
+            default=_encode,
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, sku: str, location_id: str, text: str) -> ProjectedPosition:
+        data = json.loads(text, object_hook=_decode)
+        position = cls(sku, location_id)
+        for name, value in data.items():
+            setattr(position, name, value)
+        return position
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"$dt": value.isoformat()}
+    raise TypeError(f"cannot encode {type(value)}")
+
+
+def _decode(obj: dict[str, Any]) -> Any:
+    if set(obj) == {"$dt"}:
+        return datetime.fromisoformat(obj["$dt"])
+    return obj
