@@ -1,4 +1,4 @@
-"""Command line: ``ledger serve``."""
+"""Command line: ``ledger serve`` and ``ledger projections``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from ledger.config import ConfigError, Settings
+from ledger.config import ConfigError, Settings, projections_in_process
 
 log = logging.getLogger("ledger")
 
@@ -20,39 +20,93 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen", help="HOST:PORT to listen on (env LEDGER_LISTEN, default 127.0.0.1:50051)"
     )
+    _database_argument(serve)
     serve.add_argument(
+        "--projections",
+        choices=("auto", "in-process", "external"),
+        help="where the read models are kept up to date (env LEDGER_PROJECTIONS; default auto:"
+        " in-process on SQLite, a separate `ledger projections` process on PostgreSQL)",
+    )
+    serve.add_argument("--log-level", default="INFO")
+    projections = commands.add_parser(
+        "projections", help="keep the read models up to date (one per database is enough)"
+    )
+    _database_argument(projections)
+    projections.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def _database_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--database",
         help="sqlite:///PATH or postgresql://USER:PASS@HOST:PORT/DB "
         "(env LEDGER_DATABASE_URL, default sqlite:///./ledger.db)",
     )
-    serve.add_argument("--log-level", default="INFO")
-    return parser
 
 
 async def serve(settings: Settings) -> None:
     # Imported here so `ledger --help` stays fast and import has no side effects.
     from ledger.api.server import start_server
     from ledger.service import LedgerService
+    from projections.queries import ReadModelQueries
+    from projections.runner import ProjectionRunner
+    from projections.store import ReadModelStore
 
+    in_process = projections_in_process(settings)
     service = await asyncio.to_thread(LedgerService.open, settings.database_url)
-    running = await start_server(service, settings)
+    store = await asyncio.to_thread(ReadModelStore, settings.database_url)
+    runner = ProjectionRunner(service.app, store) if in_process else None
+    if runner is not None:
+        service.pipeline.add_commit_listener(runner.wake)
+        runner.start()
+    running = await start_server(service, ReadModelQueries(service, store, runner), settings)
     service.start_expiry_sweeper(settings.expiry_sweep_seconds)
     host = settings.listen.rsplit(":", 1)[0]
     log.info(
-        "ledger listening on %s:%d (database %s)",
+        "ledger listening on %s:%d (database %s, projections %s)",
         host,
         running.port,
         _redacted(settings.database_url),
+        "in-process" if in_process else "external",
     )
+    await _until_signalled()
+    log.info("shutting down: draining in-flight calls (grace %.0fs)", settings.grace_seconds)
+    await running.stop(settings.grace_seconds)
+    if runner is not None:
+        await asyncio.to_thread(runner.stop)
+    await asyncio.to_thread(service.close)
+    await asyncio.to_thread(store.close)
+    log.info("stopped")
+
+
+async def run_projections(settings: Settings) -> None:
+    from ledger.application import InventoryLedger
+    from ledger.config import eventsourcing_env
+    from projections.runner import ProjectionRunner
+    from projections.store import ReadModelStore
+
+    app = await asyncio.to_thread(InventoryLedger, eventsourcing_env(settings.database_url))
+    store = await asyncio.to_thread(ReadModelStore, settings.database_url)
+    runner = ProjectionRunner(app, store)
+    runner.start()
+    log.info(
+        "projections following %s from position %d",
+        _redacted(settings.database_url),
+        runner.applied_position,
+    )
+    await _until_signalled()
+    await asyncio.to_thread(runner.stop)
+    await asyncio.to_thread(store.close)
+    app.close()
+    log.info("stopped")
+
+
+async def _until_signalled() -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
-    log.info("shutting down: draining in-flight calls (grace %.0fs)", settings.grace_seconds)
-    await running.stop(settings.grace_seconds)
-    await asyncio.to_thread(service.close)
-    log.info("stopped")
 
 
 def _redacted(url: str) -> str:
@@ -73,8 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        settings = Settings.from_env(listen=args.listen, database_url=args.database)
-        asyncio.run(serve(settings))
+        if args.command == "serve":
+            settings = Settings.from_env(
+                listen=args.listen, database_url=args.database, projections=args.projections
+            )
+            asyncio.run(serve(settings))
+        else:
+            asyncio.run(run_projections(Settings.from_env(database_url=args.database)))
     except ConfigError as error:
         log.error("configuration error: %s", error)
         return 2

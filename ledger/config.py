@@ -23,6 +23,8 @@ class Settings:
     grace_seconds: float = 5.0
     max_message_bytes: int = 4 * 1024 * 1024
     page_token_secret: str = "inventory-ledger-page-token"
+    # "auto": in-process on SQLite, a separate `ledger projections` process on PostgreSQL.
+    projections: str = "auto"
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -33,6 +35,7 @@ class Settings:
             "page_token_secret": os.environ.get(
                 "LEDGER_PAGE_TOKEN_SECRET", "inventory-ledger-page-token"
             ),
+            "projections": os.environ.get("LEDGER_PROJECTIONS", "auto"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
@@ -83,3 +86,13 @@ def eventsourcing_env(database_url: str) -> dict[str, str]:
     raise ConfigError(
         f"unsupported database URL {database_url!r}: use sqlite:///PATH or postgresql://..."
     )
+
+
+def projections_in_process(settings: Settings) -> bool:
+    if settings.projections not in ("auto", "in-process", "external"):
+        raise ConfigError(
+            f"--projections must be auto, in-process or external, not {settings.projections!r}"
+        )
+    if settings.projections == "auto":
+        return settings.database_url.startswith("sqlite:")
+    return settings.projections == "in-process"

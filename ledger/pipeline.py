@@ -52,8 +52,13 @@ class CommandPipeline:
         self._cache = AggregateCache(app)
         self._conflict_retries = conflict_retries
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_DEPTH_MAX)
+        self._commit_listeners: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Called on the writer thread after every commit that wrote events (keep it cheap)."""
+        self._commit_listeners.append(listener)
 
     def submit(self, command: Command) -> Future[Any]:
         future: Future[Any] = Future()
@@ -110,5 +115,8 @@ class CommandPipeline:
             except BaseException:
                 uow.discard()
                 raise
+            if recordings:
+                for listener in self._commit_listeners:
+                    listener()
             return finish(recordings)
         raise ConcurrencyConflict(self._conflict_retries)

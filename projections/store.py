@@ -268,6 +268,7 @@ class ReadModelStore:
                 message_id=row[9],
                 occurred_at=datetime.fromisoformat(row[10]),
                 recorded_at=datetime.fromisoformat(row[11]),
+                seq=int(row[1]),
             )
             for row in rows
         ]

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from inventory.ledger.v1 import (
+    availability_pb2,
     channel_policy_pb2,
     movement_pb2,
     movement_service_pb2,
@@ -19,6 +20,9 @@ from ledger.api.errors import InvalidRequest
 from ledger.api.validation import OUT_OF_RANGE_TIMESTAMP, MovementModel, field_violations
 from ledger.domain.movements import Movement
 from ledger.views import ChannelPolicyView, MovementResultView, PositionView, ReservationView
+from projections.availability import AvailabilityView
+from projections.position_state import LedgerExceptionRecord
+from projections.queries import InTransitView
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -42,7 +46,7 @@ def _enum_value(enum_type: Any, number: int, prefix: str) -> str:
     return "" if name.endswith("_UNSPECIFIED") else name.removeprefix(prefix).lower()
 
 
-def _timestamp(message: Any, field: str) -> datetime | None:
+def timestamp(message: Any, field: str) -> datetime | None:
     if not message.HasField(field):
         return None
     value: timestamp_pb2.Timestamp = getattr(message, field)
@@ -81,8 +85,8 @@ def movement_values(m: movement_pb2.Movement) -> dict[str, Any]:
         "reason": m.reason,
         "putaway_pending": m.putaway_pending,
         "final": m.final,
-        "occurred_at": _timestamp(m, "occurred_at"),
-        "expected_at": _timestamp(m, "expected_at"),
+        "occurred_at": timestamp(m, "occurred_at"),
+        "expected_at": timestamp(m, "expected_at"),
     }
     for name in ("qty", "delta", "counted"):
         if m.HasField(name):
@@ -194,4 +198,53 @@ def channel_policy_message(view: ChannelPolicyView) -> channel_policy_pb2.Channe
         buffer=view.buffer,
         max_publish=view.max_publish,
         version=view.version,
+    )
+
+
+def availability_message(view: AvailabilityView) -> availability_pb2.Availability:
+    return availability_pb2.Availability(
+        sku=view.sku,
+        channel=view.channel,
+        channel_available=view.channel_available,
+        network_available=view.network_available,
+        locations=[
+            availability_pb2.LocationAvailability(
+                location_id=f.location_id,
+                available_to=f.available_to,
+                eligible=f.eligible,
+                projected_available=f.projected_available,
+            )
+            for f in view.locations
+        ],
+        projection_position=view.projection_position,
+        projected_available=view.projected_available,
+    )
+
+
+def in_transit_message(view: InTransitView) -> availability_pb2.InTransitTransfer:
+    return availability_pb2.InTransitTransfer(
+        transfer_id=view.transfer_id,
+        sku=view.sku,
+        from_location_id=view.from_location_id,
+        to_location_id=view.to_location_id,
+        dispatched=view.dispatched,
+        received=view.received,
+        dispatched_at=to_timestamp(view.dispatched_at),
+        expected_at=to_timestamp(view.expected_at),
+    )
+
+
+def exception_message(record: LedgerExceptionRecord) -> availability_pb2.LedgerException:
+    return availability_pb2.LedgerException(
+        ledger_position=record.ledger_position,
+        type=availability_pb2.ExceptionType.Value(f"EXCEPTION_TYPE_{record.type}"),
+        sku=record.sku,
+        location_id=record.location_id,
+        bucket=record.bucket,
+        quantity=record.quantity,
+        detail=record.detail,
+        source=record.source,
+        message_id=record.message_id,
+        occurred_at=to_timestamp(record.occurred_at),
+        recorded_at=to_timestamp(record.recorded_at),
     )

@@ -23,6 +23,7 @@ from ledger.domain.errors import (
     StoreUnavailable,
 )
 from ledger.pipeline import PipelineOverloaded
+from projections.queries import ProjectionBehind
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,12 @@ def status_for(error: BaseException, correlation_id: str) -> status_pb2.Status:
             code_pb2.FAILED_PRECONDITION,
             str(error),
             _info(error.reason, sku=error.sku, locationId=error.location_id, channel=error.channel),
+        )
+    if isinstance(error, ProjectionBehind):
+        return _status(
+            code_pb2.DEADLINE_EXCEEDED,
+            str(error),
+            _info(error.reason, wanted=str(error.wanted), applied=str(error.applied)),
         )
     if isinstance(error, ConcurrencyConflict):
         return _status(code_pb2.ABORTED, str(error), _info(error.reason))

@@ -1,21 +1,33 @@
-"""InventoryQueryService: strongly consistent position reads."""
+"""InventoryQueryService: positions from the ledger, availability from the read models."""
 
 from __future__ import annotations
 
 import asyncio
 
-from inventory.ledger.v1 import position_pb2, query_service_pb2, query_service_pb2_grpc
+from inventory.ledger.v1 import (
+    availability_pb2,
+    position_pb2,
+    query_service_pb2,
+    query_service_pb2_grpc,
+)
 
 from ledger.api import convert, validation
 from ledger.api.page_tokens import PageTokens, page_size_of
 from ledger.api.rpc import unary
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
+from projections.queries import ReadModelQueries
+
+DEFAULT_WAIT_SECONDS = 5.0
+EXCEPTION_TYPE_PREFIX = "EXCEPTION_TYPE_"
 
 
 class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
-    def __init__(self, service: LedgerService, page_tokens: PageTokens) -> None:
+    def __init__(
+        self, service: LedgerService, read_models: ReadModelQueries, page_tokens: PageTokens
+    ) -> None:
         self._service = service
+        self._read = read_models
         self._tokens = page_tokens
 
     @unary
@@ -65,4 +77,106 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
         token = self._tokens.encode(listing, list(page.next_after)) if page.next_after else ""
         return query_service_pb2.ListPositionsResponse(
             positions=[convert.position_message(v) for v in page.items], next_page_token=token
+        )
+
+    @unary
+    async def GetAvailability(
+        self, request: query_service_pb2.GetAvailabilityRequest, ctx: CallContext
+    ) -> availability_pb2.Availability:
+        query = convert.validate(
+            validation.GetAvailabilityModel,
+            {
+                "sku": request.sku,
+                "channel": request.channel,
+                "consistency": request.consistency,
+                "min_position": request.min_position,
+                "horizon": convert.timestamp(request, "horizon"),
+            },
+        )
+        view = await asyncio.to_thread(
+            self._read.availability,
+            query.sku,
+            query.channel,
+            strong=query.consistency == availability_pb2.CONSISTENCY_STRONG,
+            min_position=query.min_position,
+            horizon=query.horizon,
+            timeout=ctx.time_remaining_seconds or DEFAULT_WAIT_SECONDS,
+        )
+        return convert.availability_message(view)
+
+    @unary
+    async def ListInTransit(
+        self, request: query_service_pb2.ListInTransitRequest, ctx: CallContext
+    ) -> query_service_pb2.ListInTransitResponse:
+        query = convert.validate(
+            validation.ListInTransitModel,
+            {
+                "sku": request.sku,
+                "to_location_id": request.to_location_id,
+                "page_size": request.page_size,
+                "page_token": request.page_token,
+            },
+        )
+        listing = {"m": "ListInTransit", "sku": query.sku, "to": query.to_location_id}
+        after = self._tokens.decode(query.page_token, listing)
+        transfers = await asyncio.to_thread(
+            self._read.in_transit,
+            sku=query.sku or None,
+            to_location_id=query.to_location_id or None,
+        )
+        keys = [[t.to_location_id, t.sku, t.transfer_id] for t in transfers]
+        start = keys.index(after) + 1 if after in keys else 0
+        size = page_size_of(query.page_size)
+        page = transfers[start : start + size]
+        more = start + size < len(transfers)
+        token = self._tokens.encode(listing, keys[start + size - 1]) if more else ""
+        return query_service_pb2.ListInTransitResponse(
+            transfers=[convert.in_transit_message(t) for t in page], next_page_token=token
+        )
+
+    @unary
+    async def ListExceptions(
+        self, request: query_service_pb2.ListExceptionsRequest, ctx: CallContext
+    ) -> query_service_pb2.ListExceptionsResponse:
+        type_name = (
+            availability_pb2.ExceptionType.Name(request.type)
+            if request.type in (availability_pb2.ExceptionType.values())
+            else f"<unknown {request.type}>"
+        )
+        query = convert.validate(
+            validation.ListExceptionsModel,
+            {
+                "type": "" if request.type == 0 else type_name.removeprefix(EXCEPTION_TYPE_PREFIX),
+                "sku": request.sku,
+                "location_id": request.location_id,
+                "page_size": request.page_size,
+                "page_token": request.page_token,
+            },
+        )
+        listing = {"m": "ListExceptions", "t": query.type, "s": query.sku, "l": query.location_id}
+        after = self._tokens.decode(query.page_token, listing) or [0, -1]
+        size = page_size_of(query.page_size)
+        found = await asyncio.to_thread(
+            self._read.exceptions,
+            exception_type=query.type or None,
+            sku=query.sku or None,
+            location_id=query.location_id or None,
+            after=(int(after[0]), int(after[1])),
+            limit=size + 1,
+        )
+        token = self._tokens.encode(listing, list(found[size - 1][0])) if len(found) > size else ""
+        return query_service_pb2.ListExceptionsResponse(
+            exceptions=[convert.exception_message(record) for _, record in found[:size]],
+            next_page_token=token,
+        )
+
+    @unary
+    async def GetProjectionStatus(
+        self, request: query_service_pb2.GetProjectionStatusRequest, ctx: CallContext
+    ) -> availability_pb2.ProjectionStatus:
+        status = await asyncio.to_thread(self._read.status)
+        return availability_pb2.ProjectionStatus(
+            head_position=status.head_position,
+            applied_position=status.applied_position,
+            lag=status.lag,
         )

@@ -37,7 +37,8 @@ def unary(handler: Handler) -> Callable[[Any, Any, grpc.aio.ServicerContext], Aw
         correlation_id = correlation_id_of(context)
         await context.send_initial_metadata(((CORRELATION_HEADER, correlation_id),))
         try:
-            return await handler(self, request, CallContext(ANONYMOUS, correlation_id))
+            ctx = CallContext(ANONYMOUS, correlation_id, context.time_remaining())
+            return await handler(self, request, ctx)
         except asyncio.CancelledError:
             raise
         except Exception as error:

@@ -26,6 +26,7 @@ from ledger.api.query_servicer import QueryServicer
 from ledger.api.reservation_servicer import ReservationServicer
 from ledger.config import Settings
 from ledger.service import LedgerService
+from projections.queries import ReadModelQueries
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,9 @@ class RunningServer:
         await self.server.stop(grace_seconds)
 
 
-async def start_server(service: LedgerService, settings: Settings) -> RunningServer:
+async def start_server(
+    service: LedgerService, read_models: ReadModelQueries, settings: Settings
+) -> RunningServer:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -59,7 +62,7 @@ async def start_server(service: LedgerService, settings: Settings) -> RunningSer
     )
     tokens = PageTokens(settings.page_token_secret)
     query_service_pb2_grpc.add_InventoryQueryServiceServicer_to_server(
-        QueryServicer(service, tokens), server
+        QueryServicer(service, read_models, tokens), server
     )
     reservation_service_pb2_grpc.add_ReservationServiceServicer_to_server(
         ReservationServicer(service, tokens), server

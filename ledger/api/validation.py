@@ -7,7 +7,7 @@ error location such as ``('lines', 3, 'sku')`` becomes the field path ``lines[3]
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -282,3 +282,45 @@ class SetChannelPolicyModel(_Strict):
     share_percent: Annotated[int, Field(ge=0, le=100)] = 0
     buffer: NonNegativeQuantity = 0
     max_publish: NonNegativeQuantity = 0
+
+
+# ---- read models ----
+
+
+class GetAvailabilityModel(_Strict):
+    sku: Identifier
+    channel: Channel
+    consistency: Annotated[int, Field(ge=0, le=2)] = 0
+    min_position: Annotated[int, Field(ge=0)] = 0
+    horizon: datetime | None = None
+
+    @field_validator("horizon", mode="before")
+    @classmethod
+    def _timestamp_in_range(cls, value: Any) -> Any:
+        if value is OUT_OF_RANGE_TIMESTAMP:
+            raise ValueError("timestamp out of range")
+        return value
+
+
+class ListInTransitModel(_Strict):
+    sku: OptionalIdentifier = ""
+    to_location_id: OptionalIdentifier = ""
+    page_size: PageSize = 0
+    page_token: str = ""
+
+    @model_validator(mode="after")
+    def _exactly_one_filter(self) -> ListInTransitModel:
+        if bool(self.sku) == bool(self.to_location_id):
+            raise ValueError("sku: give exactly one of sku or to_location_id")
+        return self
+
+
+EXCEPTION_TYPES = ("", "NEGATIVE_BUCKET", "STALE_COUNT", "TRANSFER_SHORTAGE", "UNKNOWN_RESERVATION")
+
+
+class ListExceptionsModel(_Strict):
+    type: Literal[EXCEPTION_TYPES] = ""  # type: ignore[valid-type]
+    sku: OptionalIdentifier = ""
+    location_id: OptionalIdentifier = ""
+    page_size: PageSize = 0
+    page_token: str = ""

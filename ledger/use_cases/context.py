@@ -14,6 +14,8 @@ ANONYMOUS = "anonymous"
 class CallContext:
     principal: str = ANONYMOUS
     correlation_id: str = ""
+    # Seconds left before the caller's deadline (None: no deadline).
+    time_remaining_seconds: float | None = None
 
     def meta(
         self,

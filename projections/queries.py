@@ -1,0 +1,179 @@
+"""Reads served from the read models (and, for CONSISTENCY_STRONG, from the ledger)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
+from ledger.domain.position import Position, inbound_outstanding, position_id
+from ledger.service import LedgerService
+from projections.availability import AvailabilityView, PolicyTerms, compute_availability
+from projections.position_state import LedgerExceptionRecord, ProjectedPosition
+from projections.runner import ProjectionRunner
+from projections.store import PositionRow, ReadModelStore
+
+WAIT_POLL_SECONDS = 0.02
+
+
+class ProjectionBehind(Exception):
+    """Raised when the projection has not reached ``min_position`` within the deadline."""
+
+    reason = "PROJECTION_BEHIND"
+
+    def __init__(self, wanted: int, applied: int) -> None:
+        super().__init__(f"projection at {applied} has not reached {wanted} in time")
+        self.wanted = wanted
+        self.applied = applied
+
+
+@dataclass(frozen=True)
+class InTransitView:
+    transfer_id: str
+    sku: str
+    from_location_id: str
+    to_location_id: str
+    dispatched: int
+    received: int
+    dispatched_at: datetime | None
+    expected_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ProjectionStatusView:
+    head_position: int
+    applied_position: int
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.head_position - self.applied_position)
+
+
+class ReadModelQueries:
+    def __init__(
+        self,
+        service: LedgerService,
+        store: ReadModelStore,
+        runner: ProjectionRunner | None = None,
+    ) -> None:
+        self.service = service
+        self.store = store
+        self.runner = runner  # in-process runner, if any: waits without polling the table
+
+    # ---- availability -------------------------------------------------------------------------
+
+    def availability(
+        self,
+        sku: str,
+        channel: str,
+        *,
+        strong: bool = False,
+        min_position: int = 0,
+        horizon: datetime | None = None,
+        timeout: float = 5.0,
+    ) -> AvailabilityView:
+        if strong:
+            return self._strong_availability(sku, channel, horizon)
+        if min_position:
+            self.wait_for(min_position, timeout)
+        applied, rows = self.store.positions_of_sku(sku)
+        terms_json = self.store.policy_terms(channel)
+        terms = PolicyTerms(**json.loads(terms_json)) if terms_json else PolicyTerms()
+        positions = [_state(row) for row in rows]
+        return compute_availability(
+            sku, channel, positions, terms, self.service.clock(), applied, horizon
+        )
+
+    def _strong_availability(
+        self, sku: str, channel: str, horizon: datetime | None
+    ) -> AvailabilityView:
+        app = self.service.app
+        head = app.head_position()
+        locations = app.locations_of(sku)
+        positions = [app.find(position_id(sku, location)) for location in locations]
+        policy = app.find(channel_policy_id(channel))
+        terms = (
+            PolicyTerms(
+                list(policy.eligible_location_ids),
+                policy.share_percent,
+                policy.buffer,
+                policy.max_publish,
+            )
+            if isinstance(policy, ChannelPolicy)
+            else PolicyTerms()
+        )
+        found = [p for p in positions if isinstance(p, Position)]
+        return compute_availability(sku, channel, found, terms, self.service.clock(), head, horizon)
+
+    def wait_for(self, position: int, timeout: float) -> None:
+        if self.runner is not None:
+            if not self.runner.wait_for(position, timeout):
+                raise ProjectionBehind(position, self.runner.applied_position)
+            return
+        deadline = time.monotonic() + timeout
+        while (applied := self.store.applied_position()) < position:
+            if time.monotonic() >= deadline:
+                raise ProjectionBehind(position, applied)
+            time.sleep(WAIT_POLL_SECONDS)
+
+    # ---- in transit, exceptions, status --------------------------------------------------------
+
+    def in_transit(self, *, sku: str | None, to_location_id: str | None) -> list[InTransitView]:
+        """Open transfers, ordered by (destination, sku, transfer_id) or (sku, ...)."""
+        rows = (
+            self.store.positions_of_sku(sku)[1]
+            if sku is not None
+            else self.store.positions_at_location(to_location_id or "")
+        )
+        found = []
+        for row in rows:
+            state = _state(row)
+            for transfer_id, transfer in sorted(state.inbound.items()):
+                if inbound_outstanding(transfer) <= 0:
+                    continue
+                found.append(
+                    InTransitView(
+                        transfer_id=transfer_id,
+                        sku=row.sku,
+                        from_location_id=transfer["from_location_id"],
+                        to_location_id=row.location_id,
+                        dispatched=transfer["dispatched"],
+                        received=transfer["received"],
+                        dispatched_at=transfer["dispatched_at"],
+                        expected_at=transfer["expected_at"],
+                    )
+                )
+        return found
+
+    def exceptions(
+        self,
+        *,
+        exception_type: str | None,
+        sku: str | None,
+        location_id: str | None,
+        after: tuple[int, int],
+        limit: int,
+    ) -> list[tuple[tuple[int, int], LedgerExceptionRecord]]:
+        """Exceptions with their page keys (ledger position, index within the event)."""
+        records = self.store.exceptions(
+            exception_type=exception_type,
+            sku=sku,
+            location_id=location_id,
+            after=after,
+            limit=limit,
+        )
+        return [((r.ledger_position, r.seq), r) for r in records]
+
+    def status(self) -> ProjectionStatusView:
+        applied = (
+            self.runner.applied_position
+            if self.runner is not None
+            else self.store.applied_position()
+        )
+        return ProjectionStatusView(self.service.app.head_position(), applied)
+
+
+def _state(row: PositionRow) -> ProjectedPosition:
+    return ProjectedPosition.from_json(row.sku, row.location_id, row.state_json)
