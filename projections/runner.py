@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 BATCH_MAX = 500
 POLL_SECONDS = 0.2
+# Stands for "every SKU" in the changed set passed to batch listeners.
+ALL_SKUS = "*"
 _POSITION_TOPIC = f"{Position.__module__}:{Position.__qualname__}."
 _POLICY_TOPIC = f"{ChannelPolicy.__module__}:{ChannelPolicy.__qualname__}."
 
@@ -49,6 +52,7 @@ class ProjectionRunner:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._batch_listeners: list[Callable[[set[str], int], None]] = []
 
     @property
     def applied_position(self) -> int:
@@ -65,6 +69,11 @@ class ProjectionRunner:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def add_batch_listener(self, listener: Callable[[set[str], int], None]) -> None:
+        """Called after each committed batch with the SKUs it changed and the new position
+        (on the runner's thread: keep it cheap, hand work to your own thread or loop)."""
+        self._batch_listeners.append(listener)
 
     def wake(self) -> None:
         """New events were committed (called in-process after each write)."""
@@ -121,6 +130,11 @@ class ProjectionRunner:
         with self._changed:
             self._applied = notes[-1].id
             self._changed.notify_all()
+        changed_skus = {p.sku for p in batch.positions.values()}
+        if batch.policies:
+            changed_skus.add(ALL_SKUS)  # a channel policy touches every SKU
+        for listener in self._batch_listeners:
+            listener(changed_skus, notes[-1].id)
         return len(notes)
 
     def catch_up(self) -> None:
