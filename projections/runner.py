@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 500
 POLL_SECONDS = 0.2
 # Stands for "every SKU" in the changed set passed to batch listeners.
-ALL_SKUS = "*"
+ALL_SKUS = "\x00all"  # has a control character, so it is never a real SKU
 _POSITION_TOPIC = f"{Position.__module__}:{Position.__qualname__}."
 _POLICY_TOPIC = f"{ChannelPolicy.__module__}:{ChannelPolicy.__qualname__}."
 
