@@ -9,7 +9,7 @@ whatever order a replay takes (SPEC §3 effective axis).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -18,6 +18,9 @@ from eventsourcing.domain import Aggregate
 from ledger.domain import availability
 from ledger.domain.availability import HOLD_ACTIVE, HOLD_COMMITTED
 from ledger.domain.movements import Disposition, FromBucket, Movement, MovementType
+
+# How long a settled transfer (nothing left in transit) is remembered after its last event.
+TRANSFER_RETENTION = timedelta(days=30)
 
 POSITION_NAMESPACE = UUID("6f1c1e6e-3f0b-4a51-9d43-5b9a4f7c2a10")
 
@@ -211,14 +214,19 @@ class Position(Aggregate):
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
+            previous = aggregate.inbound.get(self.transfer_id)
+            if previous is not None and previous["closed"]:
+                # A dispatch after `final=true` starts a new leg under the same id.
+                del aggregate.inbound[self.transfer_id]
             transfer = _inbound_transfer(aggregate, self.transfer_id)
             before = inbound_outstanding(transfer)
             transfer["dispatched"] += self.qty
             transfer["from_location_id"] = self.from_location_id
             transfer["expected_at"] = self.expected_at
             transfer["dispatched_at"] = transfer["dispatched_at"] or self.occurred_at
+            transfer["last_at"] = self.recorded_at
             aggregate.in_transit_inbound += inbound_outstanding(transfer) - before
-            _forget_settled_transfer(aggregate, self.transfer_id)
+            _prune_settled_transfers(aggregate, self.recorded_at)
 
     class TransferReceived(Event):
         qty: int
@@ -232,9 +240,10 @@ class Position(Aggregate):
             transfer["received"] += self.qty
             if self.final:
                 transfer["closed"] = True
+            transfer["last_at"] = self.recorded_at
             aggregate.in_transit_inbound += inbound_outstanding(transfer) - before
             aggregate.on_hand += self.qty
-            _forget_settled_transfer(aggregate, self.transfer_id)
+            _prune_settled_transfers(aggregate, self.recorded_at)
 
     class ReturnReceived(Event):
         qty: int
@@ -478,13 +487,22 @@ def _inbound_transfer(position: Any, transfer_id: str) -> dict[str, Any]:
             "closed": False,
             "expected_at": None,
             "dispatched_at": None,
+            "last_at": None,
         }
         position.inbound[transfer_id] = transfer
     return transfer
 
 
-def _forget_settled_transfer(position: Any, transfer_id: str) -> None:
-    """Keep state small: a transfer dispatched and fully received (or closed) is done."""
-    transfer = position.inbound[transfer_id]
-    if transfer["closed"] or (transfer["dispatched"] > 0 and inbound_outstanding(transfer) == 0):
+def _prune_settled_transfers(position: Any, now: datetime) -> None:
+    """Keep state bounded: forget transfers with nothing in transit and no activity for
+    TRANSFER_RETENTION. Until then a late or split receipt still nets against its transfer,
+    so the in-transit figure never depends on how the receipts were split. Decided from the
+    event's own ``recorded_at``, so every replay prunes identically."""
+    horizon = now - TRANSFER_RETENTION
+    settled = [
+        transfer_id
+        for transfer_id, t in position.inbound.items()
+        if inbound_outstanding(t) == 0 and t["last_at"] is not None and t["last_at"] < horizon
+    ]
+    for transfer_id in settled:
         del position.inbound[transfer_id]

@@ -14,11 +14,11 @@ Modelling decisions (each one matches the SPEC in the orders the SPEC describes)
   leaves" whenever dispatches precede receipts. It also fixes the documented decision for a
   receipt that arrives before any dispatch of its transfer (outstanding 0 then, and the
   early receipt is netted against the later dispatch). Further dispatches on the same
-  transfer (shipping it in waves) agree with the SPEC too, as long as the transfer is not
-  closed and has not been over-received. After ``final=true`` or an over-receipt the SPEC's
-  literal formula would add a further dispatch to in-transit in full while this one nets it
-  against the surplus (or drops it); callers stay inside the SPEC by dispatching again only
-  when :meth:`ReferenceLedger.may_dispatch_again` says so.
+  transfer (shipping it in waves) agree with the SPEC too. An over-received transfer nets a
+  further dispatch against the surplus (in transit = dispatched - received, never split-
+  dependent), and a dispatch after ``final=true`` starts a new leg under the same id.
+  (The ledger forgets settled transfers 30 days after their last event; histories here
+  stay well inside that.)
 * A shipment against a reservation consumes open quantity only while that reservation
   holds stock (ACTIVE and unexpired, or COMMITTED); an expired, released or fulfilled
   reservation has nothing left to consume, and the lifecycle has no EXPIRED → FULFILLED.
@@ -229,7 +229,11 @@ class ReferenceLedger:
                 raise ValueError("transfer_dispatch needs transfer_id and to_location_id")
             p.on_hand -= qty
             destination = self.pos(sku, to_location_id)
-            destination.inbound.setdefault(transfer_id, TransferModel()).dispatched += qty
+            transfer = destination.inbound.get(transfer_id)
+            if transfer is None or transfer.closed:
+                # After final=true a dispatch under the same id starts a new leg.
+                transfer = destination.inbound[transfer_id] = TransferModel()
+            transfer.dispatched += qty
             touched.append(destination)
         elif kind == "transfer_receipt":
             if transfer_id is None:
@@ -269,15 +273,6 @@ class ReferenceLedger:
         if all(reservation.open_at(k) == 0 for k in reservation.held):
             reservation.status = FULFILLED
         return []
-
-    def may_dispatch_again(self, sku: str, to_location_id: str, transfer_id: str) -> bool:
-        """A further dispatch on ``transfer_id`` stays inside the SPEC's formulas (see above)."""
-        transfer = self.positions.get((sku, to_location_id), PositionModel()).inbound.get(
-            transfer_id
-        )
-        if transfer is None:
-            return True
-        return not transfer.closed and transfer.received <= transfer.dispatched
 
     # ---- policies ----------------------------------------------------------------------------
 

@@ -308,13 +308,9 @@ class LedgerModelMachine(RuleBasedStateMachine):
 
     @rule(target=sent, data=st.data(), qty=quantities, eta=st.booleans())
     def transfer_dispatch(self, data: st.DataObject, qty: int, eta: bool) -> Movement:
-        # An existing transfer may be dispatched again (in waves, or after an early receipt)
-        # unless it is closed or over-received: see ReferenceLedger.may_dispatch_again.
-        again = [
-            tid
-            for tid, (sku, _, to) in sorted(self.transfers.items())
-            if self.model.may_dispatch_again(sku, to, tid)
-        ]
+        # An existing transfer may be dispatched again: in waves, after an early receipt,
+        # after an over-receipt, or after final=true (a new leg under the same id).
+        again = sorted(self.transfers)
         choice = data.draw(st.sampled_from(["new", *again]), label="transfer")
         if choice == "new":
             sku = data.draw(skus, label="sku")
