@@ -12,10 +12,12 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from eventsourcing.persistence import InterfaceError, OperationalError
+
 from ledger.application import InventoryLedger
 from ledger.config import eventsourcing_env
 from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
-from ledger.domain.errors import ReservationNotFound
+from ledger.domain.errors import ReservationNotFound, StoreUnavailable
 from ledger.domain.movements import Movement
 from ledger.domain.position import Position, position_id
 from ledger.domain.reservation import Reservation
@@ -191,7 +193,10 @@ class LedgerService:
                     expired = self.expire_due_reservations()
                     if expired:
                         log.info("recorded expiry of %d reservation(s)", len(expired))
-                except Exception:
+                except (StoreUnavailable, OperationalError, InterfaceError) as error:
+                    # Expired holds stop counting regardless; recording them can wait.
+                    log.warning("expiry sweep skipped, database unavailable: %s", error)
+                except Exception:  # keep sweeping; the next pass retries
                     log.exception("expiry sweep failed; will retry")
 
         self._sweeper = threading.Thread(target=loop, name="expiry-sweeper", daemon=True)
