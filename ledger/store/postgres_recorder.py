@@ -65,19 +65,21 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             ]
         )
 
-    def _insert_stored_events(
+    def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
-        # After the table lock and the event rows, inside the same transaction.
-        super()._insert_stored_events(curs, stored_events, **kwargs)
-        # These statements follow the event INSERT in psycopg's pipeline, so a version
-        # conflict there makes the server skip them. psycopg (3.3.9) still records a statement
-        # that reached its prepare threshold in such an aborted pipeline as prepared, and the
-        # next use fails with 'prepared statement "_pg3_N" does not exist' (INTERNAL). Hence
-        # prepare=False in _apply.
-        with curs.connection.cursor() as index_curs:  # `curs` must keep the RETURNING rows
-            for op in kwargs.get("index_ops", ()):
-                self._apply(index_curs, op)
+        # The library's hook, run in the same pipelined transaction *before* the event rows.
+        # Written after them, a version conflict on the event INSERT surfaced in psycopg's
+        # pipeline as PipelineAborted on these statements (an OperationalError, so callers
+        # got UNAVAILABLE instead of a retried conflict); written first, the INSERT is the
+        # last statement before the sync and its UniqueViolation arrives as IntegrityError.
+        # No deadlock: the index rows are only taken before the events table lock, never
+        # while holding it. prepare=False in _apply: psycopg (3.3.9) records a statement
+        # that reached its prepare threshold in an aborted pipeline as prepared, and the next
+        # use fails with 'prepared statement "_pg3_N" does not exist'.
+        super()._insert_events(curs, stored_events, **kwargs)
+        for op in kwargs.get("index_ops", ()):
+            self._apply(curs, op)
 
     def _apply(self, curs: Cursor[DictRow], op: IndexOp) -> None:
         if isinstance(op, PositionIndexed):
