@@ -1,9 +1,10 @@
-"""Command line: ``ledger serve`` and ``ledger projections``."""
+"""Command line: ``ledger serve`` and ``ledger projections [run|rebuild|status]``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -29,11 +30,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="INFO")
     projections = commands.add_parser(
-        "projections", help="keep the read models up to date (one per database is enough)"
+        "projections",
+        help="keep the read models up to date (one per database is enough), rebuild them,"
+        " or show their status",
+        description="run (default): follow the ledger and keep the read models up to date."
+        " rebuild: rebuild the read models from ledger position 0 into a new generation and"
+        " swap it in (readers and running projections switch over by themselves)."
+        " status: print the active generation, its position and the lag as JSON.",
+    )
+    projections.add_argument(
+        "action", nargs="?", choices=("run", "rebuild", "status"), default="run"
     )
     _database_argument(projections)
+    projections.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="notifications per committed batch (default 500; rebuild 10000)",
+    )
     projections.add_argument("--log-level", default="INFO")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _database_argument(parser: argparse.ArgumentParser) -> None:
@@ -79,26 +101,85 @@ async def serve(settings: Settings) -> None:
     log.info("stopped")
 
 
-async def run_projections(settings: Settings) -> None:
+async def run_projections(settings: Settings, batch_size: int | None = None) -> None:
     from ledger.application import InventoryLedger
     from ledger.config import eventsourcing_env
-    from projections.runner import ProjectionRunner
+    from projections.runner import BATCH_MAX, ProjectionRunner
     from projections.store import ReadModelStore
 
     app = await asyncio.to_thread(InventoryLedger, eventsourcing_env(settings.database_url))
     store = await asyncio.to_thread(ReadModelStore, settings.database_url)
-    runner = ProjectionRunner(app, store)
+    runner = await asyncio.to_thread(
+        ProjectionRunner, app, store, batch_max=batch_size or BATCH_MAX
+    )
     runner.start()
     log.info(
-        "projections following %s from position %d",
+        "projections following %s from position %d (generation %d)",
         _redacted(settings.database_url),
         runner.applied_position,
+        runner.generation,
     )
     await _until_signalled()
     await asyncio.to_thread(runner.stop)
     await asyncio.to_thread(store.close)
     app.close()
     log.info("stopped")
+
+
+def rebuild_projections(settings: Settings, batch_size: int | None = None) -> int:
+    """``ledger projections rebuild``: returns the exit code."""
+    from ledger.application import InventoryLedger
+    from ledger.config import eventsourcing_env
+    from projections.runner import REBUILD_BATCH_MAX, rebuild
+    from projections.store import ReadModelStore, RebuildInProgress
+
+    app = InventoryLedger(eventsourcing_env(settings.database_url))
+    store = ReadModelStore(settings.database_url)
+    try:
+        report = rebuild(app, store, batch_max=batch_size or REBUILD_BATCH_MAX)
+    except RebuildInProgress as error:
+        log.error("%s", error)
+        return 1
+    finally:
+        store.close()
+        app.close()
+    log.info(
+        "rebuilt the read models of %s: generation %d active at position %d"
+        " (%d notifications in %.2f s, %.0f/s; generation %d dropped)",
+        _redacted(settings.database_url),
+        report.generation,
+        report.position,
+        report.notifications,
+        report.seconds,
+        report.notifications_per_second,
+        report.previous,
+    )
+    return 0
+
+
+def projections_status(settings: Settings) -> int:
+    """``ledger projections status``: one JSON object on stdout."""
+    from ledger.application import InventoryLedger
+    from ledger.config import eventsourcing_env
+    from projections.store import ReadModelStore
+
+    app = InventoryLedger(eventsourcing_env(settings.database_url))
+    store = ReadModelStore(settings.database_url)
+    try:
+        generation, applied = store.tracking()
+        head = app.head_position()
+        status = {
+            "generation": generation,
+            "applied_position": applied,
+            "head_position": head,
+            "lag": max(0, head - applied),
+            "generations": store.generations(),
+        }
+    finally:
+        store.close()
+        app.close()
+    print(json.dumps(status))
+    return 0
 
 
 async def _until_signalled() -> None:
@@ -133,7 +214,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             asyncio.run(serve(settings))
         else:
-            asyncio.run(run_projections(Settings.from_env(database_url=args.database)))
+            settings = Settings.from_env(database_url=args.database)
+            if args.action == "rebuild":
+                return rebuild_projections(settings, args.batch_size)
+            if args.action == "status":
+                return projections_status(settings)
+            asyncio.run(run_projections(settings, args.batch_size))
     except ConfigError as error:
         log.error("configuration error: %s", error)
         return 2

@@ -42,7 +42,7 @@ class LedgerExceptionRecord:
     message_id: str
     occurred_at: datetime
     recorded_at: datetime
-    seq: int = 0  # order among the exceptions stored with the same batch
+    seq: int = 0  # order among the exceptions raised by the same ledger event
 
 
 class ProjectedPosition:

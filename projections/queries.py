@@ -78,8 +78,7 @@ class ReadModelQueries:
             return self._strong_availability(sku, channel, horizon)
         if min_position:
             self.wait_for(min_position, timeout)
-        applied, rows = self.store.positions_of_sku(sku)
-        terms_json = self.store.policy_terms(channel)
+        applied, rows, terms_json = self.store.availability_inputs(sku, channel)
         terms = PolicyTerms(**json.loads(terms_json)) if terms_json else PolicyTerms()
         positions = [_state(row) for row in rows]
         return compute_availability(

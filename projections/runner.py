@@ -3,6 +3,12 @@
 Each batch — up to ``batch_max`` notifications — is folded in memory and committed with its
 tracking position in one transaction (see :class:`projections.store.ReadModelStore`); a
 crash anywhere loses at most the uncommitted batch, which the next start folds again.
+
+A runner normally *follows* the active generation of the read models: when a rebuild swaps
+in a new generation, its next load or commit fails with ``GenerationChanged`` and it
+continues from the new generation's tracking position. :func:`rebuild` builds a new
+generation from ledger position 0 with a runner pinned to that generation, then catches up
+the last events and makes it active in one transaction (``ReadModelStore.activation``).
 """
 
 from __future__ import annotations
@@ -11,27 +17,45 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from eventsourcing.persistence import Notification
+from eventsourcing.utils import get_topic
 
 from ledger.application import InventoryLedger
 from ledger.domain.channel_policy import ChannelPolicy
 from ledger.domain.position import Position
 from projections.availability import PolicyTerms
 from projections.position_state import LedgerExceptionRecord, ProjectedPosition
-from projections.store import PolicyRow, PositionRow, ReadModelStore, TrackingConflict
+from projections.store import (
+    PolicyRow,
+    PositionRow,
+    ReadModelStore,
+    TrackingConflict,
+)
 
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 500
+REBUILD_BATCH_MAX = 10_000
 POLL_SECONDS = 0.2
+# Folded states kept between batches (saves loading and parsing rows the runner wrote
+# itself); dropped whenever the runner's position moves other than by its own commit.
+STATE_CACHE_MAX = 100_000
+# How often an idle follower checks whether a rebuild swapped generations.
+GENERATION_CHECK_SECONDS = 1.0
 # Stands for "every SKU" in the changed set passed to batch listeners.
 ALL_SKUS = "\x00all"  # has a control character, so it is never a real SKU
 _POSITION_TOPIC = f"{Position.__module__}:{Position.__qualname__}."
 _POLICY_TOPIC = f"{ChannelPolicy.__module__}:{ChannelPolicy.__qualname__}."
+_OPENED_TOPIC = get_topic(Position.Opened)
+_POLICY_CREATED_TOPIC = get_topic(ChannelPolicy.Created)
+
+Loader = Callable[
+    [Collection[str], Collection[str]], tuple[dict[str, PositionRow], dict[str, PolicyRow]]
+]
 
 
 class ProjectionRunner:
@@ -42,12 +66,21 @@ class ProjectionRunner:
         *,
         batch_max: int = BATCH_MAX,
         poll_seconds: float = POLL_SECONDS,
+        generation: int | None = None,
     ) -> None:
+        """``generation=None`` (the default) follows the active generation; a number pins
+        the runner to that generation (a rebuild's, written while it is not yet active)."""
         self.app = app
         self.store = store
         self.batch_max = batch_max
         self.poll_seconds = poll_seconds
-        self._applied = store.applied_position()
+        self._follow = generation is None
+        if generation is None:
+            self._generation, self._applied = store.tracking()
+        else:
+            self._generation, self._applied = generation, store.applied_position(generation)
+        self.notifications_read = 0  # counted over the runner's life (rebuild statistics)
+        self._cache = _StateCache()
         self._changed = threading.Condition()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -57,6 +90,11 @@ class ProjectionRunner:
     @property
     def applied_position(self) -> int:
         return self._applied
+
+    @property
+    def generation(self) -> int:
+        """The read-model generation this runner writes."""
+        return self._generation
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -72,7 +110,8 @@ class ProjectionRunner:
 
     def add_batch_listener(self, listener: Callable[[set[str], int], None]) -> None:
         """Called after each committed batch with the SKUs it changed and the new position
-        (on the runner's thread: keep it cheap, hand work to your own thread or loop)."""
+        (on the runner's thread: keep it cheap, hand work to your own thread or loop).
+        After a switch to a rebuilt generation it is called with ``{ALL_SKUS}``."""
         self._batch_listeners.append(listener)
 
     def wake(self) -> None:
@@ -92,88 +131,315 @@ class ProjectionRunner:
         return True
 
     def _loop(self) -> None:
+        checked = time.monotonic()
         while not self._stop.is_set():
             try:
                 consumed = self.run_once()
             except TrackingConflict:
-                # Another runner applied this stretch: continue from where it got to.
-                self._applied = self.store.applied_position()
+                # Another runner applied this stretch, or a rebuild swapped generations:
+                # continue from where the active generation got to.
+                self._resync_or_wait()
                 continue
             except Exception:  # keep following; the batch is retried
                 log.exception("projection batch failed; retrying")
                 self._stop.wait(1.0)
                 continue
             if consumed < self.batch_max:
+                if self._follow and time.monotonic() - checked >= GENERATION_CHECK_SECONDS:
+                    checked = time.monotonic()
+                    if self._generation_moved():
+                        self._resync_or_wait()
+                        continue
                 self._wake.wait(self.poll_seconds)
                 self._wake.clear()
+
+    def _generation_moved(self) -> bool:
+        try:
+            return self.store.active_generation() != self._generation
+        except Exception:
+            log.exception("could not read the active read-model generation")
+            return False
+
+    def _resync_or_wait(self) -> None:
+        try:
+            self._resync()
+        except Exception:
+            log.exception("could not re-read the projection's tracking position; retrying")
+            self._stop.wait(1.0)
+
+    def _resync(self) -> None:
+        """Re-read the generation to write and its tracking position."""
+        if self._follow:
+            generation, position = self.store.tracking()
+        else:
+            generation, position = self._generation, self.store.applied_position(self._generation)
+        switched = generation != self._generation
+        self._cache.clear()
+        with self._changed:
+            self._generation, self._applied = generation, position
+            self._changed.notify_all()
+        if switched:
+            log.info("projection now follows generation %d at position %d", generation, position)
+            # Rows were rebuilt, and positions may have been applied by the rebuild: tell
+            # listeners that anything may have changed.
+            self._notify({ALL_SKUS}, position)
+
+    def _notify(self, changed_skus: set[str], position: int) -> None:
+        for listener in self._batch_listeners:
+            try:
+                listener(changed_skus, position)
+            except Exception:
+                log.exception("projection batch listener failed")
 
     # ---- one batch ------------------------------------------------------------------------------
 
     def run_once(self) -> int:
-        """Fold and commit the next batch; returns how many notifications it consumed."""
-        start = self._applied
+        """Fold and commit the next batch; returns how many notifications it consumed.
+
+        Raises TrackingConflict (GenerationChanged for a follower whose generation was
+        swapped out) when the batch could not be committed; :meth:`catch_up` and the
+        background loop re-read the tracking position and go on."""
+        generation, start = self._generation, self._applied
         notes = self.app.recorder.select_notifications(
             start=start, limit=self.batch_max, inclusive_of_start=False
         )
         if not notes:
             return 0
-        batch = _Batch(self.store)
-        for note in notes:
-            batch.add(self.app, note)
-        self.store.commit_batch(
-            from_position=start,
-            to_position=notes[-1].id,
-            positions=batch.position_rows(),
-            policies=batch.policy_rows(),
-            exceptions=batch.exceptions,
-        )
+        self.notifications_read += len(notes)
+        batch = _Batch(self._cache)
+        try:
+            batch.add_all(
+                self.app,
+                notes,
+                lambda positions, policies: self.store.load(
+                    generation, positions, policies, require_active=self._follow
+                ),
+            )
+            self.store.commit_batch(
+                generation=generation,
+                require_active=self._follow,
+                from_position=start,
+                to_position=notes[-1].id,
+                positions=batch.position_rows(),
+                policies=batch.policy_rows(),
+                exceptions=batch.exceptions,
+            )
+        except BaseException:
+            self._cache.clear()  # the batch folded into cached states: they are now ahead
+            raise
+        self._cache.keep(batch)
         with self._changed:
             self._applied = notes[-1].id
             self._changed.notify_all()
         changed_skus = {p.sku for p in batch.positions.values()}
         if batch.policies:
             changed_skus.add(ALL_SKUS)  # a channel policy touches every SKU
-        for listener in self._batch_listeners:
-            listener(changed_skus, notes[-1].id)
+        self._notify(changed_skus, notes[-1].id)
         return len(notes)
 
     def catch_up(self) -> None:
         """Apply everything recorded so far (tools, tests, rebuilds)."""
-        while self.run_once() == self.batch_max:
-            pass
+        while True:
+            try:
+                if self.run_once() < self.batch_max:
+                    return
+            except TrackingConflict:
+                self._resync()
+
+    def _activate(self) -> tuple[int, int]:
+        """Fold everything up to the ledger head into this (pinned, not yet active)
+        generation and make it the active one, in one transaction. Returns the generation
+        served before and the position the new one starts at."""
+        if self._follow:
+            raise RuntimeError("only a runner pinned to a generation can activate it")
+        try:
+            return self._activate_in_transaction()
+        except BaseException:
+            self._cache.clear()
+            raise
+
+    def _activate_in_transaction(self) -> tuple[int, int]:
+        with self.store.activation(self._generation) as activation:
+            # Followers of the old generation are locked out from here on, so its position
+            # is fixed; the head read now is at or past it, so the flip never goes back.
+            start = activation.applied_position()
+            head = self.app.head_position()
+            if start != self._applied:
+                self._cache.clear()
+            batch = _Batch(self._cache)
+            position = start
+            while position < head:
+                notes = self.app.recorder.select_notifications(
+                    start=position, limit=self.batch_max, stop=head, inclusive_of_start=False
+                )
+                if not notes:
+                    break
+                self.notifications_read += len(notes)
+                batch.add_all(self.app, notes, activation.load)
+                position = notes[-1].id
+            activation.commit_batch(
+                from_position=start,
+                to_position=position,
+                positions=batch.position_rows(),
+                policies=batch.policy_rows(),
+                exceptions=batch.exceptions,
+            )
+        self._cache.clear()  # the generation is active now; followers take it from here
+        with self._changed:
+            self._applied = position
+            self._changed.notify_all()
+        return activation.previous, position
+
+
+@dataclass(frozen=True)
+class RebuildReport:
+    generation: int  # now active
+    previous: int  # served before, dropped
+    position: int  # ledger position the new generation had applied when it went live
+    notifications: int  # notifications read by the rebuild
+    build_seconds: float  # from position 0 to (nearly) the head, beside the live generation
+    activate_seconds: float  # the last events and the flip, in one transaction
+    seconds: float  # everything, including dropping the previous generation
+
+    @property
+    def notifications_per_second(self) -> float:
+        return self.notifications / self.seconds if self.seconds > 0 else 0.0
+
+
+def rebuild(
+    app: InventoryLedger,
+    store: ReadModelStore,
+    *,
+    batch_max: int = REBUILD_BATCH_MAX,
+    keep_previous: bool = False,
+) -> RebuildReport:
+    """Rebuild the read models from ledger position 0 into a new generation and swap it in.
+
+    Readers keep being served the current generation until the swap, which happens in one
+    transaction together with the last few events. Followers (in-process or a
+    ``ledger projections`` process) switch to the new generation by themselves. Only one
+    rebuild runs at a time (RebuildInProgress otherwise); tables of a rebuild that died
+    are dropped first."""
+    began = time.monotonic()
+    with store.rebuild_lock():
+        active = store.active_generation()
+        for abandoned in store.generations():
+            if abandoned != active:
+                log.info("dropping generation %d left behind by an earlier rebuild", abandoned)
+                store.drop_generation(abandoned)
+        generation = store.new_generation()
+        log.info("rebuilding read models into generation %d (serving %d)", generation, active)
+        builder = ProjectionRunner(app, store, batch_max=batch_max, generation=generation)
+        builder.catch_up()
+        built = time.monotonic()
+        previous, position = builder._activate()
+        activated = time.monotonic()
+        log.info(
+            "generation %d is active at position %d (generation %d retired)",
+            generation,
+            position,
+            previous,
+        )
+        if not keep_previous and previous != generation:
+            store.drop_generation(previous)
+    return RebuildReport(
+        generation=generation,
+        previous=previous,
+        position=position,
+        notifications=builder.notifications_read,
+        build_seconds=built - began,
+        activate_seconds=activated - built,
+        seconds=time.monotonic() - began,
+    )
+
+
+class _StateCache:
+    """Folded states as of the runner's applied position (valid only while nobody else
+    writes its generation: cleared on any conflict, failure or switch)."""
+
+    def __init__(self) -> None:
+        self.positions: dict[str, ProjectedPosition] = {}
+        self.policies: dict[str, tuple[str, PolicyTerms]] = {}
+
+    def clear(self) -> None:
+        self.positions.clear()
+        self.policies.clear()
+
+    def keep(self, batch: _Batch) -> None:
+        """After ``batch`` committed: its states are the stored ones."""
+        if len(self.positions) + len(batch.positions) > STATE_CACHE_MAX:
+            self.positions.clear()  # simple bound; the rows are reloaded when needed
+        self.positions.update(batch.positions)
+        self.policies.update(batch.policies)
 
 
 class _Batch:
     """The in-memory side of one batch: folded states, policies and exceptions."""
 
-    def __init__(self, store: ReadModelStore) -> None:
-        self.store = store
+    def __init__(self, cache: _StateCache | None = None) -> None:
+        self.cache = cache or _StateCache()
         self.positions: dict[str, ProjectedPosition] = {}
         self.policies: dict[str, tuple[str, PolicyTerms]] = {}
         self.exceptions: list[LedgerExceptionRecord] = []
 
-    def add(self, app: InventoryLedger, note: Notification) -> None:
-        if note.topic.startswith(_POSITION_TOPIC):
-            event = app.mapper.to_domain_event(note)
-            position = self._position(event)
-            self.exceptions.extend(position.fold(event, note.id))
-        elif note.topic.startswith(_POLICY_TOPIC):
-            event = app.mapper.to_domain_event(note)
-            self._policy(event)
-
-    def _position(self, event: Any) -> ProjectedPosition:
-        key = event.originator_id.hex
-        if key not in self.positions:
-            if isinstance(event, Position.Opened):
-                self.positions[key] = ProjectedPosition(event.sku, event.location_id)
-            else:
-                row = self.store.position(key)
-                if row is None:
-                    raise AssertionError(f"position {key} has events but no Opened")
+    def add_all(self, app: InventoryLedger, notes: list[Notification], load: Loader) -> None:
+        """Fold ``notes``; the stored rows they continue are loaded in one round trip."""
+        wanted_positions: set[str] = set()
+        wanted_policies: set[str] = set()
+        created: set[str] = set()  # created in these notes: nothing stored to load
+        relevant: list[tuple[Notification, bool]] = []
+        for note in notes:
+            topic = note.topic
+            if topic.startswith(_POSITION_TOPIC):
+                key = note.originator_id.hex
+                if topic == _OPENED_TOPIC:
+                    created.add(key)
+                elif key not in self.positions:
+                    cached = self.cache.positions.get(key)
+                    if cached is None:
+                        wanted_positions.add(key)
+                    else:
+                        self.positions[key] = cached
+                relevant.append((note, True))
+            elif topic.startswith(_POLICY_TOPIC):
+                key = note.originator_id.hex
+                if topic == _POLICY_CREATED_TOPIC:
+                    created.add(key)
+                elif key not in self.policies:
+                    cached_policy = self.cache.policies.get(key)
+                    if cached_policy is None:
+                        wanted_policies.add(key)
+                    else:
+                        self.policies[key] = cached_policy
+                relevant.append((note, False))
+        wanted_positions -= created
+        wanted_policies -= created
+        if wanted_positions or wanted_policies:
+            positions, policies = load(wanted_positions, wanted_policies)
+            for key, row in positions.items():
                 self.positions[key] = ProjectedPosition.from_json(
                     row.sku, row.location_id, row.state_json
                 )
-        return self.positions[key]
+            for key, policy in policies.items():
+                self.policies[key] = (
+                    policy.channel,
+                    PolicyTerms(**json.loads(policy.terms_json)),
+                )
+        for note, is_position in relevant:
+            event = app.mapper.to_domain_event(note)
+            if is_position:
+                self.exceptions.extend(self._position(event).fold(event, note.id))
+            else:
+                self._policy(event)
+
+    def _position(self, event: Any) -> ProjectedPosition:
+        key = event.originator_id.hex
+        position = self.positions.get(key)
+        if position is None:
+            if not isinstance(event, Position.Opened):
+                raise AssertionError(f"position {key} has events but no Opened")
+            position = self.positions[key] = ProjectedPosition(event.sku, event.location_id)
+        return position
 
     def _policy(self, event: Any) -> None:
         key = event.originator_id.hex
@@ -181,10 +447,7 @@ class _Batch:
             self.policies[key] = (event.channel, PolicyTerms())
             return
         if key not in self.policies:
-            row = self.store.policy(key)
-            if row is None:
-                raise AssertionError(f"channel policy {key} has events but no Created")
-            self.policies[key] = (row.channel, PolicyTerms(**json.loads(row.terms_json)))
+            raise AssertionError(f"channel policy {key} has events but no Created")
         channel = self.policies[key][0]
         self.policies[key] = (
             channel,
