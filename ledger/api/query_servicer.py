@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 from inventory.ledger.v1 import (
     availability_pb2,
@@ -13,10 +14,11 @@ from inventory.ledger.v1 import (
 
 from ledger.api import convert, validation
 from ledger.api.page_tokens import PageTokens, page_size_of
-from ledger.api.rpc import unary
+from ledger.api.rpc import server_stream, unary
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
 from projections.queries import ReadModelQueries
+from projections.watch import AvailabilityChangeView, WatchHub
 
 DEFAULT_WAIT_SECONDS = 5.0
 EXCEPTION_TYPE_PREFIX = "EXCEPTION_TYPE_"
@@ -24,11 +26,17 @@ EXCEPTION_TYPE_PREFIX = "EXCEPTION_TYPE_"
 
 class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
     def __init__(
-        self, service: LedgerService, read_models: ReadModelQueries, page_tokens: PageTokens
+        self,
+        service: LedgerService,
+        read_models: ReadModelQueries,
+        page_tokens: PageTokens,
+        watch_hub: WatchHub | None = None,
     ) -> None:
         self._service = service
         self._read = read_models
         self._tokens = page_tokens
+        # Without a hub (started by ledger.api.server.start_server) one is made on first use.
+        self._watch = watch_hub
 
     @unary
     async def GetPosition(
@@ -103,6 +111,30 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
             timeout=ctx.time_remaining_seconds or DEFAULT_WAIT_SECONDS,
         )
         return convert.availability_message(view)
+
+    @server_stream
+    async def WatchAvailability(
+        self, request: query_service_pb2.WatchAvailabilityRequest, ctx: CallContext
+    ) -> AsyncIterator[availability_pb2.AvailabilityChange]:
+        query = convert.validate(
+            validation.WatchAvailabilityModel,
+            {"channel": request.channel, "skus": list(request.skus)},
+        )
+        hub = self._watch_hub()
+        watcher = hub.new_watcher(query.channel, query.unique_skus)
+        try:
+            for change in await asyncio.to_thread(hub.subscribe, watcher):
+                yield _change_message(change)
+            while True:
+                yield _change_message(await watcher.next())
+        finally:
+            hub.unsubscribe(watcher)
+
+    def _watch_hub(self) -> WatchHub:
+        if self._watch is None:
+            self._watch = WatchHub(self._read.store, self._service.clock, runner=self._read.runner)
+            self._watch.start(asyncio.get_running_loop())
+        return self._watch
 
     @unary
     async def ListInTransit(
@@ -180,3 +212,15 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
             applied_position=status.applied_position,
             lag=status.lag,
         )
+
+
+def _change_message(change: AvailabilityChangeView) -> availability_pb2.AvailabilityChange:
+    return availability_pb2.AvailabilityChange(
+        sku=change.sku,
+        channel=change.channel,
+        channel_available=change.channel_available,
+        previous_channel_available=change.previous_channel_available,
+        projection_position=change.projection_position,
+        changed_at=convert.to_timestamp(change.changed_at),
+        initial=change.initial,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from ledger.api.reservation_servicer import ReservationServicer
 from ledger.config import Settings
 from ledger.service import LedgerService
 from projections.queries import ReadModelQueries
+from projections.watch import WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,16 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
+    watch_hub: WatchHub | None = None
 
     async def stop(self, grace_seconds: float) -> None:
-        """Report NOT_SERVING first so load balancers drain us, then finish in-flight calls."""
+        """Report NOT_SERVING first so load balancers drain us, then finish in-flight calls.
+
+        Watch streams never finish by themselves: they end at once (UNAVAILABLE, watch again).
+        """
         await self.health.enter_graceful_shutdown()
+        if self.watch_hub is not None:
+            await self.watch_hub.close()
         await self.server.stop(grace_seconds)
 
 
@@ -61,8 +69,11 @@ async def start_server(
         ],
     )
     tokens = PageTokens(settings.page_token_secret)
+    # WatchAvailability: follows the in-process runner if there is one, else polls.
+    watch_hub = WatchHub(read_models.store, service.clock, runner=read_models.runner)
+    watch_hub.start(asyncio.get_running_loop())
     query_service_pb2_grpc.add_InventoryQueryServiceServicer_to_server(
-        QueryServicer(service, read_models, tokens), server
+        QueryServicer(service, read_models, tokens, watch_hub), server
     )
     reservation_service_pb2_grpc.add_ReservationServiceServicer_to_server(
         ReservationServicer(service, tokens), server
@@ -88,4 +99,4 @@ async def start_server(
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer)
+    return RunningServer(server, port, health_servicer, watch_hub)

@@ -324,3 +324,18 @@ class ListExceptionsModel(_Strict):
     location_id: OptionalIdentifier = ""
     page_size: PageSize = 0
     page_token: str = ""
+
+
+WATCH_SKUS_MAX = 1000
+
+
+class WatchAvailabilityModel(_Strict):
+    """1-1000 entries in ``skus``; a SKU given more than once is watched once."""
+
+    channel: Channel
+    skus: Annotated[list[Identifier], Field(min_length=1, max_length=WATCH_SKUS_MAX)]
+
+    @property
+    def unique_skus(self) -> list[str]:
+        """The SKUs without repeats, in first-seen order."""
+        return list(dict.fromkeys(self.skus))
