@@ -113,6 +113,12 @@ async def run_projections(settings: Settings, batch_size: int | None = None) -> 
         ProjectionRunner, app, store, batch_max=batch_size or BATCH_MAX
     )
     runner.start()
+    listener = None
+    if settings.database_url.startswith("postgres"):
+        from projections.commit_listener import CommitListener
+
+        listener = CommitListener(settings.database_url, app.recorder.channel_name, runner.wake)
+        listener.start()
     log.info(
         "projections following %s from position %d (generation %d)",
         _redacted(settings.database_url),
@@ -120,6 +126,8 @@ async def run_projections(settings: Settings, batch_size: int | None = None) -> 
         runner.generation,
     )
     await _until_signalled()
+    if listener is not None:
+        await asyncio.to_thread(listener.stop)
     await asyncio.to_thread(runner.stop)
     await asyncio.to_thread(store.close)
     app.close()

@@ -308,6 +308,10 @@ class WatchHub:
             self._dirty = True
             self._wake.set()
 
+    def wake(self) -> None:
+        """The read model moved (e.g. a NOTIFY from the projection process): look now."""
+        self._wake.set()
+
     def _run(self) -> None:
         while not self._stopping.is_set():
             self._wake.wait(self._sleep_seconds())

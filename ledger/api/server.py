@@ -27,6 +27,7 @@ from ledger.api.query_servicer import QueryServicer
 from ledger.api.reservation_servicer import ReservationServicer
 from ledger.config import Settings
 from ledger.service import LedgerService
+from projections.commit_listener import CommitListener
 from projections.queries import ReadModelQueries
 from projections.watch import WatchHub
 
@@ -46,6 +47,7 @@ class RunningServer:
     port: int
     health: health.aio.HealthServicer
     watch_hub: WatchHub | None = None
+    commit_listener: CommitListener | None = None
 
     async def stop(self, grace_seconds: float) -> None:
         """Report NOT_SERVING first so load balancers drain us, then finish in-flight calls.
@@ -53,6 +55,8 @@ class RunningServer:
         Watch streams never finish by themselves: they end at once (UNAVAILABLE, watch again).
         """
         await self.health.enter_graceful_shutdown()
+        if self.commit_listener is not None:
+            await asyncio.to_thread(self.commit_listener.stop)
         if self.watch_hub is not None:
             await self.watch_hub.close()
         await self.server.stop(grace_seconds)
@@ -72,6 +76,13 @@ async def start_server(
     # WatchAvailability: follows the in-process runner if there is one, else polls.
     watch_hub = WatchHub(read_models.store, service.clock, runner=read_models.runner)
     watch_hub.start(asyncio.get_running_loop())
+    listener = None
+    if read_models.runner is None and settings.database_url.startswith("postgres"):
+        # The projection runs in another process: its NOTIFY per batch wakes the hub.
+        listener = CommitListener(
+            settings.database_url, read_models.store.applied_channel, watch_hub.wake
+        )
+        listener.start()
     query_service_pb2_grpc.add_InventoryQueryServiceServicer_to_server(
         QueryServicer(service, read_models, tokens, watch_hub), server
     )
@@ -99,4 +110,4 @@ async def start_server(
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, watch_hub)
+    return RunningServer(server, port, health_servicer, watch_hub, listener)

@@ -1,0 +1,59 @@
+"""Wake a projection runner in another process the moment the ledger commits.
+
+The `eventsourcing` PostgreSQL recorder sends NOTIFY on its events table's channel in every
+insert transaction; LISTENing to it replaces the runner's idle polling interval with a
+wake-up within milliseconds. Polling stays as the fallback: a lost notification (for
+example while reconnecting) delays a batch by one poll interval, never loses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from ledger.config import eventsourcing_env
+
+log = logging.getLogger(__name__)
+
+RECONNECT_SECONDS = 1.0
+
+
+class CommitListener:
+    def __init__(self, database_url: str, channel: str, on_commit: Callable[[], None]) -> None:
+        env = eventsourcing_env(database_url)
+        self._conninfo = make_conninfo(
+            dbname=env["POSTGRES_DBNAME"],
+            host=env["POSTGRES_HOST"],
+            port=env["POSTGRES_PORT"],
+            user=env["POSTGRES_USER"],
+            password=env["POSTGRES_PASSWORD"] or None,
+            connect_timeout=env["POSTGRES_CONNECT_TIMEOUT"],
+        )
+        self._channel = channel
+        self._on_commit = on_commit
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="commit-listener", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=1.0):
+                            self._on_commit()
+            except psycopg.Error as error:
+                log.warning("commit listener reconnecting: %s", error)
+                self._stop.wait(RECONNECT_SECONDS)
