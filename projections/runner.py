@@ -38,6 +38,9 @@ from projections.store import (
 
 log = logging.getLogger(__name__)
 
+# How often the runner logs its lag, and from which lag on that is a warning.
+LAG_LOG_SECONDS = 60.0
+LAG_WARNING_EVENTS = 10_000
 BATCH_MAX = 500
 REBUILD_BATCH_MAX = 10_000
 POLL_SECONDS = 0.2
@@ -132,7 +135,11 @@ class ProjectionRunner:
 
     def _loop(self) -> None:
         checked = time.monotonic()
+        reported = time.monotonic()
         while not self._stop.is_set():
+            if time.monotonic() - reported >= LAG_LOG_SECONDS:
+                reported = time.monotonic()
+                self._log_lag()
             try:
                 consumed = self.run_once()
             except TrackingConflict:
@@ -152,6 +159,17 @@ class ProjectionRunner:
                         continue
                 self._wake.wait(self.poll_seconds)
                 self._wake.clear()
+
+    def _log_lag(self) -> None:
+        """Operators see lag in the log too (GetProjectionStatus serves it over gRPC)."""
+        try:
+            head = self.app.recorder.max_notification_id() or 0
+        except Exception as error:  # the batch loop reports store trouble itself
+            log.warning("projection lag unknown: %s", error)
+            return
+        lag = max(0, head - self._applied)
+        level = logging.WARNING if lag > LAG_WARNING_EVENTS else logging.INFO
+        log.log(level, "projection lag %d (head %d, applied %d)", lag, head, self._applied)
 
     def _generation_moved(self) -> bool:
         try:
