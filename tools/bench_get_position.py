@@ -21,15 +21,13 @@ Run from the repository root (it imports the test support package).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,6 +41,7 @@ from inventory.ledger.v1 import (
 
 from ledger.domain.limits import MOVEMENTS_PER_REQUEST_MAX
 from tests.support.server import LedgerProcess
+from tools.bench_support import database
 
 SOURCE = "bench"
 LOCATION = "BENCH-DC"
@@ -87,32 +86,6 @@ def _percentile(ordered: Sequence[float], pct: float) -> float:
 
 
 # ---- database ------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def database(spec: str | None) -> Iterator[tuple[str, str]]:
-    """(kind, url) of an empty database for the run; cleaned up afterwards."""
-    if spec is None or spec == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="bench-ledger-") as tmp:
-            yield "sqlite", f"sqlite:///{Path(tmp) / 'ledger.db'}"
-        return
-    if spec == "postgres":
-        from tests.support.postgres import postgres_server_from_env_or_embedded
-
-        print("starting PostgreSQL ...", file=sys.stderr, flush=True)
-        server = postgres_server_from_env_or_embedded()
-        name = f"bench_{uuid.uuid4().hex[:12]}"
-        try:
-            url = server.create_database(name)
-            try:
-                yield "postgres", url
-            finally:
-                server.drop_database(name)
-        finally:
-            server.cleanup()
-        return
-    kind = "postgres" if spec.startswith(("postgres://", "postgresql://")) else spec.split(":")[0]
-    yield kind, spec
 
 
 # ---- writing -------------------------------------------------------------------------------

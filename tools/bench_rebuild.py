@@ -32,7 +32,6 @@ Run from the repository root (``postgres`` imports the test support package).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import io
 import json
@@ -40,10 +39,7 @@ import pstats
 import random
 import statistics
 import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,6 +49,7 @@ from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
 from projections.runner import REBUILD_BATCH_MAX, ProjectionRunner, rebuild
 from projections.store import ReadModelRows, ReadModelStore
+from tools.bench_support import database
 
 MOVEMENTS_PER_CALL = 500
 READ_BATCH = 500
@@ -63,32 +60,6 @@ SOURCE = "bench"
 
 
 # ---- database ------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def database(spec: str | None) -> Iterator[tuple[str, str]]:
-    """(kind, url) of an empty database for the run; cleaned up afterwards."""
-    if spec is None or spec == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="bench-rebuild-") as tmp:
-            yield "sqlite", f"sqlite:///{Path(tmp) / 'ledger.db'}"
-        return
-    if spec == "postgres":
-        from tests.support.postgres import postgres_server_from_env_or_embedded
-
-        print("starting PostgreSQL ...", file=sys.stderr, flush=True)
-        server = postgres_server_from_env_or_embedded()
-        name = f"bench_{uuid.uuid4().hex[:12]}"
-        try:
-            url = server.create_database(name)
-            try:
-                yield "postgres", url
-            finally:
-                server.drop_database(name)
-        finally:
-            server.cleanup()
-        return
-    kind = "postgres" if spec.startswith(("postgres://", "postgresql://")) else spec.split(":")[0]
-    yield kind, spec
 
 
 # ---- writing -------------------------------------------------------------------------------

@@ -33,21 +33,16 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import queue
 import random
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import grpc
 from inventory.ledger.v1 import (
@@ -59,8 +54,9 @@ from inventory.ledger.v1 import (
     query_service_pb2_grpc,
 )
 
+from tests.support.projections import ProjectionsProcess
 from tests.support.server import LedgerProcess
-from tools.bench_get_position import database
+from tools.bench_support import database
 
 SOURCE = "bench-watch"
 LOCATION = "BENCH-DC"
@@ -69,82 +65,6 @@ WARMUP_WRITES = 20
 CALL_TIMEOUT_SECONDS = 30.0
 START_TIMEOUT_SECONDS = 30.0
 _FOLLOWING = "projections following"
-
-
-class ProjectionsProcess:
-    """``python -m ledger.cli projections --database URL`` as a subprocess.
-
-    ``start()`` returns once it logged that it follows the ledger; ``stop()`` sends SIGTERM
-    (SIGKILL after 10 s). stderr goes to a temporary file (``log_text()``).
-    """
-
-    def __init__(self, database_url: str, *, env: dict[str, str] | None = None) -> None:
-        self.database_url = database_url
-        self.env = dict(env or {})
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log_dir = tempfile.TemporaryDirectory(prefix="ledger-projections-")
-        self._log_path = Path(self._log_dir.name) / "stderr.log"
-
-    def start(self, timeout: float = START_TIMEOUT_SECONDS) -> Self:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        env.pop("LEDGER_DATABASE_URL", None)
-        with open(self._log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "ledger.cli",
-                    "projections",
-                    "--database",
-                    self.database_url,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        deadline = time.monotonic() + timeout
-        while _FOLLOWING not in self.log_text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"ledger projections did not start:\n{self.log_text()}")
-            time.sleep(0.02)
-        return self
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        process = self.process
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
-
-    def log_text(self) -> str:
-        if not self._log_path.exists():
-            return ""
-        return self._log_path.read_bytes().decode("utf-8", "replace")
-
-    def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            self._log_dir.cleanup()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from ledger.views import ChannelPolicyView, MovementResultView, PositionView, Re
 from projections.availability import AvailabilityView
 from projections.position_state import LedgerExceptionRecord
 from projections.queries import InTransitView
+from projections.watch import AvailabilityChangeView
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -247,4 +248,16 @@ def exception_message(record: LedgerExceptionRecord) -> availability_pb2.LedgerE
         message_id=record.message_id,
         occurred_at=to_timestamp(record.occurred_at),
         recorded_at=to_timestamp(record.recorded_at),
+    )
+
+
+def change_message(change: AvailabilityChangeView) -> availability_pb2.AvailabilityChange:
+    return availability_pb2.AvailabilityChange(
+        sku=change.sku,
+        channel=change.channel,
+        channel_available=change.channel_available,
+        previous_channel_available=change.previous_channel_available,
+        projection_position=change.projection_position,
+        changed_at=to_timestamp(change.changed_at),
+        initial=change.initial,
     )

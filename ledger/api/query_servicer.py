@@ -18,7 +18,7 @@ from ledger.api.rpc import server_stream, unary
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
 from projections.queries import ReadModelQueries
-from projections.watch import AvailabilityChangeView, WatchHub
+from projections.watch import WatchHub
 
 DEFAULT_WAIT_SECONDS = 5.0
 EXCEPTION_TYPE_PREFIX = "EXCEPTION_TYPE_"
@@ -124,9 +124,9 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
         watcher = hub.new_watcher(query.channel, query.unique_skus)
         try:
             for change in await asyncio.to_thread(hub.subscribe, watcher):
-                yield _change_message(change)
+                yield convert.change_message(change)
             while True:
-                yield _change_message(await watcher.next())
+                yield convert.change_message(await watcher.next())
         finally:
             hub.unsubscribe(watcher)
 
@@ -212,15 +212,3 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
             applied_position=status.applied_position,
             lag=status.lag,
         )
-
-
-def _change_message(change: AvailabilityChangeView) -> availability_pb2.AvailabilityChange:
-    return availability_pb2.AvailabilityChange(
-        sku=change.sku,
-        channel=change.channel,
-        channel_available=change.channel_available,
-        previous_channel_available=change.previous_channel_available,
-        projection_position=change.projection_position,
-        changed_at=convert.to_timestamp(change.changed_at),
-        initial=change.initial,
-    )

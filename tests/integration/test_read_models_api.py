@@ -8,10 +8,7 @@ external`` API servers.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
+import contextlib
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +19,7 @@ from google.protobuf import timestamp_pb2
 from inventory.ledger.v1 import availability_pb2, query_service_pb2
 
 from tests.integration.test_grpc_ledger import Client, assert_invalid, failure, line, movement
+from tests.support.projections import ProjectionsProcess
 from tests.support.server import LedgerProcess
 
 
@@ -34,22 +32,18 @@ def _ts(moment: datetime) -> timestamp_pb2.Timestamp:
 @pytest.fixture
 def served(database_url: str) -> Iterator[Client]:
     """An API server plus, on PostgreSQL, a separate projections process."""
-    projections = None
-    if database_url.startswith("postgresql"):
-        projections = subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", "projections", "--database", database_url],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    with contextlib.ExitStack() as stack:
+        if database_url.startswith("postgresql"):
+            projections = stack.enter_context(ProjectionsProcess(database_url))
+            stack.callback(lambda: assert_clean_exit(projections))
+        ledger = stack.enter_context(
+            LedgerProcess(database_url, extra_args=["--projections", "auto"])
         )
-    with LedgerProcess(database_url, extra_args=["--projections", "auto"]) as ledger:
-        try:
-            yield Client(ledger)
-        finally:
-            if projections is not None:
-                projections.send_signal(signal.SIGTERM)
-                assert projections.wait(timeout=20) == 0
+        yield Client(ledger)
+
+
+def assert_clean_exit(projections: ProjectionsProcess) -> None:
+    assert projections.stop() == 0, projections.log_text()
 
 
 def availability(client: Client, sku: str, channel: str = "web", **fields: object) -> object:

@@ -55,8 +55,8 @@ from tests.integration.test_grpc_ledger import (
     movement,
     status_details,
 )
+from tests.support.projections import ProjectionsProcess
 from tests.support.server import LedgerProcess
-from tools.bench_watch import ProjectionsProcess
 
 ENV = {"LEDGER_EXPIRY_SWEEP_SECONDS": "3600"}
 WAIT_SECONDS = 10.0
