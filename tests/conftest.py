@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.nats import NatsServer, nats_server_from_env_or_embedded
 from tests.support.postgres import PostgresServer, postgres_server_from_env_or_embedded
 
 
@@ -44,3 +45,38 @@ def postgres_database_url(postgres_server: PostgresServer) -> Iterator[str]:
         yield url
     finally:
         postgres_server.drop_database(name)
+
+
+# --------------------------------------------------------------------------- NATS
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    """One NATS server with JetStream for the whole run, started lazily the first time a
+    test asks for it (directly or via ``nats_url``).
+
+    If ``LEDGER_TEST_NATS_URL`` is set, that server is used (nothing is started or
+    stopped; it must have JetStream enabled); otherwise a throwaway
+    ``tests.support.nats.EmbeddedNats`` (127.0.0.1, free port, file store in a temp dir,
+    ``sync_interval: always``) is started and deleted at the end of the session.  The
+    object has ``.url``.  Tests that need to stop, restart or crash a server must start
+    their own ``EmbeddedNats`` instead of touching this one.
+    """
+    server = nats_server_from_env_or_embedded()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    """``nats://host:port`` of the session's ``nats_server``.
+
+    The server is shared by every test of the run (and possibly by other runs, when
+    ``LEDGER_TEST_NATS_URL`` points at a long-lived server): nothing is reset between
+    tests.  Tests isolate themselves by using unique stream, subject, consumer and KV
+    bucket names (e.g. ``f"T_{uuid.uuid4().hex[:12]}"`` for a stream on subjects
+    ``f"t.{hex}.>"``) and should delete the streams they create.
+    """
+    return nats_server.url

