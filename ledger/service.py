@@ -62,8 +62,12 @@ class LedgerService:
 
     # ---- writes (each returns a Future; use .result() or asyncio.wrap_future) -----------------
 
-    def record_movements(self, ctx: CallContext, items: Sequence[Movement]) -> Any:
-        return self.pipeline.submit(movements.record_movements(ctx, list(items)))
+    def record_movements(
+        self, ctx: CallContext, items: Sequence[Movement], *, reject_reused: bool = True
+    ) -> Any:
+        return self.pipeline.submit(
+            movements.record_movements(ctx, list(items), reject_reused=reject_reused)
+        )
 
     def reserve(self, ctx: CallContext, request: ReserveInput) -> Any:
         return self.pipeline.submit(reservations.reserve(ctx, request))

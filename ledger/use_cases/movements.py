@@ -20,11 +20,16 @@ from ledger.views import MovementResultView
 
 RECORDED = "RECORDED"
 DUPLICATE = "DUPLICATE"
+# Only with reject_reused=False (ingest): this message id came with another payload before.
+REUSED = "REUSED"
 
 
-def record_movements(ctx: CallContext, movements: Sequence[Movement]) -> Any:
-    """All movements of one request in one transaction; a reused id with another payload
-    fails the whole request (nothing applied)."""
+def record_movements(
+    ctx: CallContext, movements: Sequence[Movement], *, reject_reused: bool = True
+) -> Any:
+    """All movements in one transaction. A reused id with another payload fails the whole
+    request (nothing applied), or — ``reject_reused=False``, for ingest batches whose other
+    messages must still apply — is reported as REUSED and skipped."""
 
     def command(uow: UnitOfWork) -> Finisher:
         # Per movement: its outcome, and either its ledger position (an earlier request's
@@ -36,7 +41,10 @@ def record_movements(ctx: CallContext, movements: Sequence[Movement]) -> Any:
             stored = uow.idempotency_key(key_id)
             if stored is not None:
                 if stored.fingerprint != digest:
-                    raise RequestIdReused(f"{movement.source}/{movement.message_id}")
+                    if reject_reused:
+                        raise RequestIdReused(f"{movement.source}/{movement.message_id}")
+                    outcomes.append((movement, REUSED, 0, []))
+                    continue
                 events = [(hex_id, version) for hex_id, version in stored.result["events"]]
                 known = 0 if uow.is_pending_key(key_id) else recorded_position(uow.app, events)
                 outcomes.append((movement, DUPLICATE, known, events))
@@ -61,7 +69,7 @@ def record_movements(ctx: CallContext, movements: Sequence[Movement]) -> Any:
                     movement.source,
                     movement.message_id,
                     outcome,
-                    known or position_of(recordings, events),
+                    known or (position_of(recordings, events) if events else 0),
                 )
                 for movement, outcome, known, events in outcomes
             ]
