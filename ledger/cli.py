@@ -1,4 +1,5 @@
-"""Command line: ``ledger serve`` and ``ledger projections [run|rebuild|status]``."""
+"""Command line: ``ledger serve``, ``ledger projections [run|rebuild|status]`` and
+``ledger ingest``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -48,6 +50,25 @@ def _parser() -> argparse.ArgumentParser:
         help="notifications per committed batch (default 500; rebuild 10000)",
     )
     projections.add_argument("--log-level", default="INFO")
+    ingest = commands.add_parser(
+        "ingest",
+        help="apply movement messages from NATS JetStream (stream INVENTORY_MOVEMENTS)",
+        description="create or bind the ingest streams and durable consumer, then apply"
+        " batches of movement messages until SIGTERM/SIGINT; invalid messages go to"
+        " INVENTORY_DLQ.",
+    )
+    ingest.add_argument(
+        "--nats", help="NATS server URL (env LEDGER_NATS_URL, default nats://127.0.0.1:4222)"
+    )
+    _database_argument(ingest)
+    ingest.add_argument(
+        "--batch-size", type=_positive_int, default=100, help="messages per transaction"
+    )
+    ingest.add_argument("--units", help="unit-of-measure table (JSON file)")
+    ingest.add_argument(
+        "--prefix", default="", help="isolate streams and subjects under this prefix (tests)"
+    )
+    ingest.add_argument("--log-level", default="INFO")
     return parser
 
 
@@ -190,6 +211,57 @@ def projections_status(settings: Settings) -> int:
     return 0
 
 
+async def run_ingest(
+    settings: Settings,
+    nats_url: str,
+    batch_size: int = 100,
+    units_path: str | None = None,
+    prefix: str = "",
+) -> None:
+    """``ledger ingest``: the JetStream bridge until SIGTERM/SIGINT."""
+    import nats
+
+    from ingest.bridge import IngestBridge
+    from ingest.streams import StreamNames, ensure_topology
+    from ingest.units import UnitTable
+    from ledger.service import LedgerService
+
+    units = UnitTable.from_json_file(units_path) if units_path else None
+    names = StreamNames(prefix)
+    service = await asyncio.to_thread(LedgerService.open, settings.database_url)
+    nc = await nats.connect(nats_url, name="ledger-ingest", max_reconnect_attempts=-1)
+    try:
+        js = nc.jetstream()
+        await ensure_topology(js, names)
+        bridge = IngestBridge(service, js, names=names, units=units)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        log.info(
+            "ingest from %s (%s) into %s, batches of %d",
+            _redacted(nats_url),
+            names.movements_stream,
+            _redacted(settings.database_url),
+            batch_size,
+        )
+        await bridge.run(stop, batch_size)
+        await bridge.close()
+        counters = bridge.counters
+        log.info(
+            "stopped: %d recorded, %d duplicates, %d dead-lettered, %d redeliveries,"
+            " %d store failures",
+            counters.processed,
+            counters.duplicates,
+            counters.dead_lettered,
+            counters.redeliveries,
+            counters.store_failures,
+        )
+    finally:
+        await nc.drain()
+        await asyncio.to_thread(service.close)
+
+
 async def _until_signalled() -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -221,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
                 listen=args.listen, database_url=args.database, projections=args.projections
             )
             asyncio.run(serve(settings))
+        elif args.command == "ingest":
+            settings = Settings.from_env(database_url=args.database)
+            nats_url = args.nats or os.environ.get("LEDGER_NATS_URL", "nats://127.0.0.1:4222")
+            asyncio.run(run_ingest(settings, nats_url, args.batch_size, args.units, args.prefix))
         else:
             settings = Settings.from_env(database_url=args.database)
             if args.action == "rebuild":

@@ -1,0 +1,311 @@
+"""JetStream → ledger bridge (SPEC §5).
+
+One durable pull consumer; each fetched batch is handled as follows:
+
+1. every message is parsed with :func:`~ingest.message.parse_message`; an invalid one is
+   published to ``inventory.dlq.<source>`` (payload and headers kept, error in
+   ``Ledger-Error-*`` headers) and, only once that publish is acknowledged, ``term()``-ed;
+2. all valid messages go to the ledger in ONE ``record_movements(..., reject_reused=False)``
+   call, i.e. one database transaction; while it runs the messages get ``in_progress()``
+   every ``heartbeat_seconds`` so a slow commit is not redelivered under our feet;
+3. after the call returned (the transaction committed) RECORDED and DUPLICATE messages are
+   acked and REUSED ones (same ``source``/``message_id``, other payload) are dead-lettered
+   with reason ``MESSAGE_ID_REUSED``;
+4. if the store fails (``StoreUnavailable`` or anything else), every valid message of the
+   batch is ``nak(delay=...)``-ed with exponential back-off and never dead-lettered: nothing
+   was committed, and the ledger's ``(source, message_id)`` dedupe makes redelivery safe.
+
+A crash anywhere (before commit, between commit and ack) therefore only causes redelivery,
+which the ledger turns into DUPLICATE outcomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+
+from ingest.message import InvalidMessage, parse_message
+from ingest.streams import DURABLE, StreamNames, is_token
+from ingest.units import UnitTable
+from ledger.domain.movements import Movement
+from ledger.use_cases.context import CallContext
+from ledger.use_cases.movements import DUPLICATE, RECORDED, REUSED
+
+log = logging.getLogger(__name__)
+
+HEADER_REASON = "Ledger-Error-Reason"
+HEADER_FIELD = "Ledger-Error-Field"
+HEADER_DESCRIPTION = "Ledger-Error-Description"
+HEADER_SUBJECT = "Ledger-Original-Subject"
+HEADER_SEQUENCE = "Ledger-Original-Sequence"
+HEADER_MSG_ID = "Ledger-Original-Msg-Id"
+MSG_ID = "Nats-Msg-Id"
+REASON_REUSED = "MESSAGE_ID_REUSED"
+HEADER_VALUE_MAX = 1024
+
+
+@dataclass
+class BridgeCounters:
+    processed: int = 0  # RECORDED
+    duplicates: int = 0  # DUPLICATE
+    dead_lettered: int = 0
+    redeliveries: int = 0  # messages seen with num_delivered > 1
+    store_failures: int = 0  # batches nak-ed because the store failed
+    batches: int = 0
+
+
+def canonical_json(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+async def publish_movement(
+    js: Any, payload: Mapping[str, Any], prefix: str = "", *, timeout: float | None = None
+) -> Any:
+    """Publish one canonical message on ``inventory.movements.<source>``, with
+    ``Nats-Msg-Id`` = ``message_id`` (the broker's dedupe window; the ledger's own dedupe is
+    the guarantee). Returns the PubAck."""
+    names = StreamNames(prefix)
+    return await js.publish(
+        names.movement_subject(str(payload["source"])),
+        canonical_json(payload),
+        timeout=timeout,
+        stream=names.movements_stream,
+        headers={MSG_ID: str(payload["message_id"])},
+    )
+
+
+def _header_value(text: str) -> str:
+    flat = " ".join(str(text).split())
+    return flat[:HEADER_VALUE_MAX]
+
+
+def _payload_source(raw: bytes) -> str | None:
+    """Best effort: the ``source`` of a payload that may well be garbage."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    source = value.get("source") if isinstance(value, dict) else None
+    return source if isinstance(source, str) and is_token(source) else None
+
+
+class IngestBridge:
+    """Moves canonical movement messages from the durable consumer into the ledger."""
+
+    def __init__(
+        self,
+        service: Any,
+        js: Any,
+        *,
+        names: StreamNames | None = None,
+        durable: str = DURABLE,
+        units: UnitTable | None = None,
+        ctx: CallContext | None = None,
+        fetch_timeout: float = 1.0,
+        backoff_initial: float = 0.25,
+        backoff_max: float = 5.0,
+        heartbeat_seconds: float = 10.0,
+    ) -> None:
+        self.service = service
+        self.js = js
+        self.names = names or StreamNames()
+        self.durable = durable
+        self.units = units
+        self.ctx = ctx or CallContext("ingest")
+        self.fetch_timeout = fetch_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.heartbeat_seconds = heartbeat_seconds
+        self.counters = BridgeCounters()
+        self._consecutive_failures = 0
+        self._psub: Any = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+
+    # counters as attributes, for callers that do not care about the dataclass
+    @property
+    def processed(self) -> int:
+        return self.counters.processed
+
+    @property
+    def duplicates(self) -> int:
+        return self.counters.duplicates
+
+    @property
+    def dead_lettered(self) -> int:
+        return self.counters.dead_lettered
+
+    @property
+    def redeliveries(self) -> int:
+        return self.counters.redeliveries
+
+    async def _subscription(self) -> Any:
+        if self._psub is None:
+            self._psub = await self.js.pull_subscribe(
+                self.names.movements_filter,
+                durable=self.durable,
+                stream=self.names.movements_stream,
+            )
+        return self._psub
+
+    async def close(self) -> None:
+        if self._psub is not None:
+            with contextlib.suppress(Exception):
+                await self._psub.unsubscribe()
+            self._psub = None
+
+    def next_backoff(self) -> float:
+        """Delay for the current run of store failures: initial · 2^(n-1), capped."""
+        exponent = max(0, self._consecutive_failures - 1)
+        return min(self.backoff_max, self.backoff_initial * (2 ** min(exponent, 30)))
+
+    # ---- one batch -----------------------------------------------------------------------------
+
+    async def run_once(self, batch_size: int = 100) -> int:
+        """Fetch and handle one batch; returns how many messages it held (0: none arrived
+        within ``fetch_timeout``). Raises only for broker problems (fetch/DLQ publish)."""
+        psub = await self._subscription()
+        try:
+            messages = await psub.fetch(batch_size, timeout=self.fetch_timeout)
+        except nats.errors.TimeoutError:
+            return 0
+        if not messages:
+            return 0
+        self.counters.batches += 1
+        valid: list[tuple[Any, Movement]] = []
+        for msg in messages:
+            if msg.metadata.num_delivered > 1:
+                self.counters.redeliveries += 1
+            try:
+                movement = parse_message(msg.data, self.units)
+            except InvalidMessage as error:
+                await self._dead_letter(msg, error.reason_code, error.field, error.description)
+                continue
+            valid.append((msg, movement))
+        if valid:
+            await self._apply(valid)
+        return len(messages)
+
+    async def _apply(self, valid: Sequence[tuple[Any, Movement]]) -> None:
+        heartbeat = self._heartbeat_task = asyncio.create_task(
+            self._heartbeat([msg for msg, _ in valid])
+        )
+        try:
+            future = self.service.record_movements(
+                self.ctx, [movement for _, movement in valid], reject_reused=False
+            )
+            results = await asyncio.wrap_future(future)
+        except Exception as error:  # nothing committed: retry later, never dead-letter
+            self._consecutive_failures += 1
+            self.counters.store_failures += 1
+            delay = self.next_backoff()
+            log.warning(
+                "store failed applying %d message(s), nak with %.2fs delay: %s",
+                len(valid),
+                delay,
+                error,
+            )
+            for msg, _ in valid:
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=delay)
+            return
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            self._heartbeat_task = None
+        self._consecutive_failures = 0
+        # Committed: now (and only now) acknowledge.
+        for (msg, movement), result in zip(valid, results, strict=True):
+            if result.outcome == REUSED:
+                await self._dead_letter(
+                    msg,
+                    REASON_REUSED,
+                    "message_id",
+                    f"{movement.source}/{movement.message_id} was recorded before with another"
+                    " payload",
+                )
+                continue
+            if result.outcome == RECORDED:
+                self.counters.processed += 1
+            elif result.outcome == DUPLICATE:
+                self.counters.duplicates += 1
+            await msg.ack()
+
+    async def _heartbeat(self, messages: Sequence[Any]) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_seconds)
+            for msg in messages:
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+
+    async def _dead_letter(self, msg: Any, reason: str, field: str, description: str) -> None:
+        """Publish to the DLQ, then term() the original; if the publish is not acknowledged
+        the original is nak-ed instead (and dead-lettered on its redelivery)."""
+        source = _payload_source(msg.data)
+        if source is None:
+            tail = msg.subject.removeprefix(self.names.movements_root + ".")
+            source = tail if tail != msg.subject and is_token(tail) else None
+        headers = {
+            name: value
+            for name, value in (msg.headers or {}).items()
+            if not name.lower().startswith("nats-")
+        }
+        original_id = (msg.headers or {}).get(MSG_ID)
+        if original_id is not None:
+            headers[HEADER_MSG_ID] = original_id
+        sequence = msg.metadata.sequence.stream
+        headers.update(
+            {
+                HEADER_REASON: _header_value(reason),
+                HEADER_FIELD: _header_value(field),
+                HEADER_DESCRIPTION: _header_value(description),
+                HEADER_SUBJECT: msg.subject,
+                HEADER_SEQUENCE: str(sequence),
+                # A redelivery of the same original (crash before term) is deduped by the DLQ.
+                MSG_ID: f"dlq-{self.names.movements_stream}-{sequence}",
+            }
+        )
+        try:
+            await self.js.publish(
+                self.names.dlq_subject(source),
+                msg.data,
+                headers=headers,
+                stream=self.names.dlq_stream,
+            )
+        except Exception as error:
+            log.warning("DLQ publish failed, nak the original instead: %s", error)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=self.backoff_max)
+            return
+        await msg.term()
+        self.counters.dead_lettered += 1
+        log.info("dead-lettered %s seq %d: %s %s", msg.subject, sequence, reason, field)
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    async def run(self, stop_event: asyncio.Event, batch_size: int = 100) -> None:
+        """Handle batches until ``stop_event`` is set."""
+        while not stop_event.is_set():
+            failures_before = self.counters.store_failures
+            try:
+                await self.run_once(batch_size)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # broker trouble: wait a moment, then carry on
+                log.warning("ingest batch failed: %s", error)
+                await self._pause(stop_event, self.backoff_max)
+                continue
+            if self.counters.store_failures != failures_before:
+                await self._pause(stop_event, self.next_backoff())
+
+    @staticmethod
+    async def _pause(stop_event: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop_event.wait(), seconds)
