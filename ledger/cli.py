@@ -69,7 +69,44 @@ def _parser() -> argparse.ArgumentParser:
         "--prefix", default="", help="isolate streams and subjects under this prefix (tests)"
     )
     ingest.add_argument("--log-level", default="INFO")
+    dlq = commands.add_parser(
+        "dlq",
+        help="inspect and replay dead-lettered movement messages (stream INVENTORY_DLQ)",
+        description="list: one JSON line per dead letter. show SEQ: the dead letter and its"
+        " payload as one JSON line. replay SEQ: re-publish its payload (or --payload-file)"
+        " to the original subject, then delete it from the DLQ.",
+    )
+    dlq_actions = dlq.add_subparsers(dest="action", required=True)
+    dlq_list = dlq_actions.add_parser("list", help="list dead letters as JSON lines")
+    dlq_list.add_argument("--source", help="only dead letters of this source")
+    dlq_list.add_argument("--limit", type=_positive_int, default=100)
+    dlq_show = dlq_actions.add_parser("show", help="one dead letter with its payload")
+    dlq_show.add_argument("sequence", type=_positive_int, help="DLQ stream sequence")
+    dlq_replay = dlq_actions.add_parser("replay", help="re-publish one dead letter")
+    dlq_replay.add_argument("sequence", type=_positive_int, help="DLQ stream sequence")
+    dlq_replay.add_argument("--payload-file", help="publish this fixed payload instead")
+    for action in (dlq_list, dlq_show, dlq_replay):
+        _nats_arguments(action)
+    publish = commands.add_parser(
+        "publish",
+        help="publish a JSONL file of canonical movement messages to NATS",
+        description="publish each line with Nats-Msg-Id = message_id; invalid lines are"
+        " reported with their line numbers and skipped. Prints a JSON summary.",
+    )
+    publish.add_argument("file", help="JSONL file, one canonical movement message per line")
+    publish.add_argument("--units", help="unit-of-measure table (JSON file) to validate with")
+    _nats_arguments(publish)
     return parser
+
+
+def _nats_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nats", help="NATS server URL (env LEDGER_NATS_URL, default nats://127.0.0.1:4222)"
+    )
+    parser.add_argument(
+        "--prefix", default="", help="streams and subjects isolated under this prefix (tests)"
+    )
+    parser.add_argument("--log-level", default="WARNING")
 
 
 def _positive_int(text: str) -> int:
@@ -262,6 +299,65 @@ async def run_ingest(
         await asyncio.to_thread(service.close)
 
 
+async def run_dlq(args: argparse.Namespace, nats_url: str) -> int:
+    """``ledger dlq list|show|replay``: JSON lines on stdout."""
+    import base64
+
+    import nats
+
+    from ingest import dlq
+
+    nc = await nats.connect(nats_url, name="ledger-dlq")
+    try:
+        js = nc.jetstream()
+        try:
+            if args.action == "list":
+                for entry in await dlq.list_dead_letters(js, args.prefix, args.source, args.limit):
+                    print(json.dumps(entry.to_json()))
+            elif args.action == "show":
+                entry, payload = await dlq.show(js, args.prefix, args.sequence)
+                record = entry.to_json()
+                try:
+                    record["payload"] = payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    record["payload_base64"] = base64.b64encode(payload).decode("ascii")
+                print(json.dumps(record))
+            else:
+                fixed = None
+                if args.payload_file:
+                    with open(args.payload_file, "rb") as file:
+                        fixed = file.read().strip()
+                result = await dlq.replay(js, args.prefix, args.sequence, fixed)
+                print(json.dumps(result.to_json()))
+        except (dlq.DeadLetterNotFound, ValueError) as error:
+            log.error("%s", error)
+            return 1
+    finally:
+        await nc.drain()
+    return 0
+
+
+async def run_publish(
+    path: str, nats_url: str, prefix: str = "", units_path: str | None = None
+) -> int:
+    """``ledger publish FILE``: a JSON summary on stdout; exit 1 if a line was invalid."""
+    import nats
+
+    from ingest.publish import publish_file
+    from ingest.units import UnitTable
+
+    units = UnitTable.from_json_file(units_path) if units_path else None
+    nc = await nats.connect(nats_url, name="ledger-publish")
+    try:
+        report = await publish_file(nc.jetstream(), path, prefix, units)
+    finally:
+        await nc.drain()
+    for line, error in report.invalid:
+        log.error("line %d skipped: %s", line, error)
+    print(json.dumps(report.to_json()))
+    return 1 if report.invalid else 0
+
+
 async def _until_signalled() -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -297,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
             settings = Settings.from_env(database_url=args.database)
             nats_url = args.nats or os.environ.get("LEDGER_NATS_URL", "nats://127.0.0.1:4222")
             asyncio.run(run_ingest(settings, nats_url, args.batch_size, args.units, args.prefix))
+        elif args.command == "dlq":
+            nats_url = args.nats or os.environ.get("LEDGER_NATS_URL", "nats://127.0.0.1:4222")
+            return asyncio.run(run_dlq(args, nats_url))
+        elif args.command == "publish":
+            nats_url = args.nats or os.environ.get("LEDGER_NATS_URL", "nats://127.0.0.1:4222")
+            return asyncio.run(run_publish(args.file, nats_url, args.prefix, args.units))
         else:
             settings = Settings.from_env(database_url=args.database)
             if args.action == "rebuild":
