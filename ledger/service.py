@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +19,7 @@ from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
 from ledger.domain.errors import ReservationNotFound, StoreUnavailable
 from ledger.domain.movements import Movement
 from ledger.domain.position import Position, position_id
-from ledger.domain.reservation import Reservation
+from ledger.domain.reservation import Reservation, parse_reservation_id
 from ledger.pipeline import CommandPipeline
 from ledger.store.index_ops import to_micros
 from ledger.use_cases import movements, policies, reservations
@@ -137,11 +136,7 @@ class LedgerService:
         return Page(views, next_after)
 
     def get_reservation(self, reservation_id: str, channel: str = "") -> ReservationView:
-        try:
-            rid = uuid.UUID(reservation_id)
-        except ValueError:
-            raise ReservationNotFound(reservation_id) from None
-        reservation = self.app.find(rid)
+        reservation = self.app.find(parse_reservation_id(reservation_id))
         if not isinstance(reservation, Reservation) or (channel and reservation.channel != channel):
             raise ReservationNotFound(reservation_id)
         return ReservationView.of(reservation, self.clock())

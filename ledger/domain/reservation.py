@@ -14,8 +14,16 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
-from ledger.domain.errors import IllegalTransition
+from ledger.domain.errors import IllegalTransition, ReservationNotFound
 from ledger.domain.position import EventMeta
+
+
+def parse_reservation_id(reservation_id: str) -> UUID:
+    """A caller's reservation id; one that is not a UUID names no reservation."""
+    try:
+        return UUID(reservation_id)
+    except ValueError:
+        raise ReservationNotFound(reservation_id) from None
 
 
 class ReservationStatus(StrEnum):

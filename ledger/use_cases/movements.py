@@ -13,9 +13,9 @@ from ledger.domain.errors import RequestIdReused
 from ledger.domain.idempotency import IdempotencyKey, fingerprint, movement_key_id
 from ledger.domain.movements import Movement, MovementType
 from ledger.domain.position import EventMeta, Position
-from ledger.store.index_ops import ReservationIndexed, to_micros
 from ledger.unit_of_work import EventRef, Finisher, UnitOfWork, position_of, recorded_position
 from ledger.use_cases.context import CallContext
+from ledger.use_cases.reservations import index_op
 from ledger.views import MovementResultView
 
 RECORDED = "RECORDED"
@@ -115,13 +115,4 @@ def _ship_against_reservation(
     before = reservation.status
     reservation.record_shipment(movement.sku, movement.location_id, take, meta)
     if reservation.status != before:
-        uow.index_ops.append(
-            ReservationIndexed(
-                str(reservation.id),
-                reservation.channel,
-                reservation.order_ref,
-                reservation.status,
-                to_micros(reservation.expires_at),
-                to_micros(reservation.created_at),
-            )
-        )
+        uow.index_ops.append(index_op(reservation))

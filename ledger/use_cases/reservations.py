@@ -14,7 +14,7 @@ from eventsourcing.application import Recording
 from ledger.domain.channel_policy import ChannelPolicy
 from ledger.domain.errors import InsufficientAvailability, ReservationNotFound, ShortLine
 from ledger.domain.position import EventMeta
-from ledger.domain.reservation import Reservation
+from ledger.domain.reservation import Reservation, parse_reservation_id
 from ledger.store.index_ops import ReservationIndexed, to_micros
 from ledger.unit_of_work import Finisher, Mark, UnitOfWork, position_of
 from ledger.use_cases.context import CallContext
@@ -68,7 +68,8 @@ def _written(uow: UnitOfWork, key: RequestKey, reservation: Reservation, mark: M
     return finish
 
 
-def _index(reservation: Reservation) -> ReservationIndexed:
+def index_op(reservation: Reservation) -> ReservationIndexed:
+    """The reservation's row in the lookup index (written with its events)."""
     return ReservationIndexed(
         str(reservation.id),
         reservation.channel,
@@ -174,7 +175,7 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Any:
             position.place_hold(
                 str(reservation.id), request.channel, request.order_ref, qty, expires_at, meta
             )
-        uow.index_ops.append(_index(reservation))
+        uow.index_ops.append(index_op(reservation))
         return _written(uow, key, reservation, mark)
 
     return command
@@ -185,11 +186,7 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Any:
 
 def _load_for(uow: UnitOfWork, reservation_id: str, channel: str) -> Reservation:
     """A reservation of another channel answers 'not found': existence is not leaked."""
-    try:
-        rid = uuid.UUID(reservation_id)
-    except ValueError:
-        raise ReservationNotFound(reservation_id) from None
-    reservation = uow.reservation(rid)
+    reservation = uow.reservation(parse_reservation_id(reservation_id))
     if reservation is None or (channel and reservation.channel != channel):
         raise ReservationNotFound(reservation_id)
     return reservation
@@ -213,7 +210,7 @@ def _transition(
         mark = uow.mark()
         reservation = _load_for(uow, reservation_id, channel)
         apply(reservation, uow, ctx.meta(uow.now, request_id=request_id))
-        uow.index_ops.append(_index(reservation))
+        uow.index_ops.append(index_op(reservation))
         return _written(uow, key, reservation, mark)
 
     return command
@@ -263,7 +260,7 @@ def expire_due(ctx: CallContext, reservation_ids: list[str]) -> Any:
                 uow.position(sku, location_id, meta).release_hold(
                     str(reservation.id), "expired", meta
                 )
-            uow.index_ops.append(_index(reservation))
+            uow.index_ops.append(index_op(reservation))
             expired.append(reservation_id)
 
         def finish(_: list[Recording]) -> list[str]:
