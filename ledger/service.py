@@ -15,7 +15,6 @@ from eventsourcing.persistence import InterfaceError, OperationalError
 
 from ledger.application import InventoryLedger
 from ledger.config import eventsourcing_env
-from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
 from ledger.domain.errors import ReservationNotFound, StoreUnavailable
 from ledger.domain.movements import Movement
 from ledger.domain.position import Position, position_id
@@ -26,7 +25,6 @@ from ledger.use_cases import movements, policies, reservations
 from ledger.use_cases.context import CallContext
 from ledger.use_cases.reservations import ReserveInput
 from ledger.views import (
-    ChannelPolicyView,
     Page,
     PositionView,
     ReservationView,
@@ -152,19 +150,6 @@ class LedgerService:
         last = rows[page_size - 1] if len(rows) > page_size else None
         next_after = (last.created_at_us, last.reservation_id) if last else None
         return Page(views, next_after)
-
-    def get_channel_policy(self, channel: str) -> ChannelPolicyView | None:
-        policy = self.app.find(channel_policy_id(channel))
-        if not isinstance(policy, ChannelPolicy):
-            return None
-        return ChannelPolicyView(
-            channel,
-            list(policy.eligible_location_ids),
-            policy.share_percent,
-            policy.buffer,
-            policy.max_publish,
-            policy.version,
-        )
 
     def head_position(self) -> int:
         return self.app.head_position()

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from ledger.domain import availability
+from ledger.domain.channel_policy import ChannelPolicy
 from ledger.domain.position import Position
 from ledger.domain.reservation import Reservation
 
@@ -144,6 +145,17 @@ class ChannelPolicyView:
     buffer: int
     max_publish: int
     version: int
+
+    @classmethod
+    def of(cls, policy: ChannelPolicy) -> ChannelPolicyView:
+        return cls(
+            policy.channel,
+            list(policy.eligible_location_ids),
+            policy.share_percent,
+            policy.buffer,
+            policy.max_publish,
+            policy.version,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -107,14 +107,7 @@ def set_channel_policy(
             correlation_id=ctx.correlation_id,
             actor=ctx.principal,
         )
-        view = ChannelPolicyView(
-            channel,
-            list(policy.eligible_location_ids),
-            policy.share_percent,
-            policy.buffer,
-            policy.max_publish,
-            policy.version,
-        )
+        view = ChannelPolicyView.of(policy)
         remember(uow, key, view.to_dict(), uow.written_since(mark))
         return lambda _: view
 
