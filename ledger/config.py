@@ -69,7 +69,7 @@ def eventsourcing_env(database_url: str) -> dict[str, str]:
         query = parse_qs(parts.query)
         # libpq also takes host/port/user/password as query parameters (e.g. a socket dir).
         return {
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "PERSISTENCE_MODULE": "ledger.store.postgres_recorder:LedgerPostgresFactory",
             "POSTGRES_DBNAME": unquote(parts.path.strip("/")),
             "POSTGRES_HOST": query.get("host", [unquote(parts.hostname or "127.0.0.1")])[0],
             "POSTGRES_PORT": query.get("port", [str(parts.port or 5432)])[0],

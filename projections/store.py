@@ -24,7 +24,6 @@ Writes are fenced twice, in the same transaction as the rows they write:
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import re
 import sqlite3
 import time
@@ -41,6 +40,7 @@ from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
 from ledger.config import eventsourcing_env
+from ledger.store.pg_ddl import advisory_key, run_missing_ddl
 from projections.position_state import LedgerExceptionRecord
 
 PROJECTION_NAME = "availability"
@@ -146,6 +146,10 @@ class _Tx:
     def __init__(self, cursor: Any, sqlite: bool) -> None:
         self._cursor = cursor
         self._sqlite = sqlite
+
+    @property
+    def cursor(self) -> Any:
+        return self._cursor
 
     def __call__(self, sql: str, params: Sequence[Any] = ()) -> Any:
         if self._sqlite:
@@ -275,8 +279,7 @@ class ReadModelStore:
 
     def _lock_key(self, purpose: str) -> int:
         """A stable 64-bit advisory-lock key for this schema, prefix and purpose."""
-        digest = hashlib.sha256(f"{self.schema}.{self.prefix}.{purpose}".encode()).digest()
-        return int.from_bytes(digest[:8], "big", signed=True)
+        return advisory_key(self.schema, self.prefix, purpose)
 
     def _initialise(self) -> None:
         """Create the control table and the active generation's tables (idempotent; safe
@@ -301,8 +304,18 @@ class ReadModelStore:
 
     def _create_generation(self, tx: _Tx, generation: int) -> _Tables:
         tables = _Tables(self, generation)
-        for statement in tables.ddl(self._collate):
-            tx(statement)
+        if self._postgres is not None:
+            # Only missing relations: an API replica starting beside a running projections
+            # process must not take table locks the runner's writes wait on (see pg_ddl).
+            run_missing_ddl(
+                tx.cursor,
+                tables.ddl(self._collate),
+                schema=self.schema,
+                lock_key=self._lock_key("schema"),
+            )
+        else:
+            for statement in tables.ddl(self._collate):
+                tx(statement)
         tx(
             f"INSERT INTO {tables.tracking} (name, position) VALUES (%s, 0)"
             " ON CONFLICT (name) DO NOTHING",

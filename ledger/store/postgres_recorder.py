@@ -7,15 +7,42 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.postgres import (
+    PostgresAggregateRecorder,
+    PostgresApplicationRecorder,
+    PostgresDatastore,
+    PostgresFactory,
+    PostgresRecorder,
+)
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
 from ledger.store.index_ops import IndexOp, PositionIndexed, ReservationIndexed, ReservationRow
+from ledger.store.pg_ddl import advisory_key, run_missing_ddl
 
 
-class LedgerPostgresRecorder(PostgresApplicationRecorder):
+class SerialisedDDL(PostgresRecorder):
+    """create_table for recorders constructed by every process, most of them next to running
+    writers: one transaction, creators queued on an advisory lock, and only missing relations
+    created (see ledger.store.pg_ddl)."""
+
+    def create_table(self) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            run_missing_ddl(
+                curs,
+                [statement.as_string() for statement in self.sql_create_statements],
+                schema=self.datastore.schema,
+                lock_key=advisory_key(self.datastore.schema, "ledger-ddl"),
+            )
+        self.datastore.register_type_adapters()
+
+
+class LedgerSnapshotRecorder(SerialisedDDL, PostgresAggregateRecorder):
+    pass
+
+
+class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name=events_table_name)
         schema = Identifier(self.datastore.schema)
@@ -180,3 +207,10 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 (now_us, limit),
             )
             return [row["reservation_id"] for row in curs.fetchall()]
+
+
+class LedgerPostgresFactory(PostgresFactory):
+    """PERSISTENCE_MODULE for PostgreSQL: the library's factory with our recorders."""
+
+    aggregate_recorder_class = LedgerSnapshotRecorder
+    application_recorder_class = LedgerPostgresRecorder
