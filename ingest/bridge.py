@@ -1,6 +1,9 @@
 """JetStream → ledger bridge (SPEC §5).
 
-One durable pull consumer; each fetched batch is handled as follows:
+Two durable pull consumers, one per lane (``ingest.streams.Lane``): the live lane is always
+served first; the bulk lane (snapshot files, backfills) gets a batch only when the live lane
+is caught up (its last batch was not full), so a backfill delays a shipment by at most one
+bulk batch. Each fetched batch is handled as follows:
 
 1. every message is parsed with :func:`~ingest.message.parse_message`; an invalid one is
    published to ``inventory.dlq.<source>`` (payload and headers kept, error in
@@ -32,7 +35,7 @@ from typing import Any
 import nats.errors
 
 from ingest.message import InvalidMessage, parse_message
-from ingest.streams import DURABLE, StreamNames, is_token
+from ingest.streams import DURABLE, Lane, StreamNames, is_token, lane_durable
 from ingest.units import UnitTable
 from ledger.domain.movements import Movement
 from ledger.use_cases.context import CallContext
@@ -49,6 +52,9 @@ HEADER_MSG_ID = "Ledger-Original-Msg-Id"
 MSG_ID = "Nats-Msg-Id"
 REASON_REUSED = "MESSAGE_ID_REUSED"
 HEADER_VALUE_MAX = 1024
+# How long a fetch waits on a lane the bridge expects to find empty, when the other lane may
+# have work: short, so neither lane waits on the other's idle long-poll.
+QUICK_FETCH_SECONDS = 0.05
 
 
 @dataclass
@@ -66,14 +72,19 @@ def canonical_json(payload: Mapping[str, Any]) -> bytes:
 
 
 async def publish_movement(
-    js: Any, payload: Mapping[str, Any], prefix: str = "", *, timeout: float | None = None
+    js: Any,
+    payload: Mapping[str, Any],
+    prefix: str = "",
+    *,
+    timeout: float | None = None,
+    lane: Lane = Lane.LIVE,
 ) -> Any:
-    """Publish one canonical message on ``inventory.movements.<source>``, with
-    ``Nats-Msg-Id`` = ``message_id`` (the broker's dedupe window; the ledger's own dedupe is
-    the guarantee). Returns the PubAck."""
+    """Publish one canonical message on ``inventory.movements.<source>`` (or
+    ``inventory.movements.bulk.<source>``), with ``Nats-Msg-Id`` = ``message_id`` (the
+    broker's dedupe window; the ledger's own dedupe is the guarantee). Returns the PubAck."""
     names = StreamNames(prefix)
     return await js.publish(
-        names.movement_subject(str(payload["source"])),
+        names.movement_subject(str(payload["source"]), lane),
         canonical_json(payload),
         timeout=timeout,
         stream=names.movements_stream,
@@ -125,7 +136,7 @@ class IngestBridge:
         self.heartbeat_seconds = heartbeat_seconds
         self.counters = BridgeCounters()
         self._consecutive_failures = 0
-        self._psub: Any = None
+        self._subscriptions: dict[Lane, Any] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
 
     # counters as attributes, for callers that do not care about the dataclass
@@ -145,20 +156,20 @@ class IngestBridge:
     def redeliveries(self) -> int:
         return self.counters.redeliveries
 
-    async def _subscription(self) -> Any:
-        if self._psub is None:
-            self._psub = await self.js.pull_subscribe(
-                self.names.movements_filter,
-                durable=self.durable,
+    async def _subscription(self, lane: Lane) -> Any:
+        if lane not in self._subscriptions:
+            self._subscriptions[lane] = await self.js.pull_subscribe(
+                self.names.lane_filter(lane),
+                durable=lane_durable(self.durable, lane),
                 stream=self.names.movements_stream,
             )
-        return self._psub
+        return self._subscriptions[lane]
 
     async def close(self) -> None:
-        if self._psub is not None:
+        for subscription in self._subscriptions.values():
             with contextlib.suppress(Exception):
-                await self._psub.unsubscribe()
-            self._psub = None
+                await subscription.unsubscribe()
+        self._subscriptions.clear()
 
     def next_backoff(self) -> float:
         """Delay for the current run of store failures: initial · 2^(n-1), capped."""
@@ -167,12 +178,17 @@ class IngestBridge:
 
     # ---- one batch -----------------------------------------------------------------------------
 
-    async def run_once(self, batch_size: int = 100) -> int:
-        """Fetch and handle one batch; returns how many messages it held (0: none arrived
-        within ``fetch_timeout``). Raises only for broker problems (fetch/DLQ publish)."""
-        psub = await self._subscription()
+    async def run_once(
+        self, batch_size: int = 100, lane: Lane = Lane.LIVE, timeout: float | None = None
+    ) -> int:
+        """Fetch and handle one batch of a lane; returns how many messages it held (0: none
+        arrived within ``timeout``, default ``fetch_timeout``). Raises only for broker
+        problems (fetch/DLQ publish)."""
+        psub = await self._subscription(lane)
         try:
-            messages = await psub.fetch(batch_size, timeout=self.fetch_timeout)
+            messages = await psub.fetch(
+                batch_size, timeout=self.fetch_timeout if timeout is None else timeout
+            )
         except nats.errors.TimeoutError:
             return 0
         if not messages:
@@ -248,10 +264,7 @@ class IngestBridge:
     async def _dead_letter(self, msg: Any, reason: str, field: str, description: str) -> None:
         """Publish to the DLQ, then term() the original; if the publish is not acknowledged
         the original is nak-ed instead (and dead-lettered on its redelivery)."""
-        source = _payload_source(msg.data)
-        if source is None:
-            tail = msg.subject.removeprefix(self.names.movements_root + ".")
-            source = tail if tail != msg.subject and is_token(tail) else None
+        source = _payload_source(msg.data) or self.names.source_of_subject(msg.subject)
         headers = {
             name: value
             for name, value in (msg.headers or {}).items()
@@ -288,14 +301,34 @@ class IngestBridge:
         self.counters.dead_lettered += 1
         log.info("dead-lettered %s seq %d: %s %s", msg.subject, sequence, reason, field)
 
+    async def _has_pending(self, lane: Lane) -> bool:
+        """Whether the lane's consumer has undelivered messages."""
+        info = await (await self._subscription(lane)).consumer_info()
+        return bool(info.num_pending)
+
     # ---- the loop ------------------------------------------------------------------------------
 
-    async def run(self, stop_event: asyncio.Event, batch_size: int = 100) -> None:
-        """Handle batches until ``stop_event`` is set."""
+    async def run(
+        self, stop_event: asyncio.Event, batch_size: int = 100, bulk_batch_size: int | None = None
+    ) -> None:
+        """Handle batches until ``stop_event`` is set: live first, bulk when live is caught
+        up (see the module docstring)."""
+        bulk_batch_size = bulk_batch_size or batch_size
+        bulk_may_have_work = True
         while not stop_event.is_set():
             failures_before = self.counters.store_failures
             try:
-                await self.run_once(batch_size)
+                if bulk_may_have_work and not await self._has_pending(Lane.LIVE):
+                    live = 0  # one consumer-info round trip instead of an idle long-poll
+                else:
+                    live = await self.run_once(
+                        batch_size,
+                        Lane.LIVE,
+                        QUICK_FETCH_SECONDS if bulk_may_have_work else self.fetch_timeout,
+                    )
+                if live < batch_size and self.counters.store_failures == failures_before:
+                    bulk = await self.run_once(bulk_batch_size, Lane.BULK, QUICK_FETCH_SECONDS)
+                    bulk_may_have_work = bulk > 0
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # broker trouble: wait a moment, then carry on

@@ -9,6 +9,7 @@ configuration up to date). A non-empty ``prefix`` isolates a whole topology on a
 from __future__ import annotations
 
 import contextlib
+import enum
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +27,15 @@ from nats.js.errors import NotFoundError
 
 MOVEMENTS_STREAM = "INVENTORY_MOVEMENTS"
 DLQ_STREAM = "INVENTORY_DLQ"
+EXCEPTIONS_STREAM = "INVENTORY_EXCEPTIONS"
 MOVEMENTS_ROOT = "inventory.movements"
 DLQ_ROOT = "inventory.dlq"
+EXCEPTIONS_ROOT = "inventory.exceptions"
 DURABLE = "ledger-ingest"
+# Bulk feeds (snapshot files, backfills) travel on inventory.movements.bulk.<source> and have
+# their own durable consumer, so the bridge can serve the live lane first. A source may still
+# be called "bulk": its live subject inventory.movements.bulk has one token fewer.
+BULK_TOKEN = "bulk"
 DUPLICATE_WINDOW_SECONDS = 120.0
 ACK_WAIT_SECONDS = 30.0
 # Deliveries before JetStream gives up on a message; nak back-off is capped at ~5 s, so this
@@ -41,6 +48,19 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 def is_token(text: str) -> bool:
     """A single, safe subject token (also what a ``source`` must look like on a subject)."""
     return bool(_TOKEN.fullmatch(text))
+
+
+class Lane(enum.Enum):
+    """Ingest lanes: LIVE (shipments, receipts, reservation-linked movements) is served
+    before BULK (snapshot files, backfills)."""
+
+    LIVE = "live"
+    BULK = "bulk"
+
+
+def lane_durable(durable: str, lane: Lane) -> str:
+    """The durable consumer of a lane: ``ledger-ingest`` and ``ledger-ingest-bulk``."""
+    return f"{durable}-{BULK_TOKEN}" if lane is Lane.BULK else durable
 
 
 @dataclass(frozen=True)
@@ -68,6 +88,24 @@ class StreamNames:
         return self._stream(DLQ_STREAM)
 
     @property
+    def exceptions_stream(self) -> str:
+        return self._stream(EXCEPTIONS_STREAM)
+
+    @property
+    def exceptions_root(self) -> str:
+        return self._root(EXCEPTIONS_ROOT)
+
+    @property
+    def exceptions_filter(self) -> str:
+        return f"{self.exceptions_root}.>"
+
+    def exception_subject(self, exception_type: str) -> str:
+        """``inventory.exceptions.<type>`` (types are the ledger's own upper-case names)."""
+        if not is_token(exception_type):
+            raise ValueError(f"exception type {exception_type!r} is not a subject token")
+        return f"{self.exceptions_root}.{exception_type}"
+
+    @property
     def movements_root(self) -> str:
         return self._root(MOVEMENTS_ROOT)
 
@@ -77,16 +115,39 @@ class StreamNames:
 
     @property
     def movements_filter(self) -> str:
+        """Both lanes (the stream's subjects)."""
         return f"{self.movements_root}.>"
+
+    @property
+    def live_filter(self) -> str:
+        return f"{self.movements_root}.*"
+
+    @property
+    def bulk_filter(self) -> str:
+        return f"{self.movements_root}.{BULK_TOKEN}.>"
+
+    def lane_filter(self, lane: Lane) -> str:
+        return self.bulk_filter if lane is Lane.BULK else self.live_filter
 
     @property
     def dlq_filter(self) -> str:
         return f"{self.dlq_root}.>"
 
-    def movement_subject(self, source: str) -> str:
+    def movement_subject(self, source: str, lane: Lane | None = None) -> str:
+        """``inventory.movements.<source>`` (live) or ``inventory.movements.bulk.<source>``."""
         if not is_token(source):
             raise ValueError(f"source {source!r} is not a valid subject token")
+        if lane is Lane.BULK:
+            return f"{self.movements_root}.{BULK_TOKEN}.{source}"
         return f"{self.movements_root}.{source}"
+
+    def source_of_subject(self, subject: str) -> str | None:
+        """The ``<source>`` token of a movement subject of either lane, if it is one."""
+        tail = subject.removeprefix(self.movements_root + ".")
+        if tail == subject:
+            return None
+        tail = tail.removeprefix(BULK_TOKEN + ".") if tail.count(".") == 1 else tail
+        return tail if is_token(tail) else None
 
     def dlq_subject(self, source: str | None) -> str:
         """``inventory.dlq.<source>``, or ``inventory.dlq._invalid`` for an unusable source."""
@@ -112,14 +173,25 @@ def dlq_stream_config(names: StreamNames) -> StreamConfig:
     )
 
 
-def consumer_config(names: StreamNames, durable: str = DURABLE) -> ConsumerConfig:
+def exceptions_stream_config(names: StreamNames) -> StreamConfig:
+    return StreamConfig(
+        name=names.exceptions_stream,
+        subjects=[names.exceptions_filter],
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    )
+
+
+def consumer_config(
+    names: StreamNames, durable: str = DURABLE, lane: Lane = Lane.LIVE
+) -> ConsumerConfig:
     return ConsumerConfig(
-        durable_name=durable,
+        durable_name=lane_durable(durable, lane),
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=ACK_WAIT_SECONDS,
         max_deliver=MAX_DELIVER,
-        filter_subject=names.movements_filter,
+        filter_subject=names.lane_filter(lane),
     )
 
 
@@ -137,34 +209,37 @@ async def _ensure_stream(js: Any, config: StreamConfig) -> StreamInfo:
     return info
 
 
-async def ensure_streams(
-    js: Any, names: StreamNames | None = None
-) -> tuple[StreamInfo, StreamInfo]:
-    """Create (or bind to) the movements stream and the DLQ stream."""
+async def ensure_streams(js: Any, names: StreamNames | None = None) -> list[StreamInfo]:
+    """Create (or bind to) the movements, DLQ and exceptions streams."""
     names = names or StreamNames()
-    movements = await _ensure_stream(js, movements_stream_config(names))
-    dlq = await _ensure_stream(js, dlq_stream_config(names))
-    return movements, dlq
+    return [
+        await _ensure_stream(js, config(names))
+        for config in (movements_stream_config, dlq_stream_config, exceptions_stream_config)
+    ]
 
 
-async def ensure_consumer(
+async def ensure_consumers(
     js: Any, names: StreamNames | None = None, durable: str = DURABLE
-) -> ConsumerInfo:
-    """Create (or bind to, updating what the server allows) the durable pull consumer."""
+) -> dict[Lane, ConsumerInfo]:
+    """Create (or bind to, updating what the server allows, the filter subject included)
+    one durable pull consumer per lane."""
     names = names or StreamNames()
-    return await js.add_consumer(names.movements_stream, consumer_config(names, durable))
+    return {
+        lane: await js.add_consumer(names.movements_stream, consumer_config(names, durable, lane))
+        for lane in Lane
+    }
 
 
 async def ensure_topology(
     js: Any, names: StreamNames | None = None, durable: str = DURABLE
-) -> ConsumerInfo:
+) -> dict[Lane, ConsumerInfo]:
     names = names or StreamNames()
     await ensure_streams(js, names)
-    return await ensure_consumer(js, names, durable)
+    return await ensure_consumers(js, names, durable)
 
 
 async def delete_topology(js: Any, names: StreamNames) -> None:
-    """Delete both streams (tests); missing streams are ignored."""
-    for stream in (names.movements_stream, names.dlq_stream):
+    """Delete the streams (tests); missing streams are ignored."""
+    for stream in (names.movements_stream, names.dlq_stream, names.exceptions_stream):
         with contextlib.suppress(NotFoundError):
             await js.delete_stream(stream)
