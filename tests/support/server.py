@@ -49,8 +49,10 @@ class LedgerProcess:
         env: dict[str, str] | None = None,
         extra_args: list[str] | None = None,
         start_timeout: float = START_TIMEOUT_SECONDS,
+        command: str = "serve",
     ) -> None:
         self.database_url = database_url
+        self.command = command  # "serve", or "dev" (the same gRPC service plus NATS and ingest)
         self.listen = listen
         self.env = dict(env or {})
         self.extra_args = list(extra_args or [])
@@ -90,7 +92,7 @@ class LedgerProcess:
                     sys.executable,
                     "-m",
                     "ledger.cli",
-                    "serve",
+                    self.command,
                     "--listen",
                     self.listen,
                     "--database",
