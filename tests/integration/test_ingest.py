@@ -69,6 +69,19 @@ def _effect(payload: dict[str, Any]) -> int:
     return payload["delta"]
 
 
+_MOVEMENT_EVENTS = ("Position.Received", "Position.Shipped", "Position.Adjusted")
+
+
+def _event_count(service: LedgerService) -> int:
+    """Movement events in the ledger (receipts, shipments, adjustments: what _movement makes),
+    read from the notification log; also checks one idempotency key per movement event."""
+    notes = service.app.recorder.select_notifications(start=1, limit=1_000_000)
+    movements = sum(note.topic.endswith(_MOVEMENT_EVENTS) for note in notes)
+    keys = sum(note.topic.endswith("IdempotencyKey.Created") for note in notes)
+    assert keys == movements, (keys, movements)
+    return movements
+
+
 async def _with_js(url: str, body: Callable[[Any, Any], Awaitable[Any]]) -> Any:
     nc = await nats.connect(url)
     try:
@@ -118,16 +131,17 @@ def test_shuffled_duplicated_stream_applies_each_message_once(
     nats_url: str, service: LedgerService
 ) -> None:
     rng = random.Random(4)
-    skus = [f"SKU-{i}" for i in range(10)]
+    skus = [f"SKU-{i}" for i in range(20)]
     locations = [f"DC-{i}" for i in range(10)]
-    positions = [(sku, loc) for sku in skus for loc in locations]  # 100 positions
-    unique = [_movement(rng, i, *positions[i % 100]) for i in range(1800)]
-    duplicates = rng.sample(unique, 200)  # 10 %: 2,000 messages in all
+    positions = [(sku, loc) for sku in skus for loc in locations]  # 200 positions
+    unique = [_movement(rng, i, *positions[i % 200]) for i in range(9_000)]
+    duplicates = rng.sample(unique, 1_000)  # 10 %: 10,000 messages in all
     messages = [(m, False) for m in unique]
     # Half the duplicates carry the same Nats-Msg-Id (the broker's window drops them), half
     # another one (a retry outside the window): those reach the ledger, which must dedupe.
     messages += [(m, i % 2 == 0) for i, m in enumerate(duplicates)]
     rng.shuffle(messages)
+    reaching_ledger = len(unique) + len(duplicates) // 2
     expected: dict[tuple[str, str], int] = defaultdict(int)
     for payload in unique:
         expected[payload["sku"], payload["location_id"]] += _effect(payload)
@@ -156,10 +170,15 @@ def test_shuffled_duplicated_stream_applies_each_message_once(
                 publisher(nats_url, messages[0::2]), publisher(nats_url, messages[1::2])
             )
             stream = await js.stream_info(names.movements_stream)
-            assert stream.state.messages == 1900  # 100 dropped by the broker's window
+            # 500 same-id duplicates dropped by the broker's window
+            assert stream.state.messages == reaching_ledger
             bridge = IngestBridge(service, js, names=names)
             seconds = await _drain(
-                bridge, js, names, lambda: bridge.processed + bridge.duplicates == 1900, 40
+                bridge,
+                js,
+                names,
+                lambda: bridge.processed + bridge.duplicates == reaching_ledger,
+                120,
             )
             dlq = await js.stream_info(names.dlq_stream)
             assert dlq.state.messages == 0
@@ -170,8 +189,9 @@ def test_shuffled_duplicated_stream_applies_each_message_once(
 
     bridge, seconds = asyncio.run(_with_js(nats_url, scenario))
     assert bridge.processed == len(unique)  # one RECORDED per unique (source, message_id)
-    assert bridge.duplicates == 100
+    assert bridge.duplicates == len(duplicates) // 2
     assert bridge.dead_lettered == 0
+    assert _event_count(service) == len(unique)  # ledger events = unique messages
     for sku, location in positions:
         view = service.get_position(sku, location)
         assert view.on_hand == expected[sku, location], (sku, location)
@@ -274,7 +294,8 @@ def test_database_outage_naks_with_backoff_and_loses_nothing(
     service = LedgerService.open(url)
     names = StreamNames(_prefix())
     rng = random.Random(6)
-    payloads = [_movement(rng, i, f"SKU-{i % 5}", "DC-OUT") for i in range(200)]
+    total = 3_000
+    payloads = [_movement(rng, i, f"SKU-{i % 5}", "DC-OUT") for i in range(total)]
     expected: dict[str, int] = defaultdict(int)
     for payload in payloads:
         expected[payload["sku"]] += _effect(payload)
@@ -282,23 +303,33 @@ def test_database_outage_naks_with_backoff_and_loses_nothing(
     async def scenario(_nc: Any, js: Any) -> IngestBridge:
         await ensure_topology(js, names)
         try:
-            await asyncio.to_thread(own_postgres.stop)
             for payload in payloads:
                 await publish_movement(js, payload, names.prefix)
             bridge = IngestBridge(service, js, names=names, backoff_initial=0.2, backoff_max=1.0)
             stop = asyncio.Event()
-            task = asyncio.create_task(bridge.run(stop, batch_size=100))
-            await asyncio.sleep(4)
-            assert bridge.counters.store_failures >= 2, bridge.counters
-            assert bridge.processed == 0 and bridge.dead_lettered == 0
-            stop.set()
-            await asyncio.wait_for(task, 15)
-
-            await asyncio.to_thread(own_postgres.start)
-            await _drain(bridge, js, names, lambda: bridge.processed >= 200, 30)
+            # Small batches, so the run is still going when the database goes away.
+            task = asyncio.create_task(bridge.run(stop, batch_size=20))
+            try:
+                deadline = time.monotonic() + 60
+                while bridge.processed < 300:
+                    assert time.monotonic() < deadline and not task.done()
+                    await asyncio.sleep(0.01)
+                await asyncio.to_thread(own_postgres.stop)  # mid-run
+                applied_at_outage = bridge.processed
+                await asyncio.sleep(4)
+                assert bridge.counters.store_failures >= 2, bridge.counters
+                assert bridge.processed - applied_at_outage <= 20  # one batch in flight at most
+                assert bridge.dead_lettered == 0
+                await asyncio.to_thread(own_postgres.start)
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 15)
+            await _drain(
+                bridge, js, names, lambda: bridge.processed + bridge.duplicates >= total, 90
+            )
             assert bridge.redeliveries > 0
             dlq = await js.stream_info(names.dlq_stream)
-            assert dlq.state.messages == 0
+            assert dlq.state.messages == 0  # a transient failure never dead-letters
             await bridge.close()
             return bridge
         finally:
@@ -308,12 +339,14 @@ def test_database_outage_naks_with_backoff_and_loses_nothing(
         bridge = asyncio.run(_with_js(nats_url, scenario))
     finally:
         service.close()
-    assert bridge.processed == 200
+    # A batch committed just as the server went down may have been redelivered: DUPLICATE.
+    assert bridge.processed == total
     assert bridge.dead_lettered == 0
     fresh = LedgerService.open(url)
     try:
-        for sku, total in expected.items():
-            assert fresh.get_position(sku, "DC-OUT").on_hand == total
+        assert _event_count(fresh) == total  # nothing lost, nothing doubled
+        for sku, on_hand in expected.items():
+            assert fresh.get_position(sku, "DC-OUT").on_hand == on_hand
     finally:
         fresh.close()
 
