@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger.service import LedgerService
 from tests.support.server import LedgerProcess
 
 
@@ -38,3 +39,13 @@ def ledger(database_url: str) -> Iterator[LedgerProcess]:
         assert "Traceback" not in log and " ERROR " not in log, log
     finally:
         process.close()
+
+
+@pytest.fixture
+def sqlite_service(tmp_path: Path) -> Iterator[LedgerService]:
+    """An in-process ``LedgerService`` on a fresh SQLite file (ingest and adapter tests)."""
+    service = LedgerService.open(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        yield service
+    finally:
+        service.close()

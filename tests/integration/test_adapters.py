@@ -13,12 +13,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
-import pytest
 
 from ingest.bridge import IngestBridge, publish_movement
 from ingest.streams import (
@@ -40,15 +38,6 @@ def _prefix() -> str:
     return f"T_{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[LedgerService]:
-    svc = LedgerService.open(f"sqlite:///{tmp_path / 'ledger.db'}")
-    try:
-        yield svc
-    finally:
-        svc.close()
-
-
 def _import(command: str, path: Path, source: str, nats_url: str, prefix: str, *extra: str):
     """Run ``ledger <command>``; returns (exit code, JSON report, stderr)."""
     argv = [sys.executable, "-m", "ledger.cli", command, str(path), "--source", source]
@@ -57,12 +46,12 @@ def _import(command: str, path: Path, source: str, nats_url: str, prefix: str, *
     return done.returncode, json.loads(done.stdout), done.stderr
 
 
-async def _apply(service: LedgerService, js: Any, names: StreamNames, units: Any = None):
+async def _apply(sqlite_service: LedgerService, js: Any, names: StreamNames, units: Any = None):
     """Run a bridge until both lanes have nothing pending or unacknowledged."""
     from ingest.units import UnitTable
 
     bridge = IngestBridge(
-        service, js, names=names, units=UnitTable.from_dict(units) if units else None
+        sqlite_service, js, names=names, units=UnitTable.from_dict(units) if units else None
     )
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop, batch_size=50))
@@ -91,7 +80,7 @@ async def _connect(url: str) -> tuple[Any, Any]:
 
 
 def test_snapshot_import_sets_on_hand_and_a_reimport_records_nothing(
-    nats_url: str, service: LedgerService, tmp_path: Path
+    nats_url: str, sqlite_service: LedgerService, tmp_path: Path
 ) -> None:
     counts = {(f"SKU-{i}", f"DC-{i % 3}"): (i * 7) % 40 for i in range(30)}  # zeros included
     lines = ["Warehouse,Item,Description,On_Hand_Qty,UOM"]
@@ -135,9 +124,9 @@ def test_snapshot_import_sets_on_hand_and_a_reimport_records_nothing(
             # The counts travelled on the bulk lane, the receipt on the live one.
             bulk = await js.consumer_info(names.movements_stream, lane_durable(DURABLE, Lane.BULK))
             assert bulk.num_pending == 31
-            first = await _apply(service, js, names, UNITS)
+            first = await _apply(sqlite_service, js, names, UNITS)
             assert (first.processed, first.duplicates, first.dead_lettered) == (32, 0, 0)
-            head = service.head_position()
+            head = sqlite_service.head_position()
 
             # The same file again, inside the broker's window: dropped there.
             code, report, _ = await asyncio.to_thread(
@@ -149,9 +138,9 @@ def test_snapshot_import_sets_on_hand_and_a_reimport_records_nothing(
                 _import, "import-snapshot", path, SNAPSHOT_SOURCE, nats_url, again.prefix, *as_of
             )
             assert (code, report["published"], report["duplicates"]) == (1, 31, 0)
-            second = await _apply(service, js, again, UNITS)
+            second = await _apply(sqlite_service, js, again, UNITS)
             assert (second.processed, second.duplicates, second.dead_lettered) == (0, 31, 0)
-            assert service.head_position() == head  # nothing new recorded
+            assert sqlite_service.head_position() == head  # nothing new recorded
 
             # The next day's snapshot is new, even where no count changed.
             code, report, _ = await asyncio.to_thread(
@@ -159,7 +148,7 @@ def test_snapshot_import_sets_on_hand_and_a_reimport_records_nothing(
                 "--as-of", "2026-11-23T06:00:00Z",
             )  # fmt: skip
             assert report["published"] == 31
-            third = await _apply(service, js, again, UNITS)
+            third = await _apply(sqlite_service, js, again, UNITS)
             assert (third.processed, third.duplicates) == (31, 0)
             return report
         finally:
@@ -169,10 +158,10 @@ def test_snapshot_import_sets_on_hand_and_a_reimport_records_nothing(
 
     asyncio.run(scenario())
     for (sku, location), qty in counts.items():
-        view = service.get_position(sku, location)
+        view = sqlite_service.get_position(sku, location)
         assert view.on_hand == qty, (sku, location, view)
-    assert service.get_position("SKU-CASE", "DC-1").on_hand == 24
-    assert service.get_position("SKU-BAD", "DC-0").version == 0  # never recorded
+    assert sqlite_service.get_position("SKU-CASE", "DC-1").on_hand == 24
+    assert sqlite_service.get_position("SKU-BAD", "DC-0").version == 0  # never recorded
 
 
 def _txn(txn_id: str, txn_type: str, qty: int, site: str = "DC-EAST", **extra: Any) -> str:
@@ -183,7 +172,7 @@ def _txn(txn_id: str, txn_type: str, qty: int, site: str = "DC-EAST", **extra: A
 
 
 def test_wms_export_lands_in_the_expected_buckets(
-    nats_url: str, service: LedgerService, tmp_path: Path
+    nats_url: str, sqlite_service: LedgerService, tmp_path: Path
 ) -> None:
     lines = [
         _txn("T-01", "RECV", 100),
@@ -216,15 +205,15 @@ def test_wms_export_lands_in_the_expected_buckets(
             assert [(e["line"], e["field"]) for e in report["invalid"]] == [(6, "txn_type")]
             live = await js.consumer_info(names.movements_stream, DURABLE)
             assert live.num_pending == 12
-            return await _apply(service, js, names)
+            return await _apply(sqlite_service, js, names)
         finally:
             await delete_topology(js, names)
             await nc.drain()
 
     bridge = asyncio.run(scenario())
     assert (bridge.processed, bridge.dead_lettered) == (12, 0)
-    east = service.get_position("SKU-W", "DC-EAST")
-    west = service.get_position("SKU-W", "DC-WEST")
+    east = sqlite_service.get_position("SKU-W", "DC-EAST")
+    west = sqlite_service.get_position("SKU-W", "DC-WEST")
     # on_hand: 60 put away - 5 picked - 2 adjusted - 4 held + 1 released - 2 damaged
     #          - 10 and 5 sent + 2 restocked = 35
     assert (east.on_hand, east.receiving, east.quarantine, east.damaged) == (35, 40, 3, 5)

@@ -13,12 +13,10 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
-import pytest
 
 from ingest.bridge import IngestBridge, canonical_json, publish_movement
 from ingest.exceptions import HEADER_KEY, ExceptionPublisher
@@ -44,19 +42,10 @@ def _receipt(message_id: str, sku: str, source: str, qty: int = 1) -> dict[str, 
     }
 
 
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[LedgerService]:
-    svc = LedgerService.open(f"sqlite:///{tmp_path / 'ledger.db'}")
-    try:
-        yield svc
-    finally:
-        svc.close()
-
-
-def _ledger_positions(service: LedgerService, payloads: list[dict[str, Any]]) -> list[int]:
+def _ledger_positions(sqlite_service: LedgerService, payloads: list[dict[str, Any]]) -> list[int]:
     """Each message's ledger position: re-recording answers DUPLICATE with the original."""
     movements = [parse_message(canonical_json(p)) for p in payloads]
-    results = service.record_movements(CallContext("test"), movements).result(30)
+    results = sqlite_service.record_movements(CallContext("test"), movements).result(30)
     assert {r.outcome for r in results} == {"DUPLICATE"}
     return [r.ledger_position for r in results]
 
@@ -79,7 +68,9 @@ def test_subjects_of_the_two_lanes() -> None:
     assert lane_durable("ledger-ingest", Lane.BULK) == "ledger-ingest-bulk"
 
 
-def test_live_messages_overtake_a_bulk_backlog(nats_url: str, service: LedgerService) -> None:
+def test_live_messages_overtake_a_bulk_backlog(
+    nats_url: str, sqlite_service: LedgerService
+) -> None:
     names = StreamNames(f"T_{uuid.uuid4().hex[:12]}")
     backlog = [_receipt(f"b-{i:05d}", BULK_SKU, "snapshot") for i in range(4000)]
     waiting_live = [_receipt(f"l-{i:03d}", LIVE_SKU, "wms") for i in range(30)]
@@ -93,22 +84,22 @@ def test_live_messages_overtake_a_bulk_backlog(nats_url: str, service: LedgerSer
             # A bulk backlog and some live messages are waiting when the bridge starts.
             await _publish_all(js, names, backlog, Lane.BULK)
             await _publish_all(js, names, waiting_live, Lane.LIVE)
-            bridge = IngestBridge(service, js, names=names)
+            bridge = IngestBridge(sqlite_service, js, names=names)
             stop = asyncio.Event()
             task = asyncio.create_task(bridge.run(stop, batch_size=100))
             try:
                 deadline = time.monotonic() + 60
-                while service.get_position(BULK_SKU, LOCATION).on_hand < 500:
+                while sqlite_service.get_position(BULK_SKU, LOCATION).on_hand < 500:
                     assert time.monotonic() < deadline and not task.done()
                     await asyncio.sleep(0.01)
                 # Mid-backlog, more live messages arrive: they must not wait for the backlog.
                 await _publish_all(js, names, late_live, Lane.LIVE)
                 live_total = len(waiting_live) + len(late_live)
-                while service.get_position(LIVE_SKU, LOCATION).on_hand < live_total:
+                while sqlite_service.get_position(LIVE_SKU, LOCATION).on_hand < live_total:
                     assert time.monotonic() < deadline and not task.done()
                     await asyncio.sleep(0.001)
-                bulk_left = len(backlog) - service.get_position(BULK_SKU, LOCATION).on_hand
-                while service.get_position(BULK_SKU, LOCATION).on_hand < len(backlog):
+                bulk_left = len(backlog) - sqlite_service.get_position(BULK_SKU, LOCATION).on_hand
+                while sqlite_service.get_position(BULK_SKU, LOCATION).on_hand < len(backlog):
                     assert time.monotonic() < deadline and not task.done()
                     await asyncio.sleep(0.05)
             finally:
@@ -130,24 +121,24 @@ def test_live_messages_overtake_a_bulk_backlog(nats_url: str, service: LedgerSer
     # The late live messages were applied while most of the backlog was still queued...
     assert bulk_left > 1000, bulk_left
     # ...and the waiting ones before any bulk message at all.
-    live_positions = _ledger_positions(service, waiting_live)
-    bulk_positions = _ledger_positions(service, backlog)
+    live_positions = _ledger_positions(sqlite_service, waiting_live)
+    bulk_positions = _ledger_positions(sqlite_service, backlog)
     assert max(live_positions) < min(bulk_positions)
     print(f"\nlanes: late live messages applied with {bulk_left} bulk messages still queued")
 
 
 def test_exceptions_are_published_once_and_resumed_after_a_restart(
-    nats_url: str, service: LedgerService, tmp_path: Path
+    nats_url: str, sqlite_service: LedgerService, tmp_path: Path
 ) -> None:
     names = StreamNames(f"T_{uuid.uuid4().hex[:12]}")
     store = ReadModelStore(f"sqlite:///{tmp_path / 'ledger.db'}")
-    runner = ProjectionRunner(service.app, store)
-    service.pipeline.add_commit_listener(runner.wake)
+    runner = ProjectionRunner(sqlite_service.app, store)
+    sqlite_service.pipeline.add_commit_listener(runner.wake)
     runner.start()
 
     def ship(message_id: str, qty: int) -> int:
         payload = {**_receipt(message_id, "SKU-X", "wms", qty), "type": "shipment"}
-        results = service.record_movements(
+        results = sqlite_service.record_movements(
             CallContext("test"), [parse_message(canonical_json(payload))]
         ).result(30)
         assert runner.wait_for(results[0].ledger_position, 30)
