@@ -302,9 +302,11 @@ class IngestBridge:
         log.info("dead-lettered %s seq %d: %s %s", msg.subject, sequence, reason, field)
 
     async def _has_pending(self, lane: Lane) -> bool:
-        """Whether the lane's consumer has undelivered messages."""
+        """Whether the lane's consumer may have work: undelivered messages, or unacknowledged
+        ones (nak-ed with a delay after a store failure, or held by another bridge), which
+        come back through a fetch only."""
         info = await (await self._subscription(lane)).consumer_info()
-        return bool(info.num_pending)
+        return bool(info.num_pending or info.num_ack_pending)
 
     # ---- the loop ------------------------------------------------------------------------------
 
