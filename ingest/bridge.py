@@ -92,6 +92,12 @@ async def publish_movement(
     )
 
 
+async def pause(stop_event: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less if ``stop_event`` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop_event.wait(), seconds)
+
+
 def _header_value(text: str) -> str:
     flat = " ".join(str(text).split())
     return flat[:HEADER_VALUE_MAX]
@@ -335,12 +341,7 @@ class IngestBridge:
                 raise
             except Exception as error:  # broker trouble: wait a moment, then carry on
                 log.warning("ingest batch failed: %s", error)
-                await self._pause(stop_event, self.backoff_max)
+                await pause(stop_event, self.backoff_max)
                 continue
             if self.counters.store_failures != failures_before:
-                await self._pause(stop_event, self.next_backoff())
-
-    @staticmethod
-    async def _pause(stop_event: asyncio.Event, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop_event.wait(), seconds)
+                await pause(stop_event, self.next_backoff())

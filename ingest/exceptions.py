@@ -13,14 +13,13 @@ that must be exact dedupe on the ``Ledger-Exception-Key`` header.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from typing import Any
 
 from nats.js.errors import NotFoundError
 
-from ingest.bridge import MSG_ID
+from ingest.bridge import MSG_ID, pause
 from ingest.streams import StreamNames
 from projections.position_state import LedgerExceptionRecord
 from projections.store import ReadModelStore
@@ -122,5 +121,4 @@ class ExceptionPublisher:
             except Exception as error:  # broker or read model down: try again later
                 log.warning("exception publishing failed: %s", error)
                 self._cursor = None  # re-read the stream: a publish may have landed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop_event.wait(), self.poll_seconds)
+            await pause(stop_event, self.poll_seconds)

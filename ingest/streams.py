@@ -155,31 +155,21 @@ class StreamNames:
         return f"{self.dlq_root}.{token}"
 
 
-def movements_stream_config(names: StreamNames) -> StreamConfig:
-    return StreamConfig(
-        name=names.movements_stream,
-        subjects=[names.movements_filter],
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_SECONDS,
-    )
-
-
-def dlq_stream_config(names: StreamNames) -> StreamConfig:
-    return StreamConfig(
-        name=names.dlq_stream,
-        subjects=[names.dlq_filter],
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_SECONDS,
-    )
-
-
-def exceptions_stream_config(names: StreamNames) -> StreamConfig:
-    return StreamConfig(
-        name=names.exceptions_stream,
-        subjects=[names.exceptions_filter],
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_SECONDS,
-    )
+def stream_configs(names: StreamNames) -> list[StreamConfig]:
+    """The movements, DLQ and exceptions streams: file storage, the same duplicate window."""
+    return [
+        StreamConfig(
+            name=name,
+            subjects=[subjects],
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        )
+        for name, subjects in (
+            (names.movements_stream, names.movements_filter),
+            (names.dlq_stream, names.dlq_filter),
+            (names.exceptions_stream, names.exceptions_filter),
+        )
+    ]
 
 
 def consumer_config(
@@ -212,10 +202,7 @@ async def _ensure_stream(js: Any, config: StreamConfig) -> StreamInfo:
 async def ensure_streams(js: Any, names: StreamNames | None = None) -> list[StreamInfo]:
     """Create (or bind to) the movements, DLQ and exceptions streams."""
     names = names or StreamNames()
-    return [
-        await _ensure_stream(js, config(names))
-        for config in (movements_stream_config, dlq_stream_config, exceptions_stream_config)
-    ]
+    return [await _ensure_stream(js, config) for config in stream_configs(names)]
 
 
 async def ensure_consumers(
