@@ -79,5 +79,9 @@ class InventoryLedger(Application):
             now_us=now_us, limit=limit
         )
 
+    def entry_head(self) -> tuple[int, int]:
+        """(seq, recorded_at_us) of the newest ledger entry."""
+        return self.recorder.entry_head()  # type: ignore[attr-defined]
+
     def head_position(self) -> int:
         return self.recorder.max_notification_id() or 0

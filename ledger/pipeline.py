@@ -24,6 +24,7 @@ from eventsourcing.persistence import IntegrityError, InterfaceError, Operationa
 from ledger.application import InventoryLedger
 from ledger.domain.errors import ConcurrencyConflict, StoreUnavailable
 from ledger.domain.limits import CONFLICT_RETRIES_MAX
+from ledger.store.index_ops import from_micros
 from ledger.unit_of_work import AggregateCache, Finisher, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ class CommandPipeline:
         self._clock = clock
         self._cache = AggregateCache(app)
         self._conflict_retries = conflict_retries
+        # recorded_at never goes backwards along the ledger (SPEC §3 recorded axis): each
+        # command's time is at least the newest recorded_at this writer has seen committed.
+        # Other replicas' commits raise it through the entry index CHECK (see _execute).
+        self._floor = from_micros(0)
+        self._raise_floor()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_DEPTH_MAX)
         self._commit_listeners: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
@@ -93,7 +99,7 @@ class CommandPipeline:
 
     def _execute(self, command: Command) -> Any:
         for attempt in range(1, self._conflict_retries + 1):
-            uow = UnitOfWork(self._app, self._cache, self._clock())
+            uow = UnitOfWork(self._app, self._cache, max(self._clock(), self._floor))
             try:
                 finish = command(uow)
             except (OperationalError, InterfaceError) as error:
@@ -105,8 +111,10 @@ class CommandPipeline:
             try:
                 recordings = uow.commit()
             except IntegrityError:
-                # Another process wrote one of our aggregates first: reload and try again.
+                # Another process wrote one of our aggregates first, or committed a later
+                # recorded_at than our clock's: reload, raise the floor, and try again.
                 uow.discard()
+                self._raise_floor()
                 time.sleep(random.uniform(0, 0.002 * attempt))
                 continue
             except (OperationalError, InterfaceError) as error:
@@ -116,7 +124,15 @@ class CommandPipeline:
                 uow.discard()
                 raise
             if recordings:
+                self._floor = max(self._floor, uow.now)
                 for listener in self._commit_listeners:
                     listener()
             return finish(recordings)
         raise ConcurrencyConflict(self._conflict_retries)
+
+    def _raise_floor(self) -> None:
+        try:
+            head = from_micros(self._app.entry_head()[1])
+        except (OperationalError, InterfaceError):
+            return  # the retry's commit will report the outage
+        self._floor = max(self._floor, head)

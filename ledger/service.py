@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from eventsourcing.persistence import InterfaceError, OperationalError
 
 from ledger.application import InventoryLedger
+from ledger.audit import verify
+from ledger.audit.as_of import AsOfReader, Axis
+from ledger.audit.entries import LedgerEntryView, decode_event, entry_view, ledger_entries
 from ledger.config import eventsourcing_env
 from ledger.domain.errors import ReservationNotFound, StoreUnavailable
 from ledger.domain.movements import Movement
@@ -45,6 +48,7 @@ class LedgerService:
         self.app = app
         self.clock = clock
         self.pipeline = CommandPipeline(app, clock)
+        self.as_of = AsOfReader(app)
         self._sweeper_stop = threading.Event()
         self._sweeper: threading.Thread | None = None
 
@@ -153,6 +157,64 @@ class LedgerService:
 
     def head_position(self) -> int:
         return self.app.head_position()
+
+    # ---- audit (SPEC §3, §4.4) -----------------------------------------------------------------
+
+    def position_as_of(
+        self,
+        sku: str,
+        location_id: str,
+        as_of: datetime,
+        axis: Axis,
+        known_at: datetime | None = None,
+        *,
+        include_holds: bool = False,
+    ) -> PositionView:
+        return self.as_of.position_as_of(
+            sku, location_id, as_of, axis, known_at, include_holds=include_holds
+        )
+
+    def list_movements(
+        self,
+        sku: str,
+        location_id: str,
+        *,
+        axis: Axis,
+        start: datetime | None,
+        end: datetime | None,
+        after: tuple[int, int],
+        page_size: int,
+    ) -> Page[LedgerEntryView]:
+        """Entries with start <= time < end on the axis, by (time, ledger order)."""
+        column = "recorded_at_us" if axis is Axis.RECORDED else "occurred_at_us"
+        rows = self.app.recorder.select_entries_between(  # type: ignore[attr-defined]
+            position_id(sku, location_id),
+            column=column,
+            from_us=to_micros(start) if start else -(2**62),
+            to_us=to_micros(end) if end else 2**62,
+            after=after,
+            limit=page_size + 1,
+        )
+        items = [entry_view(row, decode_event(self.app, row)) for row in rows[:page_size]]
+        next_after = None
+        if len(rows) > page_size:
+            last = rows[page_size - 1]
+            time_us = last.recorded_at_us if axis is Axis.RECORDED else last.occurred_at_us
+            next_after = (time_us, last.version)
+        return Page(items, next_after)
+
+    def ledger_entries(self, after_position: int, limit: int) -> list[LedgerEntryView]:
+        return list(ledger_entries(self.app, after_position=after_position, limit=limit))
+
+    def ledger_head(self) -> int:
+        """The newest entry's ``position`` (0 for an empty ledger)."""
+        return self.app.entry_head()[0]
+
+    def verify_position(self, sku: str, location_id: str) -> verify.VerifyProgress:
+        return verify.verify_position(self.app, sku, location_id)
+
+    def verify_ledger(self) -> Iterator[verify.VerifyProgress]:
+        return verify.verify_ledger(self.app)
 
     # ---- expiry sweeper ------------------------------------------------------------------------
 

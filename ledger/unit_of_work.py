@@ -19,7 +19,7 @@ from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
 from ledger.domain.idempotency import IdempotencyKey
 from ledger.domain.position import EventMeta, Position, position_id
 from ledger.domain.reservation import Reservation
-from ledger.store.index_ops import IndexOp, PositionIndexed
+from ledger.store.index_ops import EntryIndexed, IndexOp, PositionIndexed, to_micros
 
 
 class AggregateCache:
@@ -72,6 +72,8 @@ class UnitOfWork:
         self._seen: dict[UUID, Any] = {}
         # Version of each aggregate when this unit first saw it (0: created here).
         self._loaded_at: dict[UUID, int] = {}
+        # Each position's newest occurred_at when this unit first saw it (entry index rows).
+        self._max_occurred_at: dict[UUID, datetime | None] = {}
         self._keys: dict[UUID, IdempotencyKey] = {}
         self.index_ops: list[IndexOp] = []
 
@@ -104,6 +106,8 @@ class UnitOfWork:
         if aggregate is not None:
             self._seen[aggregate_id] = aggregate
             self._loaded_at[aggregate_id] = aggregate.version
+            if isinstance(aggregate, Position):
+                self._max_occurred_at[aggregate_id] = aggregate.max_occurred_at
         return aggregate
 
     # ---- aggregates --------------------------------------------------------------------------
@@ -170,7 +174,34 @@ class UnitOfWork:
         changed = [a for a in self._seen.values() if a.pending_events]
         if not changed and not self._keys:
             return []
-        return self.app.save(*changed, *self._keys.values(), index_ops=self.index_ops)
+        return self.app.save(
+            *changed,
+            *self._keys.values(),
+            index_ops=self.index_ops,
+            entries=self._entries(changed),
+        )
+
+    def _entries(self, changed: list[Any]) -> list[EntryIndexed]:
+        rows: list[EntryIndexed] = []
+        for aggregate in changed:
+            if not isinstance(aggregate, Position):
+                continue
+            latest = self._max_occurred_at.get(aggregate.id)
+            for event in aggregate.pending_events:
+                late = latest is not None and event.occurred_at < latest
+                if latest is None or event.occurred_at > latest:
+                    latest = event.occurred_at
+                rows.append(
+                    EntryIndexed(
+                        position_id=aggregate.id,
+                        version=event.originator_version,
+                        recorded_at_us=to_micros(event.recorded_at),
+                        occurred_at_us=to_micros(event.occurred_at),
+                        max_occurred_at_us=to_micros(latest),
+                        late=late,
+                    )
+                )
+        return rows
 
     def discard(self, *, only_mutated: bool = False) -> None:
         """Forget aggregates this unit may have mutated without saving.

@@ -339,3 +339,63 @@ class WatchAvailabilityModel(_Strict):
     def unique_skus(self) -> list[str]:
         """The SKUs without repeats, in first-seen order."""
         return list(dict.fromkeys(self.skus))
+
+
+# ---- audit ----
+
+
+def _in_range(value: Any) -> Any:
+    if value is OUT_OF_RANGE_TIMESTAMP:
+        raise ValueError("timestamp out of range")
+    return value
+
+
+class GetPositionAsOfModel(_Strict):
+    sku: Identifier
+    location_id: Identifier
+    as_of: datetime
+    axis: Annotated[int, Field(ge=1, le=2)]
+    known_at: datetime | None = None
+    include_holds: bool = False
+
+    _times = field_validator("as_of", "known_at", mode="before")(_in_range)
+
+    @model_validator(mode="after")
+    def _known_at_is_effective_only(self) -> GetPositionAsOfModel:
+        if self.known_at is not None and self.axis != 2:
+            raise ValueError("known_at: only with axis AXIS_EFFECTIVE")
+        return self
+
+
+class ListMovementsModel(_Strict):
+    sku: Identifier
+    location_id: Identifier
+    from_: Annotated[datetime | None, Field(alias="from")] = None
+    to: datetime | None = None
+    axis: Annotated[int, Field(ge=1, le=2)]
+    page_size: PageSize = 0
+    page_token: str = ""
+
+    _times = field_validator("from_", "to", mode="before")(_in_range)
+
+    @model_validator(mode="after")
+    def _window_in_order(self) -> ListMovementsModel:
+        if self.from_ is not None and self.to is not None and self.to < self.from_:
+            raise ValueError("to: must not be before from")
+        return self
+
+
+class StreamLedgerModel(_Strict):
+    from_position: Annotated[int, Field(ge=0)] = 0
+    follow: bool = False
+
+
+class VerifyLedgerModel(_Strict):
+    sku: OptionalIdentifier = ""
+    location_id: OptionalIdentifier = ""
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> VerifyLedgerModel:
+        if bool(self.sku) != bool(self.location_id):
+            raise ValueError("sku: give both sku and location_id, or neither")
+        return self

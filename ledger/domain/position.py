@@ -15,7 +15,7 @@ from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate
 
-from ledger.domain import availability
+from ledger.domain import availability, chain
 from ledger.domain.availability import HOLD_ACTIVE, HOLD_COMMITTED
 from ledger.domain.movements import Disposition, FromBucket, Movement, MovementType
 
@@ -71,9 +71,15 @@ class Position(Aggregate):
         request_id: str
         correlation_id: str
         actor: str
+        # Chain link (ledger.domain.chain): set by trigger_event, never by callers.
+        hash: str
 
         def apply(self, aggregate: Any) -> None:
             aggregate.updated_at = self.recorded_at
+            aggregate.last_hash = self.hash
+            latest = aggregate.max_occurred_at
+            if latest is None or self.occurred_at > latest:
+                aggregate.max_occurred_at = self.occurred_at
 
     class Opened(Event, Aggregate.Created):
         sku: str
@@ -94,6 +100,7 @@ class Position(Aggregate):
         request_id: str,
         correlation_id: str,
         actor: str,
+        hash: str,
     ) -> None:
         self.sku = sku
         self.location_id = location_id
@@ -102,7 +109,23 @@ class Position(Aggregate):
 
     @classmethod
     def open(cls, sku: str, location_id: str, meta: EventMeta) -> Position:
-        return cls._create(cls.Opened, sku=sku, location_id=location_id, **meta.fields())
+        fields = meta.fields()
+        body = chain.entry_body(chain.entry_type_of(cls.Opened), sku, location_id, 1, fields)
+        return cls._create(
+            cls.Opened,
+            sku=sku,
+            location_id=location_id,
+            hash=chain.link(chain.GENESIS, body),
+            **fields,
+        )
+
+    def trigger_event(self, event_class: Any, **kwargs: Any) -> None:
+        # Every event links to the previous one of this position. Versions conflict across
+        # processes (IntegrityError, then a reload), so the chain can never fork.
+        body = chain.entry_body(
+            chain.entry_type_of(event_class), self.sku, self.location_id, self.version + 1, kwargs
+        )
+        super().trigger_event(event_class, hash=chain.link(self.last_hash, body), **kwargs)
 
     # ---- facts -----------------------------------------------------------------------------
 
@@ -455,6 +478,9 @@ def init_state(target: Any) -> None:
     target.inbound = {}
     target.last_count_at = None
     target.updated_at = None
+    target.last_hash = chain.GENESIS
+    # Newest occurred_at folded so far: an event older than this is a late fact.
+    target.max_occurred_at = None
 
 
 def is_stale_count(position: Any, occurred_at: datetime) -> bool:

@@ -7,13 +7,18 @@ reservations of a channel, reservations due to expire) cheap without a projectio
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 
 def to_micros(moment: datetime) -> int:
     """Integer microseconds since the epoch: orders correctly in SQL, unlike ISO text."""
     delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(micros: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,39 @@ class ReservationIndexed:
 
 
 IndexOp = PositionIndexed | ReservationIndexed
+
+
+@dataclass(frozen=True)
+class EntryIndexed:
+    """One ledger entry (position event) for the entry index, written under the events
+    table lock with the next gap-free ``seq``. ``max_occurred_at_us`` is the running maximum
+    of ``occurred_at`` over the position's versions 1..version; ``late`` marks an entry whose
+    ``occurred_at`` is before that maximum of the versions before it (an out-of-order fact).
+    """
+
+    position_id: UUID
+    version: int
+    recorded_at_us: int
+    occurred_at_us: int
+    max_occurred_at_us: int
+    late: bool
+
+
+@dataclass(frozen=True)
+class EntryRow:
+    """An entry index row joined with its stored event and its position's identity."""
+
+    seq: int
+    notification_id: int
+    position_id: UUID
+    version: int
+    recorded_at_us: int
+    occurred_at_us: int
+    sku: str
+    location_id: str
+    event_version: int  # the stored event's own version (differs only if tampered with)
+    topic: str
+    state: bytes
 
 
 @dataclass(frozen=True)

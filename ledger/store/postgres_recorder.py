@@ -18,7 +18,14 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
-from ledger.store.index_ops import IndexOp, PositionIndexed, ReservationIndexed, ReservationRow
+from ledger.store.index_ops import (
+    EntryIndexed,
+    EntryRow,
+    IndexOp,
+    PositionIndexed,
+    ReservationIndexed,
+    ReservationRow,
+)
 from ledger.store.pg_ddl import advisory_key, run_missing_ddl
 
 
@@ -49,7 +56,15 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
         prefix = events_table_name.removesuffix("_events")
         self._positions = Identifier(f"{prefix}_position_index")
         self._reservations = Identifier(f"{prefix}_reservation_index")
+        self._entries = Identifier(f"{prefix}_entry_index")
+        self._events = Identifier(events_table_name)
         self._schema = schema
+
+        def index(name: str, table: Identifier, columns: str, where: str = "") -> SQL:
+            return SQL(
+                "CREATE INDEX IF NOT EXISTS {i} ON {s}.{t} (" + columns + ")" + where
+            ).format(i=Identifier(f"{prefix}_{name}"), s=schema, t=table)
+
         self.sql_create_statements.extend(
             [
                 SQL(
@@ -89,8 +104,88 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
                     s=schema,
                     t=self._reservations,
                 ),
+                index("position_index_by_id", self._positions, "position_id"),
+                # The ledger entries (position events): gap-free `seq` in commit order, the
+                # time axes per position, and the CHECK that keeps recorded_at from ever
+                # going backwards along seq, whichever replica wrote (see _append_entries).
+                SQL(
+                    "CREATE TABLE IF NOT EXISTS {s}.{t} (seq bigint PRIMARY KEY,"
+                    " notification_id bigint NOT NULL, position_id uuid NOT NULL,"
+                    " version integer NOT NULL, recorded_at_us bigint NOT NULL,"
+                    " occurred_at_us bigint NOT NULL, max_occurred_at_us bigint NOT NULL,"
+                    " late boolean NOT NULL, appended_after_us bigint NOT NULL,"
+                    " UNIQUE (position_id, version),"
+                    " CONSTRAINT recorded_at_never_decreases"
+                    " CHECK (recorded_at_us >= appended_after_us))"
+                ).format(s=schema, t=self._entries),
+                index(
+                    "entry_index_recorded", self._entries, "position_id, recorded_at_us, version"
+                ),
+                index(
+                    "entry_index_occurred", self._entries, "position_id, occurred_at_us, version"
+                ),
+                index(
+                    "entry_index_in_order",
+                    self._entries,
+                    "position_id, max_occurred_at_us, version",
+                ),
+                index("entry_index_late", self._entries, "position_id, version", " WHERE late"),
             ]
         )
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        # Runs after the event INSERT and its sync, still holding the events table lock.
+        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        entries: Sequence[EntryIndexed] = kwargs.get("entries", ())
+        if entries and ids:
+            self._append_entries(curs, stored_events, ids, entries)
+        return ids
+
+    def _append_entries(
+        self,
+        curs: Cursor[DictRow],
+        stored_events: Sequence[StoredEvent],
+        ids: Sequence[int],
+        entries: Sequence[EntryIndexed],
+    ) -> None:
+        """Number the entries after the ledger's head, under the events table lock that the
+        insert holds, so seq is gap-free and in commit order. Each row also stores the head's
+        recorded_at; the CHECK makes a transaction whose recorded_at is older than what
+        another replica already committed fail (IntegrityError: the writer retries with its
+        clock floor raised to the head)."""
+        notification = {
+            (e.originator_id, e.originator_version): n
+            for e, n in zip(stored_events, ids, strict=True)
+        }
+        rows = sorted((notification[(e.position_id, e.version)], e) for e in entries)
+        curs.execute(
+            SQL(
+                "INSERT INTO {s}.{t} (seq, notification_id, position_id, version,"
+                " recorded_at_us, occurred_at_us, max_occurred_at_us, late, appended_after_us)"
+                " SELECT head.seq + n.ord, n.nid, n.pid, n.ver, n.rec, n.occ, n.maxocc, n.late,"
+                " head.rec FROM unnest(%s::bigint[], %s::uuid[], %s::integer[], %s::bigint[],"
+                " %s::bigint[], %s::bigint[], %s::boolean[])"
+                " WITH ORDINALITY AS n(nid, pid, ver, rec, occ, maxocc, late, ord)"
+                " CROSS JOIN (SELECT coalesce(max(seq), 0) AS seq, coalesce((SELECT"
+                " recorded_at_us FROM {s}.{t} ORDER BY seq DESC LIMIT 1), 0) AS rec"
+                " FROM {s}.{t}) AS head RETURNING seq"
+            ).format(s=self._schema, t=self._entries),
+            (
+                [nid for nid, _ in rows],
+                [e.position_id for _, e in rows],
+                [e.version for _, e in rows],
+                [e.recorded_at_us for _, e in rows],
+                [e.occurred_at_us for _, e in rows],
+                [e.max_occurred_at_us for _, e in rows],
+                [e.late for _, e in rows],
+            ),
+            prepare=False,
+        )
+        # Fetching forces the pipeline to deliver this statement's outcome here, inside the
+        # transaction, so a CHECK violation aborts it like a version conflict does.
+        curs.fetchall()
 
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -207,6 +302,139 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
                 (now_us, limit),
             )
             return [row["reservation_id"] for row in curs.fetchall()]
+
+    # ---- ledger entries -------------------------------------------------------------------------
+
+    def entry_head(self) -> tuple[int, int]:
+        """(seq, recorded_at_us) of the newest entry; (0, 0) for an empty ledger."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL("SELECT seq, recorded_at_us FROM {s}.{t} ORDER BY seq DESC LIMIT 1").format(
+                    s=self._schema, t=self._entries
+                )
+            )
+            row = curs.fetchone()
+            return (0, 0) if row is None else (int(row["seq"]), int(row["recorded_at_us"]))
+
+    def last_version_where(self, position_id: UUID, column: str, limit_us: int) -> int:
+        """The greatest version whose ``column`` (recorded_at_us or max_occurred_at_us, both
+        non-decreasing with version) is at most ``limit_us``; 0 if none."""
+        if column not in ("recorded_at_us", "max_occurred_at_us"):
+            raise ValueError(column)
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL(
+                    "SELECT version FROM {s}.{t} WHERE position_id = %s AND {c} <= %s"
+                    " ORDER BY {c} DESC, version DESC LIMIT 1"
+                ).format(s=self._schema, t=self._entries, c=Identifier(column)),
+                (position_id, limit_us),
+            )
+            row = curs.fetchone()
+            return 0 if row is None else int(row["version"])
+
+    def max_occurred_at_of(self, position_id: UUID, version: int) -> int:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL(
+                    "SELECT max_occurred_at_us FROM {s}.{t} WHERE position_id = %s AND version = %s"
+                ).format(s=self._schema, t=self._entries),
+                (position_id, version),
+            )
+            row = curs.fetchone()
+            return 0 if row is None else int(row["max_occurred_at_us"])
+
+    def late_entries(
+        self, position_id: UUID, *, occurred_by_us: int, recorded_by_us: int
+    ) -> list[tuple[int, int]]:
+        """(version, occurred_at_us) of the position's late entries within both bounds."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL(
+                    "SELECT version, occurred_at_us FROM {s}.{t} WHERE position_id = %s AND late"
+                    " AND occurred_at_us <= %s AND recorded_at_us <= %s ORDER BY version"
+                ).format(s=self._schema, t=self._entries),
+                (position_id, occurred_by_us, recorded_by_us),
+            )
+            return [(int(r["version"]), int(r["occurred_at_us"])) for r in curs.fetchall()]
+
+    def _select_entries(self, where: str, params: Sequence[Any], order: str) -> list[EntryRow]:
+        query = SQL(
+            "SELECT x.seq, x.notification_id, x.position_id, x.version, x.recorded_at_us,"
+            " x.occurred_at_us, p.sku, p.location_id, e.originator_version, e.topic, e.state"
+            " FROM {s}.{x} x JOIN {s}.{e} e ON e.notification_id = x.notification_id"
+            " JOIN {s}.{p} p ON p.position_id = x.position_id"
+            " WHERE " + where + " ORDER BY " + order + " LIMIT %s"
+        ).format(s=self._schema, x=self._entries, e=self._events, p=self._positions)
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(query, params)
+            return [
+                EntryRow(
+                    seq=int(r["seq"]),
+                    notification_id=int(r["notification_id"]),
+                    position_id=r["position_id"],
+                    version=int(r["version"]),
+                    recorded_at_us=int(r["recorded_at_us"]),
+                    occurred_at_us=int(r["occurred_at_us"]),
+                    sku=r["sku"],
+                    location_id=r["location_id"],
+                    event_version=int(r["originator_version"]),
+                    topic=r["topic"],
+                    state=bytes(r["state"]),
+                )
+                for r in curs.fetchall()
+            ]
+
+    def select_entries(self, *, after_seq: int, limit: int) -> list[EntryRow]:
+        """The global ledger in seq order."""
+        return self._select_entries("x.seq > %s", [after_seq, limit], "x.seq")
+
+    def select_position_entries(
+        self, position_id: UUID, *, after_version: int, limit: int, until_version: int = 0
+    ) -> list[EntryRow]:
+        """One position's entries in version order (up to ``until_version`` if set)."""
+        where = "x.position_id = %s AND x.version > %s"
+        params: list[Any] = [position_id, after_version]
+        if until_version:
+            where += " AND x.version <= %s"
+            params.append(until_version)
+        return self._select_entries(where, [*params, limit], "x.version")
+
+    def select_entries_between(
+        self,
+        position_id: UUID,
+        *,
+        column: str,
+        from_us: int,
+        to_us: int,
+        after: tuple[int, int],
+        limit: int,
+    ) -> list[EntryRow]:
+        """Entries with ``from_us <= column < to_us``, by (column, version), after the key."""
+        if column not in ("recorded_at_us", "occurred_at_us"):
+            raise ValueError(column)
+        where = (
+            f"x.position_id = %s AND x.{column} >= %s AND x.{column} < %s"
+            f" AND (x.{column}, x.version) > (%s, %s)"
+        )
+        params = [position_id, from_us, to_us, after[0], after[1], limit]
+        return self._select_entries(where, params, f"x.{column}, x.version")
+
+    def select_effective_entries(
+        self,
+        position_id: UUID,
+        *,
+        after: tuple[int, int],
+        occurred_by_us: int,
+        recorded_by_us: int,
+        limit: int,
+    ) -> list[EntryRow]:
+        """Entries in effective order, (occurred_at_us, version) > ``after``, within bounds."""
+        where = (
+            "x.position_id = %s AND (x.occurred_at_us, x.version) > (%s, %s)"
+            " AND x.occurred_at_us <= %s AND x.recorded_at_us <= %s"
+        )
+        params = [position_id, after[0], after[1], occurred_by_us, recorded_by_us, limit]
+        return self._select_entries(where, params, "x.occurred_at_us, x.version")
 
 
 class LedgerPostgresFactory(PostgresFactory):

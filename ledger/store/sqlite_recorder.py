@@ -9,7 +9,14 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 
-from ledger.store.index_ops import IndexOp, PositionIndexed, ReservationIndexed, ReservationRow
+from ledger.store.index_ops import (
+    EntryIndexed,
+    EntryRow,
+    IndexOp,
+    PositionIndexed,
+    ReservationIndexed,
+    ReservationRow,
+)
 
 _CREATE = [
     "CREATE TABLE IF NOT EXISTS ledger_position_index ("
@@ -26,7 +33,31 @@ _CREATE = [
     " ON ledger_reservation_index (channel, order_ref, created_at_us, reservation_id)",
     "CREATE INDEX IF NOT EXISTS ledger_reservation_index_due"
     " ON ledger_reservation_index (status, expires_at_us)",
+    "CREATE INDEX IF NOT EXISTS ledger_position_index_by_id ON ledger_position_index (position_id)",
+    # Ledger entries: see LedgerPostgresRecorder for the meaning of each column.
+    "CREATE TABLE IF NOT EXISTS ledger_entry_index ("
+    " seq INTEGER PRIMARY KEY, notification_id INTEGER NOT NULL, position_id TEXT NOT NULL,"
+    " version INTEGER NOT NULL, recorded_at_us INTEGER NOT NULL,"
+    " occurred_at_us INTEGER NOT NULL, max_occurred_at_us INTEGER NOT NULL,"
+    " late INTEGER NOT NULL, appended_after_us INTEGER NOT NULL,"
+    " UNIQUE (position_id, version),"
+    " CONSTRAINT recorded_at_never_decreases CHECK (recorded_at_us >= appended_after_us))",
+    "CREATE INDEX IF NOT EXISTS ledger_entry_index_recorded"
+    " ON ledger_entry_index (position_id, recorded_at_us, version)",
+    "CREATE INDEX IF NOT EXISTS ledger_entry_index_occurred"
+    " ON ledger_entry_index (position_id, occurred_at_us, version)",
+    "CREATE INDEX IF NOT EXISTS ledger_entry_index_in_order"
+    " ON ledger_entry_index (position_id, max_occurred_at_us, version)",
+    "CREATE INDEX IF NOT EXISTS ledger_entry_index_late"
+    " ON ledger_entry_index (position_id, version) WHERE late",
 ]
+
+_SELECT_ENTRIES = (
+    "SELECT x.seq, x.notification_id, x.position_id, x.version, x.recorded_at_us,"
+    " x.occurred_at_us, p.sku, p.location_id, e.originator_version, e.topic, e.state"
+    " FROM ledger_entry_index x JOIN {events} e ON e.rowid = x.notification_id"
+    " JOIN ledger_position_index p ON p.position_id = x.position_id"
+)
 
 
 class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
@@ -39,6 +70,9 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         ids = super()._insert_events(c, stored_events, **kwargs)
         for op in kwargs.get("index_ops", ()):
             _apply(c, op)
+        entries: Sequence[EntryIndexed] = kwargs.get("entries", ())
+        if entries and ids:
+            _append_entries(c, stored_events, ids, entries)
         return ids
 
     # ---- lookups ----------------------------------------------------------------------------
@@ -96,6 +130,153 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                 (now_us, limit),
             )
             return [row[0] for row in c.fetchall()]
+
+    # ---- ledger entries -------------------------------------------------------------------------
+
+    def entry_head(self) -> tuple[int, int]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT seq, recorded_at_us FROM ledger_entry_index ORDER BY seq DESC LIMIT 1"
+            )
+            row = c.fetchone()
+            return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+    def last_version_where(self, position_id: UUID, column: str, limit_us: int) -> int:
+        if column not in ("recorded_at_us", "max_occurred_at_us"):
+            raise ValueError(column)
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT version FROM ledger_entry_index WHERE position_id=? AND {column}<=?"
+                f" ORDER BY {column} DESC, version DESC LIMIT 1",
+                (str(position_id), limit_us),
+            )
+            row = c.fetchone()
+            return 0 if row is None else int(row[0])
+
+    def max_occurred_at_of(self, position_id: UUID, version: int) -> int:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT max_occurred_at_us FROM ledger_entry_index"
+                " WHERE position_id=? AND version=?",
+                (str(position_id), version),
+            )
+            row = c.fetchone()
+            return 0 if row is None else int(row[0])
+
+    def late_entries(
+        self, position_id: UUID, *, occurred_by_us: int, recorded_by_us: int
+    ) -> list[tuple[int, int]]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT version, occurred_at_us FROM ledger_entry_index WHERE position_id=?"
+                " AND late AND occurred_at_us<=? AND recorded_at_us<=? ORDER BY version",
+                (str(position_id), occurred_by_us, recorded_by_us),
+            )
+            return [(int(r[0]), int(r[1])) for r in c.fetchall()]
+
+    def _select_entries(self, where: str, params: Sequence[Any], order: str) -> list[EntryRow]:
+        sql = _SELECT_ENTRIES.format(events=self.events_table_name)
+        sql += f" WHERE {where} ORDER BY {order} LIMIT ?"
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(sql, params)
+            return [
+                EntryRow(
+                    seq=int(r[0]),
+                    notification_id=int(r[1]),
+                    position_id=UUID(r[2]),
+                    version=int(r[3]),
+                    recorded_at_us=int(r[4]),
+                    occurred_at_us=int(r[5]),
+                    sku=r[6],
+                    location_id=r[7],
+                    event_version=int(r[8]),
+                    topic=r[9],
+                    state=bytes(r[10]),
+                )
+                for r in c.fetchall()
+            ]
+
+    def select_entries(self, *, after_seq: int, limit: int) -> list[EntryRow]:
+        return self._select_entries("x.seq > ?", [after_seq, limit], "x.seq")
+
+    def select_position_entries(
+        self, position_id: UUID, *, after_version: int, limit: int, until_version: int = 0
+    ) -> list[EntryRow]:
+        where = "x.position_id = ? AND x.version > ?"
+        params: list[Any] = [str(position_id), after_version]
+        if until_version:
+            where += " AND x.version <= ?"
+            params.append(until_version)
+        return self._select_entries(where, [*params, limit], "x.version")
+
+    def select_entries_between(
+        self,
+        position_id: UUID,
+        *,
+        column: str,
+        from_us: int,
+        to_us: int,
+        after: tuple[int, int],
+        limit: int,
+    ) -> list[EntryRow]:
+        if column not in ("recorded_at_us", "occurred_at_us"):
+            raise ValueError(column)
+        where = (
+            f"x.position_id = ? AND x.{column} >= ? AND x.{column} < ?"
+            f" AND (x.{column}, x.version) > (?, ?)"
+        )
+        params = [str(position_id), from_us, to_us, after[0], after[1], limit]
+        return self._select_entries(where, params, f"x.{column}, x.version")
+
+    def select_effective_entries(
+        self,
+        position_id: UUID,
+        *,
+        after: tuple[int, int],
+        occurred_by_us: int,
+        recorded_by_us: int,
+        limit: int,
+    ) -> list[EntryRow]:
+        where = (
+            "x.position_id = ? AND (x.occurred_at_us, x.version) > (?, ?)"
+            " AND x.occurred_at_us <= ? AND x.recorded_at_us <= ?"
+        )
+        params = [str(position_id), after[0], after[1], occurred_by_us, recorded_by_us, limit]
+        return self._select_entries(where, params, "x.occurred_at_us, x.version")
+
+
+def _append_entries(
+    c: SQLiteCursor,
+    stored_events: Sequence[StoredEvent],
+    ids: Sequence[int],
+    entries: Sequence[EntryIndexed],
+) -> None:
+    """Inside the write transaction (SQLite has one writer at a time): the next gap-free
+    seq numbers, with the same recorded_at CHECK as on PostgreSQL."""
+    notification = {
+        (e.originator_id, e.originator_version): n for e, n in zip(stored_events, ids, strict=True)
+    }
+    rows = sorted((notification[(e.position_id, e.version)], e) for e in entries)
+    c.execute("SELECT seq, recorded_at_us FROM ledger_entry_index ORDER BY seq DESC LIMIT 1")
+    head = c.fetchone()
+    seq, head_recorded_us = (0, 0) if head is None else (int(head[0]), int(head[1]))
+    c.executemany(
+        "INSERT INTO ledger_entry_index VALUES (?,?,?,?,?,?,?,?,?)",
+        [
+            (
+                seq + n,
+                nid,
+                str(e.position_id),
+                e.version,
+                e.recorded_at_us,
+                e.occurred_at_us,
+                e.max_occurred_at_us,
+                int(e.late),
+                head_recorded_us,
+            )
+            for n, (nid, e) in enumerate(rows, start=1)
+        ],
+    )
 
 
 def _apply(c: SQLiteCursor, op: IndexOp) -> None:
