@@ -1,5 +1,6 @@
 """Command line: ``ledger serve``, ``ledger dev``, ``ledger projections [run|rebuild|status]``,
-``ledger ingest``, ``ledger dlq``, ``ledger publish`` and ``ledger import-snapshot|import-wms``."""
+``ledger ingest``, ``ledger dlq``, ``ledger publish``, ``ledger import-snapshot|import-wms``,
+``ledger export`` and ``ledger reconcile``."""
 
 from __future__ import annotations
 
@@ -115,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--units", help="unit-of-measure table (JSON file) to validate with")
     _nats_arguments(publish)
     _import_parsers(commands)
+    _audit_parsers(commands)
     return parser
 
 
@@ -156,6 +158,52 @@ def _import_parsers(commands: argparse._SubParsersAction) -> None:
         )
         command.add_argument("--units", help="unit-of-measure table (JSON file) to validate with")
         _nats_arguments(command)
+
+
+def _audit_parsers(commands: argparse._SubParsersAction) -> None:
+    """``ledger export`` and ``ledger reconcile`` (docs/audit.md)."""
+    export = commands.add_parser(
+        "export",
+        help="write the ledger (or one position) as JSON lines for an auditor's verifier",
+        description="one JSON object per ledger entry, in position order: the whole ledger"
+        " up to its head when the export starts, or with --sku and --location-id one whole"
+        " position. Check it with tools/verify_ledger_export.py. Prints a JSON summary.",
+    )
+    export.add_argument("out", help="output file (JSONL); replaced only once complete")
+    export.add_argument("--sku", help="only this position (with --location-id)")
+    export.add_argument("--location-id", help="only this position (with --sku)")
+    _database_argument(export)
+    export.add_argument("--log-level", default="WARNING")
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="compare an external count (CSV) with the ledger's effective balance at T",
+        description="SNAPSHOT is a CSV with the header sku,location_id,on_hand (one row per"
+        " position; quote identifiers holding commas). Each row is compared with on_hand of"
+        " the position's effective balance at --as-of; ledger positions with stock at the"
+        " snapshot's locations that it leaves out are reported as NOT_COUNTED (never posted)."
+        " Writes variances.csv and summary.txt to --report-dir and prints the summary. With"
+        " --post each variance is recorded as a cycle_count at T (source reconcile) with a"
+        " reason; posting the same count again records nothing.",
+        epilog="exit status: 0 no variances, 1 variances found (also when posted),"
+        " 2 bad input (the file, --as-of, the database); nothing is posted on exit 2",
+    )
+    reconcile.add_argument("snapshot", help="CSV file: sku,location_id,on_hand")
+    reconcile.add_argument(
+        "--as-of",
+        required=True,
+        type=_aware_timestamp,
+        help="the instant T the count was taken (ISO-8601 with zone, not in the future)",
+    )
+    reconcile.add_argument(
+        "--post", action="store_true", help="record the variances as cycle_count facts at T"
+    )
+    reconcile.add_argument(
+        "--report-dir",
+        help="where variances.csv and summary.txt go (default: beside the snapshot,"
+        " <snapshot-stem>-reconcile-<T, UTC>)",
+    )
+    _database_argument(reconcile)
+    reconcile.add_argument("--log-level", default="WARNING")
 
 
 def _import_source(text: str) -> str:
@@ -536,6 +584,54 @@ async def run_import(args: argparse.Namespace, nats_url: str) -> int:
     return 1 if report.invalid else 0
 
 
+def _open_ledger(database_url: str) -> Any:
+    """The service on an existing ledger: a mistyped SQLite path must not create an empty
+    ledger and report (or post) every count as a variance."""
+    from ledger.config import eventsourcing_env
+    from ledger.service import LedgerService
+
+    env = eventsourcing_env(database_url)
+    path = env.get("SQLITE_DBNAME")
+    if path and path != ":memory:" and not os.path.exists(path):
+        raise ConfigError(f"no ledger database at {path}")
+    return LedgerService.open(database_url)
+
+
+def run_export(args: argparse.Namespace, settings: Settings) -> int:
+    """``ledger export OUT``: a JSON summary on stdout."""
+    from ledger.audit.export import export_ledger
+
+    service = _open_ledger(settings.database_url)
+    try:
+        written = export_ledger(service, args.out, args.sku, args.location_id)
+    finally:
+        service.close()
+    print(json.dumps({"entries": written, "file": args.out}))
+    return 0
+
+
+def run_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    """``ledger reconcile SNAPSHOT --as-of T``: exit 0 no variances, 1 variances, 2 bad input."""
+    from ledger.audit.reconcile import SnapshotError, reconcile, summary_text
+
+    service = _open_ledger(settings.database_url)
+    try:
+        result = reconcile(
+            service, args.snapshot, args.as_of, post=args.post, report_dir=args.report_dir
+        )
+    except SnapshotError as error:
+        log.error("%s: cannot reconcile", error.path)
+        for text in error.describe()[:50]:
+            log.error("%s", text)
+        if len(error.problems) > 50:
+            log.error("... and %d more bad lines", len(error.problems) - 50)
+        return 2
+    finally:
+        service.close()
+    print(summary_text(result), end="")
+    return result.exit_code
+
+
 def _stop_on_signals() -> asyncio.Event:
     """An event set by SIGTERM or SIGINT."""
     stopping = asyncio.Event()
@@ -586,6 +682,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in ("import-snapshot", "import-wms"):
             nats_url = args.nats or os.environ.get("LEDGER_NATS_URL", "nats://127.0.0.1:4222")
             return asyncio.run(run_import(args, nats_url))
+        elif args.command == "export":
+            if (args.sku is None) != (args.location_id is None):
+                log.error("give both --sku and --location-id, or neither")
+                return 2
+            return run_export(args, Settings.from_env(database_url=args.database))
+        elif args.command == "reconcile":
+            return run_reconcile(args, Settings.from_env(database_url=args.database))
         else:
             settings = Settings.from_env(database_url=args.database)
             if args.action == "rebuild":

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from inventory.ledger.v1 import (
+    audit_service_pb2,
     availability_pb2,
     channel_policy_pb2,
     movement_pb2,
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from ledger.api.errors import InvalidRequest
 from ledger.api.validation import OUT_OF_RANGE_TIMESTAMP, MovementModel, field_violations
+from ledger.audit.entries import LedgerEntryView
 from ledger.domain.movements import Movement
 from ledger.views import ChannelPolicyView, MovementResultView, PositionView, ReservationView
 from projections.availability import AvailabilityView
@@ -260,4 +262,50 @@ def change_message(change: AvailabilityChangeView) -> availability_pb2.Availabil
         projection_position=change.projection_position,
         changed_at=to_timestamp(change.changed_at),
         initial=change.initial,
+    )
+
+
+def ledger_entry_message(entry: LedgerEntryView) -> audit_service_pb2.LedgerEntry:
+    data = entry.data
+    disposition = data.get("disposition")
+    from_bucket = data.get("from_bucket")
+    return audit_service_pb2.LedgerEntry(
+        position=entry.position,
+        ledger_position=entry.ledger_position,
+        sku=entry.sku,
+        location_id=entry.location_id,
+        version=entry.version,
+        type=audit_service_pb2.EntryType.Value("ENTRY_TYPE_" + entry.type.upper()),
+        qty=data.get("qty") or 0,
+        delta=data.get("delta") or 0,
+        counted=data.get("counted") or 0,
+        occurred_at=to_timestamp(entry.occurred_at),
+        recorded_at=to_timestamp(entry.recorded_at),
+        source=entry.source,
+        message_id=entry.message_id,
+        request_id=entry.request_id,
+        correlation_id=entry.correlation_id,
+        actor=entry.actor,
+        hash=entry.hash,
+        reservation_id=data.get("reservation_id") or "",
+        transfer_id=data.get("transfer_id") or "",
+        to_location_id=data.get("to_location_id") or "",
+        from_location_id=data.get("from_location_id") or "",
+        expected_at=to_timestamp(data.get("expected_at")),
+        reason=data.get("reason") or "",
+        disposition=(
+            movement_pb2.Disposition.Value("DISPOSITION_" + disposition.upper())
+            if disposition
+            else 0
+        ),
+        from_bucket=(
+            movement_pb2.FromBucket.Value("FROM_BUCKET_" + from_bucket.upper())
+            if from_bucket
+            else 0
+        ),
+        putaway_pending=bool(data.get("putaway_pending")),
+        final=bool(data.get("final")),
+        channel=data.get("channel") or "",
+        order_ref=data.get("order_ref") or "",
+        expires_at=to_timestamp(data.get("expires_at")),
     )

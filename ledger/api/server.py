@@ -10,6 +10,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from inventory.ledger.v1 import (
+    audit_service_pb2,
+    audit_service_pb2_grpc,
     movement_service_pb2,
     movement_service_pb2_grpc,
     policy_service_pb2,
@@ -20,11 +22,13 @@ from inventory.ledger.v1 import (
     reservation_service_pb2_grpc,
 )
 
+from ledger.api.audit_servicer import AuditServicer
 from ledger.api.movement_servicer import MovementServicer
 from ledger.api.page_tokens import PageTokens
 from ledger.api.policy_servicer import PolicyServicer
 from ledger.api.query_servicer import QueryServicer
 from ledger.api.reservation_servicer import ReservationServicer
+from ledger.audit.tail import LedgerTail
 from ledger.config import Settings
 from ledger.service import LedgerService
 from projections.commit_listener import CommitListener
@@ -38,6 +42,7 @@ SERVICE_NAMES = (
     reservation_service_pb2.DESCRIPTOR.services_by_name["ReservationService"].full_name,
     movement_service_pb2.DESCRIPTOR.services_by_name["MovementService"].full_name,
     policy_service_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
+    audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -48,6 +53,7 @@ class RunningServer:
     health: health.aio.HealthServicer
     watch_hub: WatchHub | None = None
     commit_listener: CommitListener | None = None
+    ledger_listener: CommitListener | None = None
 
     async def stop(self, grace_seconds: float) -> None:
         """Report NOT_SERVING first so load balancers drain us, then finish in-flight calls.
@@ -55,8 +61,9 @@ class RunningServer:
         Watch streams never finish by themselves: they end at once (UNAVAILABLE, watch again).
         """
         await self.health.enter_graceful_shutdown()
-        if self.commit_listener is not None:
-            await asyncio.to_thread(self.commit_listener.stop)
+        for listener in (self.commit_listener, self.ledger_listener):
+            if listener is not None:
+                await asyncio.to_thread(listener.stop)
         if self.watch_hub is not None:
             await self.watch_hub.close()
         await self.server.stop(grace_seconds)
@@ -83,6 +90,22 @@ async def start_server(
             settings.database_url, read_models.store.applied_channel, watch_hub.wake
         )
         listener.start()
+    # StreamLedger followers: woken by this process's commits and, on PostgreSQL, by the
+    # events table's NOTIFY (writes of other replicas and of ingest).
+    tail = LedgerTail()
+    tail.start(asyncio.get_running_loop())
+    service.pipeline.add_commit_listener(tail.wake)
+    ledger_listener = None
+    if settings.database_url.startswith("postgres"):
+        ledger_listener = CommitListener(
+            settings.database_url,
+            service.app.recorder.channel_name,
+            tail.wake,  # type: ignore[attr-defined]
+        )
+        ledger_listener.start()
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(service, tokens, tail), server
+    )
     query_service_pb2_grpc.add_InventoryQueryServiceServicer_to_server(
         QueryServicer(service, read_models, tokens, watch_hub), server
     )
@@ -110,4 +133,4 @@ async def start_server(
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, watch_hub, listener)
+    return RunningServer(server, port, health_servicer, watch_hub, listener, ledger_listener)

@@ -95,8 +95,9 @@ class AsOfReader:
     Thread-safe: gRPC handlers call it from worker threads.
     """
 
-    def __init__(self, app: InventoryLedger) -> None:
+    def __init__(self, app: InventoryLedger, *, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
         self._app = app
+        self._checkpoint_every = checkpoint_every
         self._recorder: Any = app.recorder
         self._lock = threading.Lock()
         self._checkpoints: OrderedDict[UUID, list[Checkpoint]] = OrderedDict()
@@ -157,7 +158,7 @@ class AsOfReader:
                 if fold.updated_at is None or event.recorded_at > fold.updated_at:
                     fold.updated_at = event.recorded_at
                 folded += 1
-                if cacheable and folded % CHECKPOINT_EVERY == 0:
+                if cacheable and folded % self._checkpoint_every == 0:
                     taken.append(
                         Checkpoint(
                             fold.cut,

@@ -172,6 +172,9 @@ class Position(Aggregate):
 
     class Counted(Event):
         counted: int
+        # Why the count was taken (e.g. a reconciliation). Entries recorded before the field
+        # existed have no ``reason`` attribute at all, so their hashed ``data`` is unchanged.
+        reason: str
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
@@ -362,7 +365,12 @@ class Position(Aggregate):
                 self.Adjusted, delta=movement.delta, reason=movement.reason or "", **meta.fields()
             )
         elif kind is MovementType.CYCLE_COUNT:
-            self.trigger_event(self.Counted, counted=movement.counted, **meta.fields())
+            self.trigger_event(
+                self.Counted,
+                counted=movement.counted,
+                reason=movement.reason or "",
+                **meta.fields(),
+            )
         elif kind is MovementType.QUARANTINE:
             self.trigger_event(self.Quarantined, qty=qty, **meta.fields())
         elif kind is MovementType.QUARANTINE_RELEASE:

@@ -1,0 +1,65 @@
+"""``ledger export``: the ledger, or one position, as JSON lines (docs/audit.md, export format).
+
+Streams page by page, so memory does not grow with the ledger. A whole-ledger export stops
+at the head it saw when it started, so it ends on a busy ledger and is a gap-free prefix
+1..head that ``tools/verify_ledger_export.py --whole-ledger`` accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ledger.application import InventoryLedger
+from ledger.audit.entries import LedgerEntryView, entry_view, ledger_entries, position_entries
+from ledger.domain.position import position_id
+
+
+def export_ledger(
+    service_or_app: Any,
+    out_path: str | os.PathLike[str],
+    sku: str | None = None,
+    location_id: str | None = None,
+) -> int:
+    """Write the export to ``out_path``; returns the number of entries written.
+
+    Give both ``sku`` and ``location_id`` for one position (in version order), or neither
+    for the whole ledger (in ``position`` order). The file appears only when complete: it
+    is written beside the target and renamed, so a failed export never leaves a truncated
+    file that would pass for a shorter ledger.
+    """
+    if (sku is None) != (location_id is None):
+        raise ValueError("give both sku and location_id, or neither")
+    app: InventoryLedger = getattr(service_or_app, "app", service_or_app)
+    entries = _whole_ledger(app) if sku is None else _one_position(app, sku, location_id or "")
+    target = Path(out_path)
+    partial = target.with_name(target.name + ".partial")
+    written = 0
+    try:
+        with partial.open("w", encoding="utf-8", newline="\n") as out:
+            for entry in entries:
+                out.write(json.dumps(entry.export_record(), ensure_ascii=False, sort_keys=True))
+                out.write("\n")
+                written += 1
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return written
+
+
+def _whole_ledger(app: InventoryLedger) -> Iterator[LedgerEntryView]:
+    head = app.entry_head()[0]
+    if head == 0:
+        return
+    for entry in ledger_entries(app):
+        yield entry
+        if entry.position >= head:
+            return
+
+
+def _one_position(app: InventoryLedger, sku: str, location_id: str) -> Iterator[LedgerEntryView]:
+    for row, event in position_entries(app, position_id(sku, location_id)):
+        yield entry_view(row, event)

@@ -1,0 +1,453 @@
+"""``ledger reconcile``: an external count against the ledger's effective balance at T.
+
+The snapshot is a CSV with the header ``sku,location_id,on_hand`` (any column order): one
+row per position, identifiers verbatim (quote those holding commas, quotes or line breaks),
+``on_hand`` a whole number >= 0. The whole file is checked before anything is compared or
+posted, so a bad file changes nothing.
+
+Each row is compared with ``on_hand`` of the position's EFFECTIVE balance at T (SPEC §3):
+facts that occurred by T count even if recorded later; facts that occurred after T do not.
+Ledger positions at the snapshot's locations that the snapshot leaves out and that hold
+stock at T are reported as NOT_COUNTED and never posted (docs/audit.md, Reconciliation).
+
+``post=True`` records each variance as a ``cycle_count`` at T with a ``reason``. Its
+``message_id`` is derived from (T, sku, location_id, counted) only, so posting the same
+count again is answered DUPLICATE (or, when the reason text differs because the ledger
+moved meanwhile, REUSED) and records nothing: both mean "already in the ledger".
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydantic import TypeAdapter, ValidationError
+
+from ledger.api.validation import Identifier
+from ledger.audit.as_of import Axis
+from ledger.domain import limits
+from ledger.domain.chain import format_time
+from ledger.domain.movements import Movement, MovementType
+from ledger.use_cases.context import CallContext
+from ledger.use_cases.movements import RECORDED
+
+SOURCE = "reconcile"
+HEADER = ("sku", "location_id", "on_hand")
+POST_BATCH = 500
+LIST_PAGE = 1000
+REPORT_COLUMNS = (
+    "sku",
+    "location_id",
+    "counted",
+    "ledger_on_hand",
+    "variance",
+    "status",
+    "line",
+    "post",
+)
+_WHOLE_NUMBER = re.compile(r"[0-9]+", re.ASCII)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_identifier: TypeAdapter[str] = TypeAdapter(Identifier)
+
+
+class Status(StrEnum):
+    OVER = "OVER"  # counted more than the ledger holds
+    SHORT = "SHORT"  # counted less
+    NOT_COUNTED = "NOT_COUNTED"  # on the ledger at a counted location, missing from the file
+
+
+class SnapshotError(ValueError):
+    """The input cannot be used; ``problems`` are (line number, description) pairs, line 0
+    for a problem of the whole file or of the arguments."""
+
+    def __init__(self, path: Path, problems: Sequence[tuple[int, str]]) -> None:
+        self.path = path
+        self.problems = list(problems)
+        first = "; ".join(self.describe()[:3])
+        more = f" (and {len(self.problems) - 3} more)" if len(self.problems) > 3 else ""
+        super().__init__(f"{path}: {first}{more}")
+
+    def describe(self) -> list[str]:
+        return [f"line {line}: {text}" if line else text for line, text in self.problems]
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    line: int
+    sku: str
+    location_id: str
+    counted: int
+
+
+@dataclass
+class Variance:
+    sku: str
+    location_id: str
+    counted: int | None  # None for NOT_COUNTED
+    ledger_on_hand: int
+    status: Status
+    line: int | None = None
+    post: str = ""  # RECORDED or DUPLICATE once posted
+
+    @property
+    def variance(self) -> int | None:
+        return None if self.counted is None else self.counted - self.ledger_on_hand
+
+
+@dataclass
+class ReconcileResult:
+    snapshot: Path
+    as_of: datetime
+    lines: int = 0
+    matching: int = 0
+    variances: list[Variance] = field(default_factory=list)
+    not_counted: list[Variance] = field(default_factory=list)
+    posted: bool = False
+    recorded: int = 0
+    duplicates: int = 0
+    report_dir: Path | None = None
+
+    @property
+    def units_over(self) -> int:
+        return sum(v.variance or 0 for v in self.variances if v.status is Status.OVER)
+
+    @property
+    def units_short(self) -> int:
+        return -sum(v.variance or 0 for v in self.variances if v.status is Status.SHORT)
+
+    @property
+    def net(self) -> int:
+        return self.units_over - self.units_short
+
+    @property
+    def exit_code(self) -> int:
+        """0 without variances, 1 with (posted or not). NOT_COUNTED alone is not a variance."""
+        return 1 if self.variances else 0
+
+
+# ---- the snapshot file ----
+
+
+def read_snapshot(path: str | Path) -> list[SnapshotRow]:
+    """Every row of the file, or SnapshotError listing every bad line."""
+    path = Path(path)
+    rows: list[SnapshotRow] = []
+    problems: list[tuple[int, str]] = []
+    try:
+        with path.open("rb") as file:
+            for item in _parse(file):
+                if isinstance(item, SnapshotRow):
+                    rows.append(item)
+                else:
+                    problems.append(item)
+    except OSError as error:
+        raise SnapshotError(path, [(0, f"cannot read the file: {error}")]) from None
+    if problems:
+        raise SnapshotError(path, problems)
+    return rows
+
+
+class _NotUtf8(Exception):
+    def __init__(self, line: int, error: UnicodeDecodeError) -> None:
+        super().__init__(f"not UTF-8: {error.reason} at byte {error.start}")
+        self.line = line
+
+
+def _text_lines(file: BinaryIO) -> Iterator[str]:
+    """Decoded line by line, so an encoding error is reported at its own line."""
+    for number, raw in enumerate(file, 1):
+        if number == 1:
+            raw = raw.removeprefix(codecs.BOM_UTF8)  # spreadsheet exports often start so
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise _NotUtf8(number, error) from None
+
+
+def _parse(file: BinaryIO) -> Iterator[SnapshotRow | tuple[int, str]]:
+    reader = csv.reader(_text_lines(file), strict=True)
+    seen: dict[tuple[str, str], int] = {}
+    columns: dict[str, int] | None = None
+    line = 1  # first physical line of the record being read (quoted cells may span lines)
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            yield (reader.line_num, f"malformed CSV: {error}")
+            return  # the reader cannot resynchronise after broken quoting
+        except _NotUtf8 as error:
+            yield (error.line, str(error))
+            return
+        start, line = line, reader.line_num + 1
+        if not cells:
+            continue  # a blank line
+        if columns is None:
+            columns = _header(cells)
+            if columns is None:
+                yield (start, f"header must be {','.join(HEADER)} (any order), not {cells!r}")
+                return
+            continue
+        yield from _row(start, cells, columns, seen)
+    if columns is None:
+        yield (1, f"empty file: expected the header {','.join(HEADER)}")
+
+
+def _header(cells: list[str]) -> dict[str, int] | None:
+    names = [cell.strip().lower() for cell in cells]
+    if sorted(names) != sorted(HEADER):
+        return None
+    return {name: names.index(name) for name in HEADER}
+
+
+def _row(
+    line: int, cells: list[str], columns: dict[str, int], seen: dict[tuple[str, str], int]
+) -> Iterator[SnapshotRow | tuple[int, str]]:
+    if len(cells) != len(HEADER):
+        yield (
+            line,
+            f"expected {len(HEADER)} fields, found {len(cells)}"
+            " (quote identifiers that contain commas)",
+        )
+        return
+    sku, location_id, on_hand = (cells[columns[name]] for name in HEADER)
+    problem = _identifier_problem("sku", sku) or _identifier_problem("location_id", location_id)
+    if problem:
+        yield (line, problem)
+        return
+    # A second row for a position is an error even if the first was bad: the file is
+    # ambiguous about that position either way.
+    first = seen.setdefault((sku, location_id), line)
+    if first != line:
+        yield (line, f"duplicate of line {first} (sku {sku!r}, location_id {location_id!r})")
+        return
+    problem = _count_problem(on_hand)
+    if problem:
+        yield (line, problem)
+        return
+    yield SnapshotRow(line, sku, location_id, int(on_hand))
+
+
+def _identifier_problem(name: str, value: str) -> str | None:
+    # The API's own identifier rule: what it would refuse must not reach the ledger here.
+    try:
+        _identifier.validate_python(value)
+    except ValidationError as error:
+        message = error.errors()[0]["msg"].removeprefix("Value error, ")
+        return f"{name} {value!r}: {message}"
+    return None
+
+
+def _count_problem(text: str) -> str | None:
+    value = text.strip(" ")
+    if value.startswith("-") and _WHOLE_NUMBER.fullmatch(value[1:]):
+        return f"on_hand must not be negative, not {text!r}"
+    if not _WHOLE_NUMBER.fullmatch(value):
+        return f"on_hand must be a whole number, not {text!r}"
+    if int(value) > limits.QUANTITY_MAX:
+        return f"on_hand must be at most {limits.QUANTITY_MAX}, not {value}"
+    return None
+
+
+# ---- comparison ----
+
+
+def reconcile(
+    service: Any,
+    snapshot: str | Path,
+    as_of: datetime,
+    *,
+    post: bool = False,
+    report_dir: str | Path | None = None,
+    batch_size: int = POST_BATCH,
+) -> ReconcileResult:
+    """Compare, optionally post, and write the report. Raises SnapshotError for a bad file
+    or a T in the future (nothing is compared or posted then)."""
+    snapshot = Path(snapshot)
+    if as_of.utcoffset() is None:
+        raise ValueError("as_of needs a time zone")
+    as_of = as_of.astimezone(UTC)
+    if as_of > service.clock():
+        # A count dated in the future would override every fact recorded until then.
+        raise SnapshotError(snapshot, [(0, f"--as-of {format_time(as_of)} is in the future")])
+    rows = read_snapshot(snapshot)
+    result = ReconcileResult(snapshot=snapshot, as_of=as_of, lines=len(rows))
+    _compare(service, rows, result)
+    result.not_counted = _not_counted(service, rows, as_of)
+    if post:
+        _post(service, result, batch_size)
+    result.report_dir = Path(report_dir) if report_dir else default_report_dir(snapshot, as_of)
+    write_report(result, result.report_dir)
+    return result
+
+
+def _ledger_on_hand(service: Any, sku: str, location_id: str, as_of: datetime) -> int:
+    return int(service.position_as_of(sku, location_id, as_of, Axis.EFFECTIVE).on_hand)
+
+
+def _compare(service: Any, rows: Iterable[SnapshotRow], result: ReconcileResult) -> None:
+    for row in rows:
+        on_hand = _ledger_on_hand(service, row.sku, row.location_id, result.as_of)
+        if row.counted == on_hand:
+            result.matching += 1
+            continue
+        status = Status.OVER if row.counted > on_hand else Status.SHORT
+        result.variances.append(
+            Variance(row.sku, row.location_id, row.counted, on_hand, status, row.line)
+        )
+
+
+def _not_counted(service: Any, rows: Sequence[SnapshotRow], as_of: datetime) -> list[Variance]:
+    """Positions at the snapshot's locations that it leaves out and that hold stock at T.
+
+    Only the snapshot's own locations: a count of one warehouse says nothing about another.
+    """
+    counted = {(row.sku, row.location_id) for row in rows}
+    found: list[Variance] = []
+    for location_id in sorted({row.location_id for row in rows}):
+        for sku in _skus_at(service, location_id):
+            if (sku, location_id) in counted:
+                continue
+            on_hand = _ledger_on_hand(service, sku, location_id, as_of)
+            if on_hand != 0:
+                found.append(Variance(sku, location_id, None, on_hand, Status.NOT_COUNTED))
+    return found
+
+
+def _skus_at(service: Any, location_id: str) -> Iterator[str]:
+    after = ("", "")
+    while True:
+        keys = service.app.select_positions(
+            sku=None, location_id=location_id, after=after, limit=LIST_PAGE
+        )
+        for sku, _ in keys:
+            yield sku
+        if len(keys) < LIST_PAGE:
+            return
+        after = keys[-1]
+
+
+# ---- posting ----
+
+
+def count_message_id(as_of: datetime, sku: str, location_id: str, counted: int) -> str:
+    """The same count of the same position at the same T always gets the same id."""
+    key = json.dumps([format_time(as_of), sku, location_id, counted], ensure_ascii=False)
+    return "reconcile-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def count_reason(snapshot_name: str, as_of: datetime, variance: Variance) -> str:
+    """A readable note on the entry; bounded and free of control characters (API rules)."""
+    tail = (
+        f" as of {format_time(as_of)}: counted {variance.counted},"
+        f" ledger {variance.ledger_on_hand}, variance {variance.variance:+d}"
+    )
+    name = _CONTROL.sub("?", snapshot_name)
+    room = limits.REASON_LENGTH_MAX - len("reconcile ") - len(tail)
+    if len(name) > room:
+        name = name[: max(0, room - 1)] + "…"
+    return f"reconcile {name}{tail}"
+
+
+def _post(service: Any, result: ReconcileResult, batch_size: int) -> None:
+    result.posted = True
+    ctx = CallContext(SOURCE, correlation_id=f"reconcile-{uuid.uuid4().hex[:16]}")
+    variances = result.variances
+    for start in range(0, len(variances), batch_size):
+        batch = variances[start : start + batch_size]
+        movements = [_count_movement(result, variance) for variance in batch]
+        # reject_reused=False: a REUSED id is this very count posted with another note.
+        outcomes = service.record_movements(ctx, movements, reject_reused=False).result()
+        for variance, outcome in zip(batch, outcomes, strict=True):
+            if outcome.outcome == RECORDED:
+                variance.post = RECORDED
+                result.recorded += 1
+            else:
+                variance.post = "DUPLICATE"
+                result.duplicates += 1
+
+
+def _count_movement(result: ReconcileResult, variance: Variance) -> Movement:
+    counted = variance.counted if variance.counted is not None else 0
+    return Movement(
+        source=SOURCE,
+        message_id=count_message_id(result.as_of, variance.sku, variance.location_id, counted),
+        type=MovementType.CYCLE_COUNT,
+        sku=variance.sku,
+        location_id=variance.location_id,
+        counted=counted,
+        occurred_at=result.as_of,
+        reason=count_reason(result.snapshot.name, result.as_of, variance),
+    )
+
+
+# ---- the report ----
+
+
+def default_report_dir(snapshot: Path, as_of: datetime) -> Path:
+    """``<snapshot dir>/<stem>-reconcile-<T compact, UTC>``."""
+    moment = as_of.astimezone(UTC)
+    stamp = moment.strftime("%Y%m%dT%H%M%S")
+    if moment.microsecond:
+        stamp += f".{moment.microsecond:06d}"
+    return snapshot.parent / f"{snapshot.stem}-reconcile-{stamp}Z"
+
+
+def write_report(result: ReconcileResult, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "variances.csv").open("w", encoding="utf-8", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(REPORT_COLUMNS)
+        for v in [*result.variances, *result.not_counted]:
+            writer.writerow(
+                [
+                    v.sku,
+                    v.location_id,
+                    "" if v.counted is None else v.counted,
+                    v.ledger_on_hand,
+                    "" if v.variance is None else v.variance,
+                    v.status.value,
+                    "" if v.line is None else v.line,
+                    v.post,
+                ]
+            )
+    (directory / "summary.txt").write_text(summary_text(result), encoding="utf-8")
+
+
+def summary_text(result: ReconcileResult) -> str:
+    over = sum(1 for v in result.variances if v.status is Status.OVER)
+    short = len(result.variances) - over
+    uncounted_units = sum(v.ledger_on_hand for v in result.not_counted)
+    lines = [
+        f"Reconciliation of {result.snapshot.name} as of {format_time(result.as_of)}"
+        " (effective balance, on_hand)",
+        f"lines compared   {result.lines:>12}",
+        f"matching         {result.matching:>12}",
+        f"variances        {len(result.variances):>12}  ({over} over, {short} short)",
+        f"units over       {result.units_over:>12}",
+        f"units short      {result.units_short:>12}",
+        f"net              {result.net:>+12}  (counted minus ledger)",
+        f"not counted      {len(result.not_counted):>12}  (ledger positions at these"
+        f" locations missing from the snapshot, {uncounted_units} units; never posted)",
+    ]
+    if result.posted:
+        lines.append(
+            f"posted           {result.recorded:>12}  cycle_count(s) recorded,"
+            f" {result.duplicates} already in the ledger"
+        )
+    else:
+        lines.append("posted                      -  (run with --post to record the variances)")
+    if result.report_dir is not None:
+        lines.append(f"report           {result.report_dir}")
+    return "\n".join(lines) + "\n"
