@@ -45,6 +45,7 @@ LEDGER_SERVICES = {
     "inventory.ledger.v1.ReservationService",
     "inventory.ledger.v1.MovementService",
     "inventory.ledger.v1.PolicyService",
+    "inventory.ledger.v1.AuditService",
 }
 BUCKETS = (
     "on_hand",
