@@ -15,9 +15,8 @@ from typing import Any
 from ledger.domain import availability
 from ledger.domain.position import (
     Position,
-    inbound_due,
+    PositionState,
     inbound_outstanding,
-    init_state,
     is_stale_count,
 )
 
@@ -45,24 +44,8 @@ class LedgerExceptionRecord:
     seq: int = 0  # order among the exceptions raised by the same ledger event
 
 
-class ProjectedPosition:
-    """Same attributes as the aggregate's state, without the event-store machinery."""
-
-    def __init__(self, sku: str, location_id: str) -> None:
-        self.sku = sku
-        self.location_id = location_id
-        self.version = 0
-        init_state(self)
-
-    # Availability arithmetic works on any object with these attributes.
-    def available(self, now: datetime) -> int:
-        return availability.available(self, now)
-
-    def available_to(self, channel: str, now: datetime) -> int:
-        return availability.available_to(self, channel, now)
-
-    def inbound_due(self, horizon: datetime) -> int:
-        return inbound_due(self, horizon)
+class ProjectedPosition(PositionState):
+    """The aggregate's state plus the projection's exception watch."""
 
     def fold(self, event: Any, ledger_position: int) -> list[LedgerExceptionRecord]:
         """Apply one position event; return the exceptions it raises."""

@@ -53,6 +53,11 @@ FreeText = Annotated[
     StringConstraints(max_length=limits.REASON_LENGTH_MAX),
     AfterValidator(_no_control_characters),
 ]
+OrderRef = Annotated[
+    str,
+    StringConstraints(max_length=limits.ORDER_REF_LENGTH_MAX),
+    AfterValidator(_no_control_characters),
+]
 Quantity = Annotated[int, Field(ge=1, le=limits.QUANTITY_MAX)]
 NonNegativeQuantity = Annotated[int, Field(ge=0, le=limits.QUANTITY_MAX)]
 PageSize = Annotated[int, Field(ge=0)]
@@ -198,7 +203,7 @@ class ReserveLineModel(_Strict):
 class ReserveModel(_Strict):
     request_id: RequestId
     channel: Channel
-    order_ref: Annotated[str, StringConstraints(max_length=limits.ORDER_REF_LENGTH_MAX)] = ""
+    order_ref: OrderRef = ""
     lines: Annotated[
         list[ReserveLineModel], Field(min_length=1, max_length=limits.RESERVATION_LINES_MAX)
     ]
@@ -230,7 +235,7 @@ class GetReservationModel(_Strict):
 
 class ListReservationsModel(_Strict):
     channel: Channel
-    order_ref: Annotated[str, StringConstraints(max_length=limits.ORDER_REF_LENGTH_MAX)] = ""
+    order_ref: OrderRef = ""
     page_size: PageSize = 0
     page_token: str = ""
 
@@ -396,6 +401,9 @@ class VerifyLedgerModel(_Strict):
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> VerifyLedgerModel:
-        if bool(self.sku) != bool(self.location_id):
+        # Name the one that is missing.
+        if self.sku and not self.location_id:
+            raise ValueError("location_id: give both sku and location_id, or neither")
+        if self.location_id and not self.sku:
             raise ValueError("sku: give both sku and location_id, or neither")
         return self

@@ -33,8 +33,7 @@ from uuid import UUID
 
 from ledger.application import InventoryLedger
 from ledger.audit.entries import decode_event
-from ledger.domain import availability
-from ledger.domain.position import Position, init_state, position_id
+from ledger.domain.position import Position, PositionState, position_id
 from ledger.store.index_ops import to_micros
 from ledger.views import PositionView
 
@@ -48,25 +47,6 @@ PAGE = 1000
 class Axis(enum.Enum):
     RECORDED = "RECORDED"
     EFFECTIVE = "EFFECTIVE"
-
-
-class ReplayedPosition:
-    """An empty position to fold events onto (the aggregate's state, without the store)."""
-
-    def __init__(self, sku: str, location_id: str) -> None:
-        self.sku = sku
-        self.location_id = location_id
-        self.version = 0
-        init_state(self)
-
-    def reserved(self, now: datetime) -> int:
-        return availability.reserved(self, now)
-
-    def allocated(self) -> int:
-        return availability.allocated(self)
-
-    def available(self, now: datetime) -> int:
-        return availability.available(self, now)
 
 
 @dataclass(frozen=True)
@@ -239,7 +219,7 @@ class AsOfReader:
 
     def _load(self, pid: UUID, sku: str, location_id: str, version: int) -> Any:
         if version == 0:
-            return ReplayedPosition(sku, location_id)
+            return PositionState(sku, location_id)
         # Given a version the repository bypasses its cache: a fresh aggregate, folded from
         # the newest snapshot at or before that version.
         position = self._app.repository.get(pid, version=version)

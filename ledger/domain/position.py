@@ -60,7 +60,37 @@ def _check(condition: bool, message: str) -> None:
         raise AssertionError(message)
 
 
-class Position(Aggregate):
+class PositionFigures:
+    """Derived figures of SPEC §2, for anything holding a position's state attributes."""
+
+    def reserved(self, now: datetime) -> int:
+        return availability.reserved(self, now)
+
+    def allocated(self) -> int:
+        return availability.allocated(self)
+
+    def available(self, now: datetime) -> int:
+        return availability.available(self, now)
+
+    def available_to(self, channel: str, now: datetime) -> int:
+        return availability.available_to(self, channel, now)
+
+    def inbound_due(self, horizon: datetime) -> int:
+        return inbound_due(self, horizon)
+
+
+class PositionState(PositionFigures):
+    """A position's state without the event-store machinery: what replays (projections,
+    as-of reads) fold events onto with each event's ``apply``."""
+
+    def __init__(self, sku: str, location_id: str) -> None:
+        self.sku = sku
+        self.location_id = location_id
+        self.version = 0
+        init_state(self)
+
+
+class Position(Aggregate, PositionFigures):
     """Buckets of SPEC §2 for one ``(sku, location_id)``; reservations live here as holds."""
 
     class Event(Aggregate.Event):
@@ -454,23 +484,6 @@ class Position(Aggregate):
         self.trigger_event(
             self.HoldReleased, reservation_id=reservation_id, reason=reason, **meta.fields()
         )
-
-    # ---- queries ------------------------------------------------------------------------------
-
-    def reserved(self, now: datetime) -> int:
-        return availability.reserved(self, now)
-
-    def allocated(self) -> int:
-        return availability.allocated(self)
-
-    def available(self, now: datetime) -> int:
-        return availability.available(self, now)
-
-    def available_to(self, channel: str, now: datetime) -> int:
-        return availability.available_to(self, channel, now)
-
-    def inbound_due(self, horizon: datetime) -> int:
-        return inbound_due(self, horizon)
 
 
 def init_state(target: Any) -> None:

@@ -129,7 +129,14 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
                     self._entries,
                     "position_id, max_occurred_at_us, version",
                 ),
-                index("entry_index_late", self._entries, "position_id, version", " WHERE late"),
+                # Late entries are rare: their own small index keeps the effective axis from reading
+                # a position's whole occurred_at range to find them.
+                index(
+                    "entry_index_late_occurred",
+                    self._entries,
+                    "position_id, occurred_at_us",
+                    " WHERE late",
+                ),
             ]
         )
 
@@ -351,7 +358,9 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
             curs.execute(
                 SQL(
                     "SELECT version, occurred_at_us FROM {s}.{t} WHERE position_id = %s AND late"
-                    " AND occurred_at_us <= %s AND recorded_at_us <= %s ORDER BY version"
+                    # `+ 0`: no index on recorded_at may tempt the planner away from the
+                    # partial index of late entries.
+                    " AND occurred_at_us <= %s AND recorded_at_us + 0 <= %s ORDER BY version"
                 ).format(s=self._schema, t=self._entries),
                 (position_id, occurred_by_us, recorded_by_us),
             )
