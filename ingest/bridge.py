@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ import nats.errors
 from ingest.message import InvalidMessage, parse_message
 from ingest.streams import DURABLE, Lane, StreamNames, is_token, lane_durable
 from ingest.units import UnitTable
+from ledger import metrics
 from ledger.domain.movements import Movement
 from ledger.use_cases.context import CallContext
 from ledger.use_cases.movements import DUPLICATE, RECORDED, REUSED
@@ -200,21 +202,26 @@ class IngestBridge:
         if not messages:
             return 0
         self.counters.batches += 1
+        started = time.perf_counter()
         valid: list[tuple[Any, Movement]] = []
         for msg in messages:
             if msg.metadata.num_delivered > 1:
                 self.counters.redeliveries += 1
+                metrics.INGEST_REDELIVERIES.labels(lane.value).inc()
             try:
                 movement = parse_message(msg.data, self.units)
             except InvalidMessage as error:
-                await self._dead_letter(msg, error.reason_code, error.field, error.description)
+                await self._dead_letter(
+                    msg, error.reason_code, error.field, error.description, lane
+                )
                 continue
             valid.append((msg, movement))
         if valid:
-            await self._apply(valid)
+            await self._apply(valid, lane)
+        metrics.INGEST_BATCH_SECONDS.labels(lane.value).observe(time.perf_counter() - started)
         return len(messages)
 
-    async def _apply(self, valid: Sequence[tuple[Any, Movement]]) -> None:
+    async def _apply(self, valid: Sequence[tuple[Any, Movement]], lane: Lane = Lane.LIVE) -> None:
         heartbeat = self._heartbeat_task = asyncio.create_task(
             self._heartbeat([msg for msg, _ in valid])
         )
@@ -226,6 +233,7 @@ class IngestBridge:
         except Exception as error:  # nothing committed: retry later, never dead-letter
             self._consecutive_failures += 1
             self.counters.store_failures += 1
+            metrics.INGEST_STORE_FAILURES.labels(lane.value).inc()
             delay = self.next_backoff()
             log.warning(
                 "store failed applying %d message(s), nak with %.2fs delay: %s",
@@ -252,12 +260,15 @@ class IngestBridge:
                     "message_id",
                     f"{movement.source}/{movement.message_id} was recorded before with another"
                     " payload",
+                    lane,
                 )
                 continue
             if result.outcome == RECORDED:
                 self.counters.processed += 1
+                metrics.INGEST_MESSAGES.labels(lane.value, "processed").inc()
             elif result.outcome == DUPLICATE:
                 self.counters.duplicates += 1
+                metrics.INGEST_MESSAGES.labels(lane.value, "duplicate").inc()
             await msg.ack()
 
     async def _heartbeat(self, messages: Sequence[Any]) -> None:
@@ -267,7 +278,9 @@ class IngestBridge:
                 with contextlib.suppress(Exception):
                     await msg.in_progress()
 
-    async def _dead_letter(self, msg: Any, reason: str, field: str, description: str) -> None:
+    async def _dead_letter(
+        self, msg: Any, reason: str, field: str, description: str, lane: Lane = Lane.LIVE
+    ) -> None:
         """Publish to the DLQ, then term() the original; if the publish is not acknowledged
         the original is nak-ed instead (and dead-lettered on its redelivery)."""
         source = _payload_source(msg.data) or self.names.source_of_subject(msg.subject)
@@ -305,6 +318,7 @@ class IngestBridge:
             return
         await msg.term()
         self.counters.dead_lettered += 1
+        metrics.INGEST_MESSAGES.labels(lane.value, "dead_lettered").inc()
         log.info("dead-lettered %s seq %d: %s %s", msg.subject, sequence, reason, field)
 
     async def _has_pending(self, lane: Lane) -> bool:

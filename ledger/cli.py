@@ -33,7 +33,10 @@ def _parser() -> argparse.ArgumentParser:
         help="where the read models are kept up to date (env LEDGER_PROJECTIONS; default auto:"
         " in-process on SQLite, a separate `ledger projections` process on PostgreSQL)",
     )
+    _metrics_argument(serve)
+    _security_arguments(serve)
     serve.add_argument("--log-level", default="INFO")
+    _log_format_argument(serve)
     dev = commands.add_parser(
         "dev",
         help="full local stack in one process: nats-server (JetStream), service, ingest",
@@ -49,7 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument(
         "--nats-dir", default="./.ledger-nats", help="JetStream files and the server's log"
     )
+    _metrics_argument(dev)
+    _security_arguments(dev)
     dev.add_argument("--log-level", default="INFO")
+    _log_format_argument(dev)
     projections = commands.add_parser(
         "projections",
         help="keep the read models up to date (one per database is enough), rebuild them,"
@@ -68,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="notifications per committed batch (default 500; rebuild 10000)",
     )
+    _metrics_argument(projections)
     projections.add_argument("--log-level", default="INFO")
     ingest = commands.add_parser(
         "ingest",
@@ -87,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument(
         "--prefix", default="", help="isolate streams and subjects under this prefix (tests)"
     )
+    _metrics_argument(ingest)
     ingest.add_argument("--log-level", default="INFO")
     dlq = commands.add_parser(
         "dlq",
@@ -117,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     _nats_arguments(publish)
     _import_parsers(commands)
     _audit_parsers(commands)
+    _token_parsers(commands)
     return parser
 
 
@@ -241,6 +250,106 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _security_arguments(parser: argparse.ArgumentParser) -> None:
+    """Authentication and TLS of the gRPC service (docs/security.md)."""
+    parser.add_argument(
+        "--token-file",
+        help="principals and their token digests, JSON or TOML (env LEDGER_TOKEN_FILE; default:"
+        " none = open mode, loopback only); re-read when it changes and on SIGHUP",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow running without --token-file on a non-loopback address (env LEDGER_INSECURE=1)",
+    )
+    parser.add_argument("--tls-cert", help="server certificate chain, PEM (env LEDGER_TLS_CERT)")
+    parser.add_argument("--tls-key", help="server private key, PEM (env LEDGER_TLS_KEY)")
+    parser.add_argument(
+        "--tls-client-ca",
+        help="CA bundle (PEM) client certificates must chain to: mutual TLS (env"
+        " LEDGER_TLS_CLIENT_CA)",
+    )
+
+
+def _log_format_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="text lines or one JSON object per line (env LEDGER_LOG_FORMAT; default text)",
+    )
+
+
+def _token_parsers(commands: argparse._SubParsersAction) -> None:
+    """``ledger token create`` (docs/security.md)."""
+    token = commands.add_parser("token", help="make bearer tokens for the token file")
+    actions = token.add_subparsers(dest="action", required=True)
+    create = actions.add_parser(
+        "create",
+        help="print a new random token once, and the token file entry holding its digest",
+        description="prints the token on the first line (give it to the client; it is not"
+        ' stored anywhere) and the JSON entry to add to the "principals" list of the token'
+        " file on the second.",
+    )
+    create.add_argument("--name", required=True, help="principal name (1-64 of A-Za-z0-9._:@-)")
+    create.add_argument(
+        "--scopes",
+        required=True,
+        help="comma-separated: query, reserve, record, policy, audit, admin",
+    )
+    create.add_argument("--channels", help="comma-separated channels (default: every channel)")
+    create.add_argument("--rate", type=float, help="calls per second (0: no limit)")
+    create.add_argument("--burst", type=_positive_int, help="bucket size (calls)")
+    create.add_argument("--log-level", default="WARNING")
+
+
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+
+def create_token(args: argparse.Namespace) -> int:
+    """``ledger token create``: the token, then its token file entry (JSON)."""
+    from ledger.api.tokens import TokenFileError, new_token, principal_entry
+
+    token = new_token()
+    try:
+        entry = principal_entry(
+            args.name,
+            token,
+            _split(args.scopes) or [],
+            _split(args.channels),
+            args.rate,
+            args.burst,
+        )
+    except TokenFileError as error:
+        log.error("%s", str(error).replace("token file the new entry: ", ""))
+        return 2
+    print(token)
+    print(json.dumps(entry))
+    return 0
+
+
+def _with_security(settings: Settings, args: argparse.Namespace) -> Settings:
+    """``serve`` / ``dev`` flags over the environment's security settings."""
+    import dataclasses
+
+    overrides = {
+        name: getattr(args, name)
+        for name in ("token_file", "insecure", "tls_cert", "tls_key", "tls_client_ca")
+        if getattr(args, name, None) is not None
+    }
+    return dataclasses.replace(settings, **overrides)
+
+
+def _metrics_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (env LEDGER_METRICS_LISTEN;"
+        " default: none; port 0 picks a free one; docs/operations.md)",
+    )
+
+
 def _database_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--database",
@@ -255,16 +364,36 @@ class _Api:
     store: Any
     runner: Any
     running: Any
+    metrics: Any = None  # ledger.metrics.MetricsEndpoint, when --metrics-listen is set
+
+
+def _log_security(settings: Settings, guard: Any) -> None:
+    from ledger.api.transport import transport_name
+
+    if guard is not None and guard.registry is not None:
+        # SIGHUP re-reads the token file (it is also re-read when it changes).
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, guard.reload)
+        log.info(
+            "authentication: %d principals from %s (reloaded on change and SIGHUP); %s",
+            len(guard.registry.principals),
+            settings.token_file,
+            transport_name(settings),
+        )
+    else:
+        log.info("authentication: none (open mode); %s", transport_name(settings))
 
 
 async def _start_api(settings: Settings) -> _Api:
     # Imported here so `ledger --help` stays fast and import has no side effects.
     from ledger.api.server import start_server
+    from ledger.api.transport import check_exposure
+    from ledger.metrics import start_endpoint
     from ledger.service import LedgerService
     from projections.queries import ReadModelQueries
     from projections.runner import ProjectionRunner
     from projections.store import ReadModelStore
 
+    check_exposure(settings)  # before anything is opened: ConfigError -> exit 2
     in_process = projections_in_process(settings)
     service = await asyncio.to_thread(LedgerService.open, settings.database_url)
     store = await asyncio.to_thread(ReadModelStore, settings.database_url)
@@ -272,8 +401,11 @@ async def _start_api(settings: Settings) -> _Api:
     if runner is not None:
         service.pipeline.add_commit_listener(runner.wake)
         runner.start()
-    running = await start_server(service, ReadModelQueries(service, store, runner), settings)
+    read_models = ReadModelQueries(service, store, runner)
+    metrics = start_endpoint(settings.metrics_listen, projection_status=read_models.status)
+    running = await start_server(service, read_models, settings)
     service.start_expiry_sweeper(settings.expiry_sweep_seconds)
+    _log_security(settings, running.guard)
     host = settings.listen.rsplit(":", 1)[0]
     log.info(
         "ledger listening on %s:%d (database %s, projections %s)",
@@ -282,12 +414,14 @@ async def _start_api(settings: Settings) -> _Api:
         _redacted(settings.database_url),
         "in-process" if in_process else "external",
     )
-    return _Api(service, store, runner, running)
+    return _Api(service, store, runner, running, metrics)
 
 
 async def _stop_api(api: _Api, settings: Settings) -> None:
     log.info("shutting down: draining in-flight calls (grace %.0fs)", settings.grace_seconds)
     await api.running.stop(settings.grace_seconds)
+    if api.metrics is not None:
+        await asyncio.to_thread(api.metrics.close)
     if api.runner is not None:
         await asyncio.to_thread(api.runner.stop)
     await asyncio.to_thread(api.service.close)
@@ -319,6 +453,7 @@ async def run_projections(settings: Settings, batch_size: int | None = None) -> 
 
         listener = CommitListener(settings.database_url, app.recorder.channel_name, runner.wake)
         listener.start()
+    metrics = _projection_metrics(settings, app, runner)
     log.info(
         "projections following %s from position %d (generation %d)",
         _redacted(settings.database_url),
@@ -326,12 +461,27 @@ async def run_projections(settings: Settings, batch_size: int | None = None) -> 
         runner.generation,
     )
     await _stop_on_signals().wait()
+    if metrics is not None:
+        await asyncio.to_thread(metrics.close)
     if listener is not None:
         await asyncio.to_thread(listener.stop)
     await asyncio.to_thread(runner.stop)
     await asyncio.to_thread(store.close)
     app.close()
     log.info("stopped")
+
+
+def _projection_metrics(settings: Settings, app: Any, runner: Any) -> Any:
+    """The /metrics endpoint of ``ledger projections``, with its lag (None when disabled)."""
+    from ledger.metrics import start_endpoint
+    from projections.queries import ProjectionStatusView
+
+    return start_endpoint(
+        settings.metrics_listen,
+        projection_status=lambda: ProjectionStatusView(
+            app.head_position(), runner.applied_position
+        ),
+    )
 
 
 def rebuild_projections(settings: Settings, batch_size: int | None = None) -> int:
@@ -398,16 +548,21 @@ async def run_ingest(
     prefix: str = "",
 ) -> None:
     """``ledger ingest``: the JetStream bridge until SIGTERM/SIGINT."""
+    from ledger.metrics import start_endpoint
     from ledger.service import LedgerService
     from projections.store import ReadModelStore
 
     service = await asyncio.to_thread(LedgerService.open, settings.database_url)
     store = await asyncio.to_thread(ReadModelStore, settings.database_url)
+    metrics = None
     try:
+        metrics = start_endpoint(settings.metrics_listen)
         await _ingest_until(
             _stop_on_signals(), service, store, nats_url, batch_size, units_path, prefix
         )
     finally:
+        if metrics is not None:
+            await asyncio.to_thread(metrics.close)
         await asyncio.to_thread(service.close)
         await asyncio.to_thread(store.close)
 
@@ -652,25 +807,35 @@ def _redacted(url: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ledger.logs import LOG_FORMATS, configure_logging
+
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    log_format = getattr(args, "log_format", None) or os.environ.get("LEDGER_LOG_FORMAT", "text")
+    if log_format not in LOG_FORMATS:
+        print(f"LEDGER_LOG_FORMAT must be text or json, not {log_format!r}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level, log_format)
     try:
         if args.command == "serve":
             settings = Settings.from_env(
-                listen=args.listen, database_url=args.database, projections=args.projections
+                listen=args.listen,
+                database_url=args.database,
+                projections=args.projections,
+                metrics_listen=args.metrics_listen,
             )
-            asyncio.run(serve(settings))
+            asyncio.run(serve(_with_security(settings, args)))
         elif args.command == "dev":
             settings = Settings.from_env(
-                listen=args.listen, database_url=args.database, projections="in-process"
+                listen=args.listen,
+                database_url=args.database,
+                projections="in-process",
+                metrics_listen=args.metrics_listen,
             )
-            asyncio.run(run_dev(settings, args.nats_listen, args.nats_dir))
+            asyncio.run(run_dev(_with_security(settings, args), args.nats_listen, args.nats_dir))
         elif args.command == "ingest":
-            settings = Settings.from_env(database_url=args.database)
+            settings = Settings.from_env(
+                database_url=args.database, metrics_listen=args.metrics_listen
+            )
             nats_url = args.nats or os.environ.get("LEDGER_NATS_URL", "nats://127.0.0.1:4222")
             asyncio.run(run_ingest(settings, nats_url, args.batch_size, args.units, args.prefix))
         elif args.command == "dlq":
@@ -687,10 +852,14 @@ def main(argv: list[str] | None = None) -> int:
                 log.error("give both --sku and --location-id, or neither")
                 return 2
             return run_export(args, Settings.from_env(database_url=args.database))
+        elif args.command == "token":
+            return create_token(args)
         elif args.command == "reconcile":
             return run_reconcile(args, Settings.from_env(database_url=args.database))
         else:
-            settings = Settings.from_env(database_url=args.database)
+            settings = Settings.from_env(
+                database_url=args.database, metrics_listen=args.metrics_listen
+            )
             if args.action == "rebuild":
                 return rebuild_projections(settings, args.batch_size)
             if args.action == "status":

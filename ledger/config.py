@@ -25,6 +25,15 @@ class Settings:
     page_token_secret: str = "inventory-ledger-page-token"
     # "auto": in-process on SQLite, a separate `ledger projections` process on PostgreSQL.
     projections: str = "auto"
+    # HOST:PORT of the Prometheus /metrics endpoint ("" = none; docs/operations.md).
+    metrics_listen: str = ""
+    # Security (docs/security.md): no token file = open mode, loopback only unless insecure.
+    token_file: str = ""
+    token_reload_seconds: float = 2.0
+    insecure: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""  # set: mutual TLS, client certificates required
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -36,6 +45,13 @@ class Settings:
                 "LEDGER_PAGE_TOKEN_SECRET", "inventory-ledger-page-token"
             ),
             "projections": os.environ.get("LEDGER_PROJECTIONS", "auto"),
+            "metrics_listen": os.environ.get("LEDGER_METRICS_LISTEN", ""),
+            "token_file": os.environ.get("LEDGER_TOKEN_FILE", ""),
+            "token_reload_seconds": float(os.environ.get("LEDGER_TOKEN_RELOAD_SECONDS", "2.0")),
+            "insecure": os.environ.get("LEDGER_INSECURE", "").lower() in ("1", "true", "yes"),
+            "tls_cert": os.environ.get("LEDGER_TLS_CERT", ""),
+            "tls_key": os.environ.get("LEDGER_TLS_KEY", ""),
+            "tls_client_ca": os.environ.get("LEDGER_TLS_CLIENT_CA", ""),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from eventsourcing.persistence import IntegrityError, InterfaceError, Operationa
 from ledger.application import InventoryLedger
 from ledger.domain.errors import ConcurrencyConflict, StoreUnavailable
 from ledger.domain.limits import CONFLICT_RETRIES_MAX
+from ledger.metrics import count_appended
 from ledger.store.index_ops import from_micros
 from ledger.unit_of_work import AggregateCache, Finisher, UnitOfWork
 
@@ -125,6 +126,7 @@ class CommandPipeline:
                 raise
             if recordings:
                 self._floor = max(self._floor, uow.now)
+                count_appended(recordings)
                 for listener in self._commit_listeners:
                     listener()
             return finish(recordings)

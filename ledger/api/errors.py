@@ -38,6 +38,39 @@ class InvalidRequest(Exception):
         self.violations = violations
 
 
+class Unauthenticated(Exception):
+    """No bearer token, or one the token file does not know (UNAUTHENTICATED)."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(Exception):
+    """The caller lacks the method's scope (MISSING_SCOPE) or the request's channel
+    (CHANNEL_NOT_ALLOWED): PERMISSION_DENIED."""
+
+    def __init__(self, reason: str, message: str, **metadata: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.metadata = metadata
+
+
+class RateLimited(Exception):
+    """The caller's token bucket is empty (RESOURCE_EXHAUSTED with RetryInfo)."""
+
+    reason = "RATE_LIMITED"
+
+    def __init__(self, principal: str, retry_after_seconds: float) -> None:
+        super().__init__(f"rate limit of principal {principal!r} exceeded; retry later")
+        self.principal = principal
+        self.retry_after_seconds = retry_after_seconds
+
+
+class DeadlineExceeded(Exception):
+    """The caller's deadline passed before the work was done."""
+
+    reason = "DEADLINE_EXCEEDED"
+
+
 def _pack(*messages: object) -> list[any_pb2.Any]:
     packed = []
     for message in messages:
@@ -156,6 +189,26 @@ def status_for(error: BaseException, correlation_id: str) -> status_pb2.Status:
         )
     if isinstance(error, ConcurrencyConflict):
         return _status(code_pb2.ABORTED, str(error), _info(error.reason))
+    if isinstance(error, Unauthenticated):
+        return _status(code_pb2.UNAUTHENTICATED, str(error), _info(error.reason))
+    if isinstance(error, PermissionDenied):
+        return _status(
+            code_pb2.PERMISSION_DENIED, str(error), _info(error.reason, **error.metadata)
+        )
+    if isinstance(error, RateLimited):
+        delay = max(error.retry_after_seconds, 0.001)
+        return _status(
+            code_pb2.RESOURCE_EXHAUSTED,
+            str(error),
+            _info(error.reason, principal=error.principal),
+            error_details_pb2.RetryInfo(
+                retry_delay=duration_pb2.Duration(
+                    seconds=int(delay), nanos=int((delay - int(delay)) * 1e9)
+                )
+            ),
+        )
+    if isinstance(error, DeadlineExceeded):
+        return _status(code_pb2.DEADLINE_EXCEEDED, str(error), _info(error.reason))
     if isinstance(error, PipelineOverloaded):
         return _status(
             code_pb2.RESOURCE_EXHAUSTED,

@@ -13,6 +13,7 @@ from inventory.ledger.v1 import (
 from ledger.api import convert, validation
 from ledger.api.page_tokens import PageTokens, page_size_of
 from ledger.api.rpc import settled, unary
+from ledger.domain.errors import ReservationNotFound
 from ledger.domain.limits import RESERVATION_TTL_DEFAULT
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
@@ -64,6 +65,8 @@ class ReservationServicer(reservation_service_pb2_grpc.ReservationServiceService
         view = await asyncio.to_thread(
             self._service.get_reservation, model.reservation_id, model.channel
         )
+        if not ctx.may_act_for(view.channel):
+            raise ReservationNotFound(model.reservation_id)  # existence is not leaked
         return convert.reservation_message(view)
 
     @unary

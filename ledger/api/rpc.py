@@ -1,23 +1,33 @@
-"""What every RPC shares: correlation id, caller context, and failure → status mapping."""
+"""What every RPC shares: correlation id, caller context, channel rights, the deadline, and
+failure → status mapping.
+
+The call guard (``ledger.api.auth.CallGuard``, a server interceptor) authenticates the
+caller and puts the :class:`Call` in :data:`CURRENT_CALL` before these wrappers run; without
+the guard (servicers used directly) a call is anonymous and unrestricted.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2, descriptor, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ledger.api.errors import ERROR_DOMAIN, status_for
-from ledger.use_cases.context import ANONYMOUS, CallContext
+from ledger.api.errors import ERROR_DOMAIN, DeadlineExceeded, PermissionDenied, status_for
+from ledger.api.tokens import ANONYMOUS_PRINCIPAL, Principal
+from ledger.use_cases.context import CallContext
 from projections.watch import TooManyWatchers, WatchClosed, WatchError, WatchOverflow
 
 CORRELATION_HEADER = "x-correlation-id"
@@ -36,14 +46,83 @@ def correlation_id_of(context: grpc.aio.ServicerContext) -> str:
     return uuid.uuid4().hex
 
 
+@dataclass
+class Call:
+    """One call as the guard admitted it."""
+
+    method: str
+    correlation_id: str
+    principal: Principal = ANONYMOUS_PRINCIPAL
+    started: float = field(default_factory=time.perf_counter)
+
+
+CURRENT_CALL: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
+    "ledger_current_call", default=None
+)
+
+
+def _call_of(context: grpc.aio.ServicerContext) -> Call:
+    call = CURRENT_CALL.get()
+    return call if call is not None else Call("", correlation_id_of(context))
+
+
+def _context_of(call: Call, context: grpc.aio.ServicerContext) -> CallContext:
+    return CallContext(
+        call.principal.name,
+        call.correlation_id,
+        context.time_remaining(),
+        call.principal.channels,
+    )
+
+
+def check_channel(request: Any, principal: Principal) -> None:
+    """A request naming a channel the principal may not act for: PERMISSION_DENIED.
+
+    Every request message with a top-level string field ``channel`` is checked, so a new RPC
+    gets the rule without a table entry. An empty channel passes here: required channels are
+    INVALID_ARGUMENT in validation, and the optional one of Get/Commit/Release is checked
+    against the reservation's own channel (NOT_FOUND: existence is not leaked).
+    """
+    if principal.channels is None:
+        return
+    channel_field = request.DESCRIPTOR.fields_by_name.get("channel")
+    if channel_field is None or channel_field.type != descriptor.FieldDescriptor.TYPE_STRING:
+        return
+    channel = request.channel
+    if channel and channel not in principal.channels:
+        raise PermissionDenied(
+            "CHANNEL_NOT_ALLOWED",
+            f"principal {principal.name!r} may not act for channel {channel!r}",
+            principal=principal.name,
+            channel=channel,
+        )
+
+
+async def _within_deadline(work: Awaitable[T], remaining: float | None) -> T:
+    """Stop the work when the caller's deadline passes (a queued write is then skipped:
+    ``settled`` cancels its pipeline future)."""
+    if remaining is None:
+        return await work
+    scope = asyncio.timeout(remaining)
+    try:
+        async with scope:
+            return await work
+    except TimeoutError:
+        if scope.expired():
+            raise DeadlineExceeded("the call's deadline passed before it was answered") from None
+        raise
+
+
 def unary(handler: Handler) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        correlation_id = correlation_id_of(context)
+        call = _call_of(context)
+        correlation_id = call.correlation_id
         await context.send_initial_metadata(((CORRELATION_HEADER, correlation_id),))
         try:
-            ctx = CallContext(ANONYMOUS, correlation_id, context.time_remaining())
-            return await handler(self, request, ctx)
+            check_channel(request, call.principal)
+            ctx = _context_of(call, context)
+            return await _within_deadline(handler(self, request, ctx), ctx.time_remaining_seconds)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -66,10 +145,13 @@ def server_stream(
     async def wrapper(
         self: Any, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        correlation_id = correlation_id_of(context)
+        call = _call_of(context)
+        correlation_id = call.correlation_id
         await context.send_initial_metadata(((CORRELATION_HEADER, correlation_id),))
         try:
-            ctx = CallContext(ANONYMOUS, correlation_id, context.time_remaining())
+            check_channel(request, call.principal)
+            ctx = _context_of(call, context)
+            # A stream's deadline is enforced by gRPC, which cancels this task.
             async with contextlib.aclosing(handler(self, request, ctx)) as stream:
                 async for message in stream:
                     yield message

@@ -23,11 +23,14 @@ from inventory.ledger.v1 import (
 )
 
 from ledger.api.audit_servicer import AuditServicer
+from ledger.api.auth import CallGuard
+from ledger.api.metrics_interceptor import RpcMetricsInterceptor
 from ledger.api.movement_servicer import MovementServicer
 from ledger.api.page_tokens import PageTokens
 from ledger.api.policy_servicer import PolicyServicer
 from ledger.api.query_servicer import QueryServicer
 from ledger.api.reservation_servicer import ReservationServicer
+from ledger.api.transport import bind
 from ledger.audit.tail import LedgerTail
 from ledger.config import Settings
 from ledger.service import LedgerService
@@ -54,6 +57,7 @@ class RunningServer:
     watch_hub: WatchHub | None = None
     commit_listener: CommitListener | None = None
     ledger_listener: CommitListener | None = None
+    guard: CallGuard | None = None  # authentication; .reload() re-reads the token file
 
     async def stop(self, grace_seconds: float) -> None:
         """Report NOT_SERVING first so load balancers drain us, then finish in-flight calls.
@@ -72,7 +76,13 @@ class RunningServer:
 async def start_server(
     service: LedgerService, read_models: ReadModelQueries, settings: Settings
 ) -> RunningServer:
+    # Outermost first: the metrics interceptor also times calls later interceptors refuse.
+    interceptors: list[grpc.aio.ServerInterceptor] = [RpcMetricsInterceptor()]
+    # Authentication, scopes, rate limits and the access log (docs/security.md).
+    guard = CallGuard.from_settings(settings)
+    interceptors.append(guard)
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -127,10 +137,8 @@ async def start_server(
         ),
         server,
     )
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
-        raise OSError(f"could not listen on {settings.listen}")
+    port = bind(server, settings)  # TLS / mutual TLS when configured
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, watch_hub, listener, ledger_listener)
+    return RunningServer(server, port, health_servicer, watch_hub, listener, ledger_listener, guard)

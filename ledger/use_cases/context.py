@@ -16,6 +16,11 @@ class CallContext:
     correlation_id: str = ""
     # Seconds left before the caller's deadline (None: no deadline).
     time_remaining_seconds: float | None = None
+    # Channels the principal may act for (None: every channel; docs/security.md).
+    channels: frozenset[str] | None = None
+
+    def may_act_for(self, channel: str) -> bool:
+        return self.channels is None or channel in self.channels
 
     def meta(
         self,

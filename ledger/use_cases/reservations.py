@@ -15,6 +15,7 @@ from ledger.domain.channel_policy import ChannelPolicy
 from ledger.domain.errors import InsufficientAvailability, ReservationNotFound, ShortLine
 from ledger.domain.position import EventMeta
 from ledger.domain.reservation import Reservation, parse_reservation_id
+from ledger.metrics import RESERVATIONS
 from ledger.store.index_ops import ReservationIndexed, to_micros
 from ledger.unit_of_work import Finisher, Mark, UnitOfWork, position_of
 from ledger.use_cases.context import CallContext
@@ -66,6 +67,18 @@ def _written(uow: UnitOfWork, key: RequestKey, reservation: Reservation, mark: M
         )
 
     return finish
+
+
+def _counted(outcome: str, finish: Finisher) -> Finisher:
+    """Count ``outcome`` in ``ledger_reservations_total`` once committed (``finish`` runs only
+    after the commit; idempotent replays finish with ``_replayed`` and are not counted)."""
+
+    def counted(recordings: list[Recording]) -> Any:
+        result = finish(recordings)
+        RESERVATIONS.labels(outcome).inc()
+        return result
+
+    return counted
 
 
 def index_op(reservation: Reservation) -> ReservationIndexed:
@@ -154,6 +167,7 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Any:
             else:
                 planned.extend(outcome)
         if short:
+            RESERVATIONS.labels("insufficient").inc()
             raise InsufficientAvailability(request.channel, short)
 
         meta = ctx.meta(uow.now, request_id=request.request_id)
@@ -176,7 +190,7 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Any:
                 str(reservation.id), request.channel, request.order_ref, qty, expires_at, meta
             )
         uow.index_ops.append(index_op(reservation))
-        return _written(uow, key, reservation, mark)
+        return _counted("reserved", _written(uow, key, reservation, mark))
 
     return command
 
@@ -184,12 +198,20 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Any:
 # ---- Commit / Release ----------------------------------------------------------------------------
 
 
-def _load_for(uow: UnitOfWork, reservation_id: str, channel: str) -> Reservation:
-    """A reservation of another channel answers 'not found': existence is not leaked."""
+def _load_for(uow: UnitOfWork, reservation_id: str, channel: str, ctx: CallContext) -> Reservation:
+    """A reservation of another channel (the request's or, without one, any the caller may
+    not act for) answers 'not found': existence is not leaked."""
     reservation = uow.reservation(parse_reservation_id(reservation_id))
-    if reservation is None or (channel and reservation.channel != channel):
+    if (
+        reservation is None
+        or (channel and reservation.channel != channel)
+        or not ctx.may_act_for(reservation.channel)
+    ):
         raise ReservationNotFound(reservation_id)
     return reservation
+
+
+_OUTCOME_OF = {"Commit": "committed", "Release": "released"}
 
 
 def _transition(
@@ -208,10 +230,10 @@ def _transition(
         if stored is not None:
             return _replayed(stored)
         mark = uow.mark()
-        reservation = _load_for(uow, reservation_id, channel)
+        reservation = _load_for(uow, reservation_id, channel, ctx)
         apply(reservation, uow, ctx.meta(uow.now, request_id=request_id))
         uow.index_ops.append(index_op(reservation))
-        return _written(uow, key, reservation, mark)
+        return _counted(_OUTCOME_OF[kind], _written(uow, key, reservation, mark))
 
     return command
 
@@ -264,6 +286,7 @@ def expire_due(ctx: CallContext, reservation_ids: list[str]) -> Any:
             expired.append(reservation_id)
 
         def finish(_: list[Recording]) -> list[str]:
+            RESERVATIONS.labels("expired").inc(len(expired))
             return expired
 
         return finish

@@ -50,12 +50,15 @@ class LedgerProcess:
         extra_args: list[str] | None = None,
         start_timeout: float = START_TIMEOUT_SECONDS,
         command: str = "serve",
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.database_url = database_url
         self.command = command  # "serve", or "dev" (the same gRPC service plus NATS and ingest)
         self.listen = listen
         self.env = dict(env or {})
         self.extra_args = list(extra_args or [])
+        # TLS: .channel() (and the health check at start) use these channel credentials.
+        self.credentials = credentials
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
@@ -172,7 +175,11 @@ class LedgerProcess:
     def channel(self) -> grpc.Channel:
         """A channel to the current process (re-created after a restart)."""
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.address)
+            self._channel = (
+                grpc.insecure_channel(self.address)
+                if self.credentials is None
+                else grpc.secure_channel(self.address, self.credentials)
+            )
         return self._channel
 
     def stub(self, stub_class: type[S]) -> S:

@@ -1,0 +1,325 @@
+"""The call guard: who is calling, may they call this method, are they within their rate,
+and one access log line per call (docs/security.md).
+
+:class:`CallGuard` is a server interceptor. For every method but health and reflection it
+wraps the handler so that, before the servicer runs, the bearer token in ``authorization``
+is resolved to a principal (UNAUTHENTICATED), the principal's token bucket is charged
+(RESOURCE_EXHAUSTED with RetryInfo) and the method's scope is checked (PERMISSION_DENIED).
+The admitted :class:`~ledger.api.rpc.Call` goes to the servicer wrappers in ``ledger.api.rpc``
+through a context variable; they check the request's channel. Without a token file the
+guard admits everyone as the unrestricted, unlimited principal ``anonymous`` (open mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+from inventory.ledger.v1 import (
+    audit_service_pb2,
+    movement_service_pb2,
+    policy_service_pb2,
+    query_service_pb2,
+    reservation_service_pb2,
+)
+
+from ledger.api.errors import PermissionDenied, RateLimited, Unauthenticated, status_for
+from ledger.api.rpc import CORRELATION_HEADER, CURRENT_CALL, Call, correlation_id_of
+from ledger.api.tokens import ANONYMOUS_PRINCIPAL, Principal, TokenRegistry
+from ledger.config import Settings
+from ledger.logs import ACCESS_LOGGER, CALL_FIELDS
+
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+PUBLIC = ""  # no credentials needed
+# The principal of a call refused as UNAUTHENTICATED, in its access line.
+NOBODY = Principal("(none)", frozenset())
+# Scope of each ledger service; `admin` implies every scope. Methods of services not named
+# here (there are none today) need `admin`: a new service is closed until it is listed.
+SERVICE_SCOPES: dict[str, str] = {
+    "inventory.ledger.v1.InventoryQueryService": "query",
+    "inventory.ledger.v1.ReservationService": "reserve",
+    "inventory.ledger.v1.MovementService": "record",
+    "inventory.ledger.v1.PolicyService": "policy",
+    "inventory.ledger.v1.AuditService": "audit",
+    # Load balancers and grpcurl must work without a token.
+    "grpc.health.v1.Health": PUBLIC,
+    "grpc.reflection.v1alpha.ServerReflection": PUBLIC,
+    "grpc.reflection.v1.ServerReflection": PUBLIC,
+}
+# Per-method exceptions to SERVICE_SCOPES (full method name -> scope); none so far:
+# GetReservation and ListReservations need `reserve` like the rest of the service.
+METHOD_SCOPES: dict[str, str] = {}
+FALLBACK_SCOPE = "admin"
+
+LEDGER_SERVICES = (
+    query_service_pb2.DESCRIPTOR.services_by_name["InventoryQueryService"],
+    reservation_service_pb2.DESCRIPTOR.services_by_name["ReservationService"],
+    movement_service_pb2.DESCRIPTOR.services_by_name["MovementService"],
+    policy_service_pb2.DESCRIPTOR.services_by_name["PolicyService"],
+    audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"],
+)
+
+# Codes that are the server's fault are logged as warnings; the rest are the caller's.
+_SERVER_SIDE = {"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DATA_LOSS", "UNIMPLEMENTED"}
+
+
+def scope_for(method: str) -> str:
+    """The scope ``/package.Service/Method`` needs ('' for public methods)."""
+    if method in METHOD_SCOPES:
+        return METHOD_SCOPES[method]
+    service = method.lstrip("/").rsplit("/", 1)[0]
+    return SERVICE_SCOPES.get(service, FALLBACK_SCOPE)
+
+
+def method_scopes() -> dict[str, str]:
+    """Every RPC of every ledger service with its scope (docs/security.md lists them)."""
+    return {
+        f"/{service.full_name}/{method.name}": scope_for(f"/{service.full_name}/{method.name}")
+        for service in LEDGER_SERVICES
+        for method in service.methods
+    }
+
+
+class TokenBucket:
+    """``burst`` tokens, refilled at ``rate`` per second; one per call."""
+
+    __slots__ = ("burst", "rate", "tokens", "updated")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.updated = now
+
+    def take(self, now: float) -> float:
+        """0.0 when a token was taken, else the seconds until one is there."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class RateLimiter:
+    """One token bucket per principal name (thread-safe, monotonic clock)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def acquire(self, principal: Principal) -> float:
+        """0.0 when the call may go ahead, else the seconds to wait (RetryInfo)."""
+        if principal.rate_per_second <= 0:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            bucket = self._buckets.get(principal.name)
+            if bucket is None or (bucket.rate, bucket.burst) != (
+                principal.rate_per_second,
+                principal.burst,
+            ):
+                # New principal, or its limits changed in a reloaded token file.
+                bucket = TokenBucket(principal.rate_per_second, principal.burst, now)
+                self._buckets[principal.name] = bucket
+            return bucket.take(now)
+
+
+def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            return None
+    return None
+
+
+class CallGuard(grpc.aio.ServerInterceptor):
+    def __init__(
+        self, registry: TokenRegistry | None = None, limiter: RateLimiter | None = None
+    ) -> None:
+        self.registry = registry  # None: open mode
+        self.limiter = limiter or RateLimiter()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CallGuard:
+        if not settings.token_file:
+            return cls(None)
+        return cls(TokenRegistry(settings.token_file, check_seconds=settings.token_reload_seconds))
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the token file now."""
+        if self.registry is not None:
+            self.registry.reload()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        scope = scope_for(method)
+        if scope == PUBLIC:
+            return handler
+        return self._wrap(handler, method, scope)
+
+    # ---- admission --------------------------------------------------------------------------
+
+    def _admit(self, call: Call, scope: str, context: grpc.aio.ServicerContext) -> None:
+        """Sets ``call.principal`` or raises the refusal."""
+        if self.registry is None:
+            call.principal = ANONYMOUS_PRINCIPAL
+            return
+        call.principal = NOBODY
+        token = bearer_token(context)
+        if token is None:
+            raise Unauthenticated("missing bearer token: send 'authorization: Bearer <token>'")
+        principal = self.registry.authenticate(token)
+        if principal is None:
+            raise Unauthenticated("unknown bearer token")
+        call.principal = principal
+        wait = self.limiter.acquire(principal)
+        if wait > 0:
+            raise RateLimited(principal.name, wait)
+        if not principal.has_scope(scope):
+            raise PermissionDenied(
+                "MISSING_SCOPE",
+                f"principal {principal.name!r} lacks scope {scope!r} for {call.method}",
+                principal=principal.name,
+                scope=scope,
+            )
+
+    async def _open(self, method: str, context: grpc.aio.ServicerContext) -> Call:
+        call = Call(method, correlation_id_of(context))
+        CURRENT_CALL.set(call)  # each call runs in its own task: the variable is the call's
+        return call
+
+    async def _admit_or_abort(
+        self, call: Call, scope: str, context: grpc.aio.ServicerContext
+    ) -> None:
+        try:
+            self._admit(call, scope, context)
+        except (Unauthenticated, RateLimited, PermissionDenied) as refusal:
+            await context.send_initial_metadata(((CORRELATION_HEADER, call.correlation_id),))
+            status = rpc_status.to_status(status_for(refusal, call.correlation_id))
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        CALL_FIELDS.set(
+            {
+                "method": call.method,
+                "principal": call.principal.name,
+                "correlation_id": call.correlation_id,
+            }
+        )
+
+    # ---- handler wrapping ---------------------------------------------------------------------
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str, scope: str) -> Any:
+        serializers = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary_response(handler.unary_unary, method, scope), **serializers
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream_response(handler.unary_stream, method, scope), **serializers
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary_response(handler.stream_unary, method, scope), **serializers
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._stream_response(handler.stream_stream, method, scope), **serializers
+        )
+
+    def _unary_response(
+        self, behavior: Callable[..., Any], method: str, scope: str
+    ) -> Callable[..., Awaitable[Any]]:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = await self._open(method, context)
+            error: BaseException | None = None
+            try:
+                await self._admit_or_abort(call, scope, context)
+                result = behavior(request, context)
+                return await result if inspect.isawaitable(result) else result
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                _log_call(call, context, error)
+
+        return guarded
+
+    def _stream_response(
+        self, behavior: Callable[..., Any], method: str, scope: str
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = await self._open(method, context)
+            error: BaseException | None = None
+            try:
+                await self._admit_or_abort(call, scope, context)
+                result = behavior(request, context)
+                if inspect.isawaitable(result):  # a coroutine writing with context.write
+                    await result
+                else:
+                    async for message in result:
+                        yield message
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                _log_call(call, context, error)
+
+        return guarded
+
+
+def _code_name(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+        remaining = context.time_remaining()
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    code = context.code()
+    if code is None:
+        return "OK" if error is None else "UNKNOWN"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status.name
+    return str(code)
+
+
+def _log_call(call: Call, context: grpc.aio.ServicerContext, error: BaseException | None) -> None:
+    """The access line: method, principal, correlation id, status code, duration."""
+    code = _code_name(context, error)
+    duration_ms = round((time.perf_counter() - call.started) * 1000, 3)
+    access_log.log(
+        logging.WARNING if code in _SERVER_SIDE else logging.INFO,
+        "rpc %s %s principal=%s correlation_id=%s duration_ms=%.3f",
+        call.method,
+        code,
+        call.principal.name,
+        call.correlation_id,
+        duration_ms,
+        extra={
+            "method": call.method,
+            "code": code,
+            "principal": call.principal.name,
+            "correlation_id": call.correlation_id,
+            "duration_ms": duration_ms,
+        },
+    )
