@@ -183,6 +183,20 @@ def _type_rules(m: MovementModel) -> Any:
         yield "from_bucket", f"not used by {kind.value}"
     if m.reservation_id and kind is not MovementType.SHIPMENT:
         yield "reservation_id", f"not used by {kind.value}"
+    # Flags and transfer fields outside their types would be silently dropped: refuse them.
+    if m.putaway_pending and kind is not MovementType.RECEIPT:
+        yield "putaway_pending", f"not used by {kind.value}"
+    if m.final and kind is not MovementType.TRANSFER_RECEIPT:
+        yield "final", f"not used by {kind.value}"
+    if m.transfer_id and kind not in (
+        MovementType.TRANSFER_DISPATCH,
+        MovementType.TRANSFER_RECEIPT,
+    ):
+        yield "transfer_id", f"not used by {kind.value}"
+    if m.to_location_id and kind is not MovementType.TRANSFER_DISPATCH:
+        yield "to_location_id", f"not used by {kind.value}"
+    if m.expected_at is not None and kind is not MovementType.TRANSFER_DISPATCH:
+        yield "expected_at", f"not used by {kind.value}"
 
 
 class RecordMovementsModel(_Strict):

@@ -321,11 +321,13 @@ MALFORMED: dict[str, dict[str, tuple[Bad, ...]]] = {
         "transfer_id": (
             Bad("empty-on-transfer-receipt", "", base=transfer_receipt),
             *(Bad(b.label, b.value, base=transfer_receipt) for b in OPTIONAL_IDENTIFIER),
+            Bad("on-receipt", "T-1"),
         ),
         "to_location_id": (
             Bad("empty-on-dispatch", "", base=transfer_dispatch),
             Bad("same-as-location", LOC, base=transfer_dispatch),
             *(Bad(b.label, b.value, base=transfer_dispatch) for b in OPTIONAL_IDENTIFIER),
+            Bad("on-receipt", LOC_B),
         ),
         "delta": (
             Bad("zero", 0, base=adjustment),
@@ -350,7 +352,12 @@ MALFORMED: dict[str, dict[str, tuple[Bad, ...]]] = {
             *(Bad(b.label, b.value, base=return_receipt) for b in UNKNOWN_ENUM),
             Bad("on-receipt", movement_pb2.DISPOSITION_RESTOCK),
         ),
-        "expected_at": tuple(Bad(b.label, b.value, base=transfer_dispatch) for b in TIMESTAMP),
+        "expected_at": (
+            *(Bad(b.label, b.value, base=transfer_dispatch) for b in TIMESTAMP),
+            Bad("on-receipt", ts(NOW + timedelta(days=1))),
+        ),
+        "putaway_pending": (Bad("on-shipment", True, base=shipment),),
+        "final": (Bad("on-receipt", True),),
         "from_bucket": (
             *(Bad(b.label, b.value, base=damage) for b in UNKNOWN_ENUM),
             Bad("on-receipt", movement_pb2.FROM_BUCKET_QUARANTINE),
@@ -409,12 +416,6 @@ NO_INVALID_VALUE: dict[tuple[str, str], str] = {
     (f"{PKG}.ListPositionsRequest", "include_holds"): "bool flag: holds or not, both valid",
     (f"{PKG}.ReserveRequest", "allow_split"): (
         "bool flag: with an explicit location_id there is simply nothing to split"
-    ),
-    (f"{PKG}.Movement", "putaway_pending"): (
-        "bool flag: booked to receiving on a receipt, meaningless (ignored) on other types"
-    ),
-    (f"{PKG}.Movement", "final"): (
-        "bool flag: closes a transfer on transfer_receipt, meaningless (ignored) elsewhere"
     ),
     (f"{PKG}.GetPositionAsOfRequest", "include_holds"): "bool flag: holds or not, both valid",
     (f"{PKG}.StreamLedgerRequest", "follow"): "bool flag: tail live or stop at the head",
