@@ -344,6 +344,11 @@ class ReadModelStore:
         for attempt in range(READ_ATTEMPTS):
             try:
                 with self._transaction(commit=False) as tx:
+                    if self._postgres is not None:
+                        # One snapshot for every statement of the read: the tracking position
+                        # and the rows must agree (under READ COMMITTED a batch committing
+                        # between them gave rows newer than the position reported with them).
+                        tx("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     return body(tx, _Tables(self, self._active(tx)))
             except Exception as error:
                 # The generation was retired and dropped between resolving and reading it.
@@ -630,8 +635,7 @@ class ReadModelStore:
         return [PositionRow(*row) for row in rows]
 
     def positions_of_sku(self, sku: str) -> tuple[int, list[PositionRow]]:
-        """Every position of ``sku`` and the tracking position (read first, so the rows are
-        at least that recent)."""
+        """Every position of ``sku`` and the tracking position, from one snapshot."""
         return self._read(
             lambda tx, t: (self._tracking(tx, t, self.prefix), self._positions_of_sku(tx, t, sku))
         )

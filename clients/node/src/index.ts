@@ -1,0 +1,42 @@
+/**
+ * @inventory-ledger/client: the typed LedgerClient, and the generated stubs of
+ * inventory.ledger.v1 (one namespace per proto file; deep imports of ./gen/... work too).
+ */
+
+export * from "./client";
+
+export {
+  Availability,
+  Consistency,
+  LocationAvailability,
+} from "./gen/inventory/ledger/v1/availability";
+export {
+  Disposition,
+  FromBucket,
+  Movement,
+  MovementType,
+} from "./gen/inventory/ledger/v1/movement";
+export {
+  MovementOutcome,
+  MovementResult,
+  RecordMovementsResponse,
+} from "./gen/inventory/ledger/v1/movement_service";
+export { Hold, Position } from "./gen/inventory/ledger/v1/position";
+export {
+  Reservation,
+  ReservationLine,
+  ReservationStatus,
+} from "./gen/inventory/ledger/v1/reservation";
+
+export * as auditService from "./gen/inventory/ledger/v1/audit_service";
+export * as availability from "./gen/inventory/ledger/v1/availability";
+export * as channelPolicy from "./gen/inventory/ledger/v1/channel_policy";
+export * as movement from "./gen/inventory/ledger/v1/movement";
+export * as movementService from "./gen/inventory/ledger/v1/movement_service";
+export * as policyService from "./gen/inventory/ledger/v1/policy_service";
+export * as position from "./gen/inventory/ledger/v1/position";
+export * as queryService from "./gen/inventory/ledger/v1/query_service";
+export * as reservation from "./gen/inventory/ledger/v1/reservation";
+export * as reservationService from "./gen/inventory/ledger/v1/reservation_service";
+export * as errorDetails from "./gen/google/rpc/error_details";
+export * as rpcStatus from "./gen/google/rpc/status";

@@ -1,0 +1,866 @@
+"""The synchronous client: :class:`LedgerClient`.
+
+    from inventory_ledger_client import LedgerClient, InsufficientAvailability
+
+    with LedgerClient("127.0.0.1:50051", token=TOKEN) as ledger:
+        try:
+            reservation = ledger.reserve("web", [("SKU-1", "DC-EAST", 2)], order_ref="o-42")
+        except InsufficientAvailability as short:
+            print(short.short_lines)
+        ledger.commit(reservation.reservation_id)
+
+Results are the generated protobuf messages (``inventory.ledger.v1``); failures raise
+:class:`~inventory_ledger_client.errors.LedgerError` subclasses. Every call has a deadline
+(``timeout``, default 10 s, the budget of all its attempts), a correlation id (given or
+generated, the same on every attempt) and, for writes, a ``request_id`` (given or a new
+UUID4, the same on every attempt). ``UNAVAILABLE`` and ``ABORTED`` are retried with jittered
+exponential back-off (:mod:`~inventory_ledger_client.retry`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from inventory.ledger.v1 import (
+    audit_service_pb2,
+    audit_service_pb2_grpc,
+    availability_pb2,
+    channel_policy_pb2,
+    movement_pb2,
+    movement_service_pb2,
+    movement_service_pb2_grpc,
+    policy_service_pb2_grpc,
+    position_pb2,
+    query_service_pb2,
+    query_service_pb2_grpc,
+    reservation_pb2,
+    reservation_service_pb2,
+    reservation_service_pb2_grpc,
+)
+
+from inventory_ledger_client import _requests as build
+from inventory_ledger_client._core import (
+    DEFAULT_STREAM_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    CallInfo,
+    Deadline,
+    Metadata,
+    OnCall,
+    Pem,
+    Token,
+    call_metadata,
+    channel_credentials,
+    channel_options,
+    check_correlation_id,
+    check_timeout,
+    local_deadline_error,
+    new_correlation_id,
+    new_request_id,
+    rpc_error,
+)
+from inventory_ledger_client.errors import LedgerError, correlation_id_in
+from inventory_ledger_client.retry import DEFAULT_RETRY, RetryPolicy
+
+T = TypeVar("T", bound=Message)
+R = TypeVar("R", bound=Message)
+
+
+class LedgerStream(Generic[T]):
+    """A server stream: iterate it for messages; ``cancel()`` (any thread) or ``close()`` ends it.
+
+    ``correlation_id`` is the one the server echoed (the sent one until it answers). With
+    ``reconnect``, a stream broken by ``UNAVAILABLE``/``ABORTED`` is re-opened with back-off and
+    resumed (``WatchAvailability`` starts again with current values, ``initial=True``;
+    ``StreamLedger`` continues after the last entry received, so nothing is lost or repeated).
+    """
+
+    def __init__(
+        self,
+        client: LedgerClient,
+        method: str,
+        multicallable: Any,
+        request: Message,
+        *,
+        correlation_id: str,
+        timeout: float | None,
+        reconnect: RetryPolicy | None,
+        resume: Callable[[Any, Any], Any] | None,
+    ) -> None:
+        self._client = client
+        self.method = method
+        self._multicallable = multicallable
+        self._request = request
+        self.correlation_id = correlation_id
+        self._timeout = timeout
+        self._reconnect = reconnect
+        self._resume = resume
+        self._lock = threading.Lock()
+        self._call: Any = None
+        self._cancelled = False
+        self._iterator = self._run()
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> T:
+        return next(self._iterator)
+
+    def cancel(self) -> None:
+        """End the stream; the iterating thread stops without an error."""
+        with self._lock:
+            self._cancelled = True
+            call = self._call
+        if call is not None:
+            call.cancel()
+
+    def close(self) -> None:
+        self.cancel()
+        self._iterator.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _run(self) -> Generator[T, None, None]:
+        client = self._client
+        deadline = Deadline(self._timeout)
+        sent_id = self.correlation_id
+        request = self._request
+        attempts = 0  # failed attempts since the last message
+        total = 0
+        code = grpc.StatusCode.OK
+        try:
+            while True:
+                total += 1
+                remaining = deadline.remaining()
+                if remaining is not None and remaining <= 0:
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED
+                    raise local_deadline_error(
+                        method=self.method, correlation_id=sent_id, request_id=None, attempts=total
+                    )
+                with self._lock:
+                    if self._cancelled:
+                        code = grpc.StatusCode.CANCELLED
+                        return
+                    call = self._multicallable(
+                        request,
+                        timeout=remaining,
+                        metadata=client._metadata(sent_id),
+                        wait_for_ready=client._wait_for_ready,
+                    )
+                    self._call = call
+                received = False
+                try:
+                    for message in call:
+                        if not received:
+                            received = True
+                            attempts = 0
+                            self.correlation_id = (
+                                correlation_id_in(call.initial_metadata()) or sent_id
+                            )
+                        if self._resume is not None:
+                            request = self._resume(request, message)
+                        yield message
+                    return
+                except grpc.RpcError as failure:
+                    if self._cancelled:
+                        code = grpc.StatusCode.CANCELLED
+                        return
+                    attempts += 1
+                    error = rpc_error(
+                        failure,
+                        method=self.method,
+                        correlation_id=sent_id,
+                        request_id=None,
+                        attempts=total,
+                        request=request,
+                    )
+                    code = error.code
+                    policy = self._reconnect
+                    if policy is None and not received:
+                        policy = client._retry  # nothing delivered yet: retrying is invisible
+                    if (
+                        policy is not None
+                        and RetryPolicy.retryable(error.code)
+                        and policy.allows_another(attempts)
+                    ):
+                        delay = policy.backoff(attempts, error.retry_after)
+                        if deadline.allows_sleep(delay):
+                            time.sleep(delay)
+                            continue
+                    raise error from failure
+        except GeneratorExit:  # closed by the consumer
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            with self._lock:
+                call, self._call = self._call, None
+            if call is not None:
+                call.cancel()
+            client._report(
+                CallInfo(self.method, None, self.correlation_id, total, code, deadline.elapsed())
+            )
+
+
+class LedgerClient:
+    """Synchronous ledger client (thread-safe; share one per process and target).
+
+    Args:
+        target: ``host:port`` of the ledger (ignored with ``channel``).
+        token: bearer token, sent as ``authorization: Bearer <token>``; a callable is asked
+            on every attempt (token rotation).
+        tls: use TLS with the system's root certificates (implied by any certificate option).
+        root_certificates: CA bundle (PEM bytes, PEM text or a file path) to trust.
+        private_key, certificate_chain: the client certificate for mutual TLS.
+        server_name: TLS name to verify when it differs from ``target``'s host.
+        credentials: ready ``grpc.ChannelCredentials`` (instead of the TLS options).
+        channel: an existing ``grpc.Channel`` to use (the client does not close it).
+        timeout: default deadline of unary calls, in seconds (per call: ``timeout=``).
+        stream_timeout: default deadline of finite streams (``stream_ledger(follow=False)``,
+            ``verify_ledger``); live subscriptions have none unless given one.
+        retry: the :class:`RetryPolicy` of unary calls and stream starts.
+        wait_for_ready: let attempts wait for the channel to connect (within the deadline)
+            instead of failing fast with ``UNAVAILABLE`` while it is down.
+        metadata: extra metadata sent on every call.
+        options: extra gRPC channel options.
+        on_call: called with a :class:`CallInfo` after every logical call (logs, metrics).
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        token: Token = None,
+        tls: bool = False,
+        root_certificates: Pem = None,
+        private_key: Pem = None,
+        certificate_chain: Pem = None,
+        server_name: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        channel: grpc.Channel | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        stream_timeout: float | None = DEFAULT_STREAM_TIMEOUT,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        wait_for_ready: bool = False,
+        metadata: Metadata = (),
+        options: Sequence[tuple[str, Any]] = (),
+        on_call: OnCall = None,
+    ) -> None:
+        check_timeout(timeout, None)
+        if channel is None:
+            if not target:
+                raise ValueError("give a target (host:port) or a channel")
+            creds = channel_credentials(
+                tls=tls,
+                root_certificates=root_certificates,
+                private_key=private_key,
+                certificate_chain=certificate_chain,
+                credentials=credentials,
+            )
+            merged = channel_options(options, server_name)
+            channel = (
+                grpc.insecure_channel(target, options=merged)
+                if creds is None
+                else grpc.secure_channel(target, creds, options=merged)
+            )
+            self._owns_channel = True
+        else:
+            self._owns_channel = False
+        self.channel = channel
+        self.target = target
+        self._token = token
+        self._timeout = timeout
+        self._stream_timeout = stream_timeout
+        self._retry = retry
+        self._wait_for_ready = wait_for_ready
+        self._extra_metadata = tuple(metadata)
+        self._on_call = on_call
+        self._reservations = reservation_service_pb2_grpc.ReservationServiceStub(channel)
+        self._query = query_service_pb2_grpc.InventoryQueryServiceStub(channel)
+        self._movements = movement_service_pb2_grpc.MovementServiceStub(channel)
+        self._policy = policy_service_pb2_grpc.PolicyServiceStub(channel)
+        self._audit = audit_service_pb2_grpc.AuditServiceStub(channel)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the channel (unless it was given to the client)."""
+        if self._owns_channel:
+            self.channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---- machinery ---------------------------------------------------------------------------
+
+    def _metadata(self, correlation_id: str) -> tuple[tuple[str, str | bytes], ...]:
+        return call_metadata(correlation_id, self._token, self._extra_metadata)
+
+    def _report(self, info: CallInfo) -> None:
+        if self._on_call is not None:
+            self._on_call(info)
+
+    def _unary(
+        self,
+        method: str,
+        multicallable: Any,
+        request: Message,
+        correlation_id: str | None,
+        timeout: float | None,
+    ) -> Any:
+        sent_id = check_correlation_id(correlation_id) if correlation_id else new_correlation_id()
+        request_id = getattr(request, "request_id", None) or None
+        deadline = Deadline(check_timeout(timeout, self._timeout))
+        attempts = 0
+        last: LedgerError | None = None
+        while True:
+            remaining = deadline.remaining()
+            if remaining is not None and remaining <= 0:
+                error = last or local_deadline_error(
+                    method=method, correlation_id=sent_id, request_id=request_id, attempts=attempts
+                )
+                self._report(
+                    CallInfo(
+                        method,
+                        request_id,
+                        error.correlation_id or sent_id,
+                        attempts,
+                        error.code,
+                        deadline.elapsed(),
+                    )
+                )
+                raise error
+            attempts += 1
+            try:
+                response, call = multicallable.with_call(
+                    request,
+                    timeout=remaining,
+                    metadata=self._metadata(sent_id),
+                    wait_for_ready=self._wait_for_ready,
+                )
+            except grpc.RpcError as failure:
+                error = rpc_error(
+                    failure,
+                    method=method,
+                    correlation_id=sent_id,
+                    request_id=request_id,
+                    attempts=attempts,
+                    request=request,
+                )
+                if RetryPolicy.retryable(error.code) and self._retry.allows_another(attempts):
+                    delay = self._retry.backoff(attempts, error.retry_after)
+                    if deadline.allows_sleep(delay):
+                        last = error
+                        time.sleep(delay)
+                        continue
+                self._report(
+                    CallInfo(
+                        method,
+                        request_id,
+                        error.correlation_id or sent_id,
+                        attempts,
+                        error.code,
+                        deadline.elapsed(),
+                    )
+                )
+                raise error from failure
+            echoed = correlation_id_in(call.initial_metadata()) or sent_id
+            self._report(
+                CallInfo(
+                    method, request_id, echoed, attempts, grpc.StatusCode.OK, deadline.elapsed()
+                )
+            )
+            return response
+
+    def _stream(
+        self,
+        method: str,
+        multicallable: Any,
+        request: Message,
+        *,
+        correlation_id: str | None,
+        timeout: float | None,
+        reconnect: bool | RetryPolicy,
+        resume: Callable[[Any, Any], Any] | None = None,
+    ) -> LedgerStream[Any]:
+        if timeout is not None:
+            check_timeout(timeout, None)
+        policy = RetryPolicy.reconnecting() if reconnect is True else (reconnect or None)
+        return LedgerStream(
+            self,
+            method,
+            multicallable,
+            request,
+            correlation_id=(
+                check_correlation_id(correlation_id) if correlation_id else new_correlation_id()
+            ),
+            timeout=timeout,
+            reconnect=policy,
+            resume=resume,
+        )
+
+    # ---- ReservationService ------------------------------------------------------------------
+
+    def reserve(
+        self,
+        channel: str,
+        lines: Iterable[build.LineSpec],
+        *,
+        order_ref: str = "",
+        ttl: float | dt.timedelta | None = None,
+        allow_split: bool = False,
+        request_id: str | None = None,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> reservation_pb2.Reservation:
+        """Reserve every line or none. ``lines``: ``ReserveLine`` messages, ``(sku, qty)`` (the
+        service picks the location) or ``(sku, location_id, qty)``. ``ttl`` in seconds or a
+        ``timedelta`` (server default 15 min). Raises :class:`InsufficientAvailability`."""
+        request = build.reserve(
+            request_id or new_request_id(),
+            channel,
+            lines,
+            order_ref=order_ref,
+            ttl=ttl,
+            allow_split=allow_split,
+        )
+        return self._unary(
+            "ReservationService/Reserve",
+            self._reservations.Reserve,
+            request,
+            correlation_id,
+            timeout,
+        )
+
+    def get_reservation(
+        self,
+        reservation_id: str,
+        *,
+        channel: str = "",
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> reservation_pb2.Reservation:
+        return self._unary(
+            "ReservationService/GetReservation",
+            self._reservations.GetReservation,
+            build.get_reservation(reservation_id, channel),
+            correlation_id,
+            timeout,
+        )
+
+    def commit(
+        self,
+        reservation_id: str,
+        *,
+        channel: str = "",
+        request_id: str | None = None,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> reservation_pb2.Reservation:
+        """ACTIVE → COMMITTED: the quantity moves from reserved to allocated."""
+        return self._unary(
+            "ReservationService/Commit",
+            self._reservations.Commit,
+            build.commit(request_id or new_request_id(), reservation_id, channel),
+            correlation_id,
+            timeout,
+        )
+
+    def release(
+        self,
+        reservation_id: str,
+        *,
+        channel: str = "",
+        request_id: str | None = None,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> reservation_pb2.Reservation:
+        """Release an ACTIVE or COMMITTED reservation; it holds nothing afterwards."""
+        return self._unary(
+            "ReservationService/Release",
+            self._reservations.Release,
+            build.release(request_id or new_request_id(), reservation_id, channel),
+            correlation_id,
+            timeout,
+        )
+
+    def list_reservations(
+        self,
+        channel: str,
+        *,
+        order_ref: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> reservation_service_pb2.ListReservationsResponse:
+        """One page; :meth:`iter_reservations` walks every page."""
+        return self._unary(
+            "ReservationService/ListReservations",
+            self._reservations.ListReservations,
+            build.list_reservations(channel, order_ref, page_size, page_token),
+            correlation_id,
+            timeout,
+        )
+
+    def iter_reservations(
+        self, channel: str, *, order_ref: str = "", page_size: int = 0, timeout: float | None = None
+    ) -> Iterator[reservation_pb2.Reservation]:
+        token = ""
+        while True:
+            page = self.list_reservations(
+                channel, order_ref=order_ref, page_size=page_size, page_token=token, timeout=timeout
+            )
+            yield from page.reservations
+            token = page.next_page_token
+            if not token:
+                return
+
+    # ---- InventoryQueryService ---------------------------------------------------------------
+
+    def get_position(
+        self,
+        sku: str,
+        location_id: str,
+        *,
+        include_holds: bool = False,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> position_pb2.Position:
+        """Strongly consistent; an unknown position is all zeros, version 0."""
+        return self._unary(
+            "InventoryQueryService/GetPosition",
+            self._query.GetPosition,
+            build.get_position(sku, location_id, include_holds),
+            correlation_id,
+            timeout,
+        )
+
+    def list_positions(
+        self,
+        *,
+        sku: str = "",
+        location_id: str = "",
+        include_holds: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> query_service_pb2.ListPositionsResponse:
+        """One page of one SKU's (``sku=``) or one location's (``location_id=``) positions."""
+        return self._unary(
+            "InventoryQueryService/ListPositions",
+            self._query.ListPositions,
+            build.list_positions(sku, location_id, include_holds, page_size, page_token),
+            correlation_id,
+            timeout,
+        )
+
+    def iter_positions(
+        self,
+        *,
+        sku: str = "",
+        location_id: str = "",
+        include_holds: bool = False,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[position_pb2.Position]:
+        token = ""
+        while True:
+            page = self.list_positions(
+                sku=sku,
+                location_id=location_id,
+                include_holds=include_holds,
+                page_size=page_size,
+                page_token=token,
+                timeout=timeout,
+            )
+            yield from page.positions
+            token = page.next_page_token
+            if not token:
+                return
+
+    def get_availability(
+        self,
+        sku: str,
+        channel: str,
+        *,
+        consistency: int | str = 0,
+        min_position: int = 0,
+        horizon: dt.datetime | None = None,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> availability_pb2.Availability:
+        """Channel availability from the read model (``consistency="strong"``: the ledger);
+        ``min_position`` (e.g. a reservation's ``ledger_position``) waits for the projection."""
+        return self._unary(
+            "InventoryQueryService/GetAvailability",
+            self._query.GetAvailability,
+            build.get_availability(sku, channel, consistency, min_position, horizon),
+            correlation_id,
+            timeout,
+        )
+
+    def watch_availability(
+        self,
+        channel: str,
+        skus: Iterable[str],
+        *,
+        reconnect: bool | RetryPolicy = False,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> LedgerStream[availability_pb2.AvailabilityChange]:
+        """Each change of ``channel_available`` for ``skus``, starting with current values
+        (``initial=True``). No deadline unless ``timeout``; ``reconnect=True`` re-opens the watch
+        after ``UNAVAILABLE``/``ABORTED`` (e.g. a server restart) until cancelled."""
+        return self._stream(
+            "InventoryQueryService/WatchAvailability",
+            self._query.WatchAvailability,
+            build.watch_availability(channel, skus),
+            correlation_id=correlation_id,
+            timeout=timeout,
+            reconnect=reconnect,
+        )
+
+    def list_in_transit(
+        self,
+        *,
+        sku: str = "",
+        to_location_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> query_service_pb2.ListInTransitResponse:
+        return self._unary(
+            "InventoryQueryService/ListInTransit",
+            self._query.ListInTransit,
+            build.list_in_transit(sku, to_location_id, page_size, page_token),
+            correlation_id,
+            timeout,
+        )
+
+    def list_exceptions(
+        self,
+        *,
+        type: int | str = 0,
+        sku: str = "",
+        location_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> query_service_pb2.ListExceptionsResponse:
+        return self._unary(
+            "InventoryQueryService/ListExceptions",
+            self._query.ListExceptions,
+            build.list_exceptions(type, sku, location_id, page_size, page_token),
+            correlation_id,
+            timeout,
+        )
+
+    def get_projection_status(
+        self, *, correlation_id: str | None = None, timeout: float | None = None
+    ) -> availability_pb2.ProjectionStatus:
+        return self._unary(
+            "InventoryQueryService/GetProjectionStatus",
+            self._query.GetProjectionStatus,
+            query_service_pb2.GetProjectionStatusRequest(),
+            correlation_id,
+            timeout,
+        )
+
+    # ---- MovementService ---------------------------------------------------------------------
+
+    def record_movements(
+        self,
+        movements: Iterable[movement_pb2.Movement],
+        *,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> movement_service_pb2.RecordMovementsResponse:
+        """Record movements (idempotent on each ``(source, message_id)``: retries are safe);
+        the response says ``RECORDED`` or ``DUPLICATE`` per movement."""
+        return self._unary(
+            "MovementService/RecordMovements",
+            self._movements.RecordMovements,
+            build.record_movements(movements),
+            correlation_id,
+            timeout,
+        )
+
+    # ---- PolicyService -----------------------------------------------------------------------
+
+    def set_safety_stock(
+        self,
+        sku: str,
+        location_id: str,
+        qty: int,
+        *,
+        request_id: str | None = None,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> position_pb2.Position:
+        return self._unary(
+            "PolicyService/SetSafetyStock",
+            self._policy.SetSafetyStock,
+            build.set_safety_stock(request_id or new_request_id(), sku, location_id, qty),
+            correlation_id,
+            timeout,
+        )
+
+    def set_channel_fence(
+        self,
+        sku: str,
+        location_id: str,
+        channel: str,
+        qty: int,
+        *,
+        request_id: str | None = None,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> position_pb2.Position:
+        return self._unary(
+            "PolicyService/SetChannelFence",
+            self._policy.SetChannelFence,
+            build.set_channel_fence(request_id or new_request_id(), sku, location_id, channel, qty),
+            correlation_id,
+            timeout,
+        )
+
+    def set_channel_policy(
+        self,
+        channel: str,
+        *,
+        eligible_location_ids: Iterable[str] = (),
+        share_percent: int = 0,
+        buffer: int = 0,
+        max_publish: int = 0,
+        request_id: str | None = None,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> channel_policy_pb2.ChannelPolicy:
+        """``share_percent`` 0 means the default (100); ``max_publish`` 0 means no cap."""
+        return self._unary(
+            "PolicyService/SetChannelPolicy",
+            self._policy.SetChannelPolicy,
+            build.set_channel_policy(
+                request_id or new_request_id(),
+                channel,
+                eligible_location_ids,
+                share_percent,
+                buffer,
+                max_publish,
+            ),
+            correlation_id,
+            timeout,
+        )
+
+    # ---- AuditService ------------------------------------------------------------------------
+
+    def get_position_as_of(
+        self,
+        sku: str,
+        location_id: str,
+        as_of: dt.datetime,
+        *,
+        axis: int | str = "recorded",
+        known_at: dt.datetime | None = None,
+        include_holds: bool = False,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> position_pb2.Position:
+        """The position at ``as_of`` on the ``"recorded"`` or ``"effective"`` axis."""
+        return self._unary(
+            "AuditService/GetPositionAsOf",
+            self._audit.GetPositionAsOf,
+            build.get_position_as_of(sku, location_id, as_of, axis, known_at, include_holds),
+            correlation_id,
+            timeout,
+        )
+
+    def list_movements(
+        self,
+        sku: str,
+        location_id: str,
+        *,
+        axis: int | str = "recorded",
+        start: dt.datetime | None = None,
+        end: dt.datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> audit_service_pb2.ListMovementsResponse:
+        """One page of a position's ledger entries with ``start <= time < end``."""
+        return self._unary(
+            "AuditService/ListMovements",
+            self._audit.ListMovements,
+            build.list_movements(sku, location_id, axis, start, end, page_size, page_token),
+            correlation_id,
+            timeout,
+        )
+
+    def stream_ledger(
+        self,
+        from_position: int = 0,
+        *,
+        follow: bool = False,
+        reconnect: bool | RetryPolicy = False,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> LedgerStream[audit_service_pb2.LedgerEntry]:
+        """Every entry with ``position > from_position``, in order; ``follow`` tails the ledger
+        (then no deadline unless ``timeout``). With ``reconnect`` a broken stream resumes after
+        the last entry received."""
+        if timeout is None and not follow:
+            timeout = self._stream_timeout
+        return self._stream(
+            "AuditService/StreamLedger",
+            self._audit.StreamLedger,
+            build.stream_ledger(from_position, follow),
+            correlation_id=correlation_id,
+            timeout=timeout,
+            reconnect=reconnect,
+            resume=build.resume_ledger,
+        )
+
+    def verify_ledger(
+        self,
+        *,
+        sku: str = "",
+        location_id: str = "",
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> LedgerStream[audit_service_pb2.VerifyLedgerProgress]:
+        """Check the hash chains (one position, or all): progress, the last with ``done``."""
+        return self._stream(
+            "AuditService/VerifyLedger",
+            self._audit.VerifyLedger,
+            build.verify_ledger(sku, location_id),
+            correlation_id=correlation_id,
+            timeout=timeout if timeout is not None else self._stream_timeout,
+            reconnect=False,
+        )
