@@ -22,7 +22,6 @@ from inventory.ledger.v1 import (
 from ledger.audit.as_of import Axis
 from ledger.domain.movements import Movement, MovementType
 from ledger.service import LedgerService
-from ledger.store.index_ops import to_micros
 from ledger.use_cases.context import CallContext
 from tests.support.server import LedgerProcess, stub
 
@@ -59,9 +58,12 @@ def test_recorded_at_never_decreases_along_the_ledger_with_a_lagging_replica(
     two_writers: tuple[LedgerService, LedgerService], postgres_database_url: str
 ) -> None:
     ahead, behind = two_writers
-    started = datetime.now(UTC)
     failures: list[BaseException] = []
     rounds = 40
+    # Deterministic first: the lagging writer commits right after the other one, so its
+    # clock (five seconds behind) is older than the ledger's head and must be lifted.
+    ahead.record_movements(CTX, [_receipt("FIRST-A", 0)]).result()
+    behind.record_movements(CTX, [_receipt("FIRST-B", 0)]).result()
 
     def write(service: LedgerService, name: str) -> None:
         try:
@@ -85,12 +87,16 @@ def test_recorded_at_never_decreases_along_the_ledger_with_a_lagging_replica(
         rows = conn.execute(
             "SELECT seq, recorded_at_us FROM ledger_entry_index ORDER BY seq"
         ).fetchall()
-        lifted = conn.execute(
-            "SELECT max(x.recorded_at_us) FROM ledger_entry_index x"
-            " JOIN ledger_position_index p ON p.position_id = x.position_id WHERE p.sku = 'B'"
-        ).fetchone()
-    # 2 writers x 40 rounds x 2 receipts, plus the three positions' opening entries.
-    assert [seq for seq, _ in rows] == list(range(1, 2 * rounds * 2 + 3 + 1))
+        first = dict(
+            conn.execute(
+                "SELECT p.sku, max(x.recorded_at_us) FROM ledger_entry_index x"
+                " JOIN ledger_position_index p ON p.position_id = x.position_id"
+                " WHERE p.sku LIKE 'FIRST-%' GROUP BY p.sku"
+            ).fetchall()
+        )
+    # 2 first receipts (2 entries each), then 2 writers x 40 rounds x 2 receipts plus the
+    # three concurrently written positions' opening entries.
+    assert [seq for seq, _ in rows] == list(range(1, 4 + 2 * rounds * 2 + 3 + 1))
     recorded = [us for _, us in rows]
     assert recorded == sorted(recorded)
     assert (
@@ -101,8 +107,8 @@ def test_recorded_at_never_decreases_along_the_ledger_with_a_lagging_replica(
     )
     # The lagging replica's entries were lifted to the ledger's time, not refused.
     assert behind.get_position("B", "DC").on_hand == rounds
-    # Its clock says five seconds ago; its entries carry the ledger's time instead.
-    assert lifted is not None and lifted[0] >= to_micros(started)
+    # Its clock said five seconds earlier; its entry carries the ledger's time instead.
+    assert first["FIRST-B"] >= first["FIRST-A"]
 
 
 def test_follower_on_one_replica_sees_writes_of_another(postgres_database_url: str) -> None:

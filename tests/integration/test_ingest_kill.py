@@ -1,7 +1,7 @@
 """RELIABILITY A1: `ledger ingest` SIGKILL-ed repeatedly mid-run, then restarted.
 
 The real CLI runs as a subprocess against a real nats-server and a PostgreSQL ledger. It is
-killed (SIGKILL, no chance to ack or clean up) 9 times at seeded random moments while it is
+killed (SIGKILL, no chance to ack or clean up) 6 times at seeded random moments while it is
 consuming, so kills land before a batch commits, during the commit and between the commit
 and the acks. After a last clean run the ledger must equal the reference sums of the unique
 messages: nothing lost, nothing doubled.
@@ -32,7 +32,7 @@ from tests.integration.test_ingest import _effect, _movement, _prefix, _with_js
 
 UNIQUE = 2_700
 DUPLICATES = 300  # 10 %, each with a new Nats-Msg-Id: the ledger itself must dedupe
-KILLS = 9
+KILLS = 6
 SEED = 20261124
 
 
