@@ -122,7 +122,8 @@ class AsOfReader:
             )
         # Checkpoints only from folds that know everything recorded so far: a fold limited
         # by known_at in the past would be wrong for later queries.
-        head_version = self._head_version(pid)
+        # Without known_at, known_version already is the head: no second lookup.
+        head_version = known_version if known_at is None else self._head_version(pid)
         cacheable = known_version == head_version
         taken: list[Checkpoint] = []
         folded = 0
