@@ -91,16 +91,16 @@ def entry_view(row: EntryRow, event: Any) -> LedgerEntryView:
     )
 
 
-def ledger_entries(
+def ledger_rows(
     app: InventoryLedger, *, after_position: int = 0, limit: int | None = None
-) -> Iterator[LedgerEntryView]:
-    """The global ledger from ``after_position`` on, in order, read in pages."""
+) -> Iterator[EntryRow]:
+    """The global ledger's stored rows from ``after_position`` on, in order, read in pages
+    (undecoded: verification must survive rows that no longer decode)."""
     remaining = limit
     while remaining is None or remaining > 0:
         page = PAGE if remaining is None else min(PAGE, remaining)
         rows = app.recorder.select_entries(after_seq=after_position, limit=page)  # type: ignore[attr-defined]
-        for row in rows:
-            yield entry_view(row, decode_event(app, row))
+        yield from rows
         if len(rows) < page:
             return
         after_position = rows[-1].seq
@@ -108,16 +108,33 @@ def ledger_entries(
             remaining -= len(rows)
 
 
-def position_entries(
+def position_rows(
     app: InventoryLedger, position_id: Any, *, after_version: int = 0, until_version: int = 0
-) -> Iterator[tuple[EntryRow, Any]]:
-    """One position's (row, event) pairs in version order, read in pages."""
+) -> Iterator[EntryRow]:
+    """One position's stored rows in version order, read in pages (undecoded)."""
     while True:
         rows = app.recorder.select_position_entries(  # type: ignore[attr-defined]
             position_id, after_version=after_version, limit=PAGE, until_version=until_version
         )
-        for row in rows:
-            yield row, decode_event(app, row)
+        yield from rows
         if len(rows) < PAGE:
             return
         after_version = rows[-1].version
+
+
+def ledger_entries(
+    app: InventoryLedger, *, after_position: int = 0, limit: int | None = None
+) -> Iterator[LedgerEntryView]:
+    """The global ledger from ``after_position`` on, in order."""
+    for row in ledger_rows(app, after_position=after_position, limit=limit):
+        yield entry_view(row, decode_event(app, row))
+
+
+def position_entries(
+    app: InventoryLedger, position_id: Any, *, after_version: int = 0, until_version: int = 0
+) -> Iterator[tuple[EntryRow, Any]]:
+    """One position's (row, event) pairs in version order."""
+    for row in position_rows(
+        app, position_id, after_version=after_version, until_version=until_version
+    ):
+        yield row, decode_event(app, row)

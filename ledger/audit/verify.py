@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 from ledger.application import InventoryLedger
-from ledger.audit.entries import PAGE, decode_event
+from ledger.audit.entries import decode_event, ledger_rows, position_rows
 from ledger.domain import chain
 from ledger.domain.position import position_id
 from ledger.store.index_ops import EntryRow, to_micros
@@ -129,14 +129,8 @@ class _Checker:
 def verify_position(app: InventoryLedger, sku: str, location_id: str) -> VerifyProgress:
     pid = position_id(sku, location_id)
     checker = _Checker(app)
-    after = 0
-    while True:
-        rows = app.recorder.select_position_entries(pid, after_version=after, limit=PAGE)  # type: ignore[attr-defined]
-        for row in rows:
-            checker.feed(row)
-        if len(rows) < PAGE:
-            break
-        after = rows[-1].version
+    for row in position_rows(app, pid):
+        checker.feed(row)
     # Events the index does not know about (deleted index rows, inserted event rows).
     link = checker.chains.get(pid)
     verified = link.version if link else 0
@@ -164,38 +158,34 @@ def verify_ledger(app: InventoryLedger) -> Iterator[VerifyProgress]:
     checker = _Checker(app)
     after, last_recorded_us = 0, -1
     reported = 0
-    while True:
-        rows = app.recorder.select_entries(after_seq=after, limit=PAGE)  # type: ignore[attr-defined]
-        for row in rows:
-            if row.seq != after + 1:
-                checker.progress.broken.append(
-                    BrokenLink(
-                        row.sku,
-                        row.location_id,
-                        row.version,
-                        row.seq,
-                        POSITION_GAP,
-                        f"expected position {after + 1}, found {row.seq}",
-                    )
+    for row in ledger_rows(app):
+        if row.seq != after + 1:
+            checker.progress.broken.append(
+                BrokenLink(
+                    row.sku,
+                    row.location_id,
+                    row.version,
+                    row.seq,
+                    POSITION_GAP,
+                    f"expected position {after + 1}, found {row.seq}",
                 )
-            if row.recorded_at_us < last_recorded_us:
-                checker.progress.broken.append(
-                    BrokenLink(
-                        row.sku,
-                        row.location_id,
-                        row.version,
-                        row.seq,
-                        RECORDED_AT_DECREASES,
-                        "recorded_at earlier than the entry before",
-                    )
+            )
+        if row.recorded_at_us < last_recorded_us:
+            checker.progress.broken.append(
+                BrokenLink(
+                    row.sku,
+                    row.location_id,
+                    row.version,
+                    row.seq,
+                    RECORDED_AT_DECREASES,
+                    "recorded_at earlier than the entry before",
                 )
-            after, last_recorded_us = row.seq, row.recorded_at_us
-            checker.feed(row)
+            )
+        after, last_recorded_us = row.seq, row.recorded_at_us
+        checker.feed(row)
         if checker.progress.entries_checked - reported >= PROGRESS_EVERY:
             reported = checker.progress.entries_checked
             yield _snapshot(checker.progress)
-        if len(rows) < PAGE:
-            break
     checker.progress.done = True
     yield _snapshot(checker.progress)
 
