@@ -6,9 +6,12 @@ reservations of a channel, reservations due to expire) cheap without a projectio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
 
 
 def to_micros(moment: datetime) -> int:
@@ -55,6 +58,17 @@ class EntryIndexed:
     occurred_at_us: int
     max_occurred_at_us: int
     late: bool
+
+
+def entries_in_commit_order(
+    stored_events: Sequence[StoredEvent], ids: Sequence[int], entries: Sequence[EntryIndexed]
+) -> list[tuple[int, EntryIndexed]]:
+    """(notification id, entry) pairs in notification order: the order ``seq`` follows.
+    ``ids`` are the notification ids of ``stored_events``, in the same order."""
+    notification = {
+        (e.originator_id, e.originator_version): n for e, n in zip(stored_events, ids, strict=True)
+    }
+    return sorted((notification[(e.position_id, e.version)], e) for e in entries)
 
 
 @dataclass(frozen=True)

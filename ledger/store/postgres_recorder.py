@@ -25,6 +25,7 @@ from ledger.store.index_ops import (
     PositionIndexed,
     ReservationIndexed,
     ReservationRow,
+    entries_in_commit_order,
 )
 from ledger.store.pg_ddl import advisory_key, run_missing_ddl
 
@@ -162,11 +163,7 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
         recorded_at; the CHECK makes a transaction whose recorded_at is older than what
         another replica already committed fail (IntegrityError: the writer retries with its
         clock floor raised to the head)."""
-        notification = {
-            (e.originator_id, e.originator_version): n
-            for e, n in zip(stored_events, ids, strict=True)
-        }
-        rows = sorted((notification[(e.position_id, e.version)], e) for e in entries)
+        rows = entries_in_commit_order(stored_events, ids, entries)
         curs.execute(
             SQL(
                 "INSERT INTO {s}.{t} (seq, notification_id, position_id, version,"

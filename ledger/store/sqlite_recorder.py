@@ -16,6 +16,7 @@ from ledger.store.index_ops import (
     PositionIndexed,
     ReservationIndexed,
     ReservationRow,
+    entries_in_commit_order,
 )
 
 _CREATE = [
@@ -257,10 +258,7 @@ def _append_entries(
 ) -> None:
     """Inside the write transaction (SQLite has one writer at a time): the next gap-free
     seq numbers, with the same recorded_at CHECK as on PostgreSQL."""
-    notification = {
-        (e.originator_id, e.originator_version): n for e, n in zip(stored_events, ids, strict=True)
-    }
-    rows = sorted((notification[(e.position_id, e.version)], e) for e in entries)
+    rows = entries_in_commit_order(stored_events, ids, entries)
     c.execute("SELECT seq, recorded_at_us FROM ledger_entry_index ORDER BY seq DESC LIMIT 1")
     head = c.fetchone()
     seq, head_recorded_us = (0, 0) if head is None else (int(head[0]), int(head[1]))
