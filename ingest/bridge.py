@@ -12,8 +12,9 @@ bulk batch. Each fetched batch is handled as follows:
    call, i.e. one database transaction; while it runs the messages get ``in_progress()``
    every ``heartbeat_seconds`` so a slow commit is not redelivered under our feet;
 3. after the call returned (the transaction committed) RECORDED and DUPLICATE messages are
-   acked and REUSED ones (same ``source``/``message_id``, other payload) are dead-lettered
-   with reason ``MESSAGE_ID_REUSED``;
+   acked (each RECORDED one observed in ``ledger_movement_lag_seconds``: from its JetStream
+   stream timestamp to now) and REUSED ones (same ``source``/``message_id``, other payload)
+   are dead-lettered with reason ``MESSAGE_ID_REUSED``;
 4. if the store fails (``StoreUnavailable`` or anything else), every valid message of the
    batch is ``nak(delay=...)``-ed with exponential back-off and never dead-lettered: nothing
    was committed, and the ledger's ``(source, message_id)`` dedupe makes redelivery safe.
@@ -230,6 +231,7 @@ class IngestBridge:
                 self.ctx, [movement for _, movement in valid], reject_reused=False
             )
             results = await asyncio.wrap_future(future)
+            committed = time.time()
         except Exception as error:  # nothing committed: retry later, never dead-letter
             self._consecutive_failures += 1
             self.counters.store_failures += 1
@@ -266,6 +268,13 @@ class IngestBridge:
             if result.outcome == RECORDED:
                 self.counters.processed += 1
                 metrics.INGEST_MESSAGES.labels(lane.value, "processed").inc()
+                metrics.observe_recorded(
+                    movement.source,
+                    lane.value,
+                    msg.metadata.timestamp.timestamp(),
+                    movement.occurred_at,
+                    committed,
+                )
             elif result.outcome == DUPLICATE:
                 self.counters.duplicates += 1
                 metrics.INGEST_MESSAGES.labels(lane.value, "duplicate").inc()
@@ -319,6 +328,7 @@ class IngestBridge:
         await msg.term()
         self.counters.dead_lettered += 1
         metrics.INGEST_MESSAGES.labels(lane.value, "dead_lettered").inc()
+        metrics.count_dead_letter(source, reason)
         log.info("dead-lettered %s seq %d: %s %s", msg.subject, sequence, reason, field)
 
     async def _has_pending(self, lane: Lane) -> bool:

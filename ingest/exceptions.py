@@ -21,6 +21,7 @@ from nats.js.errors import NotFoundError
 
 from ingest.bridge import MSG_ID, pause
 from ingest.streams import StreamNames
+from ledger import metrics
 from projections.position_state import LedgerExceptionRecord
 from projections.store import ReadModelStore
 
@@ -99,7 +100,7 @@ class ExceptionPublisher:
             )
             for record in records:
                 key = exception_key(record)
-                await self.js.publish(
+                ack = await self.js.publish(
                     self.names.exception_subject(record.type),
                     exception_payload(record),
                     stream=self.names.exceptions_stream,
@@ -107,6 +108,8 @@ class ExceptionPublisher:
                 )
                 self._cursor = (record.ledger_position, record.seq)
                 count += 1
+                if not ack.duplicate:  # a copy the broker dropped was counted before
+                    metrics.EXCEPTIONS_PUBLISHED.labels(record.type).inc()
             if len(records) < BATCH:
                 break
         self.published += count

@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         " in-process on SQLite, a separate `ledger projections` process on PostgreSQL)",
     )
     _metrics_argument(serve)
+    _metrics_label_arguments(serve, "channel", "source")
     _security_arguments(serve)
     serve.add_argument("--log-level", default="INFO")
     _log_format_argument(serve)
@@ -53,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         "--nats-dir", default="./.ledger-nats", help="JetStream files and the server's log"
     )
     _metrics_argument(dev)
+    _metrics_label_arguments(dev, "channel", "source")
     _security_arguments(dev)
     dev.add_argument("--log-level", default="INFO")
     _log_format_argument(dev)
@@ -95,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         "--prefix", default="", help="isolate streams and subjects under this prefix (tests)"
     )
     _metrics_argument(ingest)
+    _metrics_label_arguments(ingest, "source")
     ingest.add_argument("--log-level", default="INFO")
     dlq = commands.add_parser(
         "dlq",
@@ -350,6 +353,24 @@ def _metrics_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _metrics_label_arguments(parser: argparse.ArgumentParser, *labels: str) -> None:
+    """``--metrics-channels`` / ``--metrics-sources``: the bounded label values."""
+    for label in labels:
+        parser.add_argument(
+            f"--metrics-{label}s",
+            metavar="A,B,...",
+            help=f"the {label}s that get their own `{label}` label value in the metrics; any"
+            f" other is counted as (other) (env LEDGER_METRICS_{label.upper()}S; default: the"
+            f" first 20 distinct {label}s seen; docs/operations.md)",
+        )
+
+
+def _configure_metric_labels(settings: Settings) -> None:
+    from ledger.metrics import configure_labels
+
+    configure_labels(settings.metrics_channels, settings.metrics_sources)
+
+
 def _database_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--database",
@@ -394,6 +415,7 @@ async def _start_api(settings: Settings) -> _Api:
     from projections.store import ReadModelStore
 
     check_exposure(settings)  # before anything is opened: ConfigError -> exit 2
+    _configure_metric_labels(settings)
     in_process = projections_in_process(settings)
     service = await asyncio.to_thread(LedgerService.open, settings.database_url)
     store = await asyncio.to_thread(ReadModelStore, settings.database_url)
@@ -552,6 +574,7 @@ async def run_ingest(
     from ledger.service import LedgerService
     from projections.store import ReadModelStore
 
+    _configure_metric_labels(settings)
     service = await asyncio.to_thread(LedgerService.open, settings.database_url)
     store = await asyncio.to_thread(ReadModelStore, settings.database_url)
     metrics = None
@@ -822,6 +845,8 @@ def main(argv: list[str] | None = None) -> int:
                 database_url=args.database,
                 projections=args.projections,
                 metrics_listen=args.metrics_listen,
+                metrics_channels=args.metrics_channels,
+                metrics_sources=args.metrics_sources,
             )
             asyncio.run(serve(_with_security(settings, args)))
         elif args.command == "dev":
@@ -830,11 +855,15 @@ def main(argv: list[str] | None = None) -> int:
                 database_url=args.database,
                 projections="in-process",
                 metrics_listen=args.metrics_listen,
+                metrics_channels=args.metrics_channels,
+                metrics_sources=args.metrics_sources,
             )
             asyncio.run(run_dev(_with_security(settings, args), args.nats_listen, args.nats_dir))
         elif args.command == "ingest":
             settings = Settings.from_env(
-                database_url=args.database, metrics_listen=args.metrics_listen
+                database_url=args.database,
+                metrics_listen=args.metrics_listen,
+                metrics_sources=args.metrics_sources,
             )
             nats_url = args.nats or os.environ.get("LEDGER_NATS_URL", "nats://127.0.0.1:4222")
             asyncio.run(run_ingest(settings, nats_url, args.batch_size, args.units, args.prefix))

@@ -27,6 +27,10 @@ class Settings:
     projections: str = "auto"
     # HOST:PORT of the Prometheus /metrics endpoint ("" = none; docs/operations.md).
     metrics_listen: str = ""
+    # Comma-separated label values of `channel` / `source` (ledger.metrics.BoundedValues):
+    # "" = the first 20 distinct ones a process sees; others are counted as "(other)".
+    metrics_channels: str = ""
+    metrics_sources: str = ""
     # Security (docs/security.md): no token file = open mode, loopback only unless insecure.
     token_file: str = ""
     token_reload_seconds: float = 2.0
@@ -46,6 +50,8 @@ class Settings:
             ),
             "projections": os.environ.get("LEDGER_PROJECTIONS", "auto"),
             "metrics_listen": os.environ.get("LEDGER_METRICS_LISTEN", ""),
+            "metrics_channels": os.environ.get("LEDGER_METRICS_CHANNELS", ""),
+            "metrics_sources": os.environ.get("LEDGER_METRICS_SOURCES", ""),
             "token_file": os.environ.get("LEDGER_TOKEN_FILE", ""),
             "token_reload_seconds": float(os.environ.get("LEDGER_TOKEN_RELOAD_SECONDS", "2.0")),
             "insecure": os.environ.get("LEDGER_INSECURE", "").lower() in ("1", "true", "yes"),

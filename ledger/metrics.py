@@ -5,17 +5,24 @@ keeps its own :data:`REGISTRY` and serves it on ``--metrics-listen`` / ``LEDGER_
 (``HOST:PORT``; empty, the default, serves nothing) at ``/metrics``. docs/operations.md lists
 every metric with what to alert on; keep it in step with this module.
 
-Labels are bounded by the code, never by the data: no SKU, location, channel, principal or
-message id ever becomes a label value.
+Labels are bounded by the code, never by the data: no SKU, location, principal or message id
+ever becomes a label value. Two labels name what operators configure, and are bounded by
+:class:`BoundedValues`: ``channel`` (sales channels, :data:`CHANNELS`) and ``source``
+(publishing systems, :data:`SOURCES`). Either takes the values listed in
+``LEDGER_METRICS_CHANNELS`` / ``LEDGER_METRICS_SOURCES`` (``--metrics-channels`` /
+``--metrics-sources``) or, unset, the first :data:`UNLISTED_VALUES_MAX` distinct values the
+process sees; every other value is counted as :data:`OTHER`.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 from wsgiref.simple_server import WSGIServer
 
@@ -36,6 +43,98 @@ from prometheus_client.registry import Collector
 from ledger.config import ConfigError
 
 log = logging.getLogger(__name__)
+
+# ---- bounded label values (channel, source) --------------------------------------------------
+
+# The label value of every channel or source beyond the bounded set. Parentheses are not
+# allowed in channel names or sources, so it never collides with a real one.
+OTHER = "(other)"
+# Of a dead letter whose source neither its payload nor its subject tells (its DLQ subject
+# is inventory.dlq._invalid).
+UNKNOWN_SOURCE = "(invalid)"
+# Unlisted: how many distinct values a process gives their own label value before OTHER.
+UNLISTED_VALUES_MAX = 20
+_LISTABLE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class BoundedValues:
+    """The label values a data-named label (``channel``, ``source``) may take: the operator's
+    list (:meth:`configure`) or, without one, the first ``limit`` distinct values seen; any
+    other value becomes :data:`OTHER`. Thread-safe (the writer thread and the event loop both
+    count). ``on_admit`` is called once per admitted value (to export its series at 0)."""
+
+    def __init__(self, what: str, limit: int = UNLISTED_VALUES_MAX) -> None:
+        self.what = what
+        self.limit = limit
+        self._listed: frozenset[str] | None = None
+        self._seen: set[str] = set()
+        self._warned = False
+        self._lock = threading.Lock()
+        self._on_admit: list[Callable[[str], None]] = []
+
+    def on_admit(self, callback: Callable[[str], None]) -> None:
+        with self._lock:
+            self._on_admit.append(callback)
+            admitted = sorted(self._seen)
+        for value in admitted:
+            callback(value)
+
+    def configure(self, values: Iterable[str] | None) -> None:
+        """Only ``values`` (and OTHER) from now on; ``None``: the first ``limit`` seen."""
+        listed = None if values is None else frozenset(values)
+        with self._lock:
+            self._listed = listed
+            self._seen = set(listed or ())
+            self._warned = False
+            callbacks = list(self._on_admit)
+        for value in sorted(listed or ()):
+            for callback in callbacks:
+                callback(value)
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:  # the hot path: a set lookup, no lock
+            return value
+        with self._lock:
+            if value in self._seen:
+                return value
+            if self._listed is not None or len(self._seen) >= self.limit:
+                if not self._warned and self._listed is None:
+                    self._warned = True
+                    log.warning(
+                        "more than %d %ss seen: further ones are counted as %s in the metrics"
+                        " (list them in LEDGER_METRICS_%sS)",
+                        self.limit,
+                        self.what,
+                        OTHER,
+                        self.what.upper(),
+                    )
+                return OTHER
+            self._seen.add(value)
+            callbacks = list(self._on_admit)
+        for callback in callbacks:
+            callback(value)
+        return value
+
+
+def parse_label_list(text: str, what: str) -> tuple[str, ...] | None:
+    """``LEDGER_METRICS_CHANNELS`` / ``LEDGER_METRICS_SOURCES``: comma-separated values;
+    empty or unset is ``None`` (the first :data:`UNLISTED_VALUES_MAX` seen)."""
+    values = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    for value in values:
+        if not _LISTABLE.fullmatch(value):
+            raise ConfigError(f"metrics {what} {value!r} is not a valid {what} name")
+    return values or None
+
+
+CHANNELS = BoundedValues("channel")
+SOURCES = BoundedValues("source")
+
+
+def configure_labels(channels: str = "", sources: str = "") -> None:
+    """Apply ``LEDGER_METRICS_CHANNELS`` / ``LEDGER_METRICS_SOURCES`` (ConfigError if bad)."""
+    CHANNELS.configure(parse_label_list(channels, "channel"))
+    SOURCES.configure(parse_label_list(sources, "source"))
+
 
 # No *_created series: they double the output and no alert here uses them.
 disable_created_metrics()
@@ -86,14 +185,30 @@ RPC_IN_FLIGHT = Gauge(
 RESERVATION_OUTCOMES = ("reserved", "insufficient", "committed", "released", "expired")
 RESERVATIONS = Counter(
     "ledger_reservations",
-    "Reservation outcomes: reserved (a Reserve committed), insufficient (a Reserve rejected"
-    " with INSUFFICIENT_AVAILABILITY), committed, released, expired (recorded by the expiry"
-    " sweeper); idempotent replays are not counted again",
-    ("outcome",),
+    "Reservation outcomes by channel: reserved (a Reserve committed), insufficient (a Reserve"
+    " rejected with INSUFFICIENT_AVAILABILITY), committed, released, expired (recorded by the"
+    " expiry sweeper); idempotent replays are not counted again. channel is the reservation's"
+    f" channel if listed in LEDGER_METRICS_CHANNELS (unset: one of the first"
+    f" {UNLISTED_VALUES_MAX} seen), else {OTHER}",
+    ("outcome", "channel"),
     registry=REGISTRY,
 )
-for _outcome in RESERVATION_OUTCOMES:
-    RESERVATIONS.labels(_outcome)
+
+
+def _reservation_series(channel: str) -> None:
+    for outcome in RESERVATION_OUTCOMES:
+        RESERVATIONS.labels(outcome, channel)
+
+
+# Exported from startup on, at 0: every outcome of OTHER, and of each channel when admitted.
+_reservation_series(OTHER)
+CHANNELS.on_admit(_reservation_series)
+
+
+def count_reservation(outcome: str, channel: str, count: int = 1) -> None:
+    """One (or ``count``) reservation outcome(s) of ``channel`` (bounded by :data:`CHANNELS`)."""
+    RESERVATIONS.labels(outcome, CHANNELS(channel)).inc(count)
+
 
 # ---- the write path (ledger/pipeline.py) -----------------------------------------------------
 
@@ -158,6 +273,100 @@ for _lane in INGEST_LANES:
         INGEST_MESSAGES.labels(_lane, _outcome)
     INGEST_REDELIVERIES.labels(_lane)
     INGEST_STORE_FAILURES.labels(_lane)
+
+# Movement-to-ledger lag: from 10 ms (a live message applied at once) to an hour (a backlog
+# after an outage, or a bulk lane behind a long backfill).
+LAG_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+)
+# How old a movement is when recorded (occurred_at to commit): a minute to a week.
+AGE_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0, 7 * 86400.0)
+MOVEMENT_VIAS = ("live", "bulk", "api")
+MOVEMENT_LAG = Histogram(
+    "ledger_movement_lag_seconds",
+    "Movement-to-ledger lag of recorded movements, by source and way in (via): live/bulk,"
+    " from JetStream storing the message in INVENTORY_MOVEMENTS (its stream timestamp) to the"
+    " ingest bridge seeing the transaction that recorded it committed; api, from the"
+    " RecordMovements call reaching the server to its commit. Duplicates and dead letters"
+    " are not observed",
+    ("source", "via"),
+    buckets=LAG_BUCKETS,
+    registry=REGISTRY,
+)
+MOVEMENT_AGE = Histogram(
+    "ledger_movement_age_seconds",
+    "How old a recorded movement was when its transaction committed (commit time minus the"
+    " movement's occurred_at; movements without occurred_at are not observed; a future"
+    " occurred_at counts as 0), by source and via: how late sources report",
+    ("source", "via"),
+    buckets=AGE_BUCKETS,
+    registry=REGISTRY,
+)
+
+
+def observe_recorded(
+    source: str, via: str, handed_over: float, occurred_at: datetime | None, committed: float
+) -> None:
+    """A recorded movement: ``handed_over`` and ``committed`` are Unix times (``time.time()``);
+    negative spans (clocks of two hosts apart) count as 0."""
+    label = SOURCES(source)
+    MOVEMENT_LAG.labels(label, via).observe(max(0.0, committed - handed_over))
+    if occurred_at is not None:
+        MOVEMENT_AGE.labels(label, via).observe(max(0.0, committed - occurred_at.timestamp()))
+
+
+DEAD_LETTERS = Counter(
+    "ledger_dead_letters",
+    "Dead letters the ingest bridge published to INVENTORY_DLQ (and terminated), by source"
+    f" ({UNKNOWN_SOURCE} when neither payload nor subject names a valid one) and reason (the"
+    " Ledger-Error-Reason header: BAD_JSON, WRONG_TYPE, MESSAGE_ID_REUSED, ...)",
+    ("source", "reason"),
+    registry=REGISTRY,
+)
+
+
+def count_dead_letter(source: str | None, reason: str) -> None:
+    DEAD_LETTERS.labels(UNKNOWN_SOURCE if source is None else SOURCES(source), reason).inc()
+
+
+# ---- ledger exceptions (ingest/exceptions.py) ------------------------------------------------
+
+EXCEPTION_TYPES = ("NEGATIVE_BUCKET", "STALE_COUNT", "TRANSFER_SHORTAGE", "UNKNOWN_RESERVATION")
+EXCEPTIONS_PUBLISHED = Counter(
+    "ledger_exceptions_published",
+    "Ledger exceptions (raised by the projection runner into the exceptions read model)"
+    " published on inventory.exceptions.<type>, by type; copies the broker's duplicate window"
+    " dropped are not counted",
+    ("type",),
+    registry=REGISTRY,
+)
+for _type in EXCEPTION_TYPES:
+    EXCEPTIONS_PUBLISHED.labels(_type)
+
+# ---- errors returned by the API (ledger/api/errors.py) ---------------------------------------
+
+RPC_ERRORS = Counter(
+    "ledger_rpc_errors",
+    "Calls that ended with an error, by the google.rpc ErrorInfo reason the caller got"
+    " (INVALID_ARGUMENT, INSUFFICIENT_AVAILABILITY, RESERVATION_NOT_FOUND, REQUEST_ID_REUSED,"
+    " CONCURRENCY_CONFLICT, STORE_UNAVAILABLE, RATE_LIMITED, INTERNAL, ...)",
+    ("reason",),
+    registry=REGISTRY,
+)
 
 # ---- projections (computed at scrape time) ---------------------------------------------------
 

@@ -30,7 +30,13 @@ from inventory.ledger.v1 import (
     reservation_service_pb2,
 )
 
-from ledger.api.errors import PermissionDenied, RateLimited, Unauthenticated, status_for
+from ledger.api.errors import (
+    PermissionDenied,
+    RateLimited,
+    Unauthenticated,
+    counted,
+    status_for,
+)
 from ledger.api.rpc import CORRELATION_HEADER, CURRENT_CALL, Call, correlation_id_of
 from ledger.api.tokens import ANONYMOUS_PRINCIPAL, Principal, TokenRegistry
 from ledger.config import Settings
@@ -214,7 +220,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
             self._admit(call, scope, context)
         except (Unauthenticated, RateLimited, PermissionDenied) as refusal:
             await context.send_initial_metadata(((CORRELATION_HEADER, call.correlation_id),))
-            status = rpc_status.to_status(status_for(refusal, call.correlation_id))
+            status = rpc_status.to_status(counted(status_for(refusal, call.correlation_id)))
             await context.abort(status.code, status.details, status.trailing_metadata)
         CALL_FIELDS.set(
             {

@@ -22,6 +22,7 @@ from ledger.domain.errors import (
     ReservationNotFound,
     StoreUnavailable,
 )
+from ledger.metrics import RPC_ERRORS
 from ledger.pipeline import PipelineOverloaded
 from projections.queries import ProjectionBehind
 
@@ -230,6 +231,21 @@ def status_for(error: BaseException, correlation_id: str) -> status_pb2.Status:
         f"internal error; quote correlation id {correlation_id}",
         _info("INTERNAL"),
     )
+
+
+def counted(status: status_pb2.Status) -> status_pb2.Status:
+    """Count an error status in ``ledger_rpc_errors_total`` by its ErrorInfo reason (every
+    status built here carries one) and return it; the servicers and the auth interceptor
+    pass each status they abort with through this, once."""
+    reason = "UNKNOWN"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason or reason
+            break
+    RPC_ERRORS.labels(reason).inc()
+    return status
 
 
 def grpc_code(status: status_pb2.Status) -> grpc.StatusCode:

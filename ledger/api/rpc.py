@@ -25,7 +25,13 @@ from google.protobuf import any_pb2, descriptor, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ledger.api.errors import ERROR_DOMAIN, DeadlineExceeded, PermissionDenied, status_for
+from ledger.api.errors import (
+    ERROR_DOMAIN,
+    DeadlineExceeded,
+    PermissionDenied,
+    counted,
+    status_for,
+)
 from ledger.api.tokens import ANONYMOUS_PRINCIPAL, Principal
 from ledger.use_cases.context import CallContext
 from projections.watch import TooManyWatchers, WatchClosed, WatchError, WatchOverflow
@@ -126,7 +132,7 @@ def unary(handler: Handler) -> Callable[[Any, Any, grpc.aio.ServicerContext], Aw
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            status = rpc_status.to_status(status_for(error, correlation_id))
+            status = rpc_status.to_status(counted(status_for(error, correlation_id)))
             await context.abort(status.code, status.details, status.trailing_metadata)
 
     return wrapper
@@ -158,7 +164,7 @@ def server_stream(
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            status = rpc_status.to_status(_stream_status_for(error, correlation_id))
+            status = rpc_status.to_status(counted(_stream_status_for(error, correlation_id)))
             await context.abort(status.code, status.details, status.trailing_metadata)
 
     return wrapper

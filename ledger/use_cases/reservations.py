@@ -15,7 +15,7 @@ from ledger.domain.channel_policy import ChannelPolicy
 from ledger.domain.errors import InsufficientAvailability, ReservationNotFound, ShortLine
 from ledger.domain.position import EventMeta
 from ledger.domain.reservation import Reservation, parse_reservation_id
-from ledger.metrics import RESERVATIONS
+from ledger.metrics import count_reservation
 from ledger.store.index_ops import ReservationIndexed, to_micros
 from ledger.unit_of_work import Finisher, Mark, UnitOfWork, position_of
 from ledger.use_cases.context import CallContext
@@ -69,13 +69,14 @@ def _written(uow: UnitOfWork, key: RequestKey, reservation: Reservation, mark: M
     return finish
 
 
-def _counted(outcome: str, finish: Finisher) -> Finisher:
-    """Count ``outcome`` in ``ledger_reservations_total`` once committed (``finish`` runs only
-    after the commit; idempotent replays finish with ``_replayed`` and are not counted)."""
+def _counted(outcome: str, channel: str, finish: Finisher) -> Finisher:
+    """Count ``outcome`` of ``channel`` in ``ledger_reservations_total`` once committed
+    (``finish`` runs only after the commit; idempotent replays finish with ``_replayed`` and
+    are not counted)."""
 
     def counted(recordings: list[Recording]) -> Any:
         result = finish(recordings)
-        RESERVATIONS.labels(outcome).inc()
+        count_reservation(outcome, channel)
         return result
 
     return counted
@@ -167,7 +168,7 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Any:
             else:
                 planned.extend(outcome)
         if short:
-            RESERVATIONS.labels("insufficient").inc()
+            count_reservation("insufficient", request.channel)
             raise InsufficientAvailability(request.channel, short)
 
         meta = ctx.meta(uow.now, request_id=request.request_id)
@@ -190,7 +191,7 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Any:
                 str(reservation.id), request.channel, request.order_ref, qty, expires_at, meta
             )
         uow.index_ops.append(index_op(reservation))
-        return _counted("reserved", _written(uow, key, reservation, mark))
+        return _counted("reserved", request.channel, _written(uow, key, reservation, mark))
 
     return command
 
@@ -233,7 +234,9 @@ def _transition(
         reservation = _load_for(uow, reservation_id, channel, ctx)
         apply(reservation, uow, ctx.meta(uow.now, request_id=request_id))
         uow.index_ops.append(index_op(reservation))
-        return _counted(_OUTCOME_OF[kind], _written(uow, key, reservation, mark))
+        return _counted(
+            _OUTCOME_OF[kind], reservation.channel, _written(uow, key, reservation, mark)
+        )
 
     return command
 
@@ -270,6 +273,7 @@ def expire_due(ctx: CallContext, reservation_ids: list[str]) -> Any:
 
     def command(uow: UnitOfWork) -> Finisher:
         expired: list[str] = []
+        channels: list[str] = []  # of the expired ones, for ledger_reservations_total
         for reservation_id in reservation_ids:
             reservation = uow.reservation(uuid.UUID(reservation_id))
             if reservation is None or not (
@@ -284,9 +288,11 @@ def expire_due(ctx: CallContext, reservation_ids: list[str]) -> Any:
                 )
             uow.index_ops.append(index_op(reservation))
             expired.append(reservation_id)
+            channels.append(reservation.channel)
 
         def finish(_: list[Recording]) -> list[str]:
-            RESERVATIONS.labels("expired").inc(len(expired))
+            for channel in channels:
+                count_reservation("expired", channel)
             return expired
 
         return finish

@@ -1,4 +1,5 @@
-"""The RPC metrics interceptor's status codes, and the /metrics endpoint's lifecycle."""
+"""The RPC metrics interceptor's status codes, the /metrics endpoint's lifecycle, and the
+bounded values of the ``channel`` and ``source`` labels."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ledger.api.metrics_interceptor import RpcMetricsInterceptor
 from ledger.config import ConfigError
-from ledger.metrics import REGISTRY, parse_listen, start_endpoint
+from ledger.metrics import (
+    OTHER,
+    REGISTRY,
+    BoundedValues,
+    parse_label_list,
+    parse_listen,
+    start_endpoint,
+)
 
 SERVICE = "test.v1.Probe"
 
@@ -172,7 +180,7 @@ def test_endpoint_serves_the_registry_and_unregisters_its_collector() -> None:
             text = response.read().decode()
         assert "ledger_projection_lag_events 3.0" in text
         assert "ledger_head_position 12.0" in text
-        assert 'ledger_reservations_total{outcome="expired"}' in text
+        assert 'ledger_reservations_total{channel="(other)",outcome="expired"} 0.0' in text
         assert "_created" not in text
     finally:
         endpoint.close()
@@ -201,3 +209,44 @@ def test_a_taken_port_is_a_configuration_error() -> None:
             start_endpoint(f"127.0.0.1:{endpoint.port}")
     finally:
         endpoint.close()
+
+
+def test_unlisted_label_values_are_bounded_by_the_first_seen(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    admitted: list[str] = []
+    values = BoundedValues("channel", limit=2)
+    values.on_admit(admitted.append)
+    assert [values(v) for v in ("web", "b2b", "web", "pos", "ebay")] == [
+        "web",
+        "b2b",
+        "web",
+        OTHER,
+        OTHER,
+    ]
+    assert admitted == ["web", "b2b"]  # once each, to export their series at 0
+    warnings = [r for r in caplog.records if "LEDGER_METRICS_CHANNELS" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_listed_label_values_are_the_only_ones(caplog: pytest.LogCaptureFixture) -> None:
+    admitted: list[str] = []
+    values = BoundedValues("source", limit=1)
+    values.on_admit(admitted.append)
+    values.configure(["wms-east", "erp"])  # more than the unlisted limit: a list has none
+    assert admitted == ["erp", "wms-east"]
+    assert [values(v) for v in ("erp", "wms-east", "3pl")] == ["erp", "wms-east", OTHER]
+    assert admitted == ["erp", "wms-east"]
+    assert not [r for r in caplog.records if "LEDGER_METRICS_SOURCES" in r.getMessage()]
+    late: list[str] = []
+    values.on_admit(late.append)  # a callback registered later sees what was admitted
+    assert late == ["erp", "wms-east"]
+
+
+def test_label_lists() -> None:
+    assert parse_label_list("web, b2b,,web ", "channel") == ("web", "b2b")
+    assert parse_label_list("", "channel") is None
+    assert parse_label_list(" , ", "source") is None
+    for bad in ("web shop", "(other)", "a" * 65, "web,b2b!"):
+        with pytest.raises(ConfigError):
+            parse_label_list(bad, "channel")
