@@ -1,0 +1,141 @@
+"""Ratios to the baselines, the printed table and the JSON document.
+
+JSON (``schema`` 1): ``mode``, ``started_at``, ``elapsed_s``, ``machine``, ``git``,
+``settings``, then
+
+* ``baselines``: ``grpc_echo``, ``pg_txn_per_call``, ``pg_group_commit``,
+  ``jetstream_fetch_ack`` — each with ``rate`` and ``unit``;
+* ``figures``: ``reserve_{distinct,hot}_c{64,256}_p{1,2}``, ``reserve_distinct_best``,
+  ``reserve_half_load``, ``reserve_saturation``, ``reserve_drain``,
+  ``record_movements_single``, ``record_movements_batch``, ``ingest``, ``get_position``,
+  ``get_position_c16``, ``get_position_as_of``, ``projection_lag`` — each with ``rate``,
+  ``unit``, ``p50_ms``/``p99_ms`` where calls were timed, ``errors`` (status code -> count);
+* ``ratios``: name -> ``value``, ``target`` (None: for information), ``met``,
+  ``numerator``, ``denominator``;
+* ``checks``: ``no_oversell`` (``passed`` and each position checked), ``ingest_durable``;
+* ``failures``: figures that could not be measured (name -> error), empty on a clean run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+BASELINE_KEYS = ("grpc_echo", "pg_txn_per_call", "pg_group_commit", "jetstream_fetch_ack")
+
+# (name, numerator figure, denominator: "baselines.X" or a figure, target or None)
+RATIOS: tuple[tuple[str, str, str, float | None], ...] = (
+    (
+        "reserve_distinct_vs_group_commit_writer",
+        "reserve_distinct_best",
+        "baselines.pg_group_commit",
+        0.70,
+    ),
+    ("reserve_distinct_vs_txn_per_call", "reserve_distinct_best", "baselines.pg_txn_per_call", 1.0),
+    ("hot_vs_distinct_c256_p2", "reserve_hot_c256_p2", "reserve_distinct_c256_p2", 0.80),
+    ("ingest_vs_jetstream_fetch_ack", "ingest", "baselines.jetstream_fetch_ack", 0.50),
+    ("reserve_vs_grpc_echo", "reserve_distinct_best", "baselines.grpc_echo", None),
+    ("get_position_c16_vs_grpc_echo", "get_position_c16", "baselines.grpc_echo", None),
+)
+RATIO_KEYS = tuple(name for name, *_ in RATIOS)
+
+
+def _lookup(document: Mapping[str, Any], ref: str) -> Mapping[str, Any] | None:
+    if ref.startswith("baselines."):
+        return document["baselines"].get(ref.removeprefix("baselines."))
+    return document["figures"].get(ref)
+
+
+def ratios(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, numerator, denominator, target in RATIOS:
+        top, bottom = _lookup(document, numerator), _lookup(document, denominator)
+        value = None
+        if top and bottom and top.get("rate") and bottom.get("rate"):
+            value = round(top["rate"] / bottom["rate"], 3)
+        out[name] = {
+            "value": value,
+            "target": target,
+            "met": None if target is None or value is None else value >= target,
+            "numerator": numerator,
+            "denominator": denominator,
+        }
+    return out
+
+
+def _cell(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _errors(figure: Mapping[str, Any]) -> str:
+    errors = figure.get("errors") or {}
+    return " ".join(f"{code}={n}" for code, n in errors.items()) or "-"
+
+
+def table(document: Mapping[str, Any]) -> str:
+    rows = [("figure", "rate", "unit", "p50 ms", "p99 ms", "errors / notes")]
+    for section in ("baselines", "figures"):
+        for name, figure in document[section].items():
+            note = _errors(figure)
+            if name == "projection_lag":
+                note = (
+                    f"lag p99 {_cell(figure.get('lag_positions_p99'))} positions,"
+                    f" {_cell(figure.get('lag_seconds_p99'), 3)} s (from {figure.get('from')})"
+                )
+            elif name == "reserve_distinct_best":
+                note = f"= {figure.get('from')}"
+            elif "no_oversell" in figure:
+                note = f"{note}  no-oversell {'ok' if figure['no_oversell'] else 'FAILED'}"
+            elif name == "ingest":
+                note = f"durable {'ok' if figure.get('durable_in_ledger') else 'MISSING'}"
+            rows.append(
+                (
+                    name,
+                    _cell(figure.get("rate")),
+                    str(figure.get("unit", "")),
+                    _cell(figure.get("p50_ms", figure.get("commit_p50_ms")), 2),
+                    _cell(figure.get("p99_ms", figure.get("commit_p99_ms")), 2),
+                    note,
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i in (0, 2) else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row[:5], widths, strict=True))
+        )
+        + f"  {row[5]}"
+        for row in rows
+    ]
+    lines.append("")
+    lines.append(f"{'ratio':<42}{'value':>8}{'target':>9}  met")
+    for name, ratio in document["ratios"].items():
+        target = ratio["target"]
+        met = {True: "yes", False: "NO", None: "-"}[ratio["met"]]
+        lines.append(
+            f"{name:<42}{_cell(ratio['value'], 3):>8}"
+            f"{(f'>={target:.2f}' if target is not None else '-'):>9}  {met}"
+        )
+    checks = document["checks"]
+    lines.append("")
+    lines.append(
+        f"no oversell: {'passed' if checks['no_oversell']['passed'] else 'FAILED'}"
+        f" ({len(checks['no_oversell']['positions'])} positions checked);"
+        f" ingest durable: {'yes' if checks['ingest_durable'] else 'NO'}"
+    )
+    for name, error in document.get("failures", {}).items():
+        lines.append(f"FAILED {name}: {error}")
+    return "\n".join(lines)
+
+
+def write(document: Mapping[str, Any], path: str | Path) -> None:
+    target = Path(path)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+    partial.replace(target)
