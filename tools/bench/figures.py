@@ -198,6 +198,10 @@ def open_loop(
     )
     figure.update(unit="reservations/s", offered_rate=round(offered, 1), deadline_s=deadline)
     figure["codes"] = {"OK": figure["ok"], **figure["errors"]}
+    # Reservations the ledger made whose caller had given up (deadline): they hold stock
+    # until their ttl. Every request asks for 1 unit, so units = reservations.
+    made = sum(server.get("reservations", 0) for server in figure.get("server_commits", []))
+    figure["reserved_without_ok_answer"] = max(0, made - figure["ok_qty"])
     progress(f"  {_brief(figure)}")
     return figure
 

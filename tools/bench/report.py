@@ -9,7 +9,15 @@ JSON (``schema`` 1): ``mode``, ``started_at``, ``elapsed_s``, ``machine``, ``git
   ``reserve_half_load``, ``reserve_saturation``, ``reserve_drain``,
   ``record_movements_single``, ``record_movements_batch``, ``ingest``, ``get_position``,
   ``get_position_c16``, ``get_position_as_of``, ``projection_lag`` — each with ``rate``,
-  ``unit``, ``p50_ms``/``p99_ms`` where calls were timed, ``errors`` (status code -> count);
+  ``unit``; load-generated ones also ``ok``, ``errors`` (status code -> count, OK calls
+  aside), ``p50_ms``/``p90_ms``/``p99_ms``/``max_ms`` (OK calls in the window),
+  ``seconds``, ``processes``, ``clients`` or ``offered_rate``, ``ok_qty``/``ambiguous_qty``
+  (units), ``loadgen_cpu`` (per worker, cores), ``cpu_cores`` (servers, projections,
+  loadgen, postgres, nats-server), ``server_commits`` (per server: ``commits``,
+  ``reservations``, ``group_commits``, ``commands_per_group_commit``) and, for writes,
+  ``projection_lag`` (``lag_positions_p50/p99/max``, ``lag_seconds_p50/p99/max``); hot and
+  drain figures ``no_oversell``; open-loop ones ``codes`` (OK included),
+  ``client_dropped``, ``schedule_lag_p99_ms``, ``reserved_without_ok_answer``;
 * ``ratios``: name -> ``value``, ``target`` (None: for information), ``met``,
   ``numerator``, ``denominator``;
 * ``checks``: ``no_oversell`` (``passed`` and each position checked), ``ingest_durable``;
@@ -78,15 +86,35 @@ def _errors(figure: Mapping[str, Any]) -> str:
     return " ".join(f"{code}={n}" for code, n in errors.items()) or "-"
 
 
+def _cpu(cores: Mapping[str, Any] | None) -> str:
+    """Where the CPU went (cores): a server near 1.0 is one Python process at its limit."""
+    if not cores:
+        return ""
+    parts = []
+    for group, label in (("servers", "srv"), ("server", "srv"), ("ingest", "ingest")):
+        if cores.get(group):
+            parts.append(f"{label} {'+'.join(f'{c:.2f}' for c in cores[group])}")
+    if cores.get("postgres"):
+        parts.append(f"pg {cores['postgres']:.2f}")
+    return f"  [cpu {' '.join(parts)}]" if parts else ""
+
+
 def table(document: Mapping[str, Any]) -> str:
     rows = [("figure", "rate", "unit", "p50 ms", "p99 ms", "errors / notes")]
     for section in ("baselines", "figures"):
         for name, figure in document[section].items():
             note = _errors(figure)
             if name == "projection_lag":
+                seconds, interval = figure.get("lag_seconds_p99"), figure.get("interval_s", 0)
+                behind = (
+                    f"< {interval:g} s (the poll interval)"
+                    if seconds is not None and seconds < interval
+                    else f"{_cell(seconds, 3)} s"
+                )
                 note = (
-                    f"lag p99 {_cell(figure.get('lag_positions_p99'))} positions,"
-                    f" {_cell(figure.get('lag_seconds_p99'), 3)} s (from {figure.get('from')})"
+                    f"lag p99 {_cell(figure.get('lag_positions_p99'))} positions, {behind}"
+                    f" (from {figure.get('from')}; worst run p99"
+                    f" {_cell(figure.get('worst_lag_seconds_p99'), 3)} s)"
                 )
             elif name == "reserve_distinct_best":
                 note = f"= {figure.get('from')}"
@@ -94,6 +122,9 @@ def table(document: Mapping[str, Any]) -> str:
                 note = f"{note}  no-oversell {'ok' if figure['no_oversell'] else 'FAILED'}"
             elif name == "ingest":
                 note = f"durable {'ok' if figure.get('durable_in_ledger') else 'MISSING'}"
+            if figure.get("reserved_without_ok_answer"):
+                note += f"  reserved without OK: {figure['reserved_without_ok_answer']}"
+            note += _cpu(figure.get("cpu_cores"))
             rows.append(
                 (
                     name,

@@ -146,6 +146,7 @@ _SERIES = {
     "ledger_commits_total": "commits",
     "ledger_commit_batch_commands_count": "batches",
     "ledger_commit_batch_commands_sum": "batched_commands",
+    "ledger_reservations_total": "reserved",  # outcome="reserved" only, every channel
 }
 
 
@@ -160,8 +161,13 @@ def _scrape(url: str) -> dict[str, float]:
         return values
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name in _SERIES:
-                values[_SERIES[sample.name]] += sample.value
+            if sample.name not in _SERIES:
+                continue
+            if sample.name == "ledger_reservations_total" and (
+                sample.labels.get("outcome") != "reserved"
+            ):
+                continue
+            values[_SERIES[sample.name]] += sample.value
     return values
 
 
@@ -186,6 +192,7 @@ class ServerMetrics:
             self.result.append(
                 {
                     "commits": int(delta["commits"]),
+                    "reservations": int(delta["reserved"]),  # made, whoever got the answer
                     "group_commits": int(delta["batches"]),
                     "commands_per_group_commit": (
                         round(delta["batched_commands"] / delta["batches"], 1)
