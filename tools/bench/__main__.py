@@ -217,11 +217,12 @@ def run(profile: Profile, json_path: str, database: str | None, nats_url: str | 
             progress("starting the ledger")
             cluster = Cluster(db, max(profile.processes))
             stack.callback(cluster.close)
-            cluster.start()
-            layout = Layout.make(
-                profile.positions, figures.hot_keys(profile), profile.record_positions
-            )
-            _service(steps, doc, Bench(profile, pool, cluster, layout), nats)
+            if steps.run("ledger_start", cluster.start) is not None:
+                layout = Layout.make(
+                    profile.positions, figures.hot_keys(profile), profile.record_positions
+                )
+                bench = Bench(profile, pool, cluster, layout)
+                steps.run("service", lambda: _service(steps, doc, bench, nats))
     except infra.InfraUnavailable as error:
         print(f"tools.bench: cannot run here: {error}", file=sys.stderr)
         return 3
