@@ -15,10 +15,10 @@ Job fields: ``kind`` (see ``payloads``), ``params``, ``targets`` (HOST:PORT, cal
 over them), ``channels`` (per target), ``mode`` ``closed`` (``concurrency`` calls in flight)
 or ``open`` (``rate`` arrivals/s, at most ``max_in_flight``), ``warmup`` and ``seconds``
 (only calls completing inside the measured window count; see ``closed_loop`` for when it
-opens), ``timeout`` (per-call deadline),
-``prebuild`` (requests serialised up front), ``tag`` (unique ids), ``cancel_tail``
-(closed loop: cancel the calls still in flight when the window closes), ``settle_max``
-(closed loop: longest wait past the warmup for every client's first answer).
+opens), ``timeout`` (per-call deadline), ``prebuild`` (requests serialised up front),
+``tag`` (unique ids), ``cancel_tail`` (closed loop: cancel the calls still in flight when
+the window closes), ``settle_max`` (closed loop: longest wait past the warmup for every
+client's first answer).
 """
 
 from __future__ import annotations
