@@ -118,3 +118,15 @@ def projections_in_process(settings: Settings) -> bool:
     if settings.projections == "auto":
         return settings.database_url.startswith("sqlite:")
     return settings.projections == "in-process"
+
+
+def group_commit_from_env() -> tuple[float, int]:
+    """(linger seconds, commands per commit) from LEDGER_GROUP_COMMIT_LINGER_MS (default 1)
+    and LEDGER_GROUP_COMMIT_MAX (default 256); docs/performance.md explains the trade."""
+    linger_ms = float(os.environ.get("LEDGER_GROUP_COMMIT_LINGER_MS", "1"))
+    batch_max = int(os.environ.get("LEDGER_GROUP_COMMIT_MAX", "256"))
+    if not 0 <= linger_ms <= 100 or not 1 <= batch_max <= 10_000:
+        raise ValueError(
+            "LEDGER_GROUP_COMMIT_LINGER_MS must be 0-100 and LEDGER_GROUP_COMMIT_MAX 1-10000"
+        )
+    return linger_ms / 1000, batch_max

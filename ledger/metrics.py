@@ -226,6 +226,13 @@ COMMITS = Counter(
     registry=REGISTRY,
 )
 
+BATCH_SIZE = Histogram(
+    "ledger_commit_batch_commands",
+    "Commands that shared one group-committed write transaction (batches of two or more)",
+    buckets=(2, 4, 8, 16, 32, 64, 128, 256, 512),
+    registry=REGISTRY,
+)
+
 
 def count_appended(recordings: Iterable[Any]) -> None:
     """Count a committed transaction's recordings (eventsourcing ``Recording`` objects)."""

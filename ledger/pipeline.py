@@ -3,8 +3,10 @@
 A single writer thread takes commands from a bounded queue, applies each to cached
 aggregates inside a unit of work and commits once. Serialising in-process means the only
 optimistic-concurrency conflicts left are with other processes; those are retried a bounded
-number of times with jitter. Group commit (several commands per transaction) slots in here
-without touching the domain: commands already validate before they mutate.
+number of times with jitter. Group commit: commands queued within a short linger share one
+unit of work and one transaction, each keeping its own outcome (commands validate before they
+mutate, so a rejected one leaves its batch-mates' changes intact). A conflict re-judges the
+batch's commands one by one on reloaded state, each with its own retries.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from eventsourcing.persistence import IntegrityError, InterfaceError, Operationa
 from ledger.application import InventoryLedger
 from ledger.domain.errors import ConcurrencyConflict, StoreUnavailable
 from ledger.domain.limits import CONFLICT_RETRIES_MAX
-from ledger.metrics import count_appended
+from ledger.metrics import BATCH_SIZE, count_appended
 from ledger.store.index_ops import from_micros
-from ledger.unit_of_work import AggregateCache, Finisher, UnitOfWork
+from ledger.unit_of_work import AggregateCache, Finisher, PendingInThisCommit, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ T = TypeVar("T")
 Command = Callable[[UnitOfWork], Finisher]
 
 QUEUE_DEPTH_MAX = 10_000
+# Group commit: how long the writer waits for batch-mates, and how many share a commit.
+DEFAULT_LINGER_SECONDS = 0.001
+DEFAULT_BATCH_MAX = 256
 _STOP = object()
 
 
@@ -48,11 +53,15 @@ class CommandPipeline:
         clock: Callable[[], datetime],
         *,
         conflict_retries: int = CONFLICT_RETRIES_MAX,
+        linger_seconds: float = DEFAULT_LINGER_SECONDS,
+        batch_max: int = DEFAULT_BATCH_MAX,
     ) -> None:
         self._app = app
         self._clock = clock
         self._cache = AggregateCache(app)
         self._conflict_retries = conflict_retries
+        self._linger = linger_seconds
+        self._batch_max = batch_max
         # recorded_at never goes backwards along the ledger (SPEC §3 recorded axis): each
         # command's time is at least the newest recorded_at this writer has seen committed.
         # Other replicas' commits raise it through the entry index CHECK (see _execute).
@@ -84,19 +93,109 @@ class CommandPipeline:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        while True:
+        stopping = False
+        while not stopping:
             item = self._queue.get()
             if item is _STOP:
                 return
-            command, future = item
-            if not future.set_running_or_notify_cancel():
-                continue
+            batch = [item]
+            stopping = self._gather(batch)
+            live = [(c, f) for c, f in batch if f.set_running_or_notify_cancel()]
+            while live:
+                live = self._execute_batch(live)
+
+    def _gather(self, batch: list[Any]) -> bool:
+        """Group commit: take what is queued, waiting up to the linger for more, up to the
+        batch limit. Returns whether a stop request was met (after this batch)."""
+        deadline = time.monotonic() + self._linger
+        while len(batch) < self._batch_max:
             try:
-                result = self._execute(command)
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    return False
+            if item is _STOP:
+                return True
+            batch.append(item)
+        return False
+
+    def _execute_batch(self, items: list[tuple[Command, Future[Any]]]) -> list[Any]:
+        """Apply every command in order to one unit of work and commit once; each command
+        keeps its own outcome. Returns the commands deferred to the next commit."""
+        if len(items) == 1:
+            self._settle(items[0][1], lambda: self._execute(items[0][0]))
+            return []
+        uow = UnitOfWork(self._app, self._cache, max(self._clock(), self._floor))
+        applied: list[tuple[Future[Any], Finisher]] = []
+        rejected: list[tuple[Future[Any], BaseException]] = []
+        deferred: list[tuple[Command, Future[Any]]] = []
+        for command, future in items:
+            before = uow.change_count()
+            try:
+                applied.append((future, command(uow)))
+            except PendingInThisCommit:
+                deferred.append((command, future))
+            except (OperationalError, InterfaceError):
+                uow.discard()
+                return self._one_by_one(items)
             except BaseException as error:
+                if uow.change_count() != before:
+                    # Half-applied (a bug, not a rejection): nothing of this batch is
+                    # trusted; each command runs again on its own against fresh state.
+                    uow.discard()
+                    return self._one_by_one(items)
+                rejected.append((future, error))
+        try:
+            recordings = uow.commit()
+        except IntegrityError:
+            # Another replica wrote one of these aggregates (or a later recorded_at) first:
+            # every command is re-judged on reloaded state, one by one with its own retries.
+            uow.discard()
+            self._raise_floor()
+            return self._one_by_one(items)
+        except (OperationalError, InterfaceError) as error:
+            uow.discard()
+            for _, future in [*applied, *rejected]:
+                future.set_exception(StoreUnavailable(str(error)))
+            return deferred
+        except BaseException as error:
+            uow.discard()
+            for _, future in [*applied, *rejected]:
                 future.set_exception(error)
-            else:
-                future.set_result(result)
+            return deferred
+        self._committed(uow, recordings)
+        BATCH_SIZE.observe(len(applied))
+        for future, finish in applied:
+            self._settle(future, lambda finish=finish: finish(recordings))
+        for future, error in rejected:
+            future.set_exception(error)
+        return deferred
+
+    def _one_by_one(self, items: list[tuple[Command, Future[Any]]]) -> list[Any]:
+        for command, future in items:
+            self._settle(future, lambda command=command: self._execute(command))
+        return []
+
+    @staticmethod
+    def _settle(future: Future[Any], run: Callable[[], Any]) -> None:
+        try:
+            result = run()
+        except BaseException as error:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def _committed(self, uow: UnitOfWork, recordings: list[Any]) -> None:
+        if recordings:
+            self._floor = max(self._floor, uow.now)
+            count_appended(recordings)
+            for listener in self._commit_listeners:
+                listener()
 
     def _execute(self, command: Command) -> Any:
         for attempt in range(1, self._conflict_retries + 1):
@@ -124,11 +223,7 @@ class CommandPipeline:
             except BaseException:
                 uow.discard()
                 raise
-            if recordings:
-                self._floor = max(self._floor, uow.now)
-                count_appended(recordings)
-                for listener in self._commit_listeners:
-                    listener()
+            self._committed(uow, recordings)
             return finish(recordings)
         raise ConcurrencyConflict(self._conflict_retries)
 

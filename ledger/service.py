@@ -17,7 +17,7 @@ from ledger.application import InventoryLedger
 from ledger.audit import verify
 from ledger.audit.as_of import AsOfReader, Axis
 from ledger.audit.entries import LedgerEntryView, decode_event, entry_view, ledger_entries
-from ledger.config import eventsourcing_env
+from ledger.config import eventsourcing_env, group_commit_from_env
 from ledger.domain.errors import ReservationNotFound, StoreUnavailable
 from ledger.domain.movements import Movement
 from ledger.domain.position import Position, position_id
@@ -47,7 +47,8 @@ class LedgerService:
     def __init__(self, app: InventoryLedger, clock: Clock = system_clock) -> None:
         self.app = app
         self.clock = clock
-        self.pipeline = CommandPipeline(app, clock)
+        linger, batch_max = group_commit_from_env()
+        self.pipeline = CommandPipeline(app, clock, linger_seconds=linger, batch_max=batch_max)
         self.as_of = AsOfReader(app)
         self._sweeper_stop = threading.Event()
         self._sweeper: threading.Thread | None = None

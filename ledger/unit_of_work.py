@@ -59,6 +59,13 @@ class AggregateCache:
 
 
 Finisher = Callable[[list[Recording]], Any]
+
+
+class PendingInThisCommit(Exception):
+    """The command depends on a batch-mate's uncommitted result (the same request id):
+    raised before it changes anything, so the pipeline runs it again in the next commit."""
+
+
 # (aggregate id as hex, version): one stored event, JSON-friendly for idempotency results.
 EventRef = tuple[str, int]
 Mark = dict[UUID, int]
@@ -76,6 +83,12 @@ class UnitOfWork:
         self._max_occurred_at: dict[UUID, datetime | None] = {}
         self._keys: dict[UUID, IdempotencyKey] = {}
         self.index_ops: list[IndexOp] = []
+
+    def change_count(self) -> tuple[int, int, int]:
+        """Grows whenever a command changes anything this unit will save: compared before
+        and after a rejected command to tell a clean rejection from a half-applied one."""
+        pending = sum(len(a.pending_events) for a in self._seen.values())
+        return pending, len(self.index_ops), len(self._keys)
 
     @property
     def seen_ids(self) -> list[UUID]:

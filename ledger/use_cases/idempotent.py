@@ -8,7 +8,7 @@ from uuid import UUID
 
 from ledger.domain.errors import RequestIdReused
 from ledger.domain.idempotency import IdempotencyKey, fingerprint, request_key_id
-from ledger.unit_of_work import EventRef, UnitOfWork, recorded_position
+from ledger.unit_of_work import EventRef, PendingInThisCommit, UnitOfWork, recorded_position
 from ledger.use_cases.context import CallContext
 
 
@@ -34,6 +34,9 @@ def previous_result(uow: UnitOfWork, key: RequestKey) -> tuple[dict[str, Any], i
 
     Raises RequestIdReused when the key was used for a different payload.
     """
+    if uow.is_pending_key(key.key_id):
+        # A batch-mate used this request id: answer after its commit, from the next batch.
+        raise PendingInThisCommit(key.request_id)
     stored = uow.idempotency_key(key.key_id)
     if stored is None:
         return None

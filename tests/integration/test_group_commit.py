@@ -1,0 +1,76 @@
+"""Group commit (issue 8): commands queued together share one transaction, each keeping its
+own outcome. A long linger makes the grouping deterministic enough to observe."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from ledger.domain.errors import InsufficientAvailability
+from ledger.domain.movements import Movement, MovementType
+from ledger.metrics import REGISTRY
+from ledger.service import LedgerService
+from ledger.use_cases.context import CallContext
+from ledger.use_cases.reservations import ReserveInput, ReserveLine
+
+CTX = CallContext("group-commit-test")
+
+
+def _batches() -> tuple[float, float]:
+    count = REGISTRY.get_sample_value("ledger_commit_batch_commands_count") or 0.0
+    total = REGISTRY.get_sample_value("ledger_commit_batch_commands_sum") or 0.0
+    return count, total
+
+
+@pytest.fixture
+def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LedgerService]:
+    monkeypatch.setenv("LEDGER_GROUP_COMMIT_LINGER_MS", "50")
+    service = LedgerService.open(f"sqlite:///{tmp_path / 'l.db'}")
+    service.record_movements(
+        CTX, [Movement("seed", "r1", MovementType.RECEIPT, "SKU", "L1", qty=20)]
+    ).result()
+    yield service
+    service.close()
+
+
+def _reserve(request_id: str, qty: int = 1) -> ReserveInput:
+    return ReserveInput(
+        request_id=request_id,
+        channel="web",
+        order_ref=f"o-{request_id}",
+        lines=(ReserveLine("SKU", "L1", qty),),
+        ttl=timedelta(minutes=10),
+    )
+
+
+def test_a_batch_commits_once_and_a_short_reservation_fails_alone(service: LedgerService):
+    count_before, commands_before = _batches()
+    futures = [service.reserve(CTX, _reserve(f"req-{i}")) for i in range(30)]
+    outcomes = [f.exception() or f.result() for f in futures]
+
+    won = [o for o in outcomes if not isinstance(o, BaseException)]
+    lost = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(won) == 20  # exactly the stock: no oversell inside a batch
+    assert all(isinstance(o, InsufficientAvailability) for o in lost) and len(lost) == 10
+    # Order is kept: the first 20 submitted are the ones that got stock.
+    assert [not isinstance(o, BaseException) for o in outcomes] == [True] * 20 + [False] * 10
+    positions = [o.ledger_position for o in won]
+    assert len(set(positions)) == 20 and positions == sorted(positions)
+
+    count_after, commands_after = _batches()
+    assert count_after > count_before  # at least one shared commit ...
+    assert commands_after - commands_before >= 20  # ... carrying the successful reservations
+    view = service.get_position("SKU", "L1")
+    assert view.reserved == 20 and view.available == 0
+
+
+def test_the_same_request_id_twice_in_one_batch_gets_one_reservation(service: LedgerService):
+    first = service.reserve(CTX, _reserve("twice"))
+    second = service.reserve(CTX, _reserve("twice"))
+    a, b = first.result(), second.result()
+    assert a.reservation_id == b.reservation_id
+    assert a.ledger_position == b.ledger_position > 0
+    assert service.get_position("SKU", "L1").reserved == 1
