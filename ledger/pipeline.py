@@ -46,6 +46,16 @@ class PipelineOverloaded(Exception):
     """Raised when the command queue is full (back-pressure: RESOURCE_EXHAUSTED)."""
 
 
+def _started(future: Future[Any]) -> bool:
+    """Mark the future running (once), unless its caller already cancelled it."""
+    if future.running():
+        return True
+    try:
+        return future.set_running_or_notify_cancel()
+    except RuntimeError:  # cancelled, and its waiters were told on an earlier pass
+        return False
+
+
 class CommandPipeline:
     def __init__(
         self,
@@ -100,9 +110,8 @@ class CommandPipeline:
                 return
             batch = [item]
             stopping = self._gather(batch)
-            live = [(c, f) for c, f in batch if f.set_running_or_notify_cancel()]
-            while live:
-                live = self._execute_batch(live)
+            while batch:
+                batch = self._execute_batch(batch)
 
     def _gather(self, batch: list[Any]) -> bool:
         """Group commit: take what is queued, waiting up to the linger for more, up to the
@@ -128,13 +137,19 @@ class CommandPipeline:
         """Apply every command in order to one unit of work and commit once; each command
         keeps its own outcome. Returns the commands deferred to the next commit."""
         if len(items) == 1:
-            self._settle(items[0][1], lambda: self._execute(items[0][0]))
+            command, future = items[0]
+            if _started(future):
+                self._settle(future, lambda: self._execute(command))
             return []
         uow = UnitOfWork(self._app, self._cache, max(self._clock(), self._floor))
         applied: list[tuple[Future[Any], Finisher]] = []
         rejected: list[tuple[Future[Any], BaseException]] = []
         deferred: list[tuple[Command, Future[Any]]] = []
         for command, future in items:
+            # Started only now: a caller whose deadline passed while the command waited in
+            # this batch has cancelled it, and it must not be applied late.
+            if not _started(future):
+                continue
             before = uow.change_count()
             try:
                 applied.append((future, command(uow)))
@@ -178,7 +193,8 @@ class CommandPipeline:
 
     def _one_by_one(self, items: list[tuple[Command, Future[Any]]]) -> list[Any]:
         for command, future in items:
-            self._settle(future, lambda command=command: self._execute(command))
+            if _started(future):
+                self._settle(future, lambda command=command: self._execute(command))
         return []
 
     @staticmethod
