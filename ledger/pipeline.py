@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
@@ -39,6 +39,9 @@ QUEUE_DEPTH_MAX = 10_000
 # Group commit: how long the writer waits for batch-mates, and how many share a commit.
 DEFAULT_LINGER_SECONDS = 0.001
 DEFAULT_BATCH_MAX = 256
+# Whole-batch attempts after conflicts with other replicas, before one by one.
+BATCH_CONFLICT_RETRIES = 5
+_CONFLICT = object()
 _STOP = object()
 
 
@@ -76,6 +79,7 @@ class CommandPipeline:
         # command's time is at least the newest recorded_at this writer has seen committed.
         # Other replicas' commits raise it through the entry index CHECK (see _execute).
         self._floor = from_micros(0)
+        self._lead = timedelta(0)
         self._raise_floor()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_DEPTH_MAX)
         self._commit_listeners: list[Callable[[], None]] = []
@@ -141,7 +145,18 @@ class CommandPipeline:
             if _started(future):
                 self._settle(future, lambda: self._execute(command))
             return []
-        uow = UnitOfWork(self._app, self._cache, max(self._clock(), self._floor))
+        for attempt in range(1, BATCH_CONFLICT_RETRIES + 1):
+            outcome = self._try_batch(items)
+            if outcome is not _CONFLICT:
+                return outcome
+            # Another replica wrote one of these aggregates (or a later recorded_at) first:
+            # the whole batch is re-judged on reloaded state, so a conflict costs one more
+            # transaction instead of one per command.
+            self._back_off(attempt)
+        return self._one_by_one(items)
+
+    def _try_batch(self, items: list[tuple[Command, Future[Any]]]) -> Any:
+        uow = UnitOfWork(self._app, self._cache, self._now())
         applied: list[tuple[Future[Any], Finisher]] = []
         rejected: list[tuple[Future[Any], BaseException]] = []
         deferred: list[tuple[Command, Future[Any]]] = []
@@ -168,11 +183,8 @@ class CommandPipeline:
         try:
             recordings = uow.commit()
         except IntegrityError:
-            # Another replica wrote one of these aggregates (or a later recorded_at) first:
-            # every command is re-judged on reloaded state, one by one with its own retries.
             uow.discard()
-            self._raise_floor()
-            return self._one_by_one(items)
+            return _CONFLICT
         except (OperationalError, InterfaceError) as error:
             uow.discard()
             for _, future in [*applied, *rejected]:
@@ -215,7 +227,7 @@ class CommandPipeline:
 
     def _execute(self, command: Command) -> Any:
         for attempt in range(1, self._conflict_retries + 1):
-            uow = UnitOfWork(self._app, self._cache, max(self._clock(), self._floor))
+            uow = UnitOfWork(self._app, self._cache, self._now())
             try:
                 finish = command(uow)
             except (OperationalError, InterfaceError) as error:
@@ -230,8 +242,7 @@ class CommandPipeline:
                 # Another process wrote one of our aggregates first, or committed a later
                 # recorded_at than our clock's: reload, raise the floor, and try again.
                 uow.discard()
-                self._raise_floor()
-                time.sleep(random.uniform(0, 0.002 * attempt))
+                self._back_off(attempt)
                 continue
             except (OperationalError, InterfaceError) as error:
                 uow.discard()
@@ -243,9 +254,22 @@ class CommandPipeline:
             return finish(recordings)
         raise ConcurrencyConflict(self._conflict_retries)
 
+    def _now(self) -> datetime:
+        return max(self._clock() + self._lead, self._floor)
+
+    def _back_off(self, attempt: int) -> None:
+        # Jitter first, then read the head: a floor read before sleeping is already stale.
+        time.sleep(random.uniform(0, 0.002 * attempt))
+        self._raise_floor()
+
     def _raise_floor(self) -> None:
+        """Lift this writer to the ledger's time: the floor to the head's recorded_at, and
+        the lead by how far the head is ahead of this clock, so a replica whose clock lags
+        keeps stamping the ledger's time as it advances instead of the last head it read
+        (which every commit of a punctual replica would overtake again)."""
         try:
             head = from_micros(self._app.entry_head()[1])
         except (OperationalError, InterfaceError):
             return  # the retry's commit will report the outage
         self._floor = max(self._floor, head)
+        self._lead = max(self._lead, head - self._clock())
