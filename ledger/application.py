@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -9,7 +10,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import ApplicationRecorder, EventStore
 
 from ledger.domain.position import Position
-from ledger.store.index_ops import ReservationRow
+from ledger.store.index_ops import EventRange, ReservationRow
 from ledger.store.retries import limit_store_retries
 
 SNAPSHOT_INTERVAL = 200
@@ -50,6 +51,11 @@ class InventoryLedger(Application):
             return None
 
     # Index lookups, answered by the ledger recorder subclasses (ledger.store).
+
+    def events_batch(self, ranges: Sequence[EventRange]) -> list[Any]:
+        """Domain events of many aggregates in one store read (see ``select_events_batch``)."""
+        stored = self.recorder.select_events_batch(ranges)  # type: ignore[attr-defined]
+        return [self.mapper.to_domain_event(event) for event in stored]
 
     def notification_id_of(self, aggregate_id: UUID, version: int) -> int | None:
         return self.recorder.notification_id_of(aggregate_id, version)  # type: ignore[attr-defined]

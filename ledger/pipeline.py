@@ -160,6 +160,10 @@ class CommandPipeline:
         applied: list[tuple[Future[Any], Finisher]] = []
         rejected: list[tuple[Future[Any], BaseException]] = []
         deferred: list[tuple[Command, Future[Any]]] = []
+        try:
+            uow.prefetch(c.reads for c, f in items if hasattr(c, "reads") and not f.cancelled())
+        except (OperationalError, InterfaceError):
+            return self._one_by_one(items)
         for command, future in items:
             # Started only now: a caller whose deadline passed while the command waited in
             # this batch has cancelled it, and it must not be applied late.
@@ -229,6 +233,8 @@ class CommandPipeline:
         for attempt in range(1, self._conflict_retries + 1):
             uow = UnitOfWork(self._app, self._cache, self._now())
             try:
+                if hasattr(command, "reads"):
+                    uow.prefetch([command.reads])
                 finish = command(uow)
             except (OperationalError, InterfaceError) as error:
                 uow.discard(only_mutated=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -21,41 +22,105 @@ from ledger.domain.position import EventMeta, Position, position_id
 from ledger.domain.reservation import Reservation
 from ledger.store.index_ops import EntryIndexed, IndexOp, PositionIndexed, to_micros
 
+_ABSENT = object()  # cached: this aggregate had no events when last looked up
+_NO_LIMIT = 2**31 - 1
+
 
 class AggregateCache:
     """LRU of aggregates owned by the writer thread, fast-forwarded on every first touch.
 
     Fast-forwarding (one indexed query) means reads are never stale by more than the
     transactions in flight elsewhere; those surface as IntegrityError on save and are retried.
+    A batch fast-forwards everything its commands declared in one query (``prefetch``);
+    aggregates found absent are remembered too, so a channel without a policy costs no read
+    per command, and the same query would see one another replica created since.
     """
 
     def __init__(self, app: InventoryLedger, maxsize: int = 20_000) -> None:
         self._app = app
         self._maxsize = maxsize
         self._items: OrderedDict[UUID, Any] = OrderedDict()
+        # Brought up to date by this unit of work's prefetch: no per-load query.
+        self._fresh: set[UUID] = set()
+
+    def begin(self) -> None:
+        """A new unit of work: nothing is fresh until fast-forwarded again."""
+        self._fresh.clear()
+
+    def prefetch(self, aggregate_ids: Iterable[UUID]) -> None:
+        wanted = [i for i in dict.fromkeys(aggregate_ids) if i not in self._fresh]
+        # Cached ones: their newer events. Others: whether they exist (first event only).
+        ranges = [
+            (i, self._version(i), _NO_LIMIT) if i in self._items else (i, 0, 1) for i in wanted
+        ]
+        to_build: list[UUID] = []
+        for event in self._app.events_batch(ranges):
+            aggregate = self._items.get(event.originator_id)
+            if aggregate is None or aggregate is _ABSENT:
+                to_build.append(event.originator_id)
+            else:
+                event.mutate(aggregate)
+        built = set(to_build)
+        for aggregate_id in wanted:
+            if aggregate_id in built:
+                self._fetch(aggregate_id)  # rebuilt once, from its snapshot if it has one
+            elif aggregate_id not in self._items:
+                self._store(aggregate_id, _ABSENT)
+            else:
+                self._items.move_to_end(aggregate_id)
+        self._fresh.update(wanted)
 
     def load(self, aggregate_id: UUID) -> Any | None:
         aggregate = self._items.get(aggregate_id)
-        if aggregate is None:
-            try:
-                aggregate = self._app.repository.get(aggregate_id)
-            except AggregateNotFoundError:
-                return None
+        if aggregate_id in self._fresh:
+            self._items.move_to_end(aggregate_id)
+        elif aggregate is None or aggregate is _ABSENT:
+            aggregate = self._fetch(aggregate_id)
         else:
             for event in self._app.events.get(aggregate_id, gt=aggregate.version):
                 event.mutate(aggregate)
-        self.put(aggregate)
+            self.put(aggregate)
+        return None if aggregate is _ABSENT else aggregate
+
+    def _fetch(self, aggregate_id: UUID) -> Any:
+        try:
+            aggregate = self._app.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            aggregate = _ABSENT
+        self._store(aggregate_id, aggregate)
         return aggregate
 
+    def _version(self, aggregate_id: UUID) -> int:
+        aggregate = self._items[aggregate_id]
+        return 0 if aggregate is _ABSENT else int(aggregate.version)
+
     def put(self, aggregate: Any) -> None:
-        self._items[aggregate.id] = aggregate
-        self._items.move_to_end(aggregate.id)
+        self._store(aggregate.id, aggregate)
+
+    def _store(self, aggregate_id: UUID, aggregate: Any) -> None:
+        self._items[aggregate_id] = aggregate
+        self._items.move_to_end(aggregate_id)
         while len(self._items) > self._maxsize:
-            self._items.popitem(last=False)
+            oldest, _ = self._items.popitem(last=False)
+            self._fresh.discard(oldest)
 
     def evict(self, aggregate_ids: Iterable[UUID]) -> None:
         for aggregate_id in aggregate_ids:
             self._items.pop(aggregate_id, None)
+            self._fresh.discard(aggregate_id)
+
+
+@dataclass(frozen=True)
+class Reads:
+    """What a command will read, declared so a batch can fetch it all at once."""
+
+    keys: tuple[UUID, ...] = ()
+    aggregates: tuple[UUID, ...] = ()
+
+
+def declare_reads(command: Any, reads: Reads) -> Any:
+    command.reads = reads
+    return command
 
 
 Finisher = Callable[[list[Recording]], Any]
@@ -82,7 +147,26 @@ class UnitOfWork:
         # Each position's newest occurred_at when this unit first saw it (entry index rows).
         self._max_occurred_at: dict[UUID, datetime | None] = {}
         self._keys: dict[UUID, IdempotencyKey] = {}
+        # Keys looked up for the whole batch at once (None: the key is new).
+        self._stored_keys: dict[UUID, IdempotencyKey | None] = {}
         self.index_ops: list[IndexOp] = []
+        cache.begin()
+
+    def prefetch(self, reads: Iterable[Reads]) -> None:
+        """One read for every idempotency key and one fast-forward for every aggregate the
+        batch's commands declared, instead of a round trip per command."""
+        key_ids: list[UUID] = []
+        aggregate_ids: list[UUID] = []
+        for read in reads:
+            key_ids.extend(read.keys)
+            aggregate_ids.extend(read.aggregates)
+        if key_ids:
+            unique = list(dict.fromkeys(key_ids))
+            self._stored_keys.update(dict.fromkeys(unique))
+            for event in self.app.events_batch([(key_id, 0, 1) for key_id in unique]):
+                self._stored_keys[event.originator_id] = event.mutate(None)
+        if aggregate_ids:
+            self._cache.prefetch(aggregate_ids)
 
     def change_count(self) -> tuple[int, int, int]:
         """Grows whenever a command changes anything this unit will save: compared before
@@ -167,6 +251,8 @@ class UnitOfWork:
     def idempotency_key(self, key_id: UUID) -> IdempotencyKey | None:
         if key_id in self._keys:
             return self._keys[key_id]
+        if key_id in self._stored_keys:
+            return self._stored_keys[key_id]
         # A key never changes after its first event: one indexed read, and no cache
         # pollution (most lookups are misses for new keys).
         first = list(self.app.events.get(key_id, lte=1))

@@ -42,6 +42,8 @@ class ReservationIndexed:
 
 
 IndexOp = PositionIndexed | ReservationIndexed
+# (aggregate id, after version, up to version): a slice of one aggregate's events.
+EventRange = tuple[UUID, int, int]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,13 @@ from typing import Any
 from eventsourcing.persistence import InterfaceError, OperationalError
 
 STORE_ATTEMPTS_MAX = 2
-_RETRIED_METHODS = ("insert_events", "select_events", "select_notifications", "max_notification_id")
+_RETRIED_METHODS = (
+    "insert_events",
+    "select_events",
+    "select_events_batch",
+    "select_notifications",
+    "max_notification_id",
+)
 
 
 def _bounded(method: Callable[..., Any]) -> Callable[..., Any]:

@@ -12,6 +12,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 from ledger.store.index_ops import (
     EntryIndexed,
     EntryRow,
+    EventRange,
     IndexOp,
     PositionIndexed,
     ReservationIndexed,
@@ -78,6 +79,14 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         return ids
 
     # ---- lookups ----------------------------------------------------------------------------
+
+    def select_events_batch(self, ranges: Sequence[EventRange]) -> list[StoredEvent]:
+        """As the PostgreSQL recorder's, one indexed read per range: embedded SQLite has no
+        round trip to save, so a loop is as fast as one statement."""
+        events: list[StoredEvent] = []
+        for originator_id, gt, lte in sorted(ranges):
+            events.extend(self.select_events(originator_id, gt=gt, lte=lte))
+        return events
 
     def notification_id_of(self, originator_id: UUID, version: int) -> int | None:
         with self.datastore.transaction(commit=False) as c:

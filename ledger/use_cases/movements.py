@@ -12,8 +12,16 @@ from ledger.domain import availability
 from ledger.domain.errors import RequestIdReused
 from ledger.domain.idempotency import IdempotencyKey, fingerprint, movement_key_id
 from ledger.domain.movements import Movement, MovementType
-from ledger.domain.position import EventMeta, Position
-from ledger.unit_of_work import EventRef, Finisher, UnitOfWork, position_of, recorded_position
+from ledger.domain.position import EventMeta, Position, position_id
+from ledger.unit_of_work import (
+    EventRef,
+    Finisher,
+    Reads,
+    UnitOfWork,
+    declare_reads,
+    position_of,
+    recorded_position,
+)
 from ledger.use_cases.context import CallContext
 from ledger.use_cases.reservations import index_op
 from ledger.views import MovementResultView
@@ -76,7 +84,9 @@ def record_movements(
 
         return finish
 
-    return command
+    keys = tuple(movement_key_id(m.source, m.message_id) for m in movements)
+    positions = tuple(position_id(m.sku, m.location_id) for m in movements)
+    return declare_reads(command, Reads(keys=keys, aggregates=positions))
 
 
 def apply_movement(uow: UnitOfWork, ctx: CallContext, movement: Movement) -> None:

@@ -8,16 +8,24 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.application import Recording
 
-from ledger.domain.channel_policy import ChannelPolicy
+from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
 from ledger.domain.errors import InsufficientAvailability, ReservationNotFound, ShortLine
-from ledger.domain.position import EventMeta
+from ledger.domain.position import EventMeta, position_id
 from ledger.domain.reservation import Reservation, parse_reservation_id
 from ledger.metrics import count_reservation
 from ledger.store.index_ops import ReservationIndexed, to_micros
-from ledger.unit_of_work import Finisher, Mark, UnitOfWork, position_of
+from ledger.unit_of_work import (
+    Finisher,
+    Mark,
+    Reads,
+    UnitOfWork,
+    declare_reads,
+    position_of,
+)
 from ledger.use_cases.context import CallContext
 from ledger.use_cases.idempotent import RequestKey, previous_result, remember, request_key
 from ledger.views import ReservationView
@@ -193,7 +201,10 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Any:
         uow.index_ops.append(index_op(reservation))
         return _counted("reserved", request.channel, _written(uow, key, reservation, mark))
 
-    return command
+    named = tuple(position_id(ln.sku, ln.location_id) for ln in request.lines if ln.location_id)
+    return declare_reads(
+        command, Reads(keys=(key.key_id,), aggregates=(channel_policy_id(request.channel), *named))
+    )
 
 
 # ---- Commit / Release ----------------------------------------------------------------------------
@@ -238,7 +249,11 @@ def _transition(
             _OUTCOME_OF[kind], reservation.channel, _written(uow, key, reservation, mark)
         )
 
-    return command
+    try:
+        aggregates: tuple[UUID, ...] = (parse_reservation_id(reservation_id),)
+    except ReservationNotFound:
+        aggregates = ()  # the command reports it
+    return declare_reads(command, Reads(keys=(key.key_id,), aggregates=aggregates))
 
 
 def commit(ctx: CallContext, request_id: str, reservation_id: str, channel: str) -> Any:

@@ -74,3 +74,45 @@ def test_the_same_request_id_twice_in_one_batch_gets_one_reservation(service: Le
     assert a.reservation_id == b.reservation_id
     assert a.ledger_position == b.ledger_position > 0
     assert service.get_position("SKU", "L1").reserved == 1
+
+
+@pytest.fixture
+def replicas(postgres_database_url: str) -> Iterator[tuple[LedgerService, LedgerService]]:
+    first = LedgerService.open(postgres_database_url)
+    second = LedgerService.open(postgres_database_url)
+    try:
+        yield first, second
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.postgres
+def test_a_batch_sees_what_another_replica_wrote_since_it_cached_it(
+    replicas: tuple[LedgerService, LedgerService],
+) -> None:
+    """The writer caches aggregates, and remembers ones that did not exist (a channel with no
+    policy); the batch's one fast-forward query must still see another replica's writes."""
+    first, second = replicas
+    first.record_movements(
+        CTX, [Movement("seed", "pf-1", MovementType.RECEIPT, "PF", "L1", qty=5)]
+    ).result()
+    # Cached by the first replica: the position (5 on hand) and "web" having no policy.
+    first.reserve(CTX, _reserve_of("pf-a", "PF", 1)).result()
+    # The second replica takes stock and restricts the channel to another location.
+    second.reserve(CTX, _reserve_of("pf-b", "PF", 3)).result()
+    second.set_channel_policy(CTX, "pf-policy", "web", ["L2"], 100, 0, 0).result()
+    # Without the policy, 1 would still be free; with it, L1 is not eligible for "web".
+    with pytest.raises(InsufficientAvailability):
+        first.reserve(CTX, _reserve_of("pf-c", "PF", 1)).result()
+    assert first.get_position("PF", "L1").reserved == 4
+
+
+def _reserve_of(request_id: str, sku: str, qty: int) -> ReserveInput:
+    return ReserveInput(
+        request_id=request_id,
+        channel="web",
+        order_ref=f"o-{request_id}",
+        lines=(ReserveLine(sku, "L1", qty),),
+        ttl=timedelta(minutes=10),
+    )
