@@ -46,7 +46,17 @@ _STOP = object()
 
 
 class PipelineOverloaded(Exception):
-    """Raised when the command queue is full (back-pressure: RESOURCE_EXHAUSTED)."""
+    """Back-pressure (RESOURCE_EXHAUSTED): the queue is full, or the writer could not reach
+    the command before the caller's deadline. Refusing at once, with a retry delay, beats
+    queueing work whose caller will have given up (a timeout that may still apply it)."""
+
+    def __init__(self, message: str, retry_after_seconds: float = 0.1) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+# Weight of the newest batch in the writer's running cost estimate.
+_COST_SMOOTHING = 0.2
 
 
 def _started(future: Future[Any]) -> bool:
@@ -83,6 +93,9 @@ class CommandPipeline:
         self._raise_floor()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_DEPTH_MAX)
         self._commit_listeners: list[Callable[[], None]] = []
+        # Running cost of the writer's work (admission control: see expected_wait).
+        self._seconds_per_command = 0.0
+        self._seconds_per_batch = 0.0
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
 
@@ -90,13 +103,45 @@ class CommandPipeline:
         """Called on the writer thread after every commit that wrote events (keep it cheap)."""
         self._commit_listeners.append(listener)
 
-    def submit(self, command: Command) -> Future[Any]:
+    def submit(self, command: Command, *, time_remaining: float | None = None) -> Future[Any]:
+        """Queue ``command``. With ``time_remaining`` (the caller's deadline, in seconds) a
+        command that would wait longer than that is refused up front."""
+        if time_remaining is not None:
+            self._admit(time_remaining)
         future: Future[Any] = Future()
         try:
             self._queue.put_nowait((command, future))
         except queue.Full:
             raise PipelineOverloaded("write queue is full") from None
         return future
+
+    def expected_wait(self) -> float:
+        """Seconds a command queued now would wait for its answer: the queue ahead of it at
+        the recent cost per command, plus one batch (the one it will be part of)."""
+        queued = self._queue.qsize()
+        if queued == 0:
+            return 0.0
+        return (queued + 1) * self._seconds_per_command + self._seconds_per_batch
+
+    def _admit(self, time_remaining: float) -> None:
+        wait = self.expected_wait()
+        if wait > time_remaining:
+            raise PipelineOverloaded(
+                f"the write queue is about {wait * 1000:.0f} ms deep, longer than the"
+                f" {max(time_remaining, 0) * 1000:.0f} ms left before this call's deadline",
+                retry_after_seconds=min(max(wait, 0.05), 5.0),
+            )
+
+    def _measured(self, commands: int, seconds: float) -> None:
+        if commands <= 0:
+            return
+        per_command = seconds / commands
+        if self._seconds_per_batch == 0.0:
+            self._seconds_per_command, self._seconds_per_batch = per_command, seconds
+            return
+        a = _COST_SMOOTHING
+        self._seconds_per_command += a * (per_command - self._seconds_per_command)
+        self._seconds_per_batch += a * (seconds - self._seconds_per_batch)
 
     def execute(self, command: Command) -> Any:
         """Submit and wait (for synchronous callers: CLI, tools, tests)."""
@@ -114,8 +159,10 @@ class CommandPipeline:
                 return
             batch = [item]
             stopping = self._gather(batch)
+            began, size = time.perf_counter(), len(batch)
             while batch:
                 batch = self._execute_batch(batch)
+            self._measured(size, time.perf_counter() - began)
 
     def _gather(self, batch: list[Any]) -> bool:
         """Group commit: take what is queued, waiting up to the linger for more, up to the

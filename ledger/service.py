@@ -64,34 +64,37 @@ class LedgerService:
 
     # ---- writes (each returns a Future; use .result() or asyncio.wrap_future) -----------------
 
+    def _submit(self, ctx: CallContext, command: Any) -> Any:
+        """Queue a write; one that cannot be reached before the caller's deadline is refused
+        now (RESOURCE_EXHAUSTED) rather than left to time out."""
+        return self.pipeline.submit(command, time_remaining=ctx.time_remaining_seconds)
+
     def record_movements(
         self, ctx: CallContext, items: Sequence[Movement], *, reject_reused: bool = True
     ) -> Any:
-        return self.pipeline.submit(
-            movements.record_movements(ctx, list(items), reject_reused=reject_reused)
+        return self._submit(
+            ctx, movements.record_movements(ctx, list(items), reject_reused=reject_reused)
         )
 
     def reserve(self, ctx: CallContext, request: ReserveInput) -> Any:
-        return self.pipeline.submit(reservations.reserve(ctx, request))
+        return self._submit(ctx, reservations.reserve(ctx, request))
 
     def commit(self, ctx: CallContext, request_id: str, reservation_id: str, channel: str) -> Any:
-        return self.pipeline.submit(reservations.commit(ctx, request_id, reservation_id, channel))
+        return self._submit(ctx, reservations.commit(ctx, request_id, reservation_id, channel))
 
     def release(self, ctx: CallContext, request_id: str, reservation_id: str, channel: str) -> Any:
-        return self.pipeline.submit(reservations.release(ctx, request_id, reservation_id, channel))
+        return self._submit(ctx, reservations.release(ctx, request_id, reservation_id, channel))
 
     def set_safety_stock(
         self, ctx: CallContext, request_id: str, sku: str, location_id: str, qty: int
     ) -> Any:
-        return self.pipeline.submit(
-            policies.set_safety_stock(ctx, request_id, sku, location_id, qty)
-        )
+        return self._submit(ctx, policies.set_safety_stock(ctx, request_id, sku, location_id, qty))
 
     def set_channel_fence(
         self, ctx: CallContext, request_id: str, sku: str, location_id: str, channel: str, qty: int
     ) -> Any:
-        return self.pipeline.submit(
-            policies.set_channel_fence(ctx, request_id, sku, location_id, channel, qty)
+        return self._submit(
+            ctx, policies.set_channel_fence(ctx, request_id, sku, location_id, channel, qty)
         )
 
     def set_channel_policy(
@@ -104,10 +107,11 @@ class LedgerService:
         buffer: int,
         max_publish: int,
     ) -> Any:
-        return self.pipeline.submit(
+        return self._submit(
+            ctx,
             policies.set_channel_policy(
                 ctx, request_id, channel, eligible_location_ids, share_percent, buffer, max_publish
-            )
+            ),
         )
 
     # ---- reads (strongly consistent: from the aggregates) -------------------------------------

@@ -202,11 +202,7 @@ def status_for(error: BaseException, correlation_id: str) -> status_pb2.Status:
             code_pb2.RESOURCE_EXHAUSTED,
             str(error),
             _info(error.reason, principal=error.principal),
-            error_details_pb2.RetryInfo(
-                retry_delay=duration_pb2.Duration(
-                    seconds=int(delay), nanos=int((delay - int(delay)) * 1e9)
-                )
-            ),
+            _retry_info(delay),
         )
     if isinstance(error, DeadlineExceeded):
         return _status(code_pb2.DEADLINE_EXCEEDED, str(error), _info(error.reason))
@@ -215,7 +211,7 @@ def status_for(error: BaseException, correlation_id: str) -> status_pb2.Status:
             code_pb2.RESOURCE_EXHAUSTED,
             str(error),
             _info("WRITE_QUEUE_FULL"),
-            error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=100_000_000)),
+            _retry_info(error.retry_after_seconds),
         )
     if isinstance(error, (StoreUnavailable, OperationalError, InterfaceError)):
         log.warning("store unavailable (correlation id %s): %s", correlation_id, error)
@@ -253,3 +249,10 @@ def grpc_code(status: status_pb2.Status) -> grpc.StatusCode:
         if code.value[0] == status.code:
             return code
     return grpc.StatusCode.UNKNOWN
+
+
+def _retry_info(delay_seconds: float) -> error_details_pb2.RetryInfo:
+    whole = int(delay_seconds)
+    return error_details_pb2.RetryInfo(
+        retry_delay=duration_pb2.Duration(seconds=whole, nanos=int((delay_seconds - whole) * 1e9))
+    )

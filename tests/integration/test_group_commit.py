@@ -3,7 +3,10 @@ own outcome. A long linger makes the grouping deterministic enough to observe.""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pytest
 from ledger.domain.errors import InsufficientAvailability
 from ledger.domain.movements import Movement, MovementType
 from ledger.metrics import REGISTRY
+from ledger.pipeline import PipelineOverloaded
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
 from ledger.use_cases.reservations import ReserveInput, ReserveLine
@@ -116,3 +120,33 @@ def _reserve_of(request_id: str, sku: str, qty: int) -> ReserveInput:
         lines=(ReserveLine(sku, "L1", qty),),
         ttl=timedelta(minutes=10),
     )
+
+
+def test_a_write_that_cannot_be_reached_before_its_deadline_is_refused_up_front(
+    service: LedgerService,
+) -> None:
+    """Admission control: with a queue the writer needs longer to reach than the caller has
+    left, the call is refused at once (RESOURCE_EXHAUSTED) instead of timing out later
+    while its command may still be applied."""
+    pipeline = service.pipeline
+    release = threading.Event()
+
+    def slow(_: object) -> object:
+        release.wait(5)
+        return lambda recordings: None
+
+    # Teach the writer what a command costs here (a 0.2 s batch of one).
+    pipeline.submit(lambda _: (time.sleep(0.2), lambda recordings: None)[1]).result()
+    blocker = pipeline.submit(slow)
+    time.sleep(0.2)  # past the 50 ms linger: the writer is inside the blocker's batch
+    queued = [service.reserve(CTX, _reserve(f"queued-{i}")) for i in range(3)]
+    assert pipeline.expected_wait() > 0.1
+    with pytest.raises(PipelineOverloaded) as refused:
+        service.reserve(replace(CTX, time_remaining_seconds=0.1), _reserve("late"))
+    assert refused.value.retry_after_seconds >= pipeline.expected_wait() > 0.1
+    # Without a deadline, or with time enough, the same call is queued.
+    patient = service.reserve(replace(CTX, time_remaining_seconds=30.0), _reserve("patient"))
+    release.set()
+    blocker.result(5)
+    assert all(f.result(5).reservation_id for f in [*queued, patient])
+    assert service.get_position("SKU", "L1").reserved == 4  # "late" was never applied
