@@ -13,8 +13,10 @@ import contextlib
 import contextvars
 import functools
 import re
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -191,6 +193,57 @@ def _stream_status_for(error: BaseException, correlation_id: str) -> status_pb2.
     return status_pb2.Status(code=code, message=str(error), details=packed)
 
 
+class _Inbox:
+    """Answers from the writer thread, handed to one event loop in bulk.
+
+    ``asyncio.wrap_future`` wakes the loop once per future (a write to its self-pipe from the
+    writer, one loop iteration per answer); a group commit settles hundreds at once, so the
+    inbox wakes the loop only when it was empty and the loop then takes everything queued.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)  # weak: the inbox must not keep a closed loop alive
+        self._lock = threading.Lock()
+        self._items: list[tuple[asyncio.Future[Any], Future[Any]]] = []
+
+    def post(self, waiter: asyncio.Future[Any], done: Future[Any]) -> None:
+        with self._lock:
+            wake = not self._items
+            self._items.append((waiter, done))
+        loop = self._loop()
+        if wake and loop is not None:
+            # A closed loop (shutdown) has nobody waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for waiter, done in items:
+            if waiter.done():  # the caller gave up (deadline, cancellation)
+                continue
+            if done.cancelled():
+                waiter.cancel()
+            elif (error := done.exception()) is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(done.result())
+
+
+_INBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = weakref.WeakKeyDictionary()
+
+
 async def settled(future: Future[T]) -> T:
-    """Await a pipeline future from the event loop."""
-    return await asyncio.wrap_future(future)
+    """Await a pipeline future from the event loop; cancelling the wait (the caller's
+    deadline) cancels the future, so a command still queued is never applied."""
+    loop = asyncio.get_running_loop()
+    inbox = _INBOXES.get(loop)
+    if inbox is None:
+        inbox = _INBOXES.setdefault(loop, _Inbox(loop))
+    waiter: asyncio.Future[T] = loop.create_future()
+    future.add_done_callback(lambda done: inbox.post(waiter, done))
+    try:
+        return await waiter
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
