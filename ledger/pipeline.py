@@ -26,7 +26,7 @@ from eventsourcing.persistence import IntegrityError, InterfaceError, Operationa
 from ledger.application import InventoryLedger
 from ledger.domain.errors import ConcurrencyConflict, StoreUnavailable
 from ledger.domain.limits import CONFLICT_RETRIES_MAX
-from ledger.metrics import BATCH_SIZE, count_appended
+from ledger.metrics import BATCH_SIZE, COMMIT_SECONDS, count_appended
 from ledger.store.index_ops import from_micros
 from ledger.unit_of_work import AggregateCache, Finisher, PendingInThisCommit, UnitOfWork
 
@@ -232,7 +232,7 @@ class CommandPipeline:
                     return self._one_by_one(items)
                 rejected.append((future, error))
         try:
-            recordings = uow.commit()
+            recordings = self._commit(uow)
         except IntegrityError:
             uow.discard()
             return _CONFLICT
@@ -290,7 +290,7 @@ class CommandPipeline:
                 uow.discard(only_mutated=True)
                 raise
             try:
-                recordings = uow.commit()
+                recordings = self._commit(uow)
             except IntegrityError:
                 # Another process wrote one of our aggregates first, or committed a later
                 # recorded_at than our clock's: reload, raise the floor, and try again.
@@ -306,6 +306,11 @@ class CommandPipeline:
             self._committed(uow, recordings)
             return finish(recordings)
         raise ConcurrencyConflict(self._conflict_retries)
+
+    @staticmethod
+    def _commit(uow: UnitOfWork) -> list[Any]:
+        with COMMIT_SECONDS.time():
+            return uow.commit()
 
     def _now(self) -> datetime:
         return max(self._clock() + self._lead, self._floor)

@@ -147,6 +147,8 @@ _SERIES = {
     "ledger_commit_batch_commands_count": "batches",
     "ledger_commit_batch_commands_sum": "batched_commands",
     "ledger_reservations_total": "reserved",  # outcome="reserved" only, every channel
+    "ledger_commit_seconds_count": "transactions",
+    "ledger_commit_seconds_sum": "transaction_seconds",
 }
 
 
@@ -197,6 +199,12 @@ class ServerMetrics:
                     "commands_per_group_commit": (
                         round(delta["batched_commands"] / delta["batches"], 1)
                         if delta["batches"]
+                        else None
+                    ),
+                    # Mean write transaction (conflicts included): the lock-hold estimate.
+                    "transaction_ms_mean": (
+                        round(1000 * delta["transaction_seconds"] / delta["transactions"], 2)
+                        if delta["transactions"]
                         else None
                     ),
                 }
