@@ -451,7 +451,10 @@ async def _stop_api(api: _Api, settings: Settings) -> None:
 
 
 async def serve(settings: Settings) -> None:
+    from ledger.gc_tuning import tune_after_startup
+
     api = await _start_api(settings)
+    tune_after_startup()
     await _stop_on_signals().wait()
     await _stop_api(api, settings)
     log.info("stopped")
@@ -460,6 +463,7 @@ async def serve(settings: Settings) -> None:
 async def run_projections(settings: Settings, batch_size: int | None = None) -> None:
     from ledger.application import InventoryLedger
     from ledger.config import eventsourcing_env
+    from ledger.gc_tuning import tune_after_startup
     from projections.runner import BATCH_MAX, ProjectionRunner
     from projections.store import ReadModelStore
 
@@ -469,6 +473,7 @@ async def run_projections(settings: Settings, batch_size: int | None = None) -> 
         ProjectionRunner, app, store, batch_max=batch_size or BATCH_MAX
     )
     runner.start()
+    tune_after_startup()
     listener = None
     if settings.database_url.startswith("postgres"):
         from projections.commit_listener import CommitListener
@@ -570,6 +575,7 @@ async def run_ingest(
     prefix: str = "",
 ) -> None:
     """``ledger ingest``: the JetStream bridge until SIGTERM/SIGINT."""
+    from ledger.gc_tuning import tune_after_startup
     from ledger.metrics import start_endpoint
     from ledger.service import LedgerService
     from projections.store import ReadModelStore
@@ -580,6 +586,7 @@ async def run_ingest(
     metrics = None
     try:
         metrics = start_endpoint(settings.metrics_listen)
+        tune_after_startup()
         await _ingest_until(
             _stop_on_signals(), service, store, nats_url, batch_size, units_path, prefix
         )
@@ -839,6 +846,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(args.log_level, log_format)
     try:
+        if args.command in ("serve", "ingest", "projections"):
+            from ledger.gc_tuning import thresholds_from_env
+
+            thresholds_from_env()  # a bad LEDGER_GC_THRESHOLDS fails before anything starts
         if args.command == "serve":
             settings = Settings.from_env(
                 listen=args.listen,
