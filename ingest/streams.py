@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
+from ledger.config import ConfigError
+
 MOVEMENTS_STREAM = "INVENTORY_MOVEMENTS"
 DLQ_STREAM = "INVENTORY_DLQ"
 EXCEPTIONS_STREAM = "INVENTORY_EXCEPTIONS"
@@ -37,6 +40,9 @@ DURABLE = "ledger-ingest"
 # be called "bulk": its live subject inventory.movements.bulk has one token fewer.
 BULK_TOKEN = "bulk"
 DUPLICATE_WINDOW_SECONDS = 120.0
+# How long JetStream waits for an ack before redelivering (LEDGER_INGEST_ACK_WAIT_SECONDS):
+# longer than the slowest batch commit, short enough that a killed bridge's unacked
+# messages come back soon.
 ACK_WAIT_SECONDS = 30.0
 # Deliveries before JetStream gives up on a message; nak back-off is capped at ~5 s, so this
 # rides out an outage of many hours. Poison messages never get here: they are term()-ed.
@@ -172,6 +178,19 @@ def stream_configs(names: StreamNames) -> list[StreamConfig]:
     ]
 
 
+def ack_wait_seconds() -> float:
+    text = os.environ.get("LEDGER_INGEST_ACK_WAIT_SECONDS", "")
+    if not text.strip():
+        return ACK_WAIT_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 1.0 <= seconds <= 3600.0:
+        raise ConfigError(f"LEDGER_INGEST_ACK_WAIT_SECONDS must be 1-3600, not {text!r}")
+    return seconds
+
+
 def consumer_config(
     names: StreamNames, durable: str = DURABLE, lane: Lane = Lane.LIVE
 ) -> ConsumerConfig:
@@ -179,7 +198,7 @@ def consumer_config(
         durable_name=lane_durable(durable, lane),
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
-        ack_wait=ACK_WAIT_SECONDS,
+        ack_wait=ack_wait_seconds(),
         max_deliver=MAX_DELIVER,
         filter_subject=names.lane_filter(lane),
     )

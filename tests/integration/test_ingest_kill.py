@@ -7,7 +7,8 @@ and the acks. After a last clean run the ledger must equal the reference sums of
 messages: nothing lost, nothing doubled.
 
 Kill-phase messages that were delivered but never acked are redelivered by JetStream only
-after the consumer's ``ack_wait`` (30 s), so the final drain takes about that long.
+after the consumer's ``ack_wait``, so the final drain takes about that long: the test sets
+it to 5 s (LEDGER_INGEST_ACK_WAIT_SECONDS, inherited by the ingest processes).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tests.integration.test_ingest import _effect, _movement, _prefix, _with_js
 UNIQUE = 2_700
 DUPLICATES = 300  # 10 %, each with a new Nats-Msg-Id: the ledger itself must dedupe
 KILLS = 6
+ACK_WAIT_SECONDS = 5
 SEED = 20261124
 
 
@@ -55,8 +57,9 @@ def _recorded_keys(database: str) -> int:
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_sigkilled_ingest_restarts_to_the_same_ledger(
-    nats_url: str, postgres_database_url: str, tmp_path: Path
+    nats_url: str, postgres_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("LEDGER_INGEST_ACK_WAIT_SECONDS", str(ACK_WAIT_SECONDS))
     rng = random.Random(SEED)
     positions = [(f"SKU-{i}", f"DC-{j}") for i in range(10) for j in range(10)]
     unique = [_movement(rng, i, *positions[i % len(positions)]) for i in range(UNIQUE)]
