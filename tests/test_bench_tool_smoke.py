@@ -43,6 +43,12 @@ RATIOS = {
     "get_position_c16_vs_grpc_echo": None,
 }
 
+TARGETS = {
+    "half_load_p50_ms": "<=10",
+    "half_load_p99_ms": "<=50",
+    "saturation_timeout_share": "<=0.01",
+}
+
 
 @pytest.fixture
 def servers(request):
@@ -57,7 +63,9 @@ def servers(request):
 def test_quick_benchmark_writes_every_figure_ratio_and_check(servers, tmp_path, capsys):
     database, nats = servers
     out = tmp_path / "bench.json"
-    code = main(["--quick", "--json", str(out), "--database", database, "--nats", nats])
+    # Half-second windows: the smoke test checks the harness, not the figures.
+    argv = ["--quick", "--seconds", "0.5", "--json", str(out)]
+    code = main([*argv, "--database", database, "--nats", nats])
     printed = capsys.readouterr()
     result = json.loads(out.read_text())
     assert result["failures"] == {}, printed.err[-5000:]
@@ -69,6 +77,9 @@ def test_quick_benchmark_writes_every_figure_ratio_and_check(servers, tmp_path, 
     for name, figure in {**result["baselines"], **result["figures"]}.items():
         assert "rate" in figure and "unit" in figure, name
     assert {name: r["target"] for name, r in result["ratios"].items()} == RATIOS
+    assert {name: t["target"] for name, t in result["targets"].items()} == TARGETS
+    saturation = result["targets"]["saturation_timeout_share"]
+    assert saturation["value"] is not None and saturation["met"] == (saturation["value"] <= 0.01)
 
     oversell = result["checks"]["no_oversell"]
     assert oversell["passed"] is True
@@ -78,7 +89,7 @@ def test_quick_benchmark_writes_every_figure_ratio_and_check(servers, tmp_path, 
     assert result["checks"]["ingest_durable"] is True
 
     # The table: every figure and ratio, targets next to ratios; progress went to stderr.
-    for name in FIGURES | BASELINES | set(RATIOS):
+    for name in FIGURES | BASELINES | set(RATIOS) | set(TARGETS):
         assert name in printed.out, name
     assert ">=0.70" in printed.out
     assert "reserve_distinct_c64_p1:" in printed.err

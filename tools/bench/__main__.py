@@ -87,6 +87,7 @@ def _document(profile: Profile) -> dict[str, Any]:
         "baselines": {},
         "figures": {},
         "ratios": {},
+        "targets": {},
         "checks": {"no_oversell": {"passed": False, "positions": []}, "ingest_durable": False},
         "failures": {},
     }
@@ -227,6 +228,7 @@ def run(profile: Profile, json_path: str, database: str | None, nats_url: str | 
         print(f"tools.bench: cannot run here: {error}", file=sys.stderr)
         return 3
     doc["ratios"] = report.ratios(doc)
+    doc["targets"] = report.targets(doc)
     doc["elapsed_s"] = round(time.monotonic() - began, 1)
     report.write(doc, json_path)
     print(report.table(doc))

@@ -21,6 +21,9 @@ JSON (``schema`` 1): ``mode``, ``started_at``, ``elapsed_s``, ``machine``, ``git
   ``client_dropped``, ``schedule_lag_p99_ms``, ``reserved_without_ok_answer``;
 * ``ratios``: name -> ``value``, ``target`` (None: for information), ``met``,
   ``numerator``, ``denominator``;
+* ``targets``: ``half_load_p50_ms``, ``half_load_p99_ms``, ``saturation_timeout_share``
+  (DEADLINE_EXCEEDED over every answer at saturation; with ``resource_exhausted`` and
+  ``deadline_exceeded`` counts) — each ``value``, ``target`` (text), ``met``;
 * ``checks``: ``no_oversell`` (``passed`` and each position checked), ``ingest_durable``;
 * ``failures``: figures that could not be measured (name -> error), empty on a clean run.
 """
@@ -71,6 +74,43 @@ def ratios(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             "numerator": numerator,
             "denominator": denominator,
         }
+    return out
+
+
+# Must-show 3 of issue 8: latency at half the measured maximum, and back-pressure rather
+# than timeouts at saturation (timeouts at most this share of the calls answered).
+HALF_LOAD_P50_MS = 10.0
+HALF_LOAD_P99_MS = 50.0
+SATURATION_TIMEOUT_SHARE = 0.01
+
+
+def targets(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The latency and back-pressure targets: name -> ``value``, ``target`` (text),
+    ``met`` (None when the figure is missing)."""
+    figures = document["figures"]
+    half = figures.get("reserve_half_load") or {}
+    saturation = figures.get("reserve_saturation") or {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, value, limit in (
+        ("half_load_p50_ms", half.get("p50_ms"), HALF_LOAD_P50_MS),
+        ("half_load_p99_ms", half.get("p99_ms"), HALF_LOAD_P99_MS),
+    ):
+        out[name] = {
+            "value": value,
+            "target": f"<={limit:g}",
+            "met": None if value is None else value <= limit,
+        }
+    codes = saturation.get("codes") or {}
+    answered = sum(codes.values())
+    timeouts = codes.get("DEADLINE_EXCEEDED", 0)
+    share = round(timeouts / answered, 4) if answered else None
+    out["saturation_timeout_share"] = {
+        "value": share,
+        "target": f"<={SATURATION_TIMEOUT_SHARE:g}",
+        "met": None if share is None else share <= SATURATION_TIMEOUT_SHARE,
+        "resource_exhausted": codes.get("RESOURCE_EXHAUSTED", 0),
+        "deadline_exceeded": timeouts,
+    }
     return out
 
 
@@ -154,6 +194,9 @@ def table(document: Mapping[str, Any]) -> str:
             f"{name:<42}{_cell(ratio['value'], 3):>8}"
             f"{(f'>={target:.2f}' if target is not None else '-'):>9}  {met}"
         )
+    for name, item in document.get("targets", {}).items():
+        met = {True: "yes", False: "NO", None: "-"}[item["met"]]
+        lines.append(f"{name:<42}{_cell(item['value'], 3):>8}{item['target']:>9}  {met}")
     checks = document["checks"]
     lines.append("")
     lines.append(
