@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from ledger.domain.availability import HOLD_ACTIVE
+from ledger.domain.hold_book import book_of
 from projections.availability import PolicyTerms, compute_availability
 from projections.position_state import ProjectedPosition
 from projections.runner import ALL_SKUS
@@ -405,10 +405,9 @@ class WatchHub:
 
     def _schedule_expiry(self, sku: str, states: list[ProjectedPosition], now: datetime) -> None:
         upcoming = [
-            hold["expires_at"]
+            expiry
             for state in states
-            for hold in state.holds.values()
-            if hold["status"] == HOLD_ACTIVE and hold["expires_at"] > now
+            if (expiry := book_of(state).next_expiry_after(now)) is not None
         ]
         if not upcoming:
             self._expiry.pop(sku, None)

@@ -8,8 +8,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-HOLD_ACTIVE = "ACTIVE"
-HOLD_COMMITTED = "COMMITTED"
+from ledger.domain.hold_book import HOLD_ACTIVE, HOLD_COMMITTED, book_of, open_qty
+
+__all__ = ["HOLD_ACTIVE", "HOLD_COMMITTED"]
 
 
 class PositionState(Protocol):
@@ -19,8 +20,7 @@ class PositionState(Protocol):
     holds: dict[str, dict[str, Any]]
 
 
-def hold_open_qty(hold: dict[str, Any]) -> int:
-    return int(hold["qty"]) - int(hold["shipped"])
+hold_open_qty = open_qty
 
 
 def hold_blocks(hold: dict[str, Any], now: datetime) -> bool:
@@ -30,16 +30,17 @@ def hold_blocks(hold: dict[str, Any], now: datetime) -> bool:
     return hold["status"] == HOLD_ACTIVE and now < hold["expires_at"]
 
 
+# The sums over holds come from the position's HoldBook (running totals, not a scan).
+
+
 def reserved(position: PositionState, now: datetime) -> int:
-    return sum(
-        hold_open_qty(h)
-        for h in position.holds.values()
-        if h["status"] == HOLD_ACTIVE and now < h["expires_at"]
-    )
+    """Open quantity of ACTIVE holds not yet expired at ``now``."""
+    return book_of(position).reserved(now)
 
 
 def allocated(position: PositionState) -> int:
-    return sum(hold_open_qty(h) for h in position.holds.values() if h["status"] == HOLD_COMMITTED)
+    """Open quantity of COMMITTED holds."""
+    return book_of(position).allocated()
 
 
 def available(position: PositionState, now: datetime) -> int:
@@ -48,11 +49,8 @@ def available(position: PositionState, now: datetime) -> int:
 
 
 def channel_demand(position: PositionState, channel: str, now: datetime) -> int:
-    return sum(
-        hold_open_qty(h)
-        for h in position.holds.values()
-        if h["channel"] == channel and hold_blocks(h, now)
-    )
+    """Open quantity of ``channel``'s holds that still block stock at ``now``."""
+    return book_of(position).channel_demand(channel, now)
 
 
 def unused_fences(position: PositionState, now: datetime) -> dict[str, int]:

@@ -16,7 +16,8 @@ from uuid import UUID, uuid5
 from eventsourcing.domain import Aggregate
 
 from ledger.domain import availability, chain
-from ledger.domain.availability import HOLD_ACTIVE, HOLD_COMMITTED
+from ledger.domain.availability import HOLD_ACTIVE
+from ledger.domain.hold_book import HoldBook, book_of
 from ledger.domain.movements import Disposition, FromBucket, Movement, MovementType
 
 # How long a settled transfer (nothing left in transit) is remembered after its last event.
@@ -188,9 +189,10 @@ class Position(Aggregate, PositionFigures):
             hold = aggregate.holds.get(self.reservation_id) if self.reservation_id else None
             # An expired ACTIVE hold no longer holds anything: the shipment cannot consume it.
             if hold is not None and availability.hold_blocks(hold, self.recorded_at):
-                hold["shipped"] += min(self.qty, availability.hold_open_qty(hold))
-                if availability.hold_open_qty(hold) == 0:
-                    del aggregate.holds[self.reservation_id]
+                # Fully shipped, the hold goes away.
+                book_of(aggregate).ship(
+                    self.reservation_id, min(self.qty, availability.hold_open_qty(hold))
+                )
 
     class Adjusted(Event):
         delta: int
@@ -346,23 +348,24 @@ class Position(Aggregate, PositionFigures):
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
             _check(self.reservation_id not in aggregate.holds, "hold placed twice")
-            aggregate.holds[self.reservation_id] = {
-                "channel": self.channel,
-                "order_ref": self.order_ref,
-                "status": HOLD_ACTIVE,
-                "qty": self.qty,
-                "shipped": 0,
-                "expires_at": self.expires_at,
-            }
+            book_of(aggregate).place(
+                self.reservation_id,
+                {
+                    "channel": self.channel,
+                    "order_ref": self.order_ref,
+                    "status": HOLD_ACTIVE,
+                    "qty": self.qty,
+                    "shipped": 0,
+                    "expires_at": self.expires_at,
+                },
+            )
 
     class HoldCommitted(Event):
         reservation_id: str
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            hold = aggregate.holds.get(self.reservation_id)
-            if hold is not None:
-                hold["status"] = HOLD_COMMITTED
+            book_of(aggregate).commit(self.reservation_id)
 
     class HoldReleased(Event):
         """The hold stops counting: released by the caller, or expired (``reason``)."""
@@ -372,7 +375,7 @@ class Position(Aggregate, PositionFigures):
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            aggregate.holds.pop(self.reservation_id, None)
+            book_of(aggregate).remove(self.reservation_id)
 
     # ---- commands (validate first, then trigger: a rejected command changes nothing) -------
 
@@ -495,7 +498,7 @@ def init_state(target: Any) -> None:
     target.in_transit_inbound = 0
     target.safety_stock = 0
     target.fences = {}
-    target.holds = {}
+    target.holds = HoldBook()
     target.inbound = {}
     target.last_count_at = None
     target.updated_at = None
