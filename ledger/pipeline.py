@@ -216,6 +216,7 @@ class CommandPipeline:
             # this batch has cancelled it, and it must not be applied late.
             if not _started(future):
                 continue
+            uow.begin_command()
             before = uow.change_count()
             try:
                 applied.append((future, command(uow)))

@@ -142,14 +142,14 @@ class UnitOfWork:
         self.now = now
         self._cache = cache
         self._seen: dict[UUID, Any] = {}
-        # Version of each aggregate when this unit first saw it (0: created here).
-        self._loaded_at: dict[UUID, int] = {}
         # Each position's newest occurred_at when this unit first saw it (entry index rows).
         self._max_occurred_at: dict[UUID, datetime | None] = {}
         self._keys: dict[UUID, IdempotencyKey] = {}
         # Keys looked up for the whole batch at once (None: the key is new).
         self._stored_keys: dict[UUID, IdempotencyKey | None] = {}
         self.index_ops: list[IndexOp] = []
+        # Each aggregate the current command touched, at the version it first found.
+        self._touched: dict[UUID, int] = {}
         cache.begin()
 
     def prefetch(self, reads: Iterable[Reads]) -> None:
@@ -168,11 +168,16 @@ class UnitOfWork:
         if aggregate_ids:
             self._cache.prefetch(aggregate_ids)
 
+    def begin_command(self) -> None:
+        """The next command starts: what it touches is noted afresh (marks, change_count)."""
+        self._touched = {}
+
     def change_count(self) -> tuple[int, int, int]:
-        """Grows whenever a command changes anything this unit will save: compared before
-        and after a rejected command to tell a clean rejection from a half-applied one."""
-        pending = sum(len(a.pending_events) for a in self._seen.values())
-        return pending, len(self.index_ops), len(self._keys)
+        """Grows whenever the current command changes anything this unit will save: compared
+        before and after a rejected command to tell a clean rejection from a half-applied
+        one. Only the aggregates the command touched are looked at."""
+        changed = sum(self._seen[i].version != v for i, v in self._touched.items())
+        return changed, len(self.index_ops), len(self._keys)
 
     @property
     def seen_ids(self) -> list[UUID]:
@@ -181,8 +186,9 @@ class UnitOfWork:
     # ---- which events a command wrote (for the ledger positions it reports) -------------------
 
     def mark(self) -> Mark:
-        """Versions now; pass to :meth:`written_since` after the command's changes."""
-        return {aggregate_id: a.version for aggregate_id, a in self._seen.items()}
+        """Versions now of what the command has touched; pass to :meth:`written_since` after
+        its changes. Only touched aggregates are compared, not all the batch has seen."""
+        return {i: self._seen[i].version for i in self._touched}
 
     def written_since(self, mark: Mark) -> list[EventRef]:
         """The newest event of each aggregate changed since ``mark`` (idempotency keys aside).
@@ -190,19 +196,27 @@ class UnitOfWork:
         Within one save an aggregate's events are contiguous and in version order, so the
         newest ones carry the greatest notification ids of what was written.
         """
-        return [
-            (aggregate_id.hex, a.version)
-            for aggregate_id, a in self._seen.items()
-            if a.version > mark.get(aggregate_id, self._loaded_at.get(aggregate_id, 0))
-        ]
+        refs: list[EventRef] = []
+        for aggregate_id, first_seen in self._touched.items():
+            version = self._seen[aggregate_id].version
+            if version > mark.get(aggregate_id, first_seen):
+                refs.append((aggregate_id.hex, version))
+        return refs
+
+    def _touch(self, aggregate_id: UUID, version: int) -> None:
+        # The version the current command first found (0: it created the aggregate).
+        if aggregate_id not in self._touched:
+            self._touched[aggregate_id] = version
 
     def _load(self, aggregate_id: UUID) -> Any | None:
-        if aggregate_id in self._seen:
-            return self._seen[aggregate_id]
+        seen = self._seen.get(aggregate_id)
+        if seen is not None:
+            self._touch(aggregate_id, seen.version)
+            return seen
         aggregate = self._cache.load(aggregate_id)
         if aggregate is not None:
             self._seen[aggregate_id] = aggregate
-            self._loaded_at[aggregate_id] = aggregate.version
+            self._touch(aggregate_id, aggregate.version)
             if isinstance(aggregate, Position):
                 self._max_occurred_at[aggregate_id] = aggregate.max_occurred_at
         return aggregate
@@ -219,6 +233,7 @@ class UnitOfWork:
             return found
         opened = Position.open(sku, location_id, meta)
         self._seen[opened.id] = opened
+        self._touch(opened.id, 0)
         self._cache.put(opened)
         self.index_ops.append(PositionIndexed(sku, location_id, str(opened.id)))
         return opened
@@ -230,6 +245,7 @@ class UnitOfWork:
     def add(self, aggregate: Any) -> None:
         """Track an aggregate created by a command."""
         self._seen[aggregate.id] = aggregate
+        self._touch(aggregate.id, 0)
         self._cache.put(aggregate)
 
     def channel_policy(self, channel: str) -> ChannelPolicy | None:
@@ -273,11 +289,13 @@ class UnitOfWork:
         changed = [a for a in self._seen.values() if a.pending_events]
         if not changed and not self._keys:
             return []
-        return self.app.save(
-            *changed,
-            *self._keys.values(),
-            index_ops=self.index_ops,
-            entries=self._entries(changed),
+        return Recordings(
+            self.app.save(
+                *changed,
+                *self._keys.values(),
+                index_ops=self.index_ops,
+                entries=self._entries(changed),
+            )
         )
 
     def _entries(self, changed: list[Any]) -> list[EntryIndexed]:
@@ -314,17 +332,31 @@ class UnitOfWork:
             self._cache.evict(self._seen)
 
 
+class Recordings(list[Recording]):
+    """One commit's recordings, with each event's notification id looked up by
+    (aggregate, version): every command of a batch asks, so the index is built once."""
+
+    _index: dict[tuple[UUID, int], int] | None = None
+
+    def notification_id(self, originator_id: UUID, version: int) -> int | None:
+        if self._index is None:
+            self._index = {
+                (r.domain_event.originator_id, r.domain_event.originator_version): (
+                    r.notification.id
+                )
+                for r in self
+            }
+        return self._index.get((originator_id, version))
+
+
 def position_of(recordings: list[Recording], refs: list[EventRef]) -> int:
     """The global ledger position of the last of ``refs`` (events written in this commit)."""
-    wanted = {(UUID(hex_id), version) for hex_id, version in refs}
-    positions = [
-        r.notification.id
-        for r in recordings
-        if (r.domain_event.originator_id, r.domain_event.originator_version) in wanted
-    ]
-    if len(positions) != len(wanted):
+    indexed = recordings if isinstance(recordings, Recordings) else Recordings(recordings)
+    positions = [indexed.notification_id(UUID(hex_id), version) for hex_id, version in refs]
+    found = [p for p in positions if p is not None]
+    if not found or len(found) != len(set(refs)):
         raise AssertionError(f"events {refs} were not all recorded")
-    return max(positions)
+    return max(found)
 
 
 def recorded_position(app: InventoryLedger, refs: list[EventRef]) -> int:

@@ -15,7 +15,6 @@ import functools
 import re
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
@@ -35,6 +34,7 @@ from ledger.api.errors import (
     status_for,
 )
 from ledger.api.tokens import ANONYMOUS_PRINCIPAL, Principal
+from ledger.ids import new_uuid4
 from ledger.use_cases.context import CallContext
 from projections.watch import TooManyWatchers, WatchClosed, WatchError, WatchOverflow
 
@@ -51,7 +51,7 @@ def correlation_id_of(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == CORRELATION_HEADER and isinstance(value, str) and _CORRELATION_ID.match(value):
             return value
-    return uuid.uuid4().hex
+    return new_uuid4().hex
 
 
 @dataclass

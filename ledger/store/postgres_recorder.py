@@ -61,6 +61,11 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
         self._entries = Identifier(f"{prefix}_entry_index")
         self._events = Identifier(events_table_name)
         self._schema = schema
+        self._insert_columns_statement = SQL(
+            "INSERT INTO {s}.{t} (originator_id, originator_version, topic, state)"
+            " SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[])"
+            " RETURNING notification_id"
+        ).format(s=schema, t=self._events, id_type=SQL(self.datastore.originator_id_type))
 
         def index(name: str, table: Identifier, columns: str, where: str = "") -> SQL:
             return SQL(
@@ -201,40 +206,60 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
         # got UNAVAILABLE instead of a retried conflict); written first, the INSERT is the
         # last statement before the sync and its UniqueViolation arrives as IntegrityError.
         # No deadlock: the index rows are only taken before the events table lock, never
-        # while holding it. prepare=False in _apply: psycopg (3.3.9) records a statement
-        # that reached its prepare threshold in an aborted pipeline as prepared, and the next
-        # use fails with 'prepared statement "_pg3_N" does not exist'.
+        # while holding it. prepare=False: psycopg (3.3.9) records a statement that reached
+        # its prepare threshold in an aborted pipeline as prepared, and the next use fails
+        # with 'prepared statement "_pg3_N" does not exist'.
         super()._insert_events(curs, stored_events, **kwargs)
-        for op in kwargs.get("index_ops", ()):
-            self._apply(curs, op)
-
-    def _apply(self, curs: Cursor[DictRow], op: IndexOp) -> None:
-        if isinstance(op, PositionIndexed):
-            curs.execute(
-                SQL("INSERT INTO {s}.{t} VALUES (%s, %s, %s) ON CONFLICT DO NOTHING").format(
-                    s=self._schema, t=self._positions
-                ),
-                (op.sku, op.location_id, op.position_id),
-                prepare=False,  # never prepared: see the note in _insert_stored_events
-            )
-        elif isinstance(op, ReservationIndexed):
+        positions, reservations = _split(kwargs.get("index_ops", ()))
+        # One statement per table for the whole commit, not one per command.
+        if positions:
             curs.execute(
                 SQL(
-                    "INSERT INTO {s}.{t} VALUES (%s, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT (reservation_id) DO UPDATE SET status = EXCLUDED.status"
-                ).format(s=self._schema, t=self._reservations),
+                    "INSERT INTO {s}.{t} SELECT * FROM unnest(%s::text[], %s::text[], %s::uuid[])"
+                    " ON CONFLICT DO NOTHING"
+                ).format(s=self._schema, t=self._positions),
                 (
-                    op.reservation_id,
-                    op.channel,
-                    op.order_ref,
-                    op.status,
-                    op.expires_at_us,
-                    op.created_at_us,
+                    [op.sku for op in positions],
+                    [op.location_id for op in positions],
+                    [UUID(op.position_id) for op in positions],
                 ),
                 prepare=False,
             )
-        else:  # pragma: no cover
-            raise AssertionError(f"unknown index op {op!r}")
+        if reservations:
+            curs.execute(
+                SQL(
+                    "INSERT INTO {s}.{t} SELECT * FROM unnest(%s::text[], %s::text[],"
+                    " %s::text[], %s::text[], %s::bigint[], %s::bigint[])"
+                    " ON CONFLICT (reservation_id) DO UPDATE SET status = EXCLUDED.status"
+                ).format(s=self._schema, t=self._reservations),
+                (
+                    [op.reservation_id for op in reservations],
+                    [op.channel for op in reservations],
+                    [op.order_ref for op in reservations],
+                    [op.status for op in reservations],
+                    [op.expires_at_us for op in reservations],
+                    [op.created_at_us for op in reservations],
+                ),
+                prepare=False,
+            )
+
+    def _insert_stored_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        # The library's steps (lock the table for commit-ordered ids, notify, insert), but
+        # the rows go as four binary (%b) column arrays instead of one array of composites in
+        # text form, whose per-field escaping was the writer's largest cost under the lock.
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        curs.execute(
+            self._insert_columns_statement,
+            (
+                [e.originator_id for e in stored_events],
+                [e.originator_version for e in stored_events],
+                [e.topic for e in stored_events],
+                [e.state for e in stored_events],
+            ),
+        )
 
     # ---- lookups ----------------------------------------------------------------------------
 
@@ -247,12 +272,13 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
             curs.execute(
                 SQL(
                     "SELECT e.originator_id, e.originator_version, e.topic, e.state"
-                    " FROM unnest(%s::uuid[], %s::integer[], %s::integer[]) AS r(id, gt, lte)"
+                    " FROM unnest(%b::uuid[], %b::integer[], %b::integer[]) AS r(id, gt, lte)"
                     " JOIN {s}.{t} e ON e.originator_id = r.id"
                     " AND e.originator_version > r.gt AND e.originator_version <= r.lte"
                     " ORDER BY e.originator_id, e.originator_version"
                 ).format(s=self._schema, t=Identifier(self.events_table_name)),
                 ([r[0] for r in ranges], [r[1] for r in ranges], [r[2] for r in ranges]),
+                binary=True,  # arrays in and bytea out without text escaping
             )
             return [
                 StoredEvent(
@@ -475,3 +501,18 @@ class LedgerPostgresFactory(PostgresFactory):
 
     aggregate_recorder_class = LedgerSnapshotRecorder
     application_recorder_class = LedgerPostgresRecorder
+
+
+def _split(ops: Sequence[IndexOp]) -> tuple[list[PositionIndexed], list[ReservationIndexed]]:
+    """Each table's rows, one per key (a reservation's last status wins): one INSERT may not
+    touch a row twice under ON CONFLICT DO UPDATE."""
+    positions: dict[tuple[str, str], PositionIndexed] = {}
+    reservations: dict[str, ReservationIndexed] = {}
+    for op in ops:
+        if isinstance(op, PositionIndexed):
+            positions.setdefault((op.sku, op.location_id), op)
+        elif isinstance(op, ReservationIndexed):
+            reservations[op.reservation_id] = op
+        else:  # pragma: no cover
+            raise AssertionError(f"unknown index op {op!r}")
+    return list(positions.values()), list(reservations.values())

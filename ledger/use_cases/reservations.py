@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -16,6 +15,7 @@ from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
 from ledger.domain.errors import InsufficientAvailability, ReservationNotFound, ShortLine
 from ledger.domain.position import EventMeta, position_id
 from ledger.domain.reservation import Reservation, parse_reservation_id
+from ledger.ids import new_uuid4
 from ledger.metrics import count_reservation
 from ledger.store.index_ops import ReservationIndexed, to_micros
 from ledger.unit_of_work import (
@@ -182,7 +182,7 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Any:
         meta = ctx.meta(uow.now, request_id=request.request_id)
         expires_at = uow.now + request.ttl
         reservation = Reservation.create(
-            uuid.uuid4(),
+            new_uuid4(),
             request.channel,
             request.order_ref,
             [asdict(part) for part in planned],
@@ -290,7 +290,7 @@ def expire_due(ctx: CallContext, reservation_ids: list[str]) -> Any:
         expired: list[str] = []
         channels: list[str] = []  # of the expired ones, for ledger_reservations_total
         for reservation_id in reservation_ids:
-            reservation = uow.reservation(uuid.UUID(reservation_id))
+            reservation = uow.reservation(UUID(reservation_id))
             if reservation is None or not (
                 reservation.status == "ACTIVE" and uow.now >= reservation.expires_at
             ):

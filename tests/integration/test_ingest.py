@@ -339,8 +339,11 @@ def test_database_outage_naks_with_backoff_and_loses_nothing(
         bridge = asyncio.run(_with_js(nats_url, scenario))
     finally:
         service.close()
-    # A batch committed just as the server went down may have been redelivered: DUPLICATE.
-    assert bridge.processed == total
+    # A batch whose commit reached the database just as it went down looks failed to the
+    # bridge (the outcome was lost with the connection) and comes back as DUPLICATE: at
+    # most the one batch in flight. The event count below proves nothing was doubled.
+    assert bridge.processed + bridge.duplicates == total
+    assert bridge.duplicates <= 20
     assert bridge.dead_lettered == 0
     fresh = LedgerService.open(url)
     try:
