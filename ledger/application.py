@@ -12,6 +12,7 @@ from eventsourcing.persistence import ApplicationRecorder, EventStore
 from ledger.domain.position import Position
 from ledger.store.index_ops import EventRange, ReservationRow
 from ledger.store.retries import limit_store_retries
+from ledger.store.writer_mutex import NoWriterMutex, WriterMutex
 
 SNAPSHOT_INTERVAL = 200
 READ_CACHE_SIZE = 10_000
@@ -84,6 +85,12 @@ class InventoryLedger(Application):
         return self.recorder.select_due_reservations(  # type: ignore[attr-defined]
             now_us=now_us, limit=limit
         )
+
+    def writer_mutex(self) -> WriterMutex:
+        """Turn-taking between the writers of this ledger in different processes (a no-op
+        where one process owns the store)."""
+        make = getattr(self.recorder, "writer_mutex", None)
+        return NoWriterMutex() if make is None else make()
 
     def entry_head(self) -> tuple[int, int]:
         """(seq, recorded_at_us) of the newest ledger entry."""

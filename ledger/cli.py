@@ -452,9 +452,11 @@ async def _stop_api(api: _Api, settings: Settings) -> None:
 
 async def serve(settings: Settings) -> None:
     from ledger.gc_tuning import tune_after_startup
+    from ledger.gil_tuning import tune_switch_interval
 
     api = await _start_api(settings)
     tune_after_startup()
+    tune_switch_interval()
     await _stop_on_signals().wait()
     await _stop_api(api, settings)
     log.info("stopped")
@@ -464,6 +466,7 @@ async def run_projections(settings: Settings, batch_size: int | None = None) -> 
     from ledger.application import InventoryLedger
     from ledger.config import eventsourcing_env
     from ledger.gc_tuning import tune_after_startup
+    from ledger.gil_tuning import tune_switch_interval
     from projections.runner import BATCH_MAX, ProjectionRunner
     from projections.store import ReadModelStore
 
@@ -474,6 +477,7 @@ async def run_projections(settings: Settings, batch_size: int | None = None) -> 
     )
     runner.start()
     tune_after_startup()
+    tune_switch_interval()
     listener = None
     if settings.database_url.startswith("postgres"):
         from projections.commit_listener import CommitListener
@@ -576,6 +580,7 @@ async def run_ingest(
 ) -> None:
     """``ledger ingest``: the JetStream bridge until SIGTERM/SIGINT."""
     from ledger.gc_tuning import tune_after_startup
+    from ledger.gil_tuning import tune_switch_interval
     from ledger.metrics import start_endpoint
     from ledger.service import LedgerService
     from projections.store import ReadModelStore
@@ -587,6 +592,7 @@ async def run_ingest(
     try:
         metrics = start_endpoint(settings.metrics_listen)
         tune_after_startup()
+        tune_switch_interval()
         await _ingest_until(
             _stop_on_signals(), service, store, nats_url, batch_size, units_path, prefix
         )
@@ -848,8 +854,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("serve", "ingest", "projections"):
             from ledger.gc_tuning import thresholds_from_env
+            from ledger.gil_tuning import switch_ms_from_env
 
             thresholds_from_env()  # a bad LEDGER_GC_THRESHOLDS fails before anything starts
+            switch_ms_from_env()
         if args.command == "serve":
             settings = Settings.from_env(
                 listen=args.listen,

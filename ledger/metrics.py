@@ -234,6 +234,19 @@ COMMIT_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
     registry=REGISTRY,
 )
+WRITE_CONFLICTS = Counter(
+    "ledger_write_conflicts",
+    "Write transactions lost to another process (a version or recorded_at conflict) and"
+    " re-run; with the writer mutex (PostgreSQL) this stays at zero unless a writer runs"
+    " without it",
+    registry=REGISTRY,
+)
+WRITER_MUTEX_WAIT_SECONDS = Histogram(
+    "ledger_writer_mutex_wait_seconds",
+    "Time the writer waited for its turn (the other replicas' commits) before each commit",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=REGISTRY,
+)
 BATCH_SIZE = Histogram(
     "ledger_commit_batch_commands",
     "Commands that shared one group-committed write transaction (batches of two or more)",

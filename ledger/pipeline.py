@@ -26,8 +26,9 @@ from eventsourcing.persistence import IntegrityError, InterfaceError, Operationa
 from ledger.application import InventoryLedger
 from ledger.domain.errors import ConcurrencyConflict, StoreUnavailable
 from ledger.domain.limits import CONFLICT_RETRIES_MAX
-from ledger.metrics import BATCH_SIZE, COMMIT_SECONDS, count_appended
+from ledger.metrics import BATCH_SIZE, COMMIT_SECONDS, WRITE_CONFLICTS, count_appended
 from ledger.store.index_ops import from_micros
+from ledger.store.writer_mutex import WriterMutex
 from ledger.unit_of_work import AggregateCache, Finisher, PendingInThisCommit, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,11 @@ class CommandPipeline:
         conflict_retries: int = CONFLICT_RETRIES_MAX,
         linger_seconds: float = DEFAULT_LINGER_SECONDS,
         batch_max: int = DEFAULT_BATCH_MAX,
+        mutex: WriterMutex | None = None,
     ) -> None:
         self._app = app
+        # Writers in other processes take turns with this one (ledger.store.writer_mutex).
+        self._mutex = app.writer_mutex() if mutex is None else mutex
         self._clock = clock
         self._cache = AggregateCache(app)
         self._conflict_retries = conflict_retries
@@ -150,6 +154,7 @@ class CommandPipeline:
     def close(self, timeout: float = 10.0) -> None:
         self._queue.put(_STOP)
         self._thread.join(timeout)
+        self._mutex.close()
 
     def _run(self) -> None:
         stopping = False
@@ -203,6 +208,21 @@ class CommandPipeline:
         return self._one_by_one(items)
 
     def _try_batch(self, items: list[tuple[Command, Future[Any]]]) -> Any:
+        try:
+            with self._mutex.hold() as head_us:
+                self._adopt_head(head_us)
+                outcome = self._apply_batch(items)
+        except (OperationalError, InterfaceError):
+            return self._one_by_one(items)  # the mutex's store is down: each reports it
+        if outcome is _CONFLICT or isinstance(outcome, list):
+            return outcome
+        # Answers are built after the turn is handed on: only the commit needs the mutex.
+        return outcome()
+
+    def _apply_batch(self, items: list[tuple[Command, Future[Any]]]) -> Any:
+        """Apply and commit under the writer's turn. Returns _CONFLICT, the deferred
+        commands (when nothing needs answering outside the turn), or a callable that
+        answers every command and returns the deferred ones."""
         uow = UnitOfWork(self._app, self._cache, self._now())
         applied: list[tuple[Future[Any], Finisher]] = []
         rejected: list[tuple[Future[Any], BaseException]] = []
@@ -210,7 +230,7 @@ class CommandPipeline:
         try:
             uow.prefetch(c.reads for c, f in items if hasattr(c, "reads") and not f.cancelled())
         except (OperationalError, InterfaceError):
-            return self._one_by_one(items)
+            return lambda: self._one_by_one(items)
         for command, future in items:
             # Started only now: a caller whose deadline passed while the command waited in
             # this batch has cancelled it, and it must not be applied late.
@@ -224,17 +244,18 @@ class CommandPipeline:
                 deferred.append((command, future))
             except (OperationalError, InterfaceError):
                 uow.discard()
-                return self._one_by_one(items)
+                return lambda: self._one_by_one(items)
             except BaseException as error:
                 if uow.change_count() != before:
                     # Half-applied (a bug, not a rejection): nothing of this batch is
                     # trusted; each command runs again on its own against fresh state.
                     uow.discard()
-                    return self._one_by_one(items)
+                    return lambda: self._one_by_one(items)
                 rejected.append((future, error))
         try:
             recordings = self._commit(uow)
         except IntegrityError:
+            WRITE_CONFLICTS.inc()
             uow.discard()
             return _CONFLICT
         except (OperationalError, InterfaceError) as error:
@@ -248,12 +269,16 @@ class CommandPipeline:
                 future.set_exception(error)
             return deferred
         self._committed(uow, recordings)
-        BATCH_SIZE.observe(len(applied))
-        for future, finish in applied:
-            self._settle(future, lambda finish=finish: finish(recordings))
-        for future, error in rejected:
-            future.set_exception(error)
-        return deferred
+
+        def answer() -> list[Any]:
+            BATCH_SIZE.observe(len(applied))
+            for future, finish in applied:
+                self._settle(future, lambda finish=finish: finish(recordings))
+            for future, error in rejected:
+                future.set_exception(error)
+            return deferred
+
+        return answer
 
     def _one_by_one(self, items: list[tuple[Command, Future[Any]]]) -> list[Any]:
         for command, future in items:
@@ -279,34 +304,47 @@ class CommandPipeline:
 
     def _execute(self, command: Command) -> Any:
         for attempt in range(1, self._conflict_retries + 1):
-            uow = UnitOfWork(self._app, self._cache, self._now())
             try:
-                if hasattr(command, "reads"):
-                    uow.prefetch([command.reads])
-                finish = command(uow)
+                with self._mutex.hold() as head_us:
+                    self._adopt_head(head_us)
+                    outcome = self._apply_one(command)
             except (OperationalError, InterfaceError) as error:
-                uow.discard(only_mutated=True)
                 raise StoreUnavailable(str(error)) from error
-            except BaseException:
-                uow.discard(only_mutated=True)
-                raise
-            try:
-                recordings = self._commit(uow)
-            except IntegrityError:
-                # Another process wrote one of our aggregates first, or committed a later
-                # recorded_at than our clock's: reload, raise the floor, and try again.
-                uow.discard()
-                self._back_off(attempt)
-                continue
-            except (OperationalError, InterfaceError) as error:
-                uow.discard()
-                raise StoreUnavailable(str(error)) from error
-            except BaseException:
-                uow.discard()
-                raise
-            self._committed(uow, recordings)
-            return finish(recordings)
+            if outcome is not _CONFLICT:
+                finish, recordings = outcome
+                return finish(recordings)
+            # Another process wrote one of our aggregates first, or committed a later
+            # recorded_at than our clock's: reload, raise the floor, and try again.
+            self._back_off(attempt)
         raise ConcurrencyConflict(self._conflict_retries)
+
+    def _apply_one(self, command: Command) -> Any:
+        """One command in its own transaction: (finish, recordings), or _CONFLICT."""
+        uow = UnitOfWork(self._app, self._cache, self._now())
+        try:
+            if hasattr(command, "reads"):
+                uow.prefetch([command.reads])
+            finish = command(uow)
+        except (OperationalError, InterfaceError) as error:
+            uow.discard(only_mutated=True)
+            raise StoreUnavailable(str(error)) from error
+        except BaseException:
+            uow.discard(only_mutated=True)
+            raise
+        try:
+            recordings = self._commit(uow)
+        except IntegrityError:
+            WRITE_CONFLICTS.inc()
+            uow.discard()
+            return _CONFLICT
+        except (OperationalError, InterfaceError) as error:
+            uow.discard()
+            raise StoreUnavailable(str(error)) from error
+        except BaseException:
+            uow.discard()
+            raise
+        self._committed(uow, recordings)
+        return finish, recordings
 
     @staticmethod
     def _commit(uow: UnitOfWork) -> list[Any]:
@@ -321,6 +359,16 @@ class CommandPipeline:
         time.sleep(random.uniform(0, 0.002 * attempt))
         self._raise_floor()
 
+    def _adopt_head(self, head_us: int | None) -> None:
+        """Under the writer's turn: the head read with the mutex is the one this commit
+        follows, so stamping at least its recorded_at cannot fail the CHECK."""
+        if head_us is not None:
+            self._lift_to(from_micros(head_us))
+
+    def _lift_to(self, head: datetime) -> None:
+        self._floor = max(self._floor, head)
+        self._lead = max(self._lead, head - self._clock())
+
     def _raise_floor(self) -> None:
         """Lift this writer to the ledger's time: the floor to the head's recorded_at, and
         the lead by how far the head is ahead of this clock, so a replica whose clock lags
@@ -330,5 +378,4 @@ class CommandPipeline:
             head = from_micros(self._app.entry_head()[1])
         except (OperationalError, InterfaceError):
             return  # the retry's commit will report the outage
-        self._floor = max(self._floor, head)
-        self._lead = max(self._lead, head - self._clock())
+        self._lift_to(head)

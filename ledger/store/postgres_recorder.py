@@ -29,6 +29,7 @@ from ledger.store.index_ops import (
     entries_in_commit_order,
 )
 from ledger.store.pg_ddl import advisory_key, run_missing_ddl
+from ledger.store.writer_mutex import PostgresWriterMutex
 
 
 class SerialisedDDL(PostgresRecorder):
@@ -59,6 +60,7 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
         self._positions = Identifier(f"{prefix}_position_index")
         self._reservations = Identifier(f"{prefix}_reservation_index")
         self._entries = Identifier(f"{prefix}_entry_index")
+        self._entries_name = f"{prefix}_entry_index"
         self._events = Identifier(events_table_name)
         self._schema = schema
         self._insert_columns_statement = SQL(
@@ -361,6 +363,13 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
             return [row["reservation_id"] for row in curs.fetchall()]
 
     # ---- ledger entries -------------------------------------------------------------------------
+
+    def writer_mutex(self) -> PostgresWriterMutex:
+        """The writers' turn-taking lock of this ledger (ledger.store.writer_mutex), on a
+        connection of its own with this store's credentials."""
+        kwargs = self.datastore.pool.kwargs or {}
+        conninfo = {k: v for k, v in kwargs.items() if k != "row_factory"}
+        return PostgresWriterMutex(conninfo, self.datastore.schema, self._entries_name)
 
     def entry_head(self) -> tuple[int, int]:
         """(seq, recorded_at_us) of the newest entry; (0, 0) for an empty ledger."""

@@ -8,6 +8,7 @@ the caller should get UNAVAILABLE quickly and retry with its idempotency key.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import time
@@ -39,9 +40,20 @@ def _bounded(method: Callable[..., Any]) -> Callable[..., Any]:
                 if number == STORE_ATTEMPTS_MAX:
                     raise
                 time.sleep(0.05)
+                _drop_broken_connections(args[0] if args else None)
         raise AssertionError("unreachable")
 
     return attempt
+
+
+def _drop_broken_connections(recorder: object) -> None:
+    """After a database restart every idle pooled connection is dead, and each is found out
+    only when used: test them all now, so the retry gets a live one."""
+    pool = getattr(getattr(recorder, "datastore", None), "pool", None)
+    check = getattr(pool, "check", None)
+    if check is not None:
+        with contextlib.suppress(Exception):
+            check()
 
 
 def limit_store_retries(recorder: object) -> None:
