@@ -38,6 +38,8 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""  # set: mutual TLS, client certificates required
+    # Load shedding: unary calls served at once before new ones are refused (auth.CallGuard).
+    max_calls_in_flight: int = 1024
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -58,9 +60,25 @@ class Settings:
             "tls_cert": os.environ.get("LEDGER_TLS_CERT", ""),
             "tls_key": os.environ.get("LEDGER_TLS_KEY", ""),
             "tls_client_ca": os.environ.get("LEDGER_TLS_CLIENT_CA", ""),
+            "max_calls_in_flight": _positive_int(
+                "LEDGER_MAX_CALLS_IN_FLIGHT", os.environ.get("LEDGER_MAX_CALLS_IN_FLIGHT", ""), 1024
+            ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _positive_int(name: str, text: str, default: int) -> int:
+    text = text.strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1, not {value}")
+    return value
 
 
 def eventsourcing_env(database_url: str) -> dict[str, str]:

@@ -66,6 +66,17 @@ class RateLimited(Exception):
         self.retry_after_seconds = retry_after_seconds
 
 
+class ServerOverloaded(Exception):
+    """More unary calls in flight than the server's limit (RESOURCE_EXHAUSTED with RetryInfo):
+    shed at once, before any work, so the calls already admitted still finish in time."""
+
+    reason = "SERVER_OVERLOADED"
+
+    def __init__(self, why: str, retry_after_seconds: float) -> None:
+        super().__init__(f"{why}; retry shortly (another replica may have room)")
+        self.retry_after_seconds = min(max(retry_after_seconds, 0.01), 5.0)
+
+
 class DeadlineExceeded(Exception):
     """The caller's deadline passed before the work was done."""
 
@@ -203,6 +214,13 @@ def status_for(error: BaseException, correlation_id: str) -> status_pb2.Status:
             str(error),
             _info(error.reason, principal=error.principal),
             _retry_info(delay),
+        )
+    if isinstance(error, ServerOverloaded):
+        return _status(
+            code_pb2.RESOURCE_EXHAUSTED,
+            str(error),
+            _info(error.reason),
+            _retry_info(error.retry_after_seconds),
         )
     if isinstance(error, DeadlineExceeded):
         return _status(code_pb2.DEADLINE_EXCEEDED, str(error), _info(error.reason))

@@ -25,6 +25,7 @@ from inventory.ledger.v1 import (
 from ledger.api.errors import DeadlineExceeded
 from ledger.api.rpc import _within_deadline, settled
 from ledger.service import LedgerService
+from tests.integration.test_grpc_ledger import status_details
 from tests.support.server import LedgerProcess, stub
 
 
@@ -124,3 +125,60 @@ def test_a_write_still_queued_when_the_deadline_passes_is_never_applied(tmp_path
     finally:
         release.set()
         service.close()
+
+
+def test_past_the_calls_in_flight_limit_a_call_is_refused_at_once_and_not_applied(
+    tmp_path: Path,
+) -> None:
+    """Load shedding (ledger.api.load_shedding): with the server at its limit of calls in
+    flight, a new call gets RESOURCE_EXHAUSTED / SERVER_OVERLOADED with a RetryInfo at once,
+    nothing of it is applied, and once the crowd has gone the same call succeeds."""
+    with LedgerProcess(
+        f"sqlite:///{tmp_path / 'ledger.db'}", env={"LEDGER_MAX_CALLS_IN_FLIGHT": "2"}
+    ) as server:
+        query = stub(server, query_service_pb2_grpc.InventoryQueryServiceStub)
+        movements = stub(server, movement_service_pb2_grpc.MovementServiceStub)
+        # Two calls that hold their slots until their deadline: they wait for a ledger
+        # position that never comes.
+        waiting = [
+            query.GetAvailability.future(
+                query_service_pb2.GetAvailabilityRequest(
+                    sku="SKU-W", channel="web", min_position=10**12
+                ),
+                timeout=2.0,
+            )
+            for _ in range(2)
+        ]
+        time.sleep(0.5)
+        receipt = movement_service_pb2.RecordMovementsRequest(
+            movements=[
+                movement_pb2.Movement(
+                    type=movement_pb2.MOVEMENT_TYPE_RECEIPT,
+                    sku="SKU-SHED",
+                    location_id="DC-1",
+                    qty=4,
+                    source="it-shed",
+                    message_id="shed-1",
+                )
+            ]
+        )
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            movements.RecordMovements(receipt, timeout=10)
+        assert time.monotonic() - started < 1.0  # refused, not queued
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = status_details(caught.value)
+        assert details["ErrorInfo"].reason == "SERVER_OVERLOADED"
+        assert "RetryInfo" in details
+        for call in waiting:
+            with pytest.raises(grpc.RpcError):
+                call.result()
+        position = query.GetPosition(
+            query_service_pb2.GetPositionRequest(sku="SKU-SHED", location_id="DC-1"), timeout=10
+        )
+        assert position.on_hand == 0  # the refused call wrote nothing
+        movements.RecordMovements(receipt, timeout=10)
+        position = query.GetPosition(
+            query_service_pb2.GetPositionRequest(sku="SKU-SHED", location_id="DC-1"), timeout=10
+        )
+        assert position.on_hand == 4
