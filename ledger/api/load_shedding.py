@@ -59,6 +59,7 @@ class LoadShedder:
         self._summarised = clock()
         self._window_start = clock()
         self._window_done = 0
+        self._window_idle = True
 
     def admit(self, time_remaining: float | None) -> float:
         """Count the call in and return its start time (for ``done``), or raise
@@ -93,11 +94,17 @@ class LoadShedder:
         self._window_done += 1
         now = self._clock()
         self._latency += LATENCY_SMOOTHING * ((now - started) - self._latency)
+        if self.in_flight == 0:
+            self._window_idle = True
         elapsed = now - self._window_start
         if elapsed >= WINDOW_SECONDS:
-            rate = self._window_done / elapsed
-            self._capacity = max(rate, self._capacity * CAPACITY_DECAY)
+            # Only a window the server was busy throughout measures what it can do; in a
+            # quiet one the rate is the demand (one call in five seconds is not capacity).
+            if not self._window_idle:
+                rate = self._window_done / elapsed
+                self._capacity = max(rate, self._capacity * CAPACITY_DECAY)
             self._window_start, self._window_done = now, 0
+            self._window_idle = self.in_flight == 0
 
     def expected_wait(self) -> float:
         """Seconds until the calls in flight have drained at the recent capacity."""

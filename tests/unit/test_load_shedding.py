@@ -47,14 +47,16 @@ def test_a_call_left_less_than_twice_the_recent_latency_is_refused() -> None:
 def test_a_crowd_in_flight_that_needs_longer_than_the_deadline_allows_refuses_it() -> None:
     clock = FakeClock()
     shedder = LoadShedder(10_000, clock)
-    # Capacity measured at 1,000 answers a second (each quick: latency ~1 ms).
+    # Capacity measured at 1,000 answers a second (each quick: latency ~1 ms), while the
+    # server was never idle (one long call stays in flight throughout).
+    shedder.admit(None)
     _served(shedder, clock, 1000, 0.001)
     for _ in range(400):
         shedder.admit(None)  # 400 in flight: about 0.4 s to drain
     with pytest.raises(ServerOverloaded):
         shedder.admit(0.6)
     shedder.admit(1.0)
-    assert shedder.in_flight == 401
+    assert shedder.in_flight == 402
 
 
 def test_the_hard_cap_applies_to_callers_without_a_deadline() -> None:
@@ -70,3 +72,17 @@ def test_retry_delays_are_bucketed_for_the_cached_statuses() -> None:
     assert _bucket_ms(0.1) == 128
     assert _bucket_ms(0.128) == 128
     assert _bucket_ms(60.0) == 4096
+
+
+def test_a_quiet_spell_is_not_taken_for_the_servers_capacity() -> None:
+    """One call in five seconds is the demand, not what the server can do: a crowd after
+    it is not refused on that account (a regression: a 64-call burst with 30 s deadlines
+    was refused after a quiet start)."""
+    clock = FakeClock()
+    shedder = LoadShedder(10_000, clock)
+    _served(shedder, clock, 3, 5.0)  # idle windows between single calls
+    clock.now += 0.001
+    shedder._latency = 0.0  # the crowd's own latency is not what this test is about
+    for _ in range(64):
+        shedder.admit(30.0)
+    assert shedder.in_flight == 64
