@@ -56,13 +56,18 @@ class InventoryLedger(Application):
         """
         if self.snapshots is None:
             return
+        first_new: dict[UUID, int] = {}
+        for event in processing_event.events:
+            first_new.setdefault(event.originator_id, event.originator_version)
         for aggregate in processing_event.aggregates.values():
             interval = self.snapshotting_intervals.get(type(aggregate))
             if interval is None:
                 continue
             version = aggregate.version
-            # After a restart: the library's cadence (multiples of the interval) is assumed.
-            last = self._snapshot_versions.get(aggregate.id, version - version % interval)
+            # Not snapshotted by this process yet (a restart, another replica's writes):
+            # assume the last one at the interval's multiple before this save's events.
+            before = first_new.get(aggregate.id, version) - 1
+            last = self._snapshot_versions.get(aggregate.id, before - before % interval)
             if version - last < max(interval, _state_size(aggregate)):
                 continue
             snapshot_class = getattr(type(aggregate), "Snapshot", type(self).snapshot_class)

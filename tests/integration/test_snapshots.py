@@ -1,0 +1,89 @@
+"""Position snapshots (ledger.application): taken from the saved aggregate every
+max(200, open holds) events, and a position loaded from one equals the position folded
+from its whole history."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from ledger.application import SNAPSHOT_INTERVAL
+from ledger.domain.movements import Movement, MovementType
+from ledger.domain.position import position_id
+from ledger.service import LedgerService
+from ledger.use_cases.context import CallContext
+from ledger.use_cases.reservations import ReserveInput, ReserveLine
+
+CTX = CallContext("snapshot-test", "corr")
+SKU, LOCATION = "SNAP", "DC"
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[LedgerService]:
+    service = LedgerService.open(f"sqlite:///{tmp_path / 'l.db'}")
+    yield service
+    service.close()
+
+
+def _snapshot_versions(service: LedgerService) -> list[int]:
+    assert service.app.snapshots is not None
+    return [s.originator_version for s in service.app.snapshots.get(position_id(SKU, LOCATION))]
+
+
+def _receipts(service: LedgerService, count: int, per_call: int = 10) -> None:
+    for first in range(0, count, per_call):
+        service.record_movements(
+            CTX,
+            [
+                Movement("snap", f"r-{n}", MovementType.RECEIPT, SKU, LOCATION, qty=1)
+                for n in range(first, min(first + per_call, count))
+            ],
+        ).result()
+
+
+def test_a_small_position_is_snapshotted_every_interval(service: LedgerService) -> None:
+    # Version 1 opens the position; saves of 10 receipts end at versions 11, 21, ...
+    _receipts(service, 2 * SNAPSHOT_INTERVAL + 50)
+    assert _snapshot_versions(service) == [SNAPSHOT_INTERVAL + 1, 2 * SNAPSHOT_INTERVAL + 1]
+
+
+def test_a_position_with_many_holds_is_snapshotted_less_often_and_loads_exactly(
+    service: LedgerService,
+) -> None:
+    holds = 3 * SNAPSHOT_INTERVAL
+    _receipts(service, holds)  # snapshots at 201, 401 and 601, while no hold is open
+    futures = [
+        service.reserve(
+            CTX,
+            ReserveInput(
+                request_id=f"q-{n}",
+                channel="web",
+                order_ref=f"o-{n}",
+                lines=(ReserveLine(SKU, LOCATION, 1),),
+                ttl=timedelta(hours=1),
+            ),
+        )
+        for n in range(holds)
+    ]
+    for future in futures:
+        future.result()
+    versions = _snapshot_versions(service)
+    assert versions[:3] == [201, 401, 601], versions
+    # Then 600 holds: each snapshot waits for as many events as holds were open at it.
+    after_receipts = versions[3:]
+    assert after_receipts, versions
+    previous = 601
+    for version in after_receipts:
+        holds_open = version - 1 - holds  # every event since the receipts placed a hold
+        assert version - previous >= max(SNAPSHOT_INTERVAL, holds_open - 1), versions
+        previous = version
+    assert after_receipts[-1] - versions[len(versions) - len(after_receipts) - 1] > 200
+    # A load from the newest snapshot (plus the events after it) is the whole history's fold.
+    pid = position_id(SKU, LOCATION)
+    loaded = service.app.repository.get(pid, version=service.app.repository.get(pid).version)
+    assert loaded.version == 1 + 2 * holds
+    assert len(loaded.holds) == holds
+    assert service.get_position(SKU, LOCATION).reserved == holds
