@@ -247,6 +247,14 @@ WRITER_MUTEX_WAIT_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
     registry=REGISTRY,
 )
+WRITER_TURN_SECONDS = Histogram(
+    "ledger_writer_turn_seconds",
+    "How long the writer held its turn (stamp, fast-forward, apply, commit) on PostgreSQL:"
+    " the part of every write that is serial across replicas, so its sum over replicas"
+    " bounds one ledger's commit rate (docs/scaling.md)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=REGISTRY,
+)
 BATCH_SIZE = Histogram(
     "ledger_commit_batch_commands",
     "Commands that shared one group-committed write transaction (batches of two or more)",

@@ -29,7 +29,7 @@ REFERENCE = "reserve_distinct_c256_p1"
 class Capacity:
     reserve_per_api_core: float  # reservations/s one core of `ledger serve` carries
     pg_core_ms_per_reserve: float  # PostgreSQL CPU per reservation (ms of one core)
-    transaction_ms: float  # mean write transaction: the events table lock's hold time
+    transaction_ms: float  # mean serial section: writer turn (or the events table lock's hold)
     commands_per_transaction: float  # measured mean at the reference load
     lock_fixed_ms: float  # a write transaction's cost whatever its size ...
     lock_ms_per_command: float  # ... plus this per command (fitted, see lock_cost)
@@ -59,13 +59,21 @@ def _cores(figure: Mapping[str, Any], key: str) -> float:
 
 
 def _transactions(figure: Mapping[str, Any]) -> tuple[float, float] | None:
-    """(reservations per write transaction, mean transaction ms) of the first server."""
+    """(reservations per serial section, its mean ms) of the first server. The serial
+    section is the writer's turn (the writer mutex's hold: stamp, fast-forward, apply,
+    commit) where the run measured it, else the write transaction (the events table lock)."""
     servers = figure.get("server_commits") or []
-    if not servers or not servers[0].get("transaction_ms_mean"):
+    if not servers:
         return None
     first = servers[0]
+    reservations = float(first.get("reservations", 0))
+    if first.get("turn_ms_mean"):
+        turns = max(float(first.get("turns") or 0), 1.0)
+        return reservations / turns, float(first["turn_ms_mean"])
+    if not first.get("transaction_ms_mean"):
+        return None
     transactions = max(float(first.get("commits") or 0), 1.0)
-    return float(first.get("reservations", 0)) / transactions, float(first["transaction_ms_mean"])
+    return reservations / transactions, float(first["transaction_ms_mean"])
 
 
 def lock_cost(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -118,11 +126,11 @@ def table(capacity: Capacity, targets: tuple[float, ...]) -> str:
         f"per API core:          {c.reserve_per_api_core:>9,.0f} reservations/s",
         f"per API core (reads):  {c.reads_per_api_core:>9,.0f} GetPosition/s",
         f"PostgreSQL CPU:        {c.pg_core_ms_per_reserve:>9.3f} core-ms per reservation",
-        f"write transaction:     {c.transaction_ms:>9.2f} ms mean"
+        f"serial write section:  {c.transaction_ms:>9.2f} ms mean"
         f" at {c.commands_per_transaction:.0f} reservations"
         f" (fit: {c.lock_fixed_ms:.2f} ms + {c.lock_ms_per_command:.3f} ms each)",
         f"one ledger's ceiling:  {c.single_log_reserves_per_s:>9,.0f} reservations/s"
-        f" (batches of {BATCH_MAX} back to back under the events table lock)",
+        f" (turns of {BATCH_MAX} commands back to back, one writer at a time)",
         f"per ingest core:       {c.ingest_per_core:>9,.0f} messages/s",
         "",
         "target/s    API replicas (4 cores)   PG cores   ledger partitions"

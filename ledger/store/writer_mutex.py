@@ -33,7 +33,7 @@ import psycopg.errors
 from eventsourcing.persistence import OperationalError
 from psycopg.sql import SQL, Composed, Identifier
 
-from ledger.metrics import WRITER_MUTEX_WAIT_SECONDS
+from ledger.metrics import WRITER_MUTEX_WAIT_SECONDS, WRITER_TURN_SECONDS
 from ledger.store.pg_ddl import advisory_key
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,13 @@ class PostgresWriterMutex:
         with self._lock:
             began = time.perf_counter()
             head = self._acquire()
-            WRITER_MUTEX_WAIT_SECONDS.observe(time.perf_counter() - began)
+            acquired = time.perf_counter()
+            WRITER_MUTEX_WAIT_SECONDS.observe(acquired - began)
             try:
                 yield head
             finally:
                 self._release()
+                WRITER_TURN_SECONDS.observe(time.perf_counter() - acquired)
 
     def _acquire(self) -> int:
         # A connection the server dropped (a restart, a failover) is only found out on use:

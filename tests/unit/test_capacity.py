@@ -57,6 +57,13 @@ def test_the_model_sizes_replicas_partitions_and_bridges() -> None:
     assert model.pg_cores_for(10_000) == pytest.approx(4.0)
 
 
+def test_the_writer_turn_is_the_serial_section_when_measured() -> None:
+    figure = _figure(500, 1.0, 700, 10, 8.0)
+    assert capacity._transactions(figure) == (70.0, 8.0)  # no turns: the transaction
+    figure["server_commits"][0].update(turns=14, turn_ms_mean=12.5)
+    assert capacity._transactions(figure) == (50.0, 12.5)
+
+
 def test_the_command_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(DOCUMENT))

@@ -15,7 +15,7 @@ JSON (``schema`` 1): ``mode``, ``started_at``, ``elapsed_s``, ``machine``, ``git
   (units), ``loadgen_cpu`` (per worker, cores), ``cpu_cores`` (servers, projections,
   loadgen, postgres, nats-server), ``server_commits`` (per server: ``commits``,
   ``reservations``, ``group_commits``, ``commands_per_group_commit``,
-  ``transaction_ms_mean``) and, for writes,
+  ``transaction_ms_mean``, ``turns``, ``turn_ms_mean``) and, for writes,
   ``projection_lag`` (``lag_positions_p50/p99/max``, ``lag_seconds_p50/p99/max``); hot and
   drain figures ``no_oversell``; open-loop ones ``codes`` (OK included),
   ``client_dropped``, ``schedule_lag_p99_ms``, ``reserved_without_ok_answer``;

@@ -149,6 +149,8 @@ _SERIES = {
     "ledger_reservations_total": "reserved",  # outcome="reserved" only, every channel
     "ledger_commit_seconds_count": "transactions",
     "ledger_commit_seconds_sum": "transaction_seconds",
+    "ledger_writer_turn_seconds_count": "turns",
+    "ledger_writer_turn_seconds_sum": "turn_seconds",
 }
 
 
@@ -205,6 +207,14 @@ class ServerMetrics:
                     "transaction_ms_mean": (
                         round(1000 * delta["transaction_seconds"] / delta["transactions"], 2)
                         if delta["transactions"]
+                        else None
+                    ),
+                    # Mean writer turn (the writer mutex's hold): the part serial across
+                    # replicas, transaction included.
+                    "turns": int(delta["turns"]),
+                    "turn_ms_mean": (
+                        round(1000 * delta["turn_seconds"] / delta["turns"], 2)
+                        if delta["turns"]
                         else None
                     ),
                 }
