@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -13,6 +14,8 @@ from ledger.domain.position import Position
 from ledger.store.index_ops import EventRange, ReservationRow
 from ledger.store.retries import limit_store_retries
 from ledger.store.writer_mutex import NoWriterMutex, WriterMutex
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_INTERVAL = 200
 READ_CACHE_SIZE = 10_000
@@ -71,7 +74,17 @@ class InventoryLedger(Application):
             if version - last < max(interval, _state_size(aggregate)):
                 continue
             snapshot_class = getattr(type(aggregate), "Snapshot", type(self).snapshot_class)
-            self.snapshots.put([snapshot_class.take(aggregate)])
+            try:
+                self.snapshots.put([snapshot_class.take(aggregate)])
+            except Exception:
+                # The events are committed; a snapshot is only a shortcut for readers, and
+                # failing to write one must not fail the write. It stays due: the next save
+                # of this aggregate tries again.
+                log.warning(
+                    "snapshot of %s at version %d failed", aggregate.id, version, exc_info=True
+                )
+                self._snapshot_versions[aggregate.id] = last
+                continue
             self._snapshot_versions[aggregate.id] = version
             if len(self._snapshot_versions) > READ_CACHE_SIZE:
                 self._snapshot_versions.pop(next(iter(self._snapshot_versions)))

@@ -11,13 +11,14 @@ batch's commands one by one on reloaded state, each with its own retries.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import random
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -165,8 +166,15 @@ class CommandPipeline:
             batch = [item]
             stopping = self._gather(batch)
             began, size = time.perf_counter(), len(batch)
-            while batch:
-                batch = self._execute_batch(batch)
+            try:
+                while batch:
+                    batch = self._execute_batch(batch)
+            except BaseException as error:  # a bug: fail this batch, never the writer
+                log.exception("writer: a batch failed unexpectedly; its commands get the error")
+                for _, future in batch:
+                    if not future.done():
+                        with contextlib.suppress(InvalidStateError):
+                            future.set_exception(error)
             self._measured(size, time.perf_counter() - began)
 
     def _gather(self, batch: list[Any]) -> bool:
@@ -260,12 +268,12 @@ class CommandPipeline:
             return _CONFLICT
         except (OperationalError, InterfaceError) as error:
             uow.discard()
-            for _, future in [*applied, *rejected]:
+            for future, _ in [*applied, *rejected]:
                 future.set_exception(StoreUnavailable(str(error)))
             return deferred
         except BaseException as error:
             uow.discard()
-            for _, future in [*applied, *rejected]:
+            for future, _ in [*applied, *rejected]:
                 future.set_exception(error)
             return deferred
         self._committed(uow, recordings)

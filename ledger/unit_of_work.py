@@ -20,7 +20,7 @@ from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
 from ledger.domain.idempotency import IdempotencyKey
 from ledger.domain.position import EventMeta, Position, position_id
 from ledger.domain.reservation import Reservation
-from ledger.store.index_ops import EntryIndexed, IndexOp, PositionIndexed, to_micros
+from ledger.store.index_ops import EntryIndexed, EventRange, IndexOp, PositionIndexed, to_micros
 
 _ABSENT = object()  # cached: this aggregate had no events when last looked up
 _NO_LIMIT = 2**31 - 1
@@ -48,13 +48,22 @@ class AggregateCache:
         self._fresh.clear()
 
     def prefetch(self, aggregate_ids: Iterable[UUID]) -> None:
+        wanted, ranges = self.ranges_for(aggregate_ids)
+        self.absorb(wanted, self._app.events_batch(ranges))
+
+    def ranges_for(self, aggregate_ids: Iterable[UUID]) -> tuple[list[UUID], list[EventRange]]:
+        """What a fast-forward must read: cached aggregates' newer events, and for the
+        others whether they exist (their first event only)."""
         wanted = [i for i in dict.fromkeys(aggregate_ids) if i not in self._fresh]
-        # Cached ones: their newer events. Others: whether they exist (first event only).
         ranges = [
             (i, self._version(i), _NO_LIMIT) if i in self._items else (i, 0, 1) for i in wanted
         ]
+        return wanted, ranges
+
+    def absorb(self, wanted: list[UUID], events: Iterable[Any]) -> None:
+        """Fold the events read for ``ranges_for(wanted)`` into the cache."""
         to_build: list[UUID] = []
-        for event in self._app.events_batch(ranges):
+        for event in events:
             aggregate = self._items.get(event.originator_id)
             if aggregate is None or aggregate is _ABSENT:
                 to_build.append(event.originator_id)
@@ -160,13 +169,21 @@ class UnitOfWork:
         for read in reads:
             key_ids.extend(read.keys)
             aggregate_ids.extend(read.aggregates)
-        if key_ids:
-            unique = list(dict.fromkeys(key_ids))
-            self._stored_keys.update(dict.fromkeys(unique))
-            for event in self.app.events_batch([(key_id, 0, 1) for key_id in unique]):
+        keys = list(dict.fromkeys(key_ids))
+        wanted, ranges = self._cache.ranges_for(aggregate_ids)
+        if not keys and not ranges:
+            return
+        # One store read for both: a key's first event, and each aggregate's newer events.
+        self._stored_keys.update(dict.fromkeys(keys))
+        key_set = set(keys)
+        events = self.app.events_batch([(key_id, 0, 1) for key_id in keys] + ranges)
+        others = []
+        for event in events:
+            if event.originator_id in key_set:
                 self._stored_keys[event.originator_id] = event.mutate(None)
-        if aggregate_ids:
-            self._cache.prefetch(aggregate_ids)
+            else:
+                others.append(event)
+        self._cache.absorb(wanted, others)
 
     def begin_command(self) -> None:
         """The next command starts: what it touches is noted afresh (marks, change_count)."""

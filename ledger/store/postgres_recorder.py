@@ -68,6 +68,13 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
             " SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[])"
             " RETURNING notification_id"
         ).format(s=schema, t=self._events, id_type=SQL(self.datastore.originator_id_type))
+        self._select_ranges_statement = SQL(
+            "SELECT e.originator_id, e.originator_version, e.topic, e.state"
+            " FROM unnest(%b::uuid[], %b::integer[], %b::integer[]) AS r(id, gt, lte)"
+            " JOIN {s}.{t} e ON e.originator_id = r.id"
+            " AND e.originator_version > r.gt AND e.originator_version <= r.lte"
+            " ORDER BY e.originator_id, e.originator_version"
+        ).format(s=schema, t=self._events)
 
         def index(name: str, table: Identifier, columns: str, where: str = "") -> SQL:
             return SQL(
@@ -270,27 +277,32 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
         by aggregate and version (the writer's per-batch fast-forward and key lookups)."""
         if not ranges:
             return []
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(
-                SQL(
-                    "SELECT e.originator_id, e.originator_version, e.topic, e.state"
-                    " FROM unnest(%b::uuid[], %b::integer[], %b::integer[]) AS r(id, gt, lte)"
-                    " JOIN {s}.{t} e ON e.originator_id = r.id"
-                    " AND e.originator_version > r.gt AND e.originator_version <= r.lte"
-                    " ORDER BY e.originator_id, e.originator_version"
-                ).format(s=self._schema, t=Identifier(self.events_table_name)),
-                ([r[0] for r in ranges], [r[1] for r in ranges], [r[2] for r in ranges]),
-                binary=True,  # arrays in and bytea out without text escaping
+        # One statement outside a transaction block (the library's pooled connections are
+        # in autocommit): its own snapshot, and a single round trip instead of BEGIN,
+        # SELECT, ROLLBACK and the DEALLOCATE ALL psycopg sends after a rollback (it forgets
+        # prepared statements then) -- four round trips on the writer's turn.
+        with self.datastore.get_connection() as conn:
+            was_autocommit = conn.autocommit
+            conn.autocommit = True
+            try:
+                with conn.cursor() as curs:
+                    curs.execute(
+                        self._select_ranges_statement,
+                        ([r[0] for r in ranges], [r[1] for r in ranges], [r[2] for r in ranges]),
+                        binary=True,
+                    )  # arrays in and bytea out without text escaping
+                    rows = curs.fetchall()
+            finally:
+                conn.autocommit = was_autocommit
+        return [
+            StoredEvent(
+                originator_id=row["originator_id"],
+                originator_version=row["originator_version"],
+                topic=row["topic"],
+                state=bytes(row["state"]),
             )
-            return [
-                StoredEvent(
-                    originator_id=row["originator_id"],
-                    originator_version=row["originator_version"],
-                    topic=row["topic"],
-                    state=bytes(row["state"]),
-                )
-                for row in curs.fetchall()
-            ]
+            for row in rows
+        ]
 
     def notification_id_of(self, originator_id: UUID, version: int) -> int | None:
         with self.datastore.transaction(commit=False) as curs:

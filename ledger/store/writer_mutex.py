@@ -78,6 +78,8 @@ class PostgresWriterMutex:
         if self._connection is None or self._connection.closed:
             self._connection = psycopg.Connection.connect(
                 **self._conninfo,  # type: ignore[arg-type]
+                # Never prepared: the same two statements every turn, and nothing to redo.
+                prepare_threshold=None,
                 options=(
                     f"-c lock_timeout={WAIT_SECONDS_MAX * 1000}"
                     f" -c idle_in_transaction_session_timeout={HOLD_SECONDS_MAX * 1000}"
@@ -126,7 +128,7 @@ class PostgresWriterMutex:
     def _release(self) -> None:
         try:
             if self._connection is not None:
-                self._connection.rollback()  # ends the transaction, and with it the lock
+                self._connection.commit()  # ends the transaction, and with it the lock
         except psycopg.Error:
             self._discard()  # a closed session holds no lock either
 

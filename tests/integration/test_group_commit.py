@@ -150,3 +150,50 @@ def test_a_write_that_cannot_be_reached_before_its_deadline_is_refused_up_front(
     blocker.result(5)
     assert all(f.result(5).reservation_id for f in [*queued, patient])
     assert service.get_position("SKU", "L1").reserved == 4  # "late" was never applied
+
+
+def test_a_commit_that_fails_fails_its_batch_and_the_writer_carries_on(
+    service: LedgerService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that raises (not a conflict, not the store going away) fails every command
+    of its batch with that error; the writer thread survives and the next batch commits.
+    (A regression: the batch's futures were unpacked wrongly on this path, the writer
+    thread died, and every later write waited forever.)"""
+    from ledger.unit_of_work import UnitOfWork
+
+    real_commit = UnitOfWork.commit
+    failures = iter([RuntimeError("disk on fire")])
+
+    def failing_once(self: UnitOfWork) -> object:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real_commit(self)
+
+    monkeypatch.setattr(UnitOfWork, "commit", failing_once)
+    futures = [service.reserve(CTX, _reserve(f"boom-{i}")) for i in range(3)]
+    errors = [f.exception(timeout=10) for f in futures]
+    assert all(isinstance(e, RuntimeError) for e in errors), errors
+    assert service.get_position("SKU", "L1").reserved == 0  # nothing of it applied
+    # The writer is alive: the same requests, retried, commit.
+    retried = [service.reserve(CTX, _reserve(f"boom-{i}")) for i in range(3)]
+    assert [f.result(timeout=10).ledger_position > 0 for f in retried] == [True] * 3
+    assert service.get_position("SKU", "L1").reserved == 3
+
+
+def test_an_unexpected_error_in_the_writer_fails_the_batch_not_the_writer(
+    service: LedgerService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = service.pipeline
+    real = pipeline._execute_batch
+    calls = iter([True])
+
+    def broken_once(items: list) -> list:
+        if next(calls, False):
+            raise AssertionError("a bug in the writer")
+        return real(items)
+
+    monkeypatch.setattr(pipeline, "_execute_batch", broken_once)
+    lost = service.reserve(CTX, _reserve("bug-1"))
+    assert isinstance(lost.exception(timeout=10), AssertionError)
+    assert service.reserve(CTX, _reserve("bug-2")).result(timeout=10).ledger_position > 0

@@ -21,9 +21,13 @@ CTX = CallContext("snapshot-test", "corr")
 SKU, LOCATION = "SNAP", "DC"
 
 
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[LedgerService]:
-    service = LedgerService.open(f"sqlite:///{tmp_path / 'l.db'}")
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LedgerService]:
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_database_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'l.db'}"
+    service = LedgerService.open(url)
     yield service
     service.close()
 
@@ -87,3 +91,25 @@ def test_a_position_with_many_holds_is_snapshotted_less_often_and_loads_exactly(
     assert loaded.version == 1 + 2 * holds
     assert len(loaded.holds) == holds
     assert service.get_position(SKU, LOCATION).reserved == holds
+
+
+def test_a_snapshot_that_cannot_be_written_does_not_fail_the_write(
+    service: LedgerService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert service.app.snapshots is not None
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("snapshot store broken")
+
+    monkeypatch.setattr(service.app.snapshots, "put", broken)
+    _receipts(service, SNAPSHOT_INTERVAL + 20)  # a snapshot falls due, and fails
+    monkeypatch.undo()
+    assert service.get_position(SKU, LOCATION).on_hand == SNAPSHOT_INTERVAL + 20
+    assert _snapshot_versions(service) == []
+    _receipts_more = [
+        Movement("snap", f"more-{n}", MovementType.RECEIPT, SKU, LOCATION, qty=1)
+        for n in range(10)
+    ]
+    service.record_movements(CTX, _receipts_more).result()
+    # Still due: the next save takes it.
+    assert _snapshot_versions(service) == [SNAPSHOT_INTERVAL + 31]
