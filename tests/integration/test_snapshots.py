@@ -107,8 +107,7 @@ def test_a_snapshot_that_cannot_be_written_does_not_fail_the_write(
     assert service.get_position(SKU, LOCATION).on_hand == SNAPSHOT_INTERVAL + 20
     assert _snapshot_versions(service) == []
     _receipts_more = [
-        Movement("snap", f"more-{n}", MovementType.RECEIPT, SKU, LOCATION, qty=1)
-        for n in range(10)
+        Movement("snap", f"more-{n}", MovementType.RECEIPT, SKU, LOCATION, qty=1) for n in range(10)
     ]
     service.record_movements(CTX, _receipts_more).result()
     # Still due: the next save takes it.
