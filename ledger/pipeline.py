@@ -261,21 +261,13 @@ class CommandPipeline:
                     return lambda: self._one_by_one(items)
                 rejected.append((future, error))
         try:
-            recordings = self._commit(uow)
-        except IntegrityError:
-            WRITE_CONFLICTS.inc()
-            uow.discard()
-            return _CONFLICT
-        except (OperationalError, InterfaceError) as error:
-            uow.discard()
-            for future, _ in [*applied, *rejected]:
-                future.set_exception(StoreUnavailable(str(error)))
-            return deferred
+            recordings = self._commit_or_conflict(uow)
         except BaseException as error:
-            uow.discard()
             for future, _ in [*applied, *rejected]:
                 future.set_exception(error)
             return deferred
+        if recordings is _CONFLICT:
+            return _CONFLICT
         self._committed(uow, recordings)
 
         def answer() -> list[Any]:
@@ -339,8 +331,17 @@ class CommandPipeline:
         except BaseException:
             uow.discard(only_mutated=True)
             raise
+        recordings = self._commit_or_conflict(uow)
+        if recordings is _CONFLICT:
+            return _CONFLICT
+        self._committed(uow, recordings)
+        return finish, recordings
+
+    def _commit_or_conflict(self, uow: UnitOfWork) -> Any:
+        """Commit the unit: its recordings, or _CONFLICT when another process won. On any
+        failure the unit is discarded; a store outage is raised as StoreUnavailable."""
         try:
-            recordings = self._commit(uow)
+            return self._commit(uow)
         except IntegrityError:
             WRITE_CONFLICTS.inc()
             uow.discard()
@@ -351,8 +352,6 @@ class CommandPipeline:
         except BaseException:
             uow.discard()
             raise
-        self._committed(uow, recordings)
-        return finish, recordings
 
     @staticmethod
     def _commit(uow: UnitOfWork) -> list[Any]:

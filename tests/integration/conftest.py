@@ -26,6 +26,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def replicas(postgres_database_url: str) -> Iterator[tuple[LedgerService, LedgerService]]:
+    """Two writers over one PostgreSQL, as two API replicas would be (in one process)."""
+    first = LedgerService.open(postgres_database_url)
+    second = LedgerService.open(postgres_database_url)
+    try:
+        yield first, second
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.fixture
 def ledger(database_url: str) -> Iterator[LedgerProcess]:
     process = LedgerProcess(database_url)
     process.start()

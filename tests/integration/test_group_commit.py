@@ -80,17 +80,6 @@ def test_the_same_request_id_twice_in_one_batch_gets_one_reservation(service: Le
     assert service.get_position("SKU", "L1").reserved == 1
 
 
-@pytest.fixture
-def replicas(postgres_database_url: str) -> Iterator[tuple[LedgerService, LedgerService]]:
-    first = LedgerService.open(postgres_database_url)
-    second = LedgerService.open(postgres_database_url)
-    try:
-        yield first, second
-    finally:
-        first.close()
-        second.close()
-
-
 @pytest.mark.postgres
 def test_a_batch_sees_what_another_replica_wrote_since_it_cached_it(
     replicas: tuple[LedgerService, LedgerService],

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -21,13 +20,9 @@ CTX = CallContext("snapshot-test", "corr")
 SKU, LOCATION = "SNAP", "DC"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LedgerService]:
-    if request.param == "postgres":
-        url = request.getfixturevalue("postgres_database_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'l.db'}"
-    service = LedgerService.open(url)
+@pytest.fixture
+def service(database_url: str) -> Iterator[LedgerService]:
+    service = LedgerService.open(database_url)
     yield service
     service.close()
 

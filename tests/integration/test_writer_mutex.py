@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -30,17 +29,6 @@ def _conflicts() -> float:
     return REGISTRY.get_sample_value("ledger_write_conflicts_total") or 0.0
 
 
-@pytest.fixture
-def two_writers(postgres_database_url: str) -> Iterator[tuple[LedgerService, LedgerService]]:
-    first = LedgerService.open(postgres_database_url)
-    second = LedgerService.open(postgres_database_url)
-    try:
-        yield first, second
-    finally:
-        first.close()
-        second.close()
-
-
 def _reserve(request_id: str) -> ReserveInput:
     return ReserveInput(
         request_id=request_id,
@@ -52,9 +40,9 @@ def _reserve(request_id: str) -> ReserveInput:
 
 
 def test_two_writers_on_one_hot_position_lose_nothing_to_conflicts(
-    two_writers: tuple[LedgerService, LedgerService],
+    replicas: tuple[LedgerService, LedgerService],
 ) -> None:
-    first, second = two_writers
+    first, second = replicas
     first.record_movements(
         CTX, [Movement("seed", "hot", MovementType.RECEIPT, "HOT", "DC", qty=STOCK)]
     ).result()
