@@ -7,7 +7,12 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    Application,
+    ProcessingEvent,
+    Recording,
+)
 from eventsourcing.persistence import ApplicationRecorder, EventStore
 
 from ledger.domain.position import Position
@@ -44,6 +49,22 @@ class InventoryLedger(Application):
         super().__init__(env={**defaults, **env})
         # Version of the newest snapshot this process took, by aggregate (bounded).
         self._snapshot_versions: dict[UUID, int] = {}
+
+    def save_aggregates(self, aggregates: Sequence[Any], **kwargs: Any) -> list[Recording[UUID]]:
+        """``save(*aggregates, **kwargs)`` for objects known to be aggregates: the library's
+        ``save`` asks of every object whether it is an event or an aggregate with two
+        runtime Protocol checks, which cost the writer's turn a tenth of its time. The steps
+        after collecting are the library's own (record, snapshots, notify)."""
+        processing_event: ProcessingEvent[UUID] = ProcessingEvent()
+        for aggregate in aggregates:
+            processing_event.events.extend(aggregate.collect_events())
+            processing_event.aggregates[aggregate.id] = aggregate
+        processing_event.saved_kwargs.update(kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        self.notify(processing_event.events)  # deprecated in the library; kept as save does
+        return recordings
 
     def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
         """Snapshots of the positions just saved, taken from the saved objects themselves.

@@ -307,9 +307,8 @@ class UnitOfWork:
         if not changed and not self._keys:
             return []
         return Recordings(
-            self.app.save(
-                *changed,
-                *self._keys.values(),
+            self.app.save_aggregates(
+                [*changed, *self._keys.values()],
                 index_ops=self.index_ops,
                 entries=self._entries(changed),
             )

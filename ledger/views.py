@@ -122,7 +122,26 @@ class ReservationView:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # What dataclasses.asdict gives, without its deep copies (every reservation's result
+        # is remembered with its idempotency key, on the writer's turn; values are immutable).
+        return {
+            "reservation_id": self.reservation_id,
+            "channel": self.channel,
+            "order_ref": self.order_ref,
+            "status": self.status,
+            "lines": [
+                {
+                    "sku": ln.sku,
+                    "location_id": ln.location_id,
+                    "qty": ln.qty,
+                    "shipped": ln.shipped,
+                }
+                for ln in self.lines
+            ],
+            "expires_at": self.expires_at,
+            "created_at": self.created_at,
+            "ledger_position": self.ledger_position,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReservationView:
