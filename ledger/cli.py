@@ -450,13 +450,29 @@ async def _stop_api(api: _Api, settings: Settings) -> None:
     await asyncio.to_thread(api.store.close)
 
 
-async def serve(settings: Settings) -> None:
+def _check_process_tuning() -> None:
+    """Parse LEDGER_GC_THRESHOLDS and LEDGER_GIL_SWITCH_MS (ConfigError when malformed)."""
+    from ledger.gc_tuning import thresholds_from_env
+    from ledger.gil_tuning import switch_ms_from_env
+
+    thresholds_from_env()
+    switch_ms_from_env()
+
+
+def _tune_process() -> None:
+    """Once a long-running process has built what it keeps: garbage collector and the
+    interpreter's switch interval (ledger.gc_tuning, ledger.gil_tuning)."""
     from ledger.gc_tuning import tune_after_startup
     from ledger.gil_tuning import tune_switch_interval
 
-    api = await _start_api(settings)
     tune_after_startup()
     tune_switch_interval()
+
+
+async def serve(settings: Settings) -> None:
+
+    api = await _start_api(settings)
+    _tune_process()
     await _stop_on_signals().wait()
     await _stop_api(api, settings)
     log.info("stopped")
@@ -465,8 +481,6 @@ async def serve(settings: Settings) -> None:
 async def run_projections(settings: Settings, batch_size: int | None = None) -> None:
     from ledger.application import InventoryLedger
     from ledger.config import eventsourcing_env
-    from ledger.gc_tuning import tune_after_startup
-    from ledger.gil_tuning import tune_switch_interval
     from projections.runner import BATCH_MAX, ProjectionRunner
     from projections.store import ReadModelStore
 
@@ -476,8 +490,7 @@ async def run_projections(settings: Settings, batch_size: int | None = None) -> 
         ProjectionRunner, app, store, batch_max=batch_size or BATCH_MAX
     )
     runner.start()
-    tune_after_startup()
-    tune_switch_interval()
+    _tune_process()
     listener = None
     if settings.database_url.startswith("postgres"):
         from projections.commit_listener import CommitListener
@@ -579,8 +592,6 @@ async def run_ingest(
     prefix: str = "",
 ) -> None:
     """``ledger ingest``: the JetStream bridge until SIGTERM/SIGINT."""
-    from ledger.gc_tuning import tune_after_startup
-    from ledger.gil_tuning import tune_switch_interval
     from ledger.metrics import start_endpoint
     from ledger.service import LedgerService
     from projections.store import ReadModelStore
@@ -591,8 +602,7 @@ async def run_ingest(
     metrics = None
     try:
         metrics = start_endpoint(settings.metrics_listen)
-        tune_after_startup()
-        tune_switch_interval()
+        _tune_process()
         await _ingest_until(
             _stop_on_signals(), service, store, nats_url, batch_size, units_path, prefix
         )
@@ -853,11 +863,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level, log_format)
     try:
         if args.command in ("serve", "ingest", "projections"):
-            from ledger.gc_tuning import thresholds_from_env
-            from ledger.gil_tuning import switch_ms_from_env
-
-            thresholds_from_env()  # a bad LEDGER_GC_THRESHOLDS fails before anything starts
-            switch_ms_from_env()
+            _check_process_tuning()  # a bad setting fails before anything starts
         if args.command == "serve":
             settings = Settings.from_env(
                 listen=args.listen,

@@ -9,6 +9,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///./ledger.db"
+# Load shedding: unary calls a replica serves at once (ledger.api.load_shedding).
+DEFAULT_MAX_CALLS_IN_FLIGHT = 1024
 
 
 class ConfigError(ValueError):
@@ -38,8 +40,7 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""  # set: mutual TLS, client certificates required
-    # Load shedding: unary calls served at once before new ones are refused (auth.CallGuard).
-    max_calls_in_flight: int = 1024
+    max_calls_in_flight: int = DEFAULT_MAX_CALLS_IN_FLIGHT
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -61,7 +62,9 @@ class Settings:
             "tls_key": os.environ.get("LEDGER_TLS_KEY", ""),
             "tls_client_ca": os.environ.get("LEDGER_TLS_CLIENT_CA", ""),
             "max_calls_in_flight": _positive_int(
-                "LEDGER_MAX_CALLS_IN_FLIGHT", os.environ.get("LEDGER_MAX_CALLS_IN_FLIGHT", ""), 1024
+                "LEDGER_MAX_CALLS_IN_FLIGHT",
+                os.environ.get("LEDGER_MAX_CALLS_IN_FLIGHT", ""),
+                DEFAULT_MAX_CALLS_IN_FLIGHT,
             ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -226,12 +226,14 @@ COMMITS = Counter(
     registry=REGISTRY,
 )
 
+# Write transactions and writer turns: a millisecond to a second.
+WRITE_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 COMMIT_SECONDS = Histogram(
     "ledger_commit_seconds",
     "Duration of write transactions, committed or lost to a conflict: on PostgreSQL the"
     " events table lock is held for most of it, so its sum over replicas bounds one"
     " ledger's commit rate (docs/scaling.md)",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    buckets=WRITE_SECONDS_BUCKETS,
     registry=REGISTRY,
 )
 WRITE_CONFLICTS = Counter(
@@ -252,7 +254,7 @@ WRITER_TURN_SECONDS = Histogram(
     "How long the writer held its turn (stamp, fast-forward, apply, commit) on PostgreSQL:"
     " the part of every write that is serial across replicas, so its sum over replicas"
     " bounds one ledger's commit rate (docs/scaling.md)",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    buckets=WRITE_SECONDS_BUCKETS,
     registry=REGISTRY,
 )
 BATCH_SIZE = Histogram(

@@ -41,7 +41,7 @@ from ledger.api.errors import (
 from ledger.api.load_shedding import LoadShedder, shed
 from ledger.api.rpc import CORRELATION_HEADER, CURRENT_CALL, Call, correlation_id_of
 from ledger.api.tokens import ANONYMOUS_PRINCIPAL, Principal, TokenRegistry
-from ledger.config import Settings
+from ledger.config import DEFAULT_MAX_CALLS_IN_FLIGHT, Settings
 from ledger.logs import ACCESS_LOGGER, CALL_FIELDS
 
 access_log = logging.getLogger(ACCESS_LOGGER)
@@ -152,9 +152,6 @@ def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-DEFAULT_MAX_CALLS_IN_FLIGHT = 1024
-
-
 class CallGuard(grpc.aio.ServerInterceptor):
     def __init__(
         self,
@@ -164,10 +161,8 @@ class CallGuard(grpc.aio.ServerInterceptor):
     ) -> None:
         self.registry = registry  # None: open mode
         self.limiter = limiter or RateLimiter()
-        # Load shedding: unary calls being served at once. Past this, a new call is refused
-        # at once (RESOURCE_EXHAUSTED / SERVER_OVERLOADED) instead of joining a backlog in
-        # the event loop that every call, old and new, would then wait through: at twice
-        # the capacity nearly every call timed out rather than half of them succeeding.
+        # Load shedding: a unary call that could not be answered before its deadline, or
+        # one past the cap on calls in flight, is refused on arrival (ledger.api.load_shedding).
         self.shedder = LoadShedder(max_calls_in_flight)
         # Wrapped handlers by method: the servicer's handler objects never change.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, Any]] = {}

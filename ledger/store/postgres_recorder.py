@@ -59,8 +59,8 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
         prefix = events_table_name.removesuffix("_events")
         self._positions = Identifier(f"{prefix}_position_index")
         self._reservations = Identifier(f"{prefix}_reservation_index")
-        self._entries = Identifier(f"{prefix}_entry_index")
         self._entries_name = f"{prefix}_entry_index"
+        self._entries = Identifier(self._entries_name)
         self._events = Identifier(events_table_name)
         self._schema = schema
         self._insert_columns_statement = SQL(
@@ -68,6 +68,10 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
             " SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[])"
             " RETURNING notification_id"
         ).format(s=schema, t=self._events, id_type=SQL(self.datastore.originator_id_type))
+        # The newest ledger entry: read by entry_head and, under the lock, by the writer mutex.
+        self._head_statement = SQL(
+            "SELECT seq, recorded_at_us FROM {s}.{t} ORDER BY seq DESC LIMIT 1"
+        ).format(s=schema, t=self._entries)
         self._select_ranges_statement = SQL(
             "SELECT e.originator_id, e.originator_version, e.topic, e.state"
             " FROM unnest(%b::uuid[], %b::integer[], %b::integer[]) AS r(id, gt, lte)"
@@ -381,16 +385,14 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
         connection of its own with this store's credentials."""
         kwargs = self.datastore.pool.kwargs or {}
         conninfo = {k: v for k, v in kwargs.items() if k != "row_factory"}
-        return PostgresWriterMutex(conninfo, self.datastore.schema, self._entries_name)
+        return PostgresWriterMutex(
+            conninfo, self.datastore.schema, self._entries_name, self._head_statement
+        )
 
     def entry_head(self) -> tuple[int, int]:
         """(seq, recorded_at_us) of the newest entry; (0, 0) for an empty ledger."""
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(
-                SQL("SELECT seq, recorded_at_us FROM {s}.{t} ORDER BY seq DESC LIMIT 1").format(
-                    s=self._schema, t=self._entries
-                )
-            )
+            curs.execute(self._head_statement)
             row = curs.fetchone()
             return (0, 0) if row is None else (int(row["seq"]), int(row["recorded_at_us"]))
 

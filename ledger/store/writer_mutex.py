@@ -31,7 +31,7 @@ from typing import Protocol
 import psycopg
 import psycopg.errors
 from eventsourcing.persistence import OperationalError
-from psycopg.sql import SQL, Composed, Identifier
+from psycopg.sql import Composed
 
 from ledger.metrics import WRITER_MUTEX_WAIT_SECONDS, WRITER_TURN_SECONDS
 from ledger.store.pg_ddl import advisory_key
@@ -65,12 +65,13 @@ class NoWriterMutex:
 
 
 class PostgresWriterMutex:
-    def __init__(self, conninfo: dict[str, object], schema: str, entries_table: str) -> None:
+    def __init__(
+        self, conninfo: dict[str, object], schema: str, entries_table: str, head_sql: Composed
+    ) -> None:
+        """``head_sql`` selects (seq, recorded_at_us) of the newest ledger entry."""
         self._conninfo = conninfo
         self._key = advisory_key(schema, entries_table, "ledger-writer")
-        self._head_sql: Composed = SQL(
-            "SELECT recorded_at_us FROM {s}.{t} ORDER BY seq DESC LIMIT 1"
-        ).format(s=Identifier(schema), t=Identifier(entries_table))
+        self._head_sql = head_sql
         self._connection: psycopg.Connection[tuple[object, ...]] | None = None
         self._lock = threading.Lock()  # one writer thread per process; cheap insurance
 
@@ -122,7 +123,7 @@ class PostgresWriterMutex:
                     continue
                 log.warning("writer mutex unavailable: %s", error)
                 raise OperationalError(f"writer mutex: {error}") from error
-            return 0 if row is None else int(row[0])  # type: ignore[call-overload]
+            return 0 if row is None else int(row[1])  # type: ignore[call-overload]
         raise AssertionError("unreachable")
 
     def _release(self) -> None:

@@ -25,7 +25,7 @@ from inventory.ledger.v1 import (
 from ledger.api.errors import DeadlineExceeded
 from ledger.api.rpc import _within_deadline, settled
 from ledger.service import LedgerService
-from tests.integration.test_grpc_ledger import status_details
+from tests.integration.test_grpc_ledger import Client, failure, movement, status_details
 from tests.support.server import LedgerProcess, stub
 
 
@@ -136,12 +136,11 @@ def test_past_the_calls_in_flight_limit_a_call_is_refused_at_once_and_not_applie
     with LedgerProcess(
         f"sqlite:///{tmp_path / 'ledger.db'}", env={"LEDGER_MAX_CALLS_IN_FLIGHT": "2"}
     ) as server:
-        query = stub(server, query_service_pb2_grpc.InventoryQueryServiceStub)
-        movements = stub(server, movement_service_pb2_grpc.MovementServiceStub)
+        client = Client(server)
         # Two calls that hold their slots until their deadline: they wait for a ledger
         # position that never comes.
         waiting = [
-            query.GetAvailability.future(
+            client.query.GetAvailability.future(
                 query_service_pb2.GetAvailabilityRequest(
                     sku="SKU-W", channel="web", min_position=10**12
                 ),
@@ -150,35 +149,17 @@ def test_past_the_calls_in_flight_limit_a_call_is_refused_at_once_and_not_applie
             for _ in range(2)
         ]
         time.sleep(0.5)
-        receipt = movement_service_pb2.RecordMovementsRequest(
-            movements=[
-                movement_pb2.Movement(
-                    type=movement_pb2.MOVEMENT_TYPE_RECEIPT,
-                    sku="SKU-SHED",
-                    location_id="DC-1",
-                    qty=4,
-                    source="it-shed",
-                    message_id="shed-1",
-                )
-            ]
-        )
+        receipt = movement("receipt", "SKU-SHED", "DC-1", qty=4, message_id="shed-1")
         started = time.monotonic()
-        with pytest.raises(grpc.RpcError) as caught:
-            movements.RecordMovements(receipt, timeout=10)
+        refused = failure(client.record, receipt)
         assert time.monotonic() - started < 1.0  # refused, not queued
-        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        details = status_details(caught.value)
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = status_details(refused)
         assert details["ErrorInfo"].reason == "SERVER_OVERLOADED"
         assert "RetryInfo" in details
         for call in waiting:
             with pytest.raises(grpc.RpcError):
                 call.result()
-        position = query.GetPosition(
-            query_service_pb2.GetPositionRequest(sku="SKU-SHED", location_id="DC-1"), timeout=10
-        )
-        assert position.on_hand == 0  # the refused call wrote nothing
-        movements.RecordMovements(receipt, timeout=10)
-        position = query.GetPosition(
-            query_service_pb2.GetPositionRequest(sku="SKU-SHED", location_id="DC-1"), timeout=10
-        )
-        assert position.on_hand == 4
+        assert client.position("SKU-SHED", "DC-1").on_hand == 0  # the refused call wrote nothing
+        client.record(receipt)
+        assert client.position("SKU-SHED", "DC-1").on_hand == 4
