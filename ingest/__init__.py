@@ -1,1 +1,1 @@
-"""NATS ingest: canonical JSON messages (SPEC §5) parsed and validated into domain movements."""
+"""NATS ingest: canonical JSON messages (contract §5) parsed and validated into domain movements."""

@@ -1,4 +1,4 @@
-"""JetStream → ledger bridge (SPEC §5).
+"""JetStream → ledger bridge (contract §5).
 
 Two durable pull consumers, one per lane (``ingest.streams.Lane``): the live lane is always
 served first; the bulk lane (snapshot files, backfills) gets a batch only when the live lane

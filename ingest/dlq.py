@@ -1,4 +1,4 @@
-"""Operator tools for the dead-letter stream ``INVENTORY_DLQ`` (SPEC §5).
+"""Operator tools for the dead-letter stream ``INVENTORY_DLQ`` (contract §5).
 
 Dead letters are read with direct gets by sequence (``js.get_msg``), never through a
 consumer, so looking at them changes nothing. :func:`replay` re-publishes one to its original

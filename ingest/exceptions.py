@@ -1,4 +1,4 @@
-"""Publish the ledger's exceptions on ``inventory.exceptions.<type>`` (SPEC §5).
+"""Publish the ledger's exceptions on ``inventory.exceptions.<type>`` (contract §5).
 
 The projection runner raises exceptions while it folds facts and keeps them queryable in the
 read model (``ListExceptions``); this publisher tails that table in ledger order and puts each

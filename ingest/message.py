@@ -1,4 +1,4 @@
-"""Parse one canonical JSON ingest message (SPEC §5) into a domain :class:`Movement`.
+"""Parse one canonical JSON ingest message (contract §5) into a domain :class:`Movement`.
 
 :func:`parse_message` takes the raw NATS payload and either returns a validated movement in base
 units or raises :class:`InvalidMessage` (never anything else for bad input), whose
@@ -122,7 +122,7 @@ Uom = Annotated[str, StringConstraints(min_length=1, max_length=UOM_LENGTH_MAX)]
 
 
 class CanonicalMessage(BaseModel):
-    """One movement on ``inventory.movements.>`` (SPEC §5). ``null`` means the field is absent.
+    """One movement on ``inventory.movements.>`` (contract §5). ``null`` means the field is absent.
 
     Quantities are in ``uom`` (default ``EA``, the base unit) and are converted at ingest.
     """

@@ -1,4 +1,4 @@
-"""Publish a JSONL file of canonical movement messages (SPEC §5), one per line, each with
+"""Publish a JSONL file of canonical movement messages (contract §5), one per line, each with
 ``Nats-Msg-Id`` = its ``message_id``. Invalid lines are reported and skipped."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""JetStream topology of the ingest (SPEC §5): streams, subjects and the durable consumer.
+"""JetStream topology of the ingest (contract §5): streams, subjects and the durable consumer.
 
 Everything here is idempotent: creating what exists binds to it (and brings a stream's
 configuration up to date). A non-empty ``prefix`` isolates a whole topology on a shared server

@@ -1,4 +1,4 @@
-"""Unit-of-measure table (SPEC §5): converts a message's ``uom`` to the SKU's base unit ("EA").
+"""Unit-of-measure table (contract §5): converts a message's ``uom`` to the SKU's base unit ("EA").
 
 The table is a JSON object (or the equivalent dict)::
 

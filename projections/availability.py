@@ -1,4 +1,4 @@
-"""Channel availability of one SKU from position states (SPEC §2, §4.1, §4.3): pure."""
+"""Channel availability of one SKU from position states (contract §2, §4.1, §4.3): pure."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class PositionLike(Protocol):
 
 @dataclass(frozen=True)
 class PolicyTerms:
-    """A channel's publishing policy; the defaults are SPEC's "no policy"."""
+    """A channel's publishing policy; the defaults are the contract's "no policy"."""
 
     eligible_location_ids: list[str] = field(default_factory=list)
     share_percent: int = 100

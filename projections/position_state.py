@@ -2,7 +2,7 @@
 
 The projection never re-implements the arithmetic: it calls each event's ``apply`` (the
 pure fold the aggregate uses) on a :class:`ProjectedPosition`, and watches the fold for the
-exceptions of SPEC §5.
+exceptions of contract §5.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""WatchAvailability (SPEC §4.1): read-model changes turned into per-watcher streams.
+"""WatchAvailability (contract §4.1): read-model changes turned into per-watcher streams.
 
 A *watcher* is one ``WatchAvailability`` call: a channel, a set of SKUs and a bounded
 ``asyncio.Queue``. The :class:`WatchHub` remembers, per watcher and SKU, the last
@@ -18,7 +18,7 @@ Triggers (each recomputes only the SKUs someone watches):
   (50 ms) and recomputes every watched SKU when it moved. Batches the projection process
   commits within one poll interval are observed together: the watcher gets the newest value,
   never an older one after it (see "Guarantee").
-* **Time**: an ACTIVE hold stops counting at ``expires_at`` without any event (SPEC §2), so
+* **Time**: an ACTIVE hold stops counting at ``expires_at`` without any event (contract §2), so
   ``channel_available`` can change while the ledger stands still. For every watched SKU the hub
   keeps the earliest future ``expires_at`` of its ACTIVE holds and recomputes the SKU when that
   moment passes (a heap; the hub thread sleeps until the earliest one).

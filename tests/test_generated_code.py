@@ -1,4 +1,4 @@
-"""The committed client stubs match protos/, and they define the API of SPEC §4.
+"""The committed client stubs match protos/, and they define the API of contract §4.
 
 Method: regenerate with tools/gen_protos.py into a scratch directory and diff it with
 clients/python/src; then import every generated module and read the services and field
@@ -61,7 +61,7 @@ def test_every_generated_file_carries_the_header():
 
 
 def test_services_are_registered_with_their_methods():
-    """Importing the stubs registers the four services of SPEC §4.1-4.3 and their methods."""
+    """Importing the stubs registers the four services of contract §4.1-4.3 and their methods."""
     modules = generated_grpc_modules()
     assert len(modules) == len(gen_protos.proto_files())
     for name in modules:

@@ -1,4 +1,4 @@
-"""Generate the JSON Schema of the canonical ingest message (SPEC §5).
+"""Generate the JSON Schema of the canonical ingest message (contract §5).
 
 Usage: ``python -m tools.gen_ingest_schema [--check]``.
 

@@ -1,4 +1,4 @@
-"""Source adapters (SPEC §5): translate non-canonical feeds into canonical movement messages.
+"""Source adapters (contract §5): translate non-canonical feeds into canonical movement messages.
 
 - :mod:`ingest.adapters.base`: the interface (:class:`Adapter`, :class:`Record`,
   :class:`AdapterError`);

@@ -5,7 +5,7 @@ An adapter reads a file in two steps so the publisher can skip bad records and c
 - :meth:`Adapter.records` splits the file into :class:`Record`\\ s (raising
   :class:`AdapterError` only for problems that make the rest of the file unreadable, such as
   a missing CSV column);
-- :meth:`Adapter.translate` maps one record to canonical message dicts (SPEC §5), or raises
+- :meth:`Adapter.translate` maps one record to canonical message dicts (contract §5), or raises
   :class:`AdapterError` naming the record's line and the source field at fault.
 
 The dicts use the canonical field names of :class:`ingest.message.CanonicalMessage` and leave
@@ -69,14 +69,14 @@ class Adapter(Protocol):
 
 
 def check_source(source: str) -> str:
-    """The operator-given ``source``: it becomes a subject token, so SPEC §2's pattern."""
+    """The operator-given ``source``: it becomes a subject token, so contract §2's pattern."""
     if not is_token(source):
         raise ValueError(f"source must match [A-Za-z0-9_-]{{1,64}}, not {source!r}")
     return source
 
 
 def identifier(value: Any, line: int, field: str) -> str:
-    """A SKU, location or id (SPEC §2): 1-128 characters, no control characters."""
+    """A SKU, location or id (contract §2): 1-128 characters, no control characters."""
     if value is None:
         raise AdapterError(line, field, "missing")
     if not isinstance(value, str):

@@ -80,7 +80,7 @@ def parse_column_mapping(pairs: list[str]) -> dict[str, str]:
 def snapshot_message_id(source: str, snapshot_time: datetime, sku: str, location_id: str) -> str:
     """Deterministic id of one position's count in one snapshot (see the module docstring).
 
-    At most 64 + 1 + 23 + 1 + 16 = 105 characters, inside the 128 of SPEC §2."""
+    At most 64 + 1 + 23 + 1 + 16 = 105 characters, inside the 128 of contract §2."""
     snapshot_time = snapshot_time.astimezone(UTC)  # one instant, one id, whatever the offset
     stamp = snapshot_time.strftime("%Y%m%dT%H%M%S")
     if snapshot_time.microsecond:

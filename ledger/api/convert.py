@@ -41,7 +41,7 @@ def validate(model: type[M], values: dict[str, Any]) -> M:
 
 
 def _enum_value(enum_type: Any, number: int, prefix: str) -> str:
-    """Proto enum number → the SPEC's lowercase name ("" for UNSPECIFIED or unknown numbers)."""
+    """Proto enum number → the contract's lowercase name ("" for UNSPECIFIED or unknown numbers)."""
     try:
         name = enum_type.Name(number)
     except ValueError:

@@ -1,4 +1,4 @@
-"""The one mapping from failures to gRPC statuses with google.rpc details (SPEC §4.5).
+"""The one mapping from failures to gRPC statuses with google.rpc details (contract §4.5).
 
 Every servicer method goes through :func:`status_for`; nothing else decides a status code.
 """

@@ -1,4 +1,4 @@
-"""Balances as of an instant on both time axes of SPEC §3, without replaying all history.
+"""Balances as of an instant on both time axes of contract §3, without replaying all history.
 
 RECORDED at T folds the position's versions with ``recorded_at <= T``. recorded_at never
 decreases along the ledger, so that is a prefix 1..v: one index lookup, then the library
@@ -92,7 +92,7 @@ class AsOfReader:
         *,
         include_holds: bool = False,
     ) -> PositionView:
-        """The position as of ``as_of``, holds judged with ``now = as_of`` (SPEC §2 rule)."""
+        """The position as of ``as_of``, holds judged with ``now = as_of`` (contract §2 rule)."""
         pid = position_id(sku, location_id)
         at_us = to_micros(as_of)
         if axis is Axis.RECORDED:

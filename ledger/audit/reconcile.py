@@ -5,7 +5,7 @@ row per position, identifiers verbatim (quote those holding commas, quotes or li
 ``on_hand`` a whole number >= 0. The whole file is checked before anything is compared or
 posted, so a bad file changes nothing.
 
-Each row is compared with ``on_hand`` of the position's EFFECTIVE balance at T (SPEC §3):
+Each row is compared with ``on_hand`` of the position's EFFECTIVE balance at T (contract §3):
 facts that occurred by T count even if recorded later; facts that occurred after T do not.
 Ledger positions at the snapshot's locations that the snapshot leaves out and that hold
 stock at T are reported as NOT_COUNTED and never posted (docs/audit.md, Reconciliation).

@@ -1,4 +1,4 @@
-"""Recompute hash chains and name the first broken link (SPEC §3 tamper evidence).
+"""Recompute hash chains and name the first broken link (contract §3 tamper evidence).
 
 Reads what is stored — the event rows and the entry index — and trusts neither: every
 entry's hash is recomputed from its decoded content and the previous hash of its position,

@@ -1,4 +1,4 @@
-"""Pure availability arithmetic of SPEC §2, over any object with a position's state attributes.
+"""Pure availability arithmetic of contract §2, over any object with a position's state attributes.
 
 Kept free of the event store so the aggregate, projections and as-of replays share one formula.
 """

@@ -1,4 +1,4 @@
-"""Per-channel publishing policy (SPEC §4.3): eligible locations, share, buffer, cap."""
+"""Per-channel publishing policy (contract §4.3): eligible locations, share, buffer, cap."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def channel_available(
 ) -> int:
     """clamp(floor(sum(eligible available_to) * share / 100) - buffer, 0, max_publish).
 
-    No eligible list means every location; max_publish 0 means no cap (SPEC §4.3).
+    No eligible list means every location; max_publish 0 means no cap (contract §4.3).
     """
     eligible = set(eligible_location_ids)
     total = sum(q for loc, q in available_to_by_location.items() if not eligible or loc in eligible)

@@ -3,7 +3,7 @@
 Every event's ``apply`` is a pure fold over the position's state attributes, so the same
 code reconstructs the aggregate, feeds projections and replays history as of an instant.
 Folds decide from state (never from flags computed at write time), which keeps them valid
-whatever order a replay takes (SPEC §3 effective axis).
+whatever order a replay takes (contract §3 effective axis).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def position_id(sku: str, location_id: str) -> UUID:
 
 @dataclass(frozen=True)
 class EventMeta:
-    """Provenance recorded on every event (SPEC §2 last paragraph)."""
+    """Provenance recorded on every event (contract §2 last paragraph)."""
 
     occurred_at: datetime
     recorded_at: datetime
@@ -62,7 +62,7 @@ def _check(condition: bool, message: str) -> None:
 
 
 class PositionFigures:
-    """Derived figures of SPEC §2, for anything holding a position's state attributes."""
+    """Derived figures of contract §2, for anything holding a position's state attributes."""
 
     def reserved(self, now: datetime) -> int:
         return availability.reserved(self, now)
@@ -92,7 +92,7 @@ class PositionState(PositionFigures):
 
 
 class Position(Aggregate, PositionFigures):
-    """Buckets of SPEC §2 for one ``(sku, location_id)``; reservations live here as holds."""
+    """Buckets of contract §2 for one ``(sku, location_id)``; reservations live here as holds."""
 
     class Event(Aggregate.Event):
         occurred_at: datetime

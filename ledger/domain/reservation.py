@@ -1,6 +1,6 @@
 """The reservation aggregate: an all-or-nothing hold across positions, with a lifecycle.
 
-ACTIVE → COMMITTED → FULFILLED, ACTIVE|COMMITTED → RELEASED, ACTIVE → EXPIRED (SPEC §2).
+ACTIVE → COMMITTED → FULFILLED, ACTIVE|COMMITTED → RELEASED, ACTIVE → EXPIRED (contract §2).
 Each line is mirrored by a hold on its position; the application writes both in one
 transaction so they never disagree.
 """

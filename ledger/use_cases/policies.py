@@ -1,4 +1,4 @@
-"""Policies: safety stock, channel fences, channel publishing policy (SPEC §2, §4.3)."""
+"""Policies: safety stock, channel fences, channel publishing policy (contract §2, §4.3)."""
 
 from __future__ import annotations
 

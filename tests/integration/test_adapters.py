@@ -1,4 +1,4 @@
-"""Source adapters end to end against a real nats-server (SPEC §5, docs/adapters.md):
+"""Source adapters end to end against a real nats-server (contract §5, docs/adapters.md):
 file -> ``ledger import-*`` (a subprocess) -> JetStream -> bridge -> SQLite ledger.
 
 Each test isolates itself with a unique stream prefix and deletes its streams afterwards; the

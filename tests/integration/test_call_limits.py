@@ -1,4 +1,4 @@
-"""Deadlines and message sizes (issue 6, SPEC §4.5): work stops when the caller's deadline
+"""Deadlines and message sizes (issue 6, contract §4.5): work stops when the caller's deadline
 passes, a write still queued then is never applied, and a message over the size limit is
 refused by gRPC itself with RESOURCE_EXHAUSTED.
 """

@@ -1,4 +1,4 @@
-"""DLQ operator tools and the JSONL publisher against a real nats-server (SPEC §5).
+"""DLQ operator tools and the JSONL publisher against a real nats-server (contract §5).
 
 Each test isolates itself with a unique stream prefix and deletes its streams afterwards; the
 bridge runs in-process on a SQLite ledger.

@@ -1,6 +1,6 @@
 """Every request field of every RPC, malformed one at a time → INVALID_ARGUMENT naming that field.
 
-Issue 6, must-show 3 (SPEC §4.5). The matrix is complete by construction: the cases are
+Issue 6, must-show 3 (contract §4.5). The matrix is complete by construction: the cases are
 generated from the proto descriptors — every service, every method, every field of its request
 message, recursing into nested and repeated messages (``lines[0].qty``, ``movements[0].sku``) —
 and each field is looked up in ``MALFORMED`` by (message full name, field name). A field that is

@@ -1,20 +1,20 @@
-"""An independent reference model of SPEC §2, written straight from the table and formulas.
+"""An independent reference model of contract §2, written straight from the table and formulas.
 
 It deliberately imports nothing from ``ledger``: it is the auditor the property-based tests
 compare the real ledger against, so it must not share (and silently agree with) its code.
 Plain dictionaries and small dataclasses, no persistence, no events: every operation
-changes the state directly, the way the SPEC table reads.
+changes the state directly, the way the contract table reads.
 
-Modelling decisions (each one matches the SPEC in the orders the SPEC describes):
+Modelling decisions (each one matches the contract in the orders the contract describes):
 
 * Transfers are kept per destination position and ``transfer_id`` as
   ``{dispatched, received, closed}``; ``outstanding = 0 if closed else
   max(0, dispatched - received)`` and ``in_transit_inbound = Σ outstanding``. This equals
-  the SPEC's "dispatch: += qty; receipt: -= min(qty, outstanding); final: the remainder
+  the contract's "dispatch: += qty; receipt: -= min(qty, outstanding); final: the remainder
   leaves" whenever dispatches precede receipts. It also fixes the documented decision for a
   receipt that arrives before any dispatch of its transfer (outstanding 0 then, and the
   early receipt is netted against the later dispatch). Further dispatches on the same
-  transfer (shipping it in waves) agree with the SPEC too. An over-received transfer nets a
+  transfer (shipping it in waves) agree with the contract too. An over-received transfer nets a
   further dispatch against the surplus (in transit = dispatched - received, never split-
   dependent), and a dispatch after ``final=true`` starts a new leg under the same id.
   (The ledger forgets settled transfers 30 days after their last event; histories here
@@ -22,7 +22,7 @@ Modelling decisions (each one matches the SPEC in the orders the SPEC describes)
 * A shipment against a reservation consumes open quantity only while that reservation
   holds stock (ACTIVE and unexpired, or COMMITTED); an expired, released or fulfilled
   reservation has nothing left to consume, and the lifecycle has no EXPIRED → FULFILLED.
-* Line-level ``shipped`` is compared per position (the SPEC says how much the open quantity
+* Line-level ``shipped`` is compared per position (the contract says how much the open quantity
   at P falls, not how it is spread over several lines at the same P).
 """
 
@@ -37,7 +37,7 @@ FULFILLED = "FULFILLED"
 RELEASED = "RELEASED"
 EXPIRED = "EXPIRED"
 
-# Exception types of SPEC §5 the model can tell apart (recorded, never refused).
+# Exception types of contract §5 the model can tell apart (recorded, never refused).
 NEGATIVE_BUCKET = "NEGATIVE_BUCKET"
 STALE_COUNT = "STALE_COUNT"
 TRANSFER_SHORTAGE = "TRANSFER_SHORTAGE"
@@ -119,7 +119,7 @@ class ReferenceLedger:
     def pos(self, sku: str, location_id: str) -> PositionModel:
         return self.positions.setdefault((sku, location_id), PositionModel())
 
-    # ---- derived figures (SPEC §2 "Derived") --------------------------------------------------
+    # ---- derived figures (contract §2 "Derived") --------------------------------------------------
 
     def reserved(self, key: Key, now: datetime) -> int:
         return sum(r.open_at(key) for r in self.reservations.values() if r.reserves(now))
@@ -164,7 +164,7 @@ class ReferenceLedger:
             "fences": {c: q for c, q in p.fences.items() if q},
         }
 
-    # ---- facts (SPEC §2 movement table) -------------------------------------------------------
+    # ---- facts (contract §2 movement table) -------------------------------------------------------
 
     def apply_movement(
         self,

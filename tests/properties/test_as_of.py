@@ -1,4 +1,4 @@
-"""Point-in-time replay equals a reference fold written from SPEC §3.
+"""Point-in-time replay equals a reference fold written from contract §3.
 
 Hypothesis draws a history at one position — facts whose ``occurred_at`` lags their
 recording by up to three days (so late and out-of-order facts are common), a transfer

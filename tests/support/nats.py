@@ -6,7 +6,7 @@ Two implementations share one small interface (``NatsServer``: ``.url``, ``clean
   (which installs only an executable into the interpreter's scripts directory, no Python
   module; see ``nats_server_binary()``) on 127.0.0.1 and a free TCP port, with JetStream
   file storage in a fresh temporary directory.  The generated config sets
-  ``jetstream { sync_interval: always }`` (SPEC §6: a publish ack means "on disk"), so
+  ``jetstream { sync_interval: always }`` (contract §6: a publish ack means "on disk"), so
   ``kill()`` + ``restart()`` is a meaningful crash test.  ``max_payload`` stays at the
   server default (1 MiB) unless given.
 * ``ExternalNats`` wraps an already running server given by ``LEDGER_TEST_NATS_URL``; it

@@ -1,4 +1,4 @@
-"""Source adapters (SPEC §5, docs/adapters.md): pure mapping tests, no broker."""
+"""Source adapters (contract §5, docs/adapters.md): pure mapping tests, no broker."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Example-based checks of ``ledger.domain.availability`` (SPEC §2 "Derived"), table-driven."""
+"""Example-based checks of ``ledger.domain.availability`` (contract §2 "Derived"), table-driven."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Canonical ingest messages (SPEC §5) and the poison kinds of RELIABILITY A.5."""
+"""Canonical ingest messages (contract §5) and the poison kinds of RELIABILITY A.5."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ledger.domain.limits import QUANTITY_MAX
 from ledger.domain.movements import Disposition, FromBucket, Movement, MovementType
 from tools import gen_ingest_schema
 
-# SPEC §5's example, with a concrete reservation id.
+# contract §5's example, with a concrete reservation id.
 EXAMPLE: dict[str, Any] = {
     "message_id": "wms-east-000123",
     "source": "wms-east",

@@ -1,4 +1,4 @@
-"""Stateful property test: the ledger against the reference model of SPEC §2.
+"""Stateful property test: the ledger against the reference model of contract §2.
 
 Hypothesis drives random movements, policies and reservations (with expiry through an
 injected clock) into a real ``LedgerService`` on a fresh SQLite file and into

@@ -23,7 +23,7 @@ SOURCE = "benchwms"
 
 
 def messages(count: int, skus: list[str], run: str) -> list[dict[str, Any]]:
-    """Receipts of 1 spread over ``skus`` (SPEC §5 canonical form)."""
+    """Receipts of 1 spread over ``skus`` (contract §5 canonical form)."""
     occurred_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return [
         {

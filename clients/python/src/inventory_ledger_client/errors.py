@@ -1,4 +1,4 @@
-"""One exception class per gRPC status, with the ``google.rpc`` details unpacked (SPEC §4.5).
+"""One exception class per gRPC status, with the ``google.rpc`` details unpacked (contract §4.5).
 
 Every failed call raises a subclass of :class:`LedgerError`; the original ``grpc.RpcError`` is
 its ``__cause__``. The server sends a ``google.rpc.Status`` in the ``grpc-status-details-bin``

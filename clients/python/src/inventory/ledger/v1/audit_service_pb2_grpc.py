@@ -29,7 +29,7 @@ if _version_not_supported:
 
 class AuditServiceStub:
     """Point-in-time replay, the ledger stream and tamper evidence for auditors
-    (SPEC §3). Every ledger entry is an event of one position, in a global,
+    (contract §3). Every ledger entry is an event of one position, in a global,
     gap-free order; docs/audit.md documents the hash chain.
     """
 
@@ -63,7 +63,7 @@ class AuditServiceStub:
 
 class AuditServiceServicer:
     """Point-in-time replay, the ledger stream and tamper evidence for auditors
-    (SPEC §3). Every ledger entry is an event of one position, in a global,
+    (contract §3). Every ledger entry is an event of one position, in a global,
     gap-free order; docs/audit.md documents the hash chain.
     """
 
@@ -132,7 +132,7 @@ def add_AuditServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AuditService:
     """Point-in-time replay, the ledger stream and tamper evidence for auditors
-    (SPEC §3). Every ledger entry is an event of one position, in a global,
+    (contract §3). Every ledger entry is an event of one position, in a global,
     gap-free order; docs/audit.md documents the hash chain.
     """
 

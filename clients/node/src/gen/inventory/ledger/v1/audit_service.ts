@@ -2009,7 +2009,7 @@ export const VerifyLedgerProgress: MessageFns<VerifyLedgerProgress> = {
 
 /**
  * Point-in-time replay, the ledger stream and tamper evidence for auditors
- * (SPEC §3). Every ledger entry is an event of one position, in a global,
+ * (contract §3). Every ledger entry is an event of one position, in a global,
  * gap-free order; docs/audit.md documents the hash chain.
  */
 export type AuditServiceService = typeof AuditServiceService;

@@ -56,7 +56,7 @@ export function consistencyToJSON(object: Consistency): string {
   }
 }
 
-/** Kinds of exception the ledger raises while recording facts (SPEC §5). */
+/** Kinds of exception the ledger raises while recording facts (contract §5). */
 export enum ExceptionType {
   /** EXCEPTION_TYPE_UNSPECIFIED - Never used. */
   EXCEPTION_TYPE_UNSPECIFIED = 0,
@@ -113,7 +113,7 @@ export function exceptionTypeToJSON(object: ExceptionType): string {
   }
 }
 
-/** What one channel may promise of one SKU (SPEC §2, §4.3). */
+/** What one channel may promise of one SKU (contract §2, §4.3). */
 export interface Availability {
   /** The SKU, verbatim. */
   sku: string;
