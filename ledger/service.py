@@ -163,7 +163,7 @@ class LedgerService:
     def head_position(self) -> int:
         return self.app.head_position()
 
-    # ---- audit (contract §3, §4.4) -----------------------------------------------------------------
+    # ---- audit (contract §3, §4.4) ------------------------------------------------------------
 
     def position_as_of(
         self,

@@ -1,4 +1,4 @@
-"""The canonical movement (contract §2, §5): a fact from a warehouse, ERP or 3PL, already validated."""
+"""The canonical movement (contract §2, §5): a fact from a warehouse, ERP or 3PL, validated."""
 
 from __future__ import annotations
 

@@ -119,7 +119,7 @@ class ReferenceLedger:
     def pos(self, sku: str, location_id: str) -> PositionModel:
         return self.positions.setdefault((sku, location_id), PositionModel())
 
-    # ---- derived figures (contract §2 "Derived") --------------------------------------------------
+    # ---- derived figures (contract §2 "Derived") ---------------------------------------------
 
     def reserved(self, key: Key, now: datetime) -> int:
         return sum(r.open_at(key) for r in self.reservations.values() if r.reserves(now))
@@ -164,7 +164,7 @@ class ReferenceLedger:
             "fences": {c: q for c, q in p.fences.items() if q},
         }
 
-    # ---- facts (contract §2 movement table) -------------------------------------------------------
+    # ---- facts (contract §2 movement table) --------------------------------------------------
 
     def apply_movement(
         self,
