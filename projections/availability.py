@@ -14,6 +14,7 @@ class PositionLike(Protocol):
 
     def available(self, now: datetime) -> int: ...
     def available_to(self, channel: str, now: datetime) -> int: ...
+    def projected_available_to(self, channel: str, now: datetime, horizon: datetime) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -66,15 +67,17 @@ def compute_availability(
     projection_position: int,
     horizon: datetime | None = None,
 ) -> AvailabilityView:
-    """``positions``: every position of ``sku`` (objects with the availability methods and,
-    for ``horizon``, ``inbound_due(horizon)``)."""
+    """``positions``: every position of ``sku``, aggregates (STRONG) or projected states
+    (EVENTUAL) alike; both answer with the domain's formulas, so the two paths agree."""
     locations = []
     for position in sorted(positions, key=lambda p: p.location_id):
         free = position.available_to(channel, now)
-        due = position.inbound_due(horizon) if horizon is not None else 0
+        dated = (
+            position.projected_available_to(channel, now, horizon) if horizon is not None else free
+        )
         locations.append(
             LocationFigures(
-                position.location_id, free, terms.is_eligible(position.location_id), free + due
+                position.location_id, free, terms.is_eligible(position.location_id), dated
             )
         )
     return AvailabilityView(

@@ -20,6 +20,10 @@ class PositionState(Protocol):
     holds: dict[str, dict[str, Any]]
 
 
+class InboundState(PositionState, Protocol):
+    inbound: dict[str, dict[str, Any]]  # transfer_id -> {dispatched, received, closed, ...}
+
+
 hold_open_qty = open_qty
 
 
@@ -60,10 +64,14 @@ def unused_fences(position: PositionState, now: datetime) -> dict[str, int]:
     }
 
 
-def available_to(position: PositionState, channel: str, now: datetime) -> int:
-    """What ``channel`` may still reserve: ATP less the other channels' unused ring-fences."""
+def available_to(position: PositionState, channel: str, now: datetime, inbound: int = 0) -> int:
+    """What ``channel`` may still reserve: ATP less the other channels' unused ring-fences.
+
+    ``inbound`` units count as if already on hand (dated ATP); fences and holds are unchanged,
+    so they still take their share of it.
+    """
     others = sum(qty for c, qty in unused_fences(position, now).items() if c != channel)
-    return max(0, available(position, now) - others)
+    return max(0, available(position, now) + inbound - others)
 
 
 def fence_raise_allowed(
@@ -78,3 +86,35 @@ def fence_raise_allowed(
     total = sum(unused.values())
     lowering = new_fence <= position.fences.get(channel, 0)
     return lowering or total <= max(0, available(position, now)), total
+
+
+# ---- dated ATP (contract §4.1 `horizon`) --------------------------------------------------------
+
+
+def inbound_outstanding(transfer: dict[str, Any]) -> int:
+    """Units of one inbound transfer still in transit (0 once closed by a final receipt)."""
+    if transfer["closed"]:
+        return 0
+    return max(0, transfer["dispatched"] - transfer["received"])
+
+
+def inbound_due(position: InboundState, horizon: datetime) -> int:
+    """Inbound quantity still in transit whose ETA is at or before ``horizon``; a transfer
+    without ``expected_at`` never counts."""
+    return sum(
+        inbound_outstanding(t)
+        for t in position.inbound.values()
+        if t["expected_at"] is not None and t["expected_at"] <= horizon
+    )
+
+
+def projected_available_to(
+    position: InboundState, channel: str, now: datetime, horizon: datetime
+) -> int:
+    """``available_to(channel)`` as if every inbound transfer due by ``horizon`` had arrived.
+
+    The units due join ``on_hand`` before ATP is taken, so a safety-stock shortfall or
+    oversold holds absorb them first (available -2, 4 due -> 2, not 4). Holds are judged
+    at ``now``: the horizon projects arrivals, not releases.
+    """
+    return available_to(position, channel, now, inbound_due(position, horizon))

@@ -16,7 +16,7 @@ from uuid import UUID, uuid5
 from eventsourcing.domain import Aggregate
 
 from ledger.domain import availability, chain
-from ledger.domain.availability import HOLD_ACTIVE
+from ledger.domain.availability import HOLD_ACTIVE, inbound_due, inbound_outstanding
 from ledger.domain.hold_book import HoldBook, book_of
 from ledger.domain.movements import Disposition, FromBucket, Movement, MovementType
 
@@ -78,6 +78,9 @@ class PositionFigures:
 
     def inbound_due(self, horizon: datetime) -> int:
         return inbound_due(self, horizon)
+
+    def projected_available_to(self, channel: str, now: datetime, horizon: datetime) -> int:
+        return availability.projected_available_to(self, channel, now, horizon)
 
 
 class PositionState(PositionFigures):
@@ -510,21 +513,6 @@ def init_state(target: Any) -> None:
 def is_stale_count(position: Any, occurred_at: datetime) -> bool:
     """A count older than the newest applied count changes nothing (STALE_COUNT)."""
     return position.last_count_at is not None and occurred_at < position.last_count_at
-
-
-def inbound_outstanding(transfer: dict[str, Any]) -> int:
-    if transfer["closed"]:
-        return 0
-    return max(0, transfer["dispatched"] - transfer["received"])
-
-
-def inbound_due(position: Any, horizon: datetime) -> int:
-    """Inbound quantity still in transit whose ETA is at or before ``horizon`` (dated ATP)."""
-    return sum(
-        inbound_outstanding(t)
-        for t in position.inbound.values()
-        if t["expected_at"] is not None and t["expected_at"] <= horizon
-    )
 
 
 def _inbound_transfer(position: Any, transfer_id: str) -> dict[str, Any]:

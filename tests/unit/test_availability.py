@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ledger.domain import availability
 from ledger.domain.availability import HOLD_ACTIVE, HOLD_COMMITTED
@@ -21,6 +23,7 @@ class State:
     safety_stock: int = 0
     fences: dict[str, int] = field(default_factory=dict)
     holds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    inbound: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def hold(
@@ -208,3 +211,119 @@ def test_fence_raise_allowed(s: State, channel: str, qty: int, allowed: bool, to
 def test_hold_open_qty() -> None:
     assert availability.hold_open_qty(hold(qty=5, shipped=2)) == 3
     assert availability.hold_open_qty(hold(qty=5, shipped=5)) == 0
+
+
+# ---- dated ATP: available_to with the inbound due by the horizon added to on_hand ---------------
+
+
+def transfer(
+    dispatched: int, eta: datetime | None, *, received: int = 0, closed: bool = False
+) -> dict[str, Any]:
+    return {"dispatched": dispatched, "received": received, "closed": closed, "expected_at": eta}
+
+
+def dated(s: State, *transfers: dict[str, Any]) -> State:
+    s.inbound = {f"T{i}": t for i, t in enumerate(transfers)}
+    return s
+
+
+HORIZON = T + timedelta(days=1)
+
+DATED_CASES = [
+    # (state with inbound, channel, expected projected_available_to at HORIZON)
+    pytest.param(dated(state(0, 2), transfer(4, T)), "web", 2, id="safety-shortfall-absorbs-due"),
+    pytest.param(dated(state(0, 0), transfer(4, T)), "web", 4, id="due-arrives"),
+    pytest.param(dated(state(0, 2), transfer(4, HORIZON)), "web", 2, id="eta-at-horizon-counts"),
+    pytest.param(
+        dated(state(0, 2), transfer(4, HORIZON + MICRO)), "web", 0, id="eta-after-horizon"
+    ),
+    pytest.param(dated(state(5, 0), transfer(4, None)), "web", 5, id="no-eta-never-counts"),
+    pytest.param(
+        dated(state(0, 0), transfer(5, T, received=2)), "web", 3, id="partly-received-counts-rest"
+    ),
+    pytest.param(
+        dated(state(0, 0), transfer(5, T, received=2, closed=True)), "web", 0, id="closed-transfer"
+    ),
+    pytest.param(
+        dated(state(0, 0, {"market": 3}), transfer(4, T)), "web", 1, id="other-fence-takes-share"
+    ),
+    pytest.param(
+        dated(state(0, 0, {"market": 3}), transfer(4, T)), "market", 4, id="own-fence-no-cost"
+    ),
+    pytest.param(
+        dated(state(2, 0, None, hold("web", 5, status=HOLD_COMMITTED)), transfer(4, T)),
+        "web",
+        1,
+        id="oversold-holds-absorb-due",
+    ),
+    pytest.param(
+        dated(state(0, 0), transfer(3, T), transfer(2, T + timedelta(hours=2)), transfer(9, None)),
+        "web",
+        5,
+        id="several-transfers",
+    ),
+]
+
+
+@pytest.mark.parametrize(("s", "channel", "expected"), DATED_CASES)
+def test_projected_available_to(s: State, channel: str, expected: int) -> None:
+    now = T - timedelta(minutes=1)
+    assert availability.projected_available_to(s, channel, now, HORIZON) == expected
+
+
+holds_st = st.lists(
+    st.builds(
+        hold,
+        st.sampled_from(["web", "market"]),
+        st.integers(1, 10),
+        status=st.sampled_from([HOLD_ACTIVE, HOLD_COMMITTED]),
+        expires_at=st.sampled_from([T - MICRO, T + timedelta(hours=1)]),
+    ),
+    max_size=4,
+)
+transfers_st = st.lists(
+    st.builds(
+        transfer,
+        st.integers(1, 10),
+        st.one_of(st.none(), st.integers(0, 72).map(lambda h: T + timedelta(hours=h))),
+        received=st.integers(0, 12),
+        closed=st.booleans(),
+    ),
+    max_size=4,
+)
+states_st = st.builds(
+    lambda on_hand, safety, fences, holds_, transfers: dated(
+        state(on_hand, safety, fences, *holds_), *transfers
+    ),
+    st.integers(-10, 20),
+    st.integers(0, 5),
+    st.dictionaries(st.sampled_from(["web", "market", "b2b"]), st.integers(0, 8), max_size=3),
+    holds_st,
+    transfers_st,
+)
+
+
+@given(
+    s=states_st,
+    channel=st.sampled_from(["web", "market", "b2b"]),
+    hours=st.integers(-1, 80),
+    later=st.integers(0, 24),
+)
+def test_dated_atp_properties(s: State, channel: str, hours: int, later: int) -> None:
+    """Dated ATP is ``available_to`` with the units due added to on_hand (restated here by
+    copying the state), never below today's figure, never more than the units due above it,
+    and never smaller at a later horizon."""
+    now = T
+    horizon = T + timedelta(hours=hours)
+    projected = availability.projected_available_to(s, channel, now, horizon)
+    due = sum(
+        0 if t["closed"] else max(0, t["dispatched"] - t["received"])
+        for t in s.inbound.values()
+        if t["expected_at"] is not None and t["expected_at"] <= horizon
+    )
+    arrived = State(s.on_hand + due, s.safety_stock, dict(s.fences), dict(s.holds))
+    assert projected == availability.available_to(arrived, channel, now)
+    today = availability.available_to(s, channel, now)
+    assert today <= projected <= today + due
+    later_horizon = horizon + timedelta(hours=later)
+    assert availability.projected_available_to(s, channel, now, later_horizon) >= projected
