@@ -116,7 +116,7 @@ class StreamLedgerRequest(_message.Message):
     def __init__(self, from_position: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
 
 class LedgerEntry(_message.Message):
-    __slots__ = ("position", "ledger_position", "sku", "location_id", "version", "type", "qty", "delta", "counted", "occurred_at", "recorded_at", "source", "message_id", "request_id", "correlation_id", "actor", "hash", "reservation_id", "transfer_id", "to_location_id", "from_location_id", "expected_at", "reason", "disposition", "from_bucket", "putaway_pending", "final", "channel", "order_ref", "expires_at")
+    __slots__ = ("position", "ledger_position", "sku", "location_id", "version", "type", "qty", "delta", "counted", "occurred_at", "recorded_at", "source", "message_id", "request_id", "correlation_id", "actor", "hash", "reservation_id", "transfer_id", "to_location_id", "from_location_id", "expected_at", "reason", "disposition", "from_bucket", "putaway_pending", "final", "channel", "order_ref", "expires_at", "null_fields", "data_fields")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     LEDGER_POSITION_FIELD_NUMBER: _ClassVar[int]
     SKU_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,8 @@ class LedgerEntry(_message.Message):
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     ORDER_REF_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    NULL_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELDS_FIELD_NUMBER: _ClassVar[int]
     position: int
     ledger_position: int
     sku: str
@@ -177,7 +179,9 @@ class LedgerEntry(_message.Message):
     channel: str
     order_ref: str
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, position: _Optional[int] = ..., ledger_position: _Optional[int] = ..., sku: _Optional[str] = ..., location_id: _Optional[str] = ..., version: _Optional[int] = ..., type: _Optional[_Union[EntryType, str]] = ..., qty: _Optional[int] = ..., delta: _Optional[int] = ..., counted: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., message_id: _Optional[str] = ..., request_id: _Optional[str] = ..., correlation_id: _Optional[str] = ..., actor: _Optional[str] = ..., hash: _Optional[str] = ..., reservation_id: _Optional[str] = ..., transfer_id: _Optional[str] = ..., to_location_id: _Optional[str] = ..., from_location_id: _Optional[str] = ..., expected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., disposition: _Optional[_Union[_movement_pb2.Disposition, str]] = ..., from_bucket: _Optional[_Union[_movement_pb2.FromBucket, str]] = ..., putaway_pending: _Optional[bool] = ..., final: _Optional[bool] = ..., channel: _Optional[str] = ..., order_ref: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    null_fields: _containers.RepeatedScalarFieldContainer[str]
+    data_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, position: _Optional[int] = ..., ledger_position: _Optional[int] = ..., sku: _Optional[str] = ..., location_id: _Optional[str] = ..., version: _Optional[int] = ..., type: _Optional[_Union[EntryType, str]] = ..., qty: _Optional[int] = ..., delta: _Optional[int] = ..., counted: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., message_id: _Optional[str] = ..., request_id: _Optional[str] = ..., correlation_id: _Optional[str] = ..., actor: _Optional[str] = ..., hash: _Optional[str] = ..., reservation_id: _Optional[str] = ..., transfer_id: _Optional[str] = ..., to_location_id: _Optional[str] = ..., from_location_id: _Optional[str] = ..., expected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., disposition: _Optional[_Union[_movement_pb2.Disposition, str]] = ..., from_bucket: _Optional[_Union[_movement_pb2.FromBucket, str]] = ..., putaway_pending: _Optional[bool] = ..., final: _Optional[bool] = ..., channel: _Optional[str] = ..., order_ref: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., null_fields: _Optional[_Iterable[str]] = ..., data_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class VerifyLedgerRequest(_message.Message):
     __slots__ = ("sku", "location_id")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(inventory/ledger/v1/channel_policy.proto\x12\x13inventory.ledger.v1\"\x8c\x01\n\rChannelPolicy\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x1d\n\x15\x65ligible_location_ids\x18\x02 \x03(\t\x12\x15\n\rshare_percent\x18\x03 \x01(\x05\x12\x0e\n\x06\x62uffer\x18\x04 \x01(\x03\x12\x13\n\x0bmax_publish\x18\x05 \x01(\x03\x12\x0f\n\x07version\x18\x06 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(inventory/ledger/v1/channel_policy.proto\x12\x13inventory.ledger.v1\"\xa5\x01\n\rChannelPolicy\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x1d\n\x15\x65ligible_location_ids\x18\x02 \x03(\t\x12\x15\n\rshare_percent\x18\x03 \x01(\x05\x12\x0e\n\x06\x62uffer\x18\x04 \x01(\x03\x12\x13\n\x0bmax_publish\x18\x05 \x01(\x03\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x17\n\x0fledger_position\x18\x07 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'inventory.ledger.v1.channel
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CHANNELPOLICY']._serialized_start=66
-  _globals['_CHANNELPOLICY']._serialized_end=206
+  _globals['_CHANNELPOLICY']._serialized_end=231
 # @@protoc_insertion_point(module_scope)

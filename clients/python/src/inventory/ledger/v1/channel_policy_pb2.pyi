@@ -8,17 +8,19 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ChannelPolicy(_message.Message):
-    __slots__ = ("channel", "eligible_location_ids", "share_percent", "buffer", "max_publish", "version")
+    __slots__ = ("channel", "eligible_location_ids", "share_percent", "buffer", "max_publish", "version", "ledger_position")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     ELIGIBLE_LOCATION_IDS_FIELD_NUMBER: _ClassVar[int]
     SHARE_PERCENT_FIELD_NUMBER: _ClassVar[int]
     BUFFER_FIELD_NUMBER: _ClassVar[int]
     MAX_PUBLISH_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_POSITION_FIELD_NUMBER: _ClassVar[int]
     channel: str
     eligible_location_ids: _containers.RepeatedScalarFieldContainer[str]
     share_percent: int
     buffer: int
     max_publish: int
     version: int
-    def __init__(self, channel: _Optional[str] = ..., eligible_location_ids: _Optional[_Iterable[str]] = ..., share_percent: _Optional[int] = ..., buffer: _Optional[int] = ..., max_publish: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+    ledger_position: int
+    def __init__(self, channel: _Optional[str] = ..., eligible_location_ids: _Optional[_Iterable[str]] = ..., share_percent: _Optional[int] = ..., buffer: _Optional[int] = ..., max_publish: _Optional[int] = ..., version: _Optional[int] = ..., ledger_position: _Optional[int] = ...) -> None: ...

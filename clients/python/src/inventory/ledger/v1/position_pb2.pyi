@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Position(_message.Message):
-    __slots__ = ("sku", "location_id", "on_hand", "receiving", "quarantine", "damaged", "in_transit_inbound", "reserved", "allocated", "safety_stock", "available", "fences", "version", "updated_at", "holds")
+    __slots__ = ("sku", "location_id", "on_hand", "receiving", "quarantine", "damaged", "in_transit_inbound", "reserved", "allocated", "safety_stock", "available", "fences", "version", "updated_at", "holds", "ledger_position")
     class FencesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class Position(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     HOLDS_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_POSITION_FIELD_NUMBER: _ClassVar[int]
     sku: str
     location_id: str
     on_hand: int
@@ -50,7 +51,8 @@ class Position(_message.Message):
     version: int
     updated_at: _timestamp_pb2.Timestamp
     holds: _containers.RepeatedCompositeFieldContainer[Hold]
-    def __init__(self, sku: _Optional[str] = ..., location_id: _Optional[str] = ..., on_hand: _Optional[int] = ..., receiving: _Optional[int] = ..., quarantine: _Optional[int] = ..., damaged: _Optional[int] = ..., in_transit_inbound: _Optional[int] = ..., reserved: _Optional[int] = ..., allocated: _Optional[int] = ..., safety_stock: _Optional[int] = ..., available: _Optional[int] = ..., fences: _Optional[_Mapping[str, int]] = ..., version: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., holds: _Optional[_Iterable[_Union[Hold, _Mapping]]] = ...) -> None: ...
+    ledger_position: int
+    def __init__(self, sku: _Optional[str] = ..., location_id: _Optional[str] = ..., on_hand: _Optional[int] = ..., receiving: _Optional[int] = ..., quarantine: _Optional[int] = ..., damaged: _Optional[int] = ..., in_transit_inbound: _Optional[int] = ..., reserved: _Optional[int] = ..., allocated: _Optional[int] = ..., safety_stock: _Optional[int] = ..., available: _Optional[int] = ..., fences: _Optional[_Mapping[str, int]] = ..., version: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., holds: _Optional[_Iterable[_Union[Hold, _Mapping]]] = ..., ledger_position: _Optional[int] = ...) -> None: ...
 
 class Hold(_message.Message):
     __slots__ = ("reservation_id", "channel", "order_ref", "status", "qty", "shipped", "expires_at")

@@ -381,7 +381,20 @@ export interface LedgerEntry {
   /** Order reference of a hold. */
   orderRef: string;
   /** Expiry of a hold. */
-  expiresAt: Date | undefined;
+  expiresAt:
+    | Date
+    | undefined;
+  /**
+   * The hashed fields whose stored value is null (docs/audit.md, "Canonical
+   * encoding"), by name, e.g. "reservation_id" of a shipment without one. A
+   * string field not named here holds its stored value exactly, "" included.
+   */
+  nullFields: string[];
+  /**
+   * The keys of the hashed entry's `data` object, sorted: the entry type's
+   * fields as stored (a cycle count recorded before `reason` existed has none).
+   */
+  dataFields: string[];
 }
 
 /**
@@ -984,6 +997,8 @@ function createBaseLedgerEntry(): LedgerEntry {
     channel: "",
     orderRef: "",
     expiresAt: undefined,
+    nullFields: [],
+    dataFields: [],
   };
 }
 
@@ -1078,6 +1093,12 @@ export const LedgerEntry: MessageFns<LedgerEntry> = {
     }
     if (message.expiresAt !== undefined) {
       Timestamp.encode(toTimestamp(message.expiresAt), writer.uint32(242).fork()).join();
+    }
+    for (const v of message.nullFields) {
+      writer.uint32(250).string(v!);
+    }
+    for (const v of message.dataFields) {
+      writer.uint32(258).string(v!);
     }
     return writer;
   },
@@ -1335,6 +1356,22 @@ export const LedgerEntry: MessageFns<LedgerEntry> = {
             message.expiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 31: {
+            if (tag !== 250) {
+              break;
+            }
+
+            message.nullFields.push(reader.string());
+            continue;
+          }
+          case 32: {
+            if (tag !== 258) {
+              break;
+            }
+
+            message.dataFields.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1443,6 +1480,16 @@ export const LedgerEntry: MessageFns<LedgerEntry> = {
         : isSet(object.expires_at)
         ? fromJsonTimestamp(object.expires_at)
         : undefined,
+      nullFields: globalThis.Array.isArray(object?.nullFields)
+        ? object.nullFields.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.null_fields)
+        ? object.null_fields.map((e: any) => globalThis.String(e))
+        : [],
+      dataFields: globalThis.Array.isArray(object?.dataFields)
+        ? object.dataFields.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.data_fields)
+        ? object.data_fields.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -1538,6 +1585,12 @@ export const LedgerEntry: MessageFns<LedgerEntry> = {
     if (message.expiresAt !== undefined) {
       obj.expiresAt = message.expiresAt.toISOString();
     }
+    if (message.nullFields?.length) {
+      obj.nullFields = message.nullFields;
+    }
+    if (message.dataFields?.length) {
+      obj.dataFields = message.dataFields;
+    }
     return obj;
   },
 
@@ -1576,6 +1629,8 @@ export const LedgerEntry: MessageFns<LedgerEntry> = {
     message.channel = object.channel ?? "";
     message.orderRef = object.orderRef ?? "";
     message.expiresAt = object.expiresAt ?? undefined;
+    message.nullFields = object.nullFields?.map((e) => e) || [];
+    message.dataFields = object.dataFields?.map((e) => e) || [];
     return message;
   },
 };

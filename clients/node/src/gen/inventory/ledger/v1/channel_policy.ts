@@ -31,10 +31,24 @@ export interface ChannelPolicy {
   maxPublish: number;
   /** Number of times the policy has been set; 0 for a channel without a policy. */
   version: number;
+  /**
+   * SetChannelPolicy answers: global ledger position of the event the call
+   * wrote (for a replayed request_id, of the original write); pass it as
+   * `min_position` to read your own write from a projection. 0 elsewhere.
+   */
+  ledgerPosition: number;
 }
 
 function createBaseChannelPolicy(): ChannelPolicy {
-  return { channel: "", eligibleLocationIds: [], sharePercent: 0, buffer: 0, maxPublish: 0, version: 0 };
+  return {
+    channel: "",
+    eligibleLocationIds: [],
+    sharePercent: 0,
+    buffer: 0,
+    maxPublish: 0,
+    version: 0,
+    ledgerPosition: 0,
+  };
 }
 
 export const ChannelPolicy: MessageFns<ChannelPolicy> = {
@@ -56,6 +70,9 @@ export const ChannelPolicy: MessageFns<ChannelPolicy> = {
     }
     if (message.version !== 0) {
       writer.uint32(48).int64(message.version);
+    }
+    if (message.ledgerPosition !== 0) {
+      writer.uint32(56).int64(message.ledgerPosition);
     }
     return writer;
   },
@@ -121,6 +138,14 @@ export const ChannelPolicy: MessageFns<ChannelPolicy> = {
             message.version = longToNumber(reader.int64());
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.ledgerPosition = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -153,6 +178,11 @@ export const ChannelPolicy: MessageFns<ChannelPolicy> = {
         ? globalThis.Number(object.max_publish)
         : 0,
       version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      ledgerPosition: isSet(object.ledgerPosition)
+        ? globalThis.Number(object.ledgerPosition)
+        : isSet(object.ledger_position)
+        ? globalThis.Number(object.ledger_position)
+        : 0,
     };
   },
 
@@ -176,6 +206,9 @@ export const ChannelPolicy: MessageFns<ChannelPolicy> = {
     if (message.version !== 0) {
       obj.version = Math.round(message.version);
     }
+    if (message.ledgerPosition !== 0) {
+      obj.ledgerPosition = Math.round(message.ledgerPosition);
+    }
     return obj;
   },
 
@@ -190,6 +223,7 @@ export const ChannelPolicy: MessageFns<ChannelPolicy> = {
     message.buffer = object.buffer ?? 0;
     message.maxPublish = object.maxPublish ?? 0;
     message.version = object.version ?? 0;
+    message.ledgerPosition = object.ledgerPosition ?? 0;
     return message;
   },
 };

@@ -60,6 +60,13 @@ export interface Position {
    * `reserved` and `allocated`, read atomically with the balance.
    */
   holds: Hold[];
+  /**
+   * PolicyService answers (SetSafetyStock, SetChannelFence): global ledger
+   * position of the event the call wrote (for a replayed request_id, of the
+   * original write); pass it as `min_position` to read your own write from a
+   * projection. 0 in every other answer.
+   */
+  ledgerPosition: number;
 }
 
 export interface Position_FencesEntry {
@@ -105,6 +112,7 @@ function createBasePosition(): Position {
     version: 0,
     updatedAt: undefined,
     holds: [],
+    ledgerPosition: 0,
   };
 }
 
@@ -154,6 +162,9 @@ export const Position: MessageFns<Position> = {
     }
     for (const v of message.holds) {
       Hold.encode(v!, writer.uint32(122).fork()).join();
+    }
+    if (message.ledgerPosition !== 0) {
+      writer.uint32(128).int64(message.ledgerPosition);
     }
     return writer;
   },
@@ -294,6 +305,14 @@ export const Position: MessageFns<Position> = {
             message.holds.push(Hold.decode(reader, reader.uint32()));
             continue;
           }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.ledgerPosition = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -358,6 +377,11 @@ export const Position: MessageFns<Position> = {
       holds: globalThis.Array.isArray(object?.holds)
         ? object.holds.map((e: any) => Hold.fromJSON(e))
         : [],
+      ledgerPosition: isSet(object.ledgerPosition)
+        ? globalThis.Number(object.ledgerPosition)
+        : isSet(object.ledger_position)
+        ? globalThis.Number(object.ledger_position)
+        : 0,
     };
   },
 
@@ -414,6 +438,9 @@ export const Position: MessageFns<Position> = {
     if (message.holds?.length) {
       obj.holds = message.holds.map((e) => Hold.toJSON(e));
     }
+    if (message.ledgerPosition !== 0) {
+      obj.ledgerPosition = Math.round(message.ledgerPosition);
+    }
     return obj;
   },
 
@@ -445,6 +472,7 @@ export const Position: MessageFns<Position> = {
     message.version = object.version ?? 0;
     message.updatedAt = object.updatedAt ?? undefined;
     message.holds = object.holds?.map((e) => Hold.fromPartial(e)) || [];
+    message.ledgerPosition = object.ledgerPosition ?? 0;
     return message;
   },
 };
