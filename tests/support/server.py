@@ -243,6 +243,17 @@ class LedgerProcess:
             time.sleep(0.05)
 
 
+def dev_process(database_url: str, nats_dir: Path, **options: Any) -> tuple[LedgerProcess, str]:
+    """A ``ledger dev`` (service, nats-server with JetStream, ingest bridge), not yet started,
+    with its nats-server on a free port; returns it and that server's ``nats://`` URL."""
+    from tests.support.processes import free_tcp_port
+
+    nats_listen = f"127.0.0.1:{free_tcp_port()}"
+    extra_args = ["--nats-listen", nats_listen, "--nats-dir", str(nats_dir)]
+    process = LedgerProcess(database_url, command="dev", extra_args=extra_args, **options)
+    return process, f"nats://{nats_listen}"
+
+
 def stub(target: grpc.Channel | LedgerProcess, stub_class: type[S]) -> S:
     """``stub(ledger, ReservationServiceStub)`` — a stub on a channel or a running process."""
     channel = target.channel() if isinstance(target, LedgerProcess) else target
