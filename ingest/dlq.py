@@ -27,6 +27,7 @@ from ingest.bridge import (
     MSG_ID,
 )
 from ingest.streams import StreamNames, is_token
+from ledger.progress import QUIET, Progress
 
 
 class DeadLetterNotFound(LookupError):
@@ -118,9 +119,17 @@ def replay_msg_id(sequence: int, original_msg_id: str | None) -> str:
     return f"replay-{sequence}-{original_msg_id or 'none'}"
 
 
-async def replay(js: Any, prefix: str, sequence: int, payload: bytes | None = None) -> ReplayResult:
+async def replay(
+    js: Any,
+    prefix: str,
+    sequence: int,
+    payload: bytes | None = None,
+    progress: Progress = QUIET,
+) -> ReplayResult:
     """Re-publish dead letter ``sequence`` (or the operator's fixed ``payload``) to its
-    original subject, then delete it from the DLQ once the publish is acknowledged."""
+    original subject, then delete it from the DLQ once the publish is acknowledged.
+    ``progress`` sees one item, done once the dead letter is deleted."""
+    progress.phase(f"replay dead letter {sequence}", 1)
     names = StreamNames(prefix)
     raw = await _get(js, names, sequence)
     entry = _entry(raw)
@@ -153,6 +162,7 @@ async def replay(js: Any, prefix: str, sequence: int, payload: bytes | None = No
     # Acknowledged: now (and only now) the dead letter may go.
     with contextlib.suppress(NotFoundError):  # deleted meanwhile by a concurrent replay
         await js.delete_msg(names.dlq_stream, sequence)
+    progress.advance()
     return ReplayResult(
         sequence=sequence,
         subject=subject,

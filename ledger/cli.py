@@ -532,13 +532,16 @@ def rebuild_projections(settings: Settings, batch_size: int | None = None) -> in
     """``ledger projections rebuild``: returns the exit code."""
     from ledger.application import InventoryLedger
     from ledger.config import eventsourcing_env
+    from ledger.progress import progress_on_stderr
     from projections.runner import REBUILD_BATCH_MAX, rebuild
     from projections.store import ReadModelStore, RebuildInProgress
 
     app = InventoryLedger(eventsourcing_env(settings.database_url))
     store = ReadModelStore(settings.database_url)
     try:
-        report = rebuild(app, store, batch_max=batch_size or REBUILD_BATCH_MAX)
+        with progress_on_stderr() as progress:
+            batch_max = batch_size or REBUILD_BATCH_MAX
+            report = rebuild(app, store, batch_max=batch_max, progress=progress)
     except RebuildInProgress as error:
         log.error("%s", error)
         return 1
@@ -717,11 +720,14 @@ async def run_dlq(args: argparse.Namespace, nats_url: str) -> int:
                     record["payload_base64"] = base64.b64encode(payload).decode("ascii")
                 print(json.dumps(record))
             else:
+                from ledger.progress import progress_on_stderr
+
                 fixed = None
                 if args.payload_file:
                     with open(args.payload_file, "rb") as file:
                         fixed = file.read().strip()
-                result = await dlq.replay(js, args.prefix, args.sequence, fixed)
+                with progress_on_stderr() as progress:
+                    result = await dlq.replay(js, args.prefix, args.sequence, fixed, progress)
                 print(json.dumps(result.to_json()))
         except (dlq.DeadLetterNotFound, ValueError) as error:
             log.error("%s", error)
@@ -739,11 +745,13 @@ async def run_publish(
 
     from ingest.publish import publish_file
     from ingest.units import UnitTable
+    from ledger.progress import progress_on_stderr
 
     units = UnitTable.from_json_file(units_path) if units_path else None
     nc = await nats.connect(nats_url, name="ledger-publish")
     try:
-        report = await publish_file(nc.jetstream(), path, prefix, units)
+        with progress_on_stderr() as progress:
+            report = await publish_file(nc.jetstream(), path, prefix, units, progress)
     finally:
         await nc.drain()
     for line, error in report.invalid:
@@ -762,6 +770,7 @@ async def run_import(args: argparse.Namespace, nats_url: str) -> int:
     from ingest.adapters.threepl_snapshot import ThreePLSnapshotAdapter, parse_column_mapping
     from ingest.adapters.wms_transactions import WmsTransactionAdapter
     from ingest.units import UnitTable
+    from ledger.progress import progress_on_stderr
 
     adapter: Adapter
     if args.command == "import-snapshot":
@@ -776,7 +785,9 @@ async def run_import(args: argparse.Namespace, nats_url: str) -> int:
     units = UnitTable.from_json_file(args.units) if args.units else None
     nc = await nats.connect(nats_url, name=f"ledger-{args.command}")
     try:
-        report = await publish_adapter(nc.jetstream(), adapter, args.file, args.prefix, units)
+        with progress_on_stderr() as progress:
+            js = nc.jetstream()
+            report = await publish_adapter(js, adapter, args.file, args.prefix, units, progress)
     finally:
         await nc.drain()
     for error in report.invalid:
@@ -801,10 +812,12 @@ def _open_ledger(database_url: str) -> Any:
 def run_export(args: argparse.Namespace, settings: Settings) -> int:
     """``ledger export OUT``: a JSON summary on stdout."""
     from ledger.audit.export import export_ledger
+    from ledger.progress import progress_on_stderr
 
     service = _open_ledger(settings.database_url)
     try:
-        written = export_ledger(service, args.out, args.sku, args.location_id)
+        with progress_on_stderr() as progress:
+            written = export_ledger(service, args.out, args.sku, args.location_id, progress)
     finally:
         service.close()
     print(json.dumps({"entries": written, "file": args.out}))
@@ -814,12 +827,19 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
 def run_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     """``ledger reconcile SNAPSHOT --as-of T``: exit 0 no variances, 1 variances, 2 bad input."""
     from ledger.audit.reconcile import SnapshotError, reconcile, summary_text
+    from ledger.progress import progress_on_stderr
 
     service = _open_ledger(settings.database_url)
     try:
-        result = reconcile(
-            service, args.snapshot, args.as_of, post=args.post, report_dir=args.report_dir
-        )
+        with progress_on_stderr() as progress:
+            result = reconcile(
+                service,
+                args.snapshot,
+                args.as_of,
+                post=args.post,
+                report_dir=args.report_dir,
+                progress=progress,
+            )
     except SnapshotError as error:
         log.error("%s: cannot reconcile", error.path)
         for text in error.describe()[:50]:

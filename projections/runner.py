@@ -27,6 +27,7 @@ from eventsourcing.utils import get_topic
 from ledger.application import InventoryLedger
 from ledger.domain.channel_policy import ChannelPolicy
 from ledger.domain.position import Position
+from ledger.progress import QUIET, Progress
 from projections.availability import PolicyTerms
 from projections.position_state import LedgerExceptionRecord, ProjectedPosition
 from projections.store import (
@@ -330,6 +331,7 @@ def rebuild(
     *,
     batch_max: int = REBUILD_BATCH_MAX,
     keep_previous: bool = False,
+    progress: Progress = QUIET,
 ) -> RebuildReport:
     """Rebuild the read models from ledger position 0 into a new generation and swap it in.
 
@@ -337,7 +339,8 @@ def rebuild(
     transaction together with the last few events. Followers (in-process or a
     ``ledger projections`` process) switch to the new generation by themselves. Only one
     rebuild runs at a time (RebuildInProgress otherwise); tables of a rebuild that died
-    are dropped first."""
+    are dropped first. ``progress`` follows the ledger position folded so far, out of the
+    head when the rebuild began."""
     began = time.monotonic()
     with store.rebuild_lock():
         active = store.active_generation()
@@ -348,6 +351,7 @@ def rebuild(
         generation = store.new_generation()
         log.info("rebuilding read models into generation %d (serving %d)", generation, active)
         builder = ProjectionRunner(app, store, batch_max=batch_max, generation=generation)
+        builder.add_batch_listener(_PositionProgress(progress, app.head_position()))
         builder.catch_up()
         built = time.monotonic()
         previous, position = builder._activate()
@@ -369,6 +373,21 @@ def rebuild(
         activate_seconds=activated - built,
         seconds=time.monotonic() - began,
     )
+
+
+class _PositionProgress:
+    """A batch listener advancing ``progress`` by the positions each batch covered
+    (notification ids may skip numbers, so the count is of positions, as the head is)."""
+
+    def __init__(self, progress: Progress, head: int) -> None:
+        self.progress = progress
+        self.position = 0
+        progress.phase("rebuild read models", head)
+
+    def __call__(self, _changed_skus: set[str], position: int) -> None:
+        if position > self.position:
+            self.progress.advance(position - self.position)
+            self.position = position
 
 
 class _StateCache:

@@ -18,6 +18,9 @@ Checks, streaming line by line (memory grows with the number of positions, not l
 
 Exit status: 0 when everything checks out, 1 when any problem was found, 2 for usage
 errors or an unreadable file.
+
+When stderr is a terminal, a progress line (lines checked, share of the file, rate, time
+left) is redrawn there; otherwise nothing is written to stderr but errors.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import sys
+import time
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import IO, Any
 
 GENESIS = bytes(32)  # the "previous hash" of every position's version 1
 
@@ -318,6 +323,50 @@ def _read_lines(binary: Iterable[bytes]) -> Iterator[str]:
         yield raw.decode("utf-8", errors="surrogateescape")
 
 
+PROGRESS_SECONDS = 0.2  # redraw interval of the progress line
+
+
+class _ProgressLine:
+    """Lines checked, share of the file's bytes, rate and time left, redrawn in place."""
+
+    def __init__(self, stream: IO[str], total_bytes: int) -> None:
+        self.stream = stream
+        self.total_bytes = total_bytes
+        self.lines = self.bytes = 0
+        self.started = self.drawn = time.monotonic()
+
+    def wrap(self, binary: Iterable[bytes]) -> Iterator[bytes]:
+        try:
+            for raw in binary:
+                yield raw
+                self.lines += 1
+                self.bytes += len(raw)
+                if time.monotonic() - self.drawn >= PROGRESS_SECONDS:
+                    self.draw()
+        finally:  # ends the line, so a read error is reported on a line of its own
+            self.draw(final=True)
+
+    def draw(self, final: bool = False) -> None:
+        self.drawn = time.monotonic()
+        seconds = self.drawn - self.started
+        rate = self.lines / seconds if seconds > 0 else 0.0
+        share = self.bytes / self.total_bytes if self.total_bytes else 1.0
+        text = f"verifying: {self.lines:,} lines ({share:.0%}), {rate:,.0f} lines/s"
+        if final:
+            text += f", {seconds:.1f} s\n"
+        elif share > 0:
+            text += f", about {seconds * (1 - share) / share:,.0f} s left"
+        self.stream.write("\r\x1b[K" + text)  # back to the line's start, erase, redraw
+        self.stream.flush()
+
+
+def _with_progress(handle: IO[bytes]) -> Iterable[bytes]:
+    """The file's lines, with a progress line on stderr only when that is a terminal."""
+    if not sys.stderr.isatty():
+        return handle
+    return _ProgressLine(sys.stderr, os.fstat(handle.fileno()).st_size).wrap(handle)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Verify a ledger export (JSON lines) against docs/audit.md."
@@ -333,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with open(args.file, "rb") as handle:
-            report = verify_lines(_read_lines(handle), whole_ledger=args.whole_ledger)
+            lines = _read_lines(_with_progress(handle))
+            report = verify_lines(lines, whole_ledger=args.whole_ledger)
     except OSError as error:
         print(f"verify_ledger_export: cannot read {args.file}: {error}", file=sys.stderr)
         return 2

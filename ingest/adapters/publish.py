@@ -19,6 +19,7 @@ from ingest.bridge import canonical_json, publish_movement
 from ingest.message import InvalidMessage, parse_message
 from ingest.streams import Lane
 from ingest.units import UnitTable
+from ledger.progress import QUIET, Progress, track
 
 # Unordered feeds (snapshots) keep this many publishes in flight instead of one round trip
 # per message; ordered feeds publish one at a time so the stream keeps the file's order.
@@ -63,7 +64,10 @@ async def publish_adapter(
     path: str | Path,
     prefix: str = "",
     units: UnitTable | None = None,
+    progress: Progress = QUIET,
 ) -> ImportReport:
+    """Publish what ``adapter`` makes of the file; ``progress`` counts records read (their
+    number is not known before the file is parsed)."""
     report = ImportReport(adapter.source, adapter.lane)
     pending: list[CanonicalPayload] = []
 
@@ -86,7 +90,7 @@ async def publish_adapter(
 
     with Path(path).open("rb") as file:
         try:
-            for record in adapter.records(file):
+            for record in track(adapter.records(file), progress, f"import {adapter.source}"):
                 report.records += 1
                 try:
                     payloads = adapter.translate(record)

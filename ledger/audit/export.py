@@ -16,6 +16,7 @@ from typing import Any
 from ledger.application import InventoryLedger
 from ledger.audit.entries import LedgerEntryView, entry_view, ledger_entries, position_entries
 from ledger.domain.position import position_id
+from ledger.progress import QUIET, Progress, track
 
 
 def export_ledger(
@@ -23,18 +24,24 @@ def export_ledger(
     out_path: str | os.PathLike[str],
     sku: str | None = None,
     location_id: str | None = None,
+    progress: Progress = QUIET,
 ) -> int:
     """Write the export to ``out_path``; returns the number of entries written.
 
     Give both ``sku`` and ``location_id`` for one position (in version order), or neither
     for the whole ledger (in ``position`` order). The file appears only when complete: it
     is written beside the target and renamed, so a failed export never leaves a truncated
-    file that would pass for a shorter ledger.
+    file that would pass for a shorter ledger. ``progress`` counts the entries written, out
+    of the head for the whole ledger.
     """
     if (sku is None) != (location_id is None):
         raise ValueError("give both sku and location_id, or neither")
     app: InventoryLedger = getattr(service_or_app, "app", service_or_app)
-    entries = _whole_ledger(app) if sku is None else _one_position(app, sku, location_id or "")
+    if sku is None:
+        head = app.entry_head()[0]
+        entries = track(_whole_ledger(app, head), progress, "export", head)
+    else:
+        entries = track(_one_position(app, sku, location_id or ""), progress, "export")
     target = Path(out_path)
     partial = target.with_name(target.name + ".partial")
     written = 0
@@ -50,8 +57,7 @@ def export_ledger(
     return written
 
 
-def _whole_ledger(app: InventoryLedger) -> Iterator[LedgerEntryView]:
-    head = app.entry_head()[0]
+def _whole_ledger(app: InventoryLedger, head: int) -> Iterator[LedgerEntryView]:
     if head == 0:
         return
     for entry in ledger_entries(app):

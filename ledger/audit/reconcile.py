@@ -38,6 +38,7 @@ from ledger.audit.as_of import Axis
 from ledger.domain import limits
 from ledger.domain.chain import format_time
 from ledger.domain.movements import Movement, MovementType
+from ledger.progress import QUIET, Progress, track
 from ledger.use_cases.context import CallContext
 from ledger.use_cases.movements import RECORDED
 
@@ -138,14 +139,14 @@ class ReconcileResult:
 # ---- the snapshot file ----
 
 
-def read_snapshot(path: str | Path) -> list[SnapshotRow]:
+def read_snapshot(path: str | Path, progress: Progress = QUIET) -> list[SnapshotRow]:
     """Every row of the file, or SnapshotError listing every bad line."""
     path = Path(path)
     rows: list[SnapshotRow] = []
     problems: list[tuple[int, str]] = []
     try:
         with path.open("rb") as file:
-            for item in _parse(file):
+            for item in track(_parse(file), progress, "read snapshot"):
                 if isinstance(item, SnapshotRow):
                     rows.append(item)
                 else:
@@ -271,9 +272,11 @@ def reconcile(
     post: bool = False,
     report_dir: str | Path | None = None,
     batch_size: int = POST_BATCH,
+    progress: Progress = QUIET,
 ) -> ReconcileResult:
     """Compare, optionally post, and write the report. Raises SnapshotError for a bad file
-    or a T in the future (nothing is compared or posted then)."""
+    or a T in the future (nothing is compared or posted then). ``progress`` sees one phase
+    per step: reading, comparing rows, looking for uncounted positions, posting."""
     snapshot = Path(snapshot)
     if as_of.utcoffset() is None:
         raise ValueError("as_of needs a time zone")
@@ -281,12 +284,12 @@ def reconcile(
     if as_of > service.clock():
         # A count dated in the future would override every fact recorded until then.
         raise SnapshotError(snapshot, [(0, f"--as-of {format_time(as_of)} is in the future")])
-    rows = read_snapshot(snapshot)
+    rows = read_snapshot(snapshot, progress)
     result = ReconcileResult(snapshot=snapshot, as_of=as_of, lines=len(rows))
-    _compare(service, rows, result)
-    result.not_counted = _not_counted(service, rows, as_of)
+    _compare(service, track(rows, progress, "compare", len(rows)), result)
+    result.not_counted = _not_counted(service, rows, as_of, progress)
     if post:
-        _post(service, result, batch_size)
+        _post(service, result, batch_size, progress)
     result.report_dir = Path(report_dir) if report_dir else default_report_dir(snapshot, as_of)
     write_report(result, result.report_dir)
     return result
@@ -308,14 +311,17 @@ def _compare(service: Any, rows: Iterable[SnapshotRow], result: ReconcileResult)
         )
 
 
-def _not_counted(service: Any, rows: Sequence[SnapshotRow], as_of: datetime) -> list[Variance]:
+def _not_counted(
+    service: Any, rows: Sequence[SnapshotRow], as_of: datetime, progress: Progress = QUIET
+) -> list[Variance]:
     """Positions at the snapshot's locations that it leaves out and that hold stock at T.
 
     Only the snapshot's own locations: a count of one warehouse says nothing about another.
     """
     counted = {(row.sku, row.location_id) for row in rows}
     found: list[Variance] = []
-    for location_id in sorted({row.location_id for row in rows}):
+    locations = sorted({row.location_id for row in rows})
+    for location_id in track(locations, progress, "uncounted (locations)", len(locations)):
         for sku in _skus_at(service, location_id):
             if (sku, location_id) in counted:
                 continue
@@ -360,10 +366,13 @@ def count_reason(snapshot_name: str, as_of: datetime, variance: Variance) -> str
     return f"reconcile {name}{tail}"
 
 
-def _post(service: Any, result: ReconcileResult, batch_size: int) -> None:
+def _post(
+    service: Any, result: ReconcileResult, batch_size: int, progress: Progress = QUIET
+) -> None:
     result.posted = True
     ctx = CallContext(SOURCE, correlation_id=f"reconcile-{uuid.uuid4().hex[:16]}")
     variances = result.variances
+    progress.phase("post", len(variances))
     for start in range(0, len(variances), batch_size):
         batch = variances[start : start + batch_size]
         movements = [_count_movement(result, variance) for variance in batch]
@@ -376,6 +385,7 @@ def _post(service: Any, result: ReconcileResult, batch_size: int) -> None:
             else:
                 variance.post = "DUPLICATE"
                 result.duplicates += 1
+        progress.advance(len(batch))
 
 
 def _count_movement(result: ReconcileResult, variance: Variance) -> Movement:
