@@ -22,6 +22,9 @@ Modelling decisions (each one matches the contract in the orders the contract de
 * A shipment against a reservation consumes open quantity only while that reservation
   holds stock (ACTIVE and unexpired, or COMMITTED); an expired, released or fulfilled
   reservation has nothing left to consume, and the lifecycle has no EXPIRED → FULFILLED.
+* A transfer's ETA is the ``expected_at`` of its latest dispatch (a dispatch without one
+  clears it); dated ATP counts a transfer's outstanding quantity when that ETA is set and
+  at or before the horizon.
 * Line-level ``shipped`` is compared per position (the contract says how much the open quantity
   at P falls, not how it is spread over several lines at the same P).
 """
@@ -51,6 +54,7 @@ class TransferModel:
     dispatched: int = 0
     received: int = 0
     closed: bool = False
+    expected_at: datetime | None = None
 
     @property
     def outstanding(self) -> int:
@@ -149,6 +153,30 @@ class ReferenceLedger:
         others = sum(u for c, u in self.unused_fences(key, now).items() if c != channel)
         return max(0, self.available(key, now) - others)
 
+    def projected_available_to(
+        self, key: Key, channel: str, now: datetime, horizon: datetime
+    ) -> int:
+        """Dated ATP (contract §4.1): ``available_to`` as if the transfers due by ``horizon`` had
+        arrived, i.e. with their outstanding units counted in ``on_hand``."""
+        p = self.positions.get(key, PositionModel())
+        due = sum(
+            t.outstanding
+            for t in p.inbound.values()
+            if t.expected_at is not None and t.expected_at <= horizon
+        )
+        others = sum(u for c, u in self.unused_fences(key, now).items() if c != channel)
+        return max(0, self.available(key, now) + due - others)
+
+    def projected_channel_available(
+        self, sku: str, channel: str, now: datetime, horizon: datetime
+    ) -> int:
+        """contract §4.3 over the dated figures (model policies: 100 %, no buffer, no cap)."""
+        return sum(
+            self.projected_available_to((s, loc), channel, now, horizon)
+            for s, loc in self.positions
+            if s == sku and self.is_eligible(channel, loc)
+        )
+
     def buckets(self, key: Key, now: datetime) -> dict[str, object]:
         p = self.positions.get(key, PositionModel())
         return {
@@ -180,6 +208,7 @@ class ReferenceLedger:
         reservation_id: str | None = None,
         transfer_id: str | None = None,
         to_location_id: str | None = None,
+        expected_at: datetime | None = None,
         putaway_pending: bool = False,
         final: bool = False,
         disposition: str = "restock",
@@ -234,6 +263,7 @@ class ReferenceLedger:
                 # After final=true a dispatch under the same id starts a new leg.
                 transfer = destination.inbound[transfer_id] = TransferModel()
             transfer.dispatched += qty
+            transfer.expected_at = expected_at
             touched.append(destination)
         elif kind == "transfer_receipt":
             if transfer_id is None:

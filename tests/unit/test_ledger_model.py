@@ -4,8 +4,9 @@ Hypothesis drives random movements, policies and reservations (with expiry throu
 injected clock) into a real ``LedgerService`` on a fresh SQLite file and into
 ``tests.model.reference.ReferenceLedger`` in lockstep. After every step it compares, for
 every (sku, location) of a deliberately tiny universe, every bucket, ``available``, the
-fences and ``available_to`` of each channel, and the status and shipped quantities of every
-reservation.
+fences and ``available_to`` of each channel (also dated: at the horizons of every known ETA,
+just before it, and now), and the status and shipped quantities of every reservation. A
+rule also compares ``GetAvailability``'s STRONG ``projected_available`` at a drawn horizon.
 
 Runs 50 examples locally; with ``CI`` set, 100 derandomized examples of 50 steps.
 """
@@ -38,6 +39,8 @@ from ledger.domain.position import position_id
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
 from ledger.use_cases.reservations import ReserveInput, ReserveLine
+from projections.queries import ReadModelQueries
+from projections.store import ReadModelStore
 from tests.model.reference import ReferenceLedger
 
 SKUS = ("A", "B")
@@ -62,6 +65,8 @@ ttls = st.sampled_from(
         timedelta(hours=2),
     ]
 )
+# ETA of a dispatch, after the dispatch's own time (None: no expected_at).
+etas = st.sampled_from([None, timedelta(0), timedelta(hours=1), timedelta(days=2)])
 clock_steps = st.sampled_from(
     [
         MICRO,
@@ -105,9 +110,11 @@ class LedgerModelMachine(RuleBasedStateMachine):
         super().__init__()
         self.now = START
         self.tmpdir = tempfile.mkdtemp(prefix="ledger-model-")
-        self.service = LedgerService.open(
-            "sqlite:///" + os.path.join(self.tmpdir, "ledger.db"), clock=lambda: self.now
-        )
+        url = "sqlite:///" + os.path.join(self.tmpdir, "ledger.db")
+        self.service = LedgerService.open(url, clock=lambda: self.now)
+        # CONSISTENCY_STRONG reads (the aggregates); the read-model tables stay empty.
+        self.store = ReadModelStore(url)
+        self.queries = ReadModelQueries(self.service, self.store)
         self.ctx = CallContext("tester", "corr")
         self.model = ReferenceLedger()
         self.counter = itertools.count(1)
@@ -119,6 +126,7 @@ class LedgerModelMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.service.close()
+        self.store.close()
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     # ---- helpers -----------------------------------------------------------------------------
@@ -148,6 +156,7 @@ class LedgerModelMachine(RuleBasedStateMachine):
             reservation_id=movement.reservation_id,
             transfer_id=movement.transfer_id,
             to_location_id=movement.to_location_id,
+            expected_at=movement.expected_at,
             putaway_pending=movement.putaway_pending,
             final=movement.final,
             **model_kwargs,  # type: ignore[arg-type]
@@ -306,8 +315,8 @@ class LedgerModelMachine(RuleBasedStateMachine):
         mv = self._movement(kind, sku, loc, "erp", False, **fields)
         return self._record(mv, **model)
 
-    @rule(target=sent, data=st.data(), qty=quantities, eta=st.booleans())
-    def transfer_dispatch(self, data: st.DataObject, qty: int, eta: bool) -> Movement:
+    @rule(target=sent, data=st.data(), qty=quantities, eta=etas)
+    def transfer_dispatch(self, data: st.DataObject, qty: int, eta: timedelta | None) -> Movement:
         # An existing transfer may be dispatched again: in waves, after an early receipt,
         # after an over-receipt, or after final=true (a new leg under the same id).
         again = sorted(self.transfers)
@@ -332,7 +341,7 @@ class LedgerModelMachine(RuleBasedStateMachine):
             qty=qty,
             transfer_id=tid,
             to_location_id=to,
-            expected_at=self.now + timedelta(days=2) if eta else None,
+            expected_at=None if eta is None else self.now + eta,
         )
         return self._record(mv, qty=qty)
 
@@ -583,6 +592,46 @@ class LedgerModelMachine(RuleBasedStateMachine):
                 got = 0 if aggregate is None else aggregate.available_to(channel, self.now)
                 want = self.model.available_to((sku, loc), channel, self.now)
                 assert got == want, f"available_to({channel}) at {sku}@{loc}: {got} != {want}"
+                for horizon in self._horizons():
+                    got = (
+                        0
+                        if aggregate is None
+                        else aggregate.projected_available_to(channel, self.now, horizon)
+                    )
+                    want = self.model.projected_available_to((sku, loc), channel, self.now, horizon)
+                    assert got == want, (
+                        f"projected_available_to({channel}, {horizon}) at {sku}@{loc}: "
+                        f"{got} != {want}"
+                    )
+
+    def _horizons(self) -> list[datetime]:
+        """Now, and each open transfer's ETA and the instant before it (the ETA boundary)."""
+        etas = {
+            t.expected_at
+            for p in self.model.positions.values()
+            for t in p.inbound.values()
+            if t.expected_at is not None and t.outstanding
+        }
+        return sorted({self.now, *etas, *(eta - MICRO for eta in etas)})
+
+    @rule(
+        sku=skus,
+        channel=channels,
+        data=st.data(),
+        offset=st.sampled_from([-MICRO, timedelta(0), timedelta(hours=1), timedelta(days=3)]),
+    )
+    def dated_availability(
+        self, sku: str, channel: str, data: st.DataObject, offset: timedelta
+    ) -> None:
+        """GetAvailability's STRONG path with a horizon against the model: at an ETA (or just
+        before it) when one is open, else relative to now."""
+        etas = [h for h in self._horizons() if h > self.now]
+        base = data.draw(st.sampled_from(etas), label="eta") if etas else self.now
+        horizon = base + offset
+        view = self.queries.availability(sku, channel, strong=True, horizon=horizon)
+        want = self.model.projected_channel_available(sku, channel, self.now, horizon)
+        assert view.projected_available == want, (sku, channel, horizon, view, want)
+        event(f"dated availability: {'above' if want > view.channel_available else 'same'}")
 
     @invariant()
     def reservations_match_model(self) -> None:
