@@ -114,7 +114,7 @@ export interface WriteOptions extends CallOptions {
 export interface ReserveLineInput {
   sku: string;
   qty: number;
-  /** Omit to let the ledger pick the location (contract §3.2). */
+  /** Omit to let the ledger pick the location (contract §4.2). */
   locationId?: string;
 }
 
