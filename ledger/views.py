@@ -40,6 +40,8 @@ class PositionView:
     version: int = 0
     updated_at: datetime | None = None
     holds: list[HoldView] = field(default_factory=list)
+    # Set on policy answers only: the ledger position of the event the call wrote.
+    ledger_position: int = 0
 
     @classmethod
     def of(cls, position: Position, now: datetime, *, include_holds: bool) -> PositionView:
@@ -164,6 +166,8 @@ class ChannelPolicyView:
     buffer: int
     max_publish: int
     version: int
+    # Set on SetChannelPolicy answers: the ledger position of the event the call wrote.
+    ledger_position: int = 0
 
     @classmethod
     def of(cls, policy: ChannelPolicy) -> ChannelPolicyView:

@@ -163,6 +163,7 @@ def position_message(view: PositionView) -> position_pb2.Position:
             )
             for h in view.holds
         ],
+        ledger_position=view.ledger_position,
     )
 
 
@@ -201,6 +202,7 @@ def channel_policy_message(view: ChannelPolicyView) -> channel_policy_pb2.Channe
         buffer=view.buffer,
         max_publish=view.max_publish,
         version=view.version,
+        ledger_position=view.ledger_position,
     )
 
 

@@ -8,6 +8,7 @@ import time
 import psycopg
 import pytest
 from google.protobuf import duration_pb2
+from inventory.ledger.v1 import policy_service_pb2
 
 from tests.integration.test_grpc_ledger import (
     ACTIVE,
@@ -65,6 +66,31 @@ def test_ledger_position_is_the_calls_own_last_event(client: Client, database_ur
     ]
     replay = client.reserve(line("S-POS", 1, "A"), request_id="pos-req-1")
     assert replay == reservation
+
+
+def test_policy_answers_name_the_event_they_wrote(client: Client, database_url: str) -> None:
+    """Goal: PolicyService answers carry the ledger position of the event the call wrote, a
+    replay the original one, and reads carry 0 (issue 17). Method: stored topics at the ids."""
+    safety = policy_service_pb2.SetSafetyStockRequest(
+        request_id="pos-ss", sku="S-PP", location_id="A", qty=1
+    )
+    stocked = client.policies.SetSafetyStock(safety, timeout=10)
+    fenced = client.policies.SetChannelFence(
+        policy_service_pb2.SetChannelFenceRequest(
+            request_id="pos-fence", sku="S-PP", location_id="A", channel="web", qty=0
+        ),
+        timeout=10,
+    )
+    policy = policy_service_pb2.SetChannelPolicyRequest(request_id="pos-pol", channel="web")
+    published = client.policies.SetChannelPolicy(policy, timeout=10)
+
+    topics = _topics_by_position(database_url)
+    assert topics[stocked.ledger_position].endswith("Position.SafetyStockSet")
+    assert topics[fenced.ledger_position].endswith("Position.ChannelFenceSet")
+    assert topics[published.ledger_position].endswith("ChannelPolicy.Set")
+    assert client.policies.SetSafetyStock(safety, timeout=10) == stocked
+    assert client.policies.SetChannelPolicy(policy, timeout=10) == published
+    assert client.position("S-PP", "A").ledger_position == 0
 
 
 def test_shipment_does_not_consume_an_expired_hold(client: Client) -> None:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-from inventory.ledger.v1 import availability_pb2, query_service_pb2
+from inventory.ledger.v1 import availability_pb2, policy_service_pb2, query_service_pb2
 
 from tests.integration.test_grpc_ledger import Client, assert_invalid, failure, line, movement
 from tests.support.projections import ProjectionsProcess
@@ -63,6 +63,38 @@ def test_min_position_reads_your_writes(served: Client) -> None:
         assert seen.projection_position >= reservation.ledger_position
     strong = availability(served, "S-RYW", consistency=availability_pb2.CONSISTENCY_STRONG)
     assert strong.channel_available == 5
+
+
+def test_policy_answers_read_your_writes(served: Client) -> None:
+    """Goal: each PolicyService answer's ledger_position, passed as min_position, shows that
+    policy in GetAvailability at once (issue 17). Method: safety stock, a fence for another
+    channel and a channel policy on one SKU, each read back with its own position."""
+    served.receive("S-POL", "A", 20)
+    stock = served.policies.SetSafetyStock(
+        policy_service_pb2.SetSafetyStockRequest(
+            request_id="pol-ss", sku="S-POL", location_id="A", qty=4
+        ),
+        timeout=10,
+    )
+    assert availability(served, "S-POL", min_position=stock.ledger_position).channel_available == 16
+    fence = served.policies.SetChannelFence(
+        policy_service_pb2.SetChannelFenceRequest(
+            request_id="pol-fence", sku="S-POL", location_id="A", channel="market", qty=6
+        ),
+        timeout=10,
+    )
+    assert fence.ledger_position > stock.ledger_position
+    assert availability(served, "S-POL", min_position=fence.ledger_position).channel_available == 10
+    policy = served.policies.SetChannelPolicy(
+        policy_service_pb2.SetChannelPolicyRequest(
+            request_id="pol-web", channel="web", share_percent=50, buffer=1
+        ),
+        timeout=10,
+    )
+    assert policy.ledger_position > fence.ledger_position
+    seen = availability(served, "S-POL", min_position=policy.ledger_position)
+    assert seen.channel_available == 4  # floor(10 * 50 / 100) - 1
+    assert seen.projection_position >= policy.ledger_position
 
 
 def test_min_position_beyond_the_ledger_times_out(served: Client) -> None:
