@@ -1,4 +1,4 @@
-"""JetStream ingest bridge against a real nats-server (contract §5, RELIABILITY A).
+"""JetStream ingest bridge against a real nats-server (contract §5): batches, acks, DLQ, outages.
 
 Every test isolates itself on the shared server with a unique stream prefix and deletes its
 streams afterwards. The bridge runs in-process (``asyncio.run`` inside the test).

@@ -1,4 +1,4 @@
-"""RELIABILITY A1: `ledger ingest` SIGKILL-ed repeatedly mid-run, then restarted.
+"""`ledger ingest` SIGKILL-ed repeatedly mid-run, then restarted: nothing lost, nothing twice.
 
 The real CLI runs as a subprocess against a real nats-server and a PostgreSQL ledger. It is
 killed (SIGKILL, no chance to ack or clean up) 6 times at seeded random moments while it is

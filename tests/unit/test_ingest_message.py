@@ -1,4 +1,4 @@
-"""Canonical ingest messages (contract §5) and the poison kinds of RELIABILITY A.5."""
+"""Canonical ingest messages (contract §5) and every kind of poison message."""
 
 from __future__ import annotations
 
