@@ -26,6 +26,11 @@ import pytest
 
 from tests.support.nats import NatsServer, nats_server_from_env_or_embedded
 from tests.support.postgres import PostgresServer, postgres_server_from_env_or_embedded
+from tests.support.prometheus import (
+    PrometheusBinaries,
+    PrometheusUnavailable,
+    prometheus_binaries,
+)
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +85,17 @@ def nats_url(nats_server: NatsServer) -> str:
     ``f"t.{hex}.>"``) and should delete the streams they create.
     """
     return nats_server.url
+
+
+# --------------------------------------------------------------------------- Prometheus
+
+
+@pytest.fixture(scope="session")
+def prometheus_tools() -> PrometheusBinaries:
+    """``prometheus`` and ``promtool`` from Debian's package, installed on first use
+    (``tests.support.prometheus``). A machine where that fails fails the test: the alerts
+    are part of the product, so their checks never skip."""
+    try:
+        return prometheus_binaries()
+    except PrometheusUnavailable as error:
+        pytest.fail(f"Prometheus is not available: {error}", pytrace=False)

@@ -17,6 +17,11 @@ What is checked without an engine:
 - Prometheus scrapes every ledger process's metrics port; the Grafana dashboard's queries
   parse and use only metrics and labels the ledger exports; the NATS configuration is valid
   for nats-server, with JetStream file storage and ``sync_interval: always``;
+- the alerts (issue 17, ``deploy/prometheus/alerts.yml``) load: ``promtool check config``
+  and ``check rules`` pass, ``promtool test rules`` passes on ``alerts_test.yml``, where
+  every alert has a case that fires and one that stays silent (and a copy of the rules made
+  to never fire, or always, fails them), and the rules use only exported metrics and labels.
+  promtool is Debian's ``prometheus`` package (``tests/support/prometheus.py`` installs it);
 - a rehearsal runs the stack's ledger processes from the compose file's own commands and
   environment (hosts and ports mapped to this machine) over a real PostgreSQL and a
   nats-server started from ``deploy/nats/nats.conf``, and each compose healthcheck passes.
@@ -47,6 +52,7 @@ import pytest
 
 from ledger.local_nats import nats_server_binary
 from tests.support.processes import free_tcp_port, make_preexec
+from tests.support.prometheus import PrometheusBinaries
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -767,6 +773,129 @@ def test_nats_configuration_is_valid_with_durable_jetstream(compose: dict[str, A
         _services(compose)["ingest"]["environment"]["LEDGER_NATS_URL"]
     )
     assert ingest_url.port == int(client.group(1))
+
+
+# ---- alerts as code (issue 17): deploy/prometheus/alerts.yml --------------------------------
+
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+ALERT_TESTS = DEPLOY / "prometheus" / "alerts_test.yml"
+OPERATIONS_DOC = REPO / "docs" / "operations.md"
+# The alerts the issue names, by the rule that is each of them.
+ISSUE_ALERTS = {
+    "ledger down": "LedgerDown",
+    "projection lag": "LedgerProjectionLag",
+    "ingest lag": "LedgerIngestLag",
+    "DLQ growth": "LedgerDeadLetters",
+    "writer stalls": "LedgerWriterStalled",
+    "error ratio": "LedgerErrorRatio",
+}
+SEVERITIES = {"page", "ticket"}
+
+
+def _promtool(binaries: PrometheusBinaries, *args: str, cwd: Path = REPO) -> tuple[int, str]:
+    result = subprocess.run(
+        [str(binaries.promtool), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def _alert_rules(tools: Tools, path: Path = ALERTS) -> dict[str, dict[str, Any]]:
+    """alert name -> rule, over every group (names are unique)."""
+    rules = [rule for group in tools.load_yaml(path)["groups"] for rule in group["rules"]]
+    assert all("alert" in rule for rule in rules), "only alerting rules belong in alerts.yml"
+    by_name = {rule["alert"]: rule for rule in rules}
+    assert len(by_name) == len(rules), "alert names must be unique"
+    return by_name
+
+
+def test_prometheus_loads_the_alerting_rules(
+    tools: Tools, compose: dict[str, Any], prometheus_tools: PrometheusBinaries
+) -> None:
+    """promtool check config and check rules pass, and the container sees the rule file
+    where prometheus.yml names it (relative to the configuration file)."""
+    config = tools.load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
+    assert config["rule_files"] == [ALERTS.name]
+    mounts = _mounts(_services(compose)["prometheus"])
+    assert Path(mounts[f"/etc/prometheus/{ALERTS.name}"]).resolve() == ALERTS
+    config_path = str((DEPLOY / "prometheus" / "prometheus.yml").relative_to(REPO))
+    status, output = _promtool(prometheus_tools, "check", "config", config_path)
+    assert status == 0 and "1 rule files found" in output, output
+    status, output = _promtool(prometheus_tools, "check", "rules", str(ALERTS))
+    assert status == 0, output
+    assert f"SUCCESS: {len(_alert_rules(tools))} rules found" in output, output
+
+
+def test_alert_unit_tests_pass(prometheus_tools: PrometheusBinaries) -> None:
+    status, output = _promtool(prometheus_tools, "test", "rules", str(ALERT_TESTS))
+    assert status == 0 and "SUCCESS" in output, output
+
+
+def test_every_alert_has_a_firing_and_a_silent_case(tools: Tools) -> None:
+    """Each alert of alerts.yml is unit-tested both ways: some case expects it to fire, some
+    case (a healthy stretch) expects it silent. Rules carry a severity and a summary, and
+    docs/operations.md names each one."""
+    rules = _alert_rules(tools)
+    assert set(ISSUE_ALERTS.values()) <= set(rules), sorted(set(ISSUE_ALERTS.values()) - set(rules))
+    tests = tools.load_yaml(ALERT_TESTS)
+    assert tests["rule_files"] == [ALERTS.name]
+    firing: set[str] = set()
+    silent: set[str] = set()
+    for group in tests["tests"]:
+        for case in group["alert_rule_test"]:
+            assert case["alertname"] in rules, (group["name"], case["alertname"])
+            (firing if case["exp_alerts"] else silent).add(case["alertname"])
+    assert set(rules) - firing == set(), "alerts no case expects to fire"
+    assert set(rules) - silent == set(), "alerts no case expects to stay silent"
+    operations = OPERATIONS_DOC.read_text(encoding="utf-8")
+    for name, rule in rules.items():
+        assert rule["labels"]["severity"] in SEVERITIES, name
+        assert rule["annotations"]["summary"], name
+        assert f"`{name}`" in operations, f"docs/operations.md does not name {name}"
+
+
+def test_alert_unit_tests_catch_broken_rules(
+    tools: Tools, prometheus_tools: PrometheusBinaries, tmp_path: Path
+) -> None:
+    """The unit tests are not vacuous: with every rule made to never fire, each alert's
+    firing case fails; made to always fire, each alert's silent case fails."""
+    rules = _alert_rules(tools)
+    shutil.copy(ALERT_TESTS, tmp_path / ALERT_TESTS.name)
+    for expr, which in (("vector(0) > 1", "firing"), ("vector(1)", "silent")):
+        groups = tools.load_yaml(ALERTS)["groups"]
+        for group in groups:
+            for rule in group["rules"]:
+                rule["expr"] = expr
+        # JSON is YAML: the broken copy needs no YAML writer.
+        (tmp_path / ALERTS.name).write_text(json.dumps({"groups": groups}), encoding="utf-8")
+        status, output = _promtool(
+            prometheus_tools, "test", "rules", ALERT_TESTS.name, cwd=tmp_path
+        )
+        assert status != 0, output
+        failed = set(re.findall(r"alertname: (\w+),", output))
+        assert failed == set(rules), (which, sorted(set(rules) - failed))
+
+
+def test_alerts_query_only_exported_metrics(tools: Tools) -> None:
+    """Every rule parses and selects only metrics and labels the ledger's processes export
+    (plus ``up`` and the labels Prometheus adds to a target)."""
+    rules = _alert_rules(tools)
+    exported = _exported_metrics()
+    analyses = tools.promql([rule["expr"] for rule in rules.values()])
+    for (name, rule), analysis in zip(rules.items(), analyses, strict=True):
+        assert "error" not in analysis, (name, analysis)
+        metrics = set(analysis["metrics"])
+        assert metrics, name
+        unknown = metrics - set(exported) - {"up"}
+        assert not unknown, f"{name}: {sorted(unknown)} are not exported by the ledger"
+        allowed = TARGET_LABELS.union(*(exported.get(m, set()) for m in metrics))
+        assert set(analysis["labels"]) <= allowed, (name, analysis["labels"], allowed)
+        templated = set(re.findall(r"\$labels\.(\w+)", rule["annotations"]["summary"]))
+        assert templated <= set(analysis["labels"]) | TARGET_LABELS, (name, templated)
 
 
 # ---- rehearsal: the stack's processes, from the compose file, on this machine ---------------
