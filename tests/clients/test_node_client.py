@@ -96,7 +96,9 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Led
     if request.param == "bearer-token":
         tokens = tmp_path / "tokens.json"
         entries = [
-            principal_entry("node-client", NODE_TOKEN, ["query", "reserve", "record"], ["web"]),
+            principal_entry(
+                "node-client", NODE_TOKEN, ["query", "reserve", "record", "policy"], ["web"]
+            ),
             principal_entry("admin", ADMIN_TOKEN, ["admin"], rate_per_second=0),
         ]
         tokens.write_text(json.dumps({"principals": entries}))

@@ -163,6 +163,9 @@ def test_reserve_commit_release_async(ledger_server: LedgerProcess) -> None:
             )
             with pytest.raises(NotFound):
                 await ledger.get_reservation(str(uuid.uuid4()))
+            stocked = await ledger.set_safety_stock(sku, LOCATION, 1)
+            seen = await ledger.get_availability(sku, CHANNEL, min_position=stocked.ledger_position)
+            assert seen.channel_available == 7
 
     asyncio.run(scenario())
 
@@ -278,11 +281,19 @@ def test_policy_and_audit_calls(client: LedgerClient) -> None:
     receive(client, sku, 10)
     position = client.set_safety_stock(sku, LOCATION, 2)
     assert (position.safety_stock, position.available) == (2, 8)
+    # Policy answers carry the ledger position of their write: read-your-writes (issue 17).
+    seen = client.get_availability(sku, CHANNEL, min_position=position.ledger_position)
+    assert seen.channel_available == 8
     position = client.set_channel_fence(sku, LOCATION, "b2b", 3)
     assert position.fences["b2b"] == 3
+    seen = client.get_availability(sku, CHANNEL, min_position=position.ledger_position)
+    assert seen.channel_available == 5
     channel = f"ch{uuid.uuid4().hex[:8]}"
     policy = client.set_channel_policy(channel, share_percent=50)
     assert (policy.channel, policy.share_percent) == (channel, 50)
+    seen = client.get_availability(sku, channel, min_position=policy.ledger_position)
+    assert seen.channel_available == 2  # floor((8 - b2b's fence 3) * 50 / 100)
+    assert policy.ledger_position > position.ledger_position > 0
     now = dt.datetime.now(dt.UTC)
     past = client.get_position_as_of(sku, LOCATION, now, axis="recorded")
     assert past.on_hand == 10

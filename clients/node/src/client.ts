@@ -8,8 +8,10 @@
  * - `x-correlation-id`: the caller's, or a fresh UUID, the same on every attempt of the call;
  * - retries on UNAVAILABLE and ABORTED only, with jittered exponential back-off (at least the
  *   server's google.rpc.RetryInfo delay), while the deadline allows;
- * - writes (reserve, commit, release) carry a `request_id`, generated once per call unless
- *   given, and reused on every retry, so the ledger applies the write once;
+ * - writes (reserve, commit, release and the PolicyService setters) carry a `request_id`,
+ *   generated once per call unless given, and reused on every retry, so the ledger applies
+ *   the write once; their answers carry `ledgerPosition`, which `getAvailability` takes as
+ *   `minPosition` to read the write back;
  * - failures become a {@link LedgerError} with the gRPC code and the google.rpc details
  *   decoded from `grpc-status-details-bin` (ErrorInfo reason and metadata, BadRequest,
  *   PreconditionFailure, ResourceInfo, RetryInfo).
@@ -32,12 +34,19 @@ import {
 } from "./gen/google/rpc/error_details";
 import { Status } from "./gen/google/rpc/status";
 import { Availability, Consistency } from "./gen/inventory/ledger/v1/availability";
+import { ChannelPolicy } from "./gen/inventory/ledger/v1/channel_policy";
 import { Movement } from "./gen/inventory/ledger/v1/movement";
 import {
   MovementServiceClient,
   RecordMovementsRequest,
   RecordMovementsResponse,
 } from "./gen/inventory/ledger/v1/movement_service";
+import {
+  PolicyServiceClient,
+  SetChannelFenceRequest,
+  SetChannelPolicyRequest,
+  SetSafetyStockRequest,
+} from "./gen/inventory/ledger/v1/policy_service";
 import { Position } from "./gen/inventory/ledger/v1/position";
 import {
   GetAvailabilityRequest,
@@ -149,6 +158,30 @@ export interface PositionInput {
   sku: string;
   locationId: string;
   includeHolds?: boolean;
+}
+
+export interface SafetyStockInput {
+  sku: string;
+  locationId: string;
+  /** Units held back from promising, at least 0. */
+  qty: number;
+}
+
+export interface ChannelFenceInput extends SafetyStockInput {
+  /** The channel the units are ring-fenced for; qty 0 removes the fence. */
+  channel: string;
+}
+
+export interface ChannelPolicyInput {
+  channel: string;
+  /** Locations the channel may sell from; empty or omitted: all. */
+  eligibleLocationIds?: string[];
+  /** Percentage of the eligible stock to publish, 1-100; omitted: 100. */
+  sharePercent?: number;
+  /** Units held back after the share. */
+  buffer?: number;
+  /** Upper bound of the published quantity; omitted or 0: unlimited. */
+  maxPublish?: number;
 }
 
 /** A movement: the required fields, and any others of {@link Movement}. */
@@ -285,6 +318,7 @@ export interface LedgerStubs {
   reservations: ReservationServiceClient;
   queries: InventoryQueryServiceClient;
   movements: MovementServiceClient;
+  policies: PolicyServiceClient;
 }
 
 export class LedgerClient {
@@ -319,6 +353,7 @@ export class LedgerClient {
       reservations: new ReservationServiceClient(options.address, credentials, shared),
       queries: new InventoryQueryServiceClient(options.address, credentials, shared),
       movements: new MovementServiceClient(options.address, credentials, shared),
+      policies: new PolicyServiceClient(options.address, credentials, shared),
     };
     this.token = options.token;
     this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
@@ -412,11 +447,41 @@ export class LedgerClient {
     return this.call(this.stubs.movements, this.stubs.movements.recordMovements, request, options);
   }
 
+  /** Set a position's safety stock; the answer is the position afterwards, and its
+   * `ledgerPosition` is what `getAvailability` takes as `minPosition`. */
+  setSafetyStock(input: SafetyStockInput, options: WriteOptions = {}): Promise<Position> {
+    const request = SetSafetyStockRequest.fromPartial({
+      requestId: options.requestId ?? randomUUID(),
+      ...input,
+    });
+    return this.call(this.stubs.policies, this.stubs.policies.setSafetyStock, request, options);
+  }
+
+  /** Set a channel's fence at a position (FAILED_PRECONDITION when a raise does not fit);
+   * the answer is the position afterwards, with `ledgerPosition`. */
+  setChannelFence(input: ChannelFenceInput, options: WriteOptions = {}): Promise<Position> {
+    const request = SetChannelFenceRequest.fromPartial({
+      requestId: options.requestId ?? randomUUID(),
+      ...input,
+    });
+    return this.call(this.stubs.policies, this.stubs.policies.setChannelFence, request, options);
+  }
+
+  /** Replace a channel's availability policy; the answer carries `ledgerPosition`. */
+  setChannelPolicy(input: ChannelPolicyInput, options: WriteOptions = {}): Promise<ChannelPolicy> {
+    const request = SetChannelPolicyRequest.fromPartial({
+      requestId: options.requestId ?? randomUUID(),
+      ...input,
+    });
+    return this.call(this.stubs.policies, this.stubs.policies.setChannelPolicy, request, options);
+  }
+
   /** Close the channel; calls in flight fail with CANCELLED or UNAVAILABLE. */
   close(): void {
     this.stubs.reservations.close();
     this.stubs.queries.close();
     this.stubs.movements.close();
+    this.stubs.policies.close();
     this.channel.close();
   }
 

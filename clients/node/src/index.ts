@@ -10,6 +10,7 @@ export {
   Consistency,
   LocationAvailability,
 } from "./gen/inventory/ledger/v1/availability";
+export { ChannelPolicy } from "./gen/inventory/ledger/v1/channel_policy";
 export {
   Disposition,
   FromBucket,

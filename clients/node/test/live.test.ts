@@ -123,6 +123,50 @@ test("a reserve retried with its request_id reserves once; commit and release", 
   );
 });
 
+test("policy answers carry ledgerPosition: minPosition reads them back", async () => {
+  // A SKU of its own, so the figures the Python side checks stay as they are.
+  const policySku = `${sku}-P`;
+  await ledger.recordMovements([
+    {
+      messageId: `node-${randomUUID()}`,
+      source: "node-client-test",
+      type: MovementType.MOVEMENT_TYPE_RECEIPT,
+      sku: policySku,
+      locationId,
+      qty: 10,
+    },
+  ]);
+  const requestId = randomUUID();
+  const safety = { sku: policySku, locationId, qty: 3 };
+  const stocked = await ledger.setSafetyStock(safety, { requestId });
+  assert.equal(stocked.safetyStock, 3);
+  assert.ok(stocked.ledgerPosition > 0);
+  const seen = await ledger.getAvailability({
+    sku: policySku,
+    channel,
+    minPosition: stocked.ledgerPosition,
+  });
+  assert.equal(seen.channelAvailable, 7);
+  // A replayed request_id answers the first write's position.
+  const replayed = await ledger.setSafetyStock(safety, { requestId });
+  assert.equal(replayed.ledgerPosition, stocked.ledgerPosition);
+
+  const fenced = await ledger.setChannelFence({ sku: policySku, locationId, channel, qty: 2 });
+  assert.deepEqual(fenced.fences, { [channel]: 2 });
+  assert.ok(fenced.ledgerPosition > stocked.ledgerPosition);
+  // The default policy, set explicitly: the channel's figures do not change.
+  const policy = await ledger.setChannelPolicy({ channel });
+  assert.equal(policy.sharePercent, 100);
+  assert.ok(policy.ledgerPosition > fenced.ledgerPosition);
+  const after = await ledger.getAvailability({
+    sku: policySku,
+    channel,
+    minPosition: policy.ledgerPosition,
+  });
+  assert.ok(after.projectionPosition >= policy.ledgerPosition);
+  assert.equal(after.channelAvailable, 7);
+});
+
 test("a short reservation is a LedgerError with INSUFFICIENT_AVAILABILITY", async () => {
   const error = await ledger
     .reserve({ channel, lines: [{ sku, locationId, qty: 1000 }] })

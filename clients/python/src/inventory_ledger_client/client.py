@@ -723,6 +723,8 @@ class LedgerClient:
         correlation_id: str | None = None,
         timeout: float | None = None,
     ) -> position_pb2.Position:
+        """The position afterwards; its ``ledger_position`` is what ``get_availability``
+        takes as ``min_position`` to read the write back."""
         return self._unary(
             "PolicyService/SetSafetyStock",
             self._policy.SetSafetyStock,
@@ -742,6 +744,8 @@ class LedgerClient:
         correlation_id: str | None = None,
         timeout: float | None = None,
     ) -> position_pb2.Position:
+        """The position afterwards (``FailedPrecondition`` when a raise does not fit); its
+        ``ledger_position`` is what ``get_availability`` takes as ``min_position``."""
         return self._unary(
             "PolicyService/SetChannelFence",
             self._policy.SetChannelFence,
@@ -762,7 +766,8 @@ class LedgerClient:
         correlation_id: str | None = None,
         timeout: float | None = None,
     ) -> channel_policy_pb2.ChannelPolicy:
-        """``share_percent`` 0 means the default (100); ``max_publish`` 0 means no cap."""
+        """``share_percent`` 0 means the default (100); ``max_publish`` 0 means no cap. The
+        answer's ``ledger_position`` is what ``get_availability`` takes as ``min_position``."""
         return self._unary(
             "PolicyService/SetChannelPolicy",
             self._policy.SetChannelPolicy,
