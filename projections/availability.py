@@ -72,9 +72,8 @@ def compute_availability(
     locations = []
     for position in sorted(positions, key=lambda p: p.location_id):
         free = position.available_to(channel, now)
-        dated = (
-            position.projected_available_to(channel, now, horizon) if horizon is not None else free
-        )
+        # Without a horizon there is no dated figure: 0, like the channel's.
+        dated = position.projected_available_to(channel, now, horizon) if horizon is not None else 0
         locations.append(
             LocationFigures(
                 position.location_id, free, terms.is_eligible(position.location_id), dated

@@ -58,7 +58,8 @@ def _set_up(client: Client, eta: datetime) -> int:
 def test_dated_atp_keeps_safety_stock_and_fences(served: Client) -> None:
     """Goal: safety stock 2, nothing on hand and 4 due by the horizon answers 2 (not 4), and
     another channel's fence still takes its share of what arrives, on STRONG and EVENTUAL.
-    Method: the set-up above, read at the ETA and one second before it, both ways."""
+    Method: the set-up above, read at the ETA, one second before it and without a horizon (0),
+    both ways."""
     eta = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=6)
     written = _set_up(served, eta)
     reads = {
@@ -76,3 +77,9 @@ def test_dated_atp_keeps_safety_stock_and_fences(served: Client) -> None:
         assert (market.channel_available, market.projected_available) == (3, 9), name
         early = availability(served, SKU, "web", horizon=_ts(eta - timedelta(seconds=1)), **how)
         assert (early.channel_available, early.projected_available) == (0, 0), name
+        undated = availability(served, SKU, "market", **how)
+        dated_figures = [
+            undated.projected_available,
+            *(f.projected_available for f in undated.locations),
+        ]
+        assert (undated.channel_available, dated_figures) == (3, [0, 0, 0, 0]), name

@@ -148,7 +148,10 @@ export interface LocationAvailability {
   availableTo: number;
   /** Whether the channel's policy makes this location eligible. */
   eligible: boolean;
-  /** With a `horizon`: available_to plus inbound transfers expected by then. */
+  /**
+   * With a `horizon`: available_to(channel) as if the inbound transfers
+   * expected by then had arrived (added to on_hand before available).
+   */
   projectedAvailable: number;
 }
 
