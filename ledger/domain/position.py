@@ -16,7 +16,7 @@ from uuid import UUID, uuid5
 from eventsourcing.domain import Aggregate
 
 from ledger.domain import availability, chain
-from ledger.domain.availability import HOLD_ACTIVE, inbound_due, inbound_outstanding
+from ledger.domain.availability import HOLD_ACTIVE, inbound_outstanding
 from ledger.domain.hold_book import HoldBook, book_of
 from ledger.domain.movements import Disposition, FromBucket, Movement, MovementType
 
@@ -75,9 +75,6 @@ class PositionFigures:
 
     def available_to(self, channel: str, now: datetime) -> int:
         return availability.available_to(self, channel, now)
-
-    def inbound_due(self, horizon: datetime) -> int:
-        return inbound_due(self, horizon)
 
     def projected_available_to(self, channel: str, now: datetime, horizon: datetime) -> int:
         return availability.projected_available_to(self, channel, now, horizon)
