@@ -1,7 +1,9 @@
 """Proto governance: `buf lint` passes on protos/, and `buf breaking` guards v1 (issue 6).
 
 These tests are the CI check: `.ci/run` runs the whole suite, so CI lints the protos and
-compares them with the protos of the previous commit (`HEAD~1` of the fresh clone CI runs in).
+compares them with the contract as last released (the committed buf image
+protos/v1.baseline.binpb) and with the protos of the previous commit (`HEAD~1` of the fresh
+clone CI runs in); the baseline is what catches a breaking commit with others on top (issue 17).
 
 Method: tools/buf.py runs the pinned buf from the @bufbuild/buf npm package. The breaking-rule
 tests edit a scratch copy of protos/ and run the command line against the real tree; the CI
@@ -133,7 +135,7 @@ def test_lint_still_applies_to_new_services_and_enums(tmp_path):
 
 
 def test_no_breaking_change_since_previous_commit():
-    """What CI enforces: protos/ (working tree) against protos/ of HEAD~1."""
+    """What CI enforces: protos/ (working tree) against the released baseline and HEAD~1."""
     try:
         commit = buf_tool.previous_commit(REPO)
     except buf_tool.GitHistoryError as error:
@@ -142,13 +144,14 @@ def test_no_breaking_change_since_previous_commit():
         pytest.skip(f"no usable git history: {error}")
     if commit is None:
         pytest.skip("HEAD has no previous commit: nothing for buf breaking to compare with")
-    outcome = buf_tool.breaking_against_ref()
-    assert outcome.status == 0, "breaking change to v1 against HEAD~1:\n" + outcome.report()
+    outcome = buf_tool.breaking_gate()
+    assert outcome.status == 0, "breaking change to v1:\n" + outcome.report()
+    assert f"against the released baseline protos/{buf_tool.BASELINE_NAME}" in outcome.notes
 
 
 # --- breaking: which changes are caught ------------------------------------------------------
 
-POSITION_TAIL = "  repeated Hold holds = 15;\n}\n"
+POSITION_TAIL = "  int64 ledger_position = 16;\n}\n"
 
 BREAKING_CHANGES = {
     "remove a field": (
@@ -160,7 +163,7 @@ BREAKING_CHANGES = {
     "renumber a field": (
         "position.proto",
         "int64 version = 13;",
-        "int64 version = 16;",
+        "int64 version = 17;",
         "FIELD_NO_DELETE",
     ),
     "change a field's type": (
@@ -225,7 +228,7 @@ NON_BREAKING_CHANGES = {
     "add a field": (
         "position.proto",
         POSITION_TAIL,
-        "  repeated Hold holds = 15;\n  // A note.\n  string note = 16;\n}\n",
+        POSITION_TAIL.replace("}", "  // A note.\n  string note = 17;\n}"),
     ),
     "add an enum value": (
         "reservation.proto",
@@ -287,7 +290,7 @@ def test_ci_dry_run_passes_a_compatible_commit(repo_with_protos):
         repo_with_protos / "protos",
         "position.proto",
         POSITION_TAIL,
-        "  repeated Hold holds = 15;\n  // A note.\n  string note = 16;\n}\n",
+        POSITION_TAIL.replace("}", "  // A note.\n  string note = 17;\n}"),
     )
     git(repo_with_protos, "commit", "-q", "-am", "add Position.note")
     result = run_cli("breaking", "--repo", str(repo_with_protos))
@@ -314,6 +317,49 @@ def test_previous_commit_without_protos_has_nothing_to_compare(tmp_path):
     result = run_cli("breaking", "--repo", str(repo))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "has no protos/: nothing to compare" in result.stdout
+
+
+def test_ci_catches_a_breaking_commit_with_another_commit_on_top(repo_with_protos):
+    """Must show 7 (issue 17): a breaking commit followed by an unrelated one still fails the
+    default command, through the released baseline; HEAD~1 alone (the old gate) passes it."""
+    edit(repo_with_protos / "protos", "position.proto", "  int64 damaged = 6;\n", "")
+    git(repo_with_protos, "commit", "-q", "-am", "remove Position.damaged")
+    (repo_with_protos / "NOTES.md").write_text("an unrelated change\n", encoding="utf-8")
+    git(repo_with_protos, "add", "NOTES.md")
+    git(repo_with_protos, "commit", "-q", "-m", "notes")
+
+    result = run_cli("breaking", "--repo", str(repo_with_protos))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FIELD_NO_DELETE" in result.stderr
+    assert 'Previously present field "6" with name "damaged"' in result.stderr
+    assert f"against the released baseline protos/{buf_tool.BASELINE_NAME}" in result.stderr
+
+    previous_only = run_cli("breaking", "--repo", str(repo_with_protos), "--against-ref", "HEAD~1")
+    assert previous_only.returncode == 0, previous_only.stdout + previous_only.stderr
+
+
+def test_the_gate_fails_without_a_released_baseline(repo_with_protos):
+    """Deleting the baseline must not silently weaken the gate to HEAD~1."""
+    git(repo_with_protos, "rm", "-q", f"protos/{buf_tool.BASELINE_NAME}")
+    git(repo_with_protos, "commit", "-q", "-m", "drop the baseline")
+    result = run_cli("breaking", "--repo", str(repo_with_protos))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "no released baseline" in result.stderr
+
+
+def test_baseline_command_writes_the_image_the_gate_compares_with(tmp_path):
+    """`baseline` at a release: the image of today's protos, against which a removal breaks
+    and today's protos pass."""
+    image = tmp_path / "release.binpb"
+    result = run_cli("baseline", "--out", str(image))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert image.stat().st_size > 1000
+    assert buf_tool.breaking(buf_tool.PROTO_ROOT, image).status == 0
+    tree = copy_protos(tmp_path)
+    edit(tree, "reservation.proto", "string order_ref = 3;", "string order_reference = 3;")
+    outcome = buf_tool.breaking(tree, image)
+    assert outcome.status == 1, outcome.report()
+    assert "FIELD_SAME_NAME" in outcome.rules
 
 
 def test_shallow_clone_without_the_parent_is_an_error(repo_with_protos, tmp_path):

@@ -4,13 +4,25 @@ Usage::
 
     python -m tools.buf lint [--protos DIR]
     python -m tools.buf breaking [--protos DIR] [--against-ref REF | --against-dir DIR] [--repo DIR]
+    python -m tools.buf baseline [--protos DIR] [--out FILE]
 
-``breaking`` compares the protos (default: this checkout's ``protos/``, working tree included)
-with the ``protos/`` of a git commit, by default ``HEAD~1``: the previous commit on main. CI
-runs on a fresh clone of the submitted main, where ``HEAD`` is the submission and
+``breaking`` without ``--against-ref``/``--against-dir`` is the CI gate: it compares the protos
+(default: this checkout's ``protos/``, working tree included) with the contract as last
+released, the buf image ``protos/v1.baseline.binpb`` (:data:`BASELINE_NAME`), and with the
+``protos/`` of ``HEAD~1``, and fails if either finds a breaking change. Against ``HEAD~1`` alone
+a breaking commit followed by any other commit in the same submission would pass; the baseline
+sees the whole submission. A repository without the baseline file cannot be gated (exit 2).
+``--against-ref REF`` or ``--against-dir DIR`` compares with that one input only.
+
+CI runs on a fresh clone of the submitted main, where ``HEAD`` is the submission and
 ``origin/main`` is that same commit, so ``HEAD~1`` is the only "previous commit" it has. A
-repository whose ``HEAD`` has no parent has nothing to compare with: that is reported and the
-command exits 0. A shallow clone without the parent is an error (fetch more history).
+repository whose ``HEAD`` has no parent has nothing to compare with there: that is reported and
+only the baseline is checked. A shallow clone without the parent is an error (fetch more
+history).
+
+``baseline`` writes the image of the protos (default ``protos/``) to ``protos/v1.baseline.binpb``.
+Run it at a release only, and commit the file with the release: rewriting it in an ordinary
+change would let that change's breaking edits through.
 
 buf is the ``@bufbuild/buf`` npm package at :data:`BUF_VERSION`, installed once with npm into
 ``.tools/buf/`` (git-ignored) and reused; ``LEDGER_BUF=/path/to/buf`` uses another binary.
@@ -50,6 +62,8 @@ BUF_PACKAGE = "@bufbuild/buf"
 TOOLS_DIR = REPO_ROOT / ".tools" / "buf"
 BUF_ENV = "LEDGER_BUF"
 DEFAULT_AGAINST_REF = "HEAD~1"
+# The contract as last released, as a buf image; inside protos/ (buf builds only .proto files).
+BASELINE_NAME = "v1.baseline.binpb"
 NPM_TIMEOUT_SECONDS = 300
 BUF_TIMEOUT_SECONDS = 120
 # buf's exit status when it ran and found lint or breaking violations.
@@ -348,7 +362,8 @@ def lint(protos: Path = PROTO_ROOT) -> Outcome:
 
 
 def breaking(protos: Path, against: Path) -> Outcome:
-    """``buf breaking`` of the proto tree ``protos`` against the proto tree ``against``.
+    """``buf breaking`` of the proto tree ``protos`` against the proto tree or buf image
+    ``against``.
 
     The rules are those of ``protos/buf.yaml`` (the change being judged brings its config).
     """
@@ -356,6 +371,9 @@ def breaking(protos: Path, against: Path) -> Outcome:
         work = Path(scratch)
         current, baseline = work / _CURRENT, work / _AGAINST
         added_current = assemble(protos, current)
+        if against.is_file():
+            # An image holds every file it was built with, the google/api ones included.
+            return _run_buf(["breaking", _CURRENT, "--against", str(against.resolve())], work)
         added_baseline = assemble(against, baseline)
         # Both sides get the same third-party files, so dropping an import deletes no file.
         # (--exclude-path is no option here: buf resolves it against both inputs and fails.)
@@ -388,6 +406,50 @@ def breaking_against_ref(
     return outcome
 
 
+def build_baseline(protos: Path = PROTO_ROOT, out: Path | None = None) -> Outcome:
+    """Write the buf image of ``protos`` to ``out`` (default: ``protos/`` + BASELINE_NAME)."""
+    out = (out if out is not None else protos / BASELINE_NAME).resolve()
+    with tempfile.TemporaryDirectory(prefix="buf_baseline_") as scratch:
+        work = Path(scratch)
+        assemble(protos, work / _CURRENT)
+        # No source info: the image stays small and stable; findings point at current files.
+        outcome = _run_buf(["build", _CURRENT, "--exclude-source-info", "--output", str(out)], work)
+    if outcome.status == 0:
+        outcome.notes.append(f"wrote {out}")
+    return outcome
+
+
+def breaking_against_baseline(*, repo: Path = REPO_ROOT, protos: Path | None = None) -> Outcome:
+    """``buf breaking`` of ``protos`` (default: ``repo/protos``) against the released contract,
+    ``repo/protos/`` + BASELINE_NAME; status 2 when that file is missing."""
+    protos = protos if protos is not None else repo / "protos"
+    image = repo / "protos" / BASELINE_NAME
+    if not image.is_file():
+        return Outcome(
+            2,
+            notes=[
+                f"no released baseline {image}: run `python -m tools.buf baseline` at a "
+                "release and commit it"
+            ],
+        )
+    outcome = breaking(protos, image)
+    outcome.notes.insert(0, f"against the released baseline protos/{BASELINE_NAME}")
+    return outcome
+
+
+def breaking_gate(*, repo: Path = REPO_ROOT, protos: Path | None = None) -> Outcome:
+    """The CI check: breaking against the released baseline and against ``HEAD~1``.
+
+    The worst status wins; findings both comparisons report are listed once.
+    """
+    released = breaking_against_baseline(repo=repo, protos=protos)
+    previous = breaking_against_ref(repo=repo, protos=protos)
+    findings = list(dict.fromkeys([*released.findings, *previous.findings]))
+    return Outcome(
+        max(released.status, previous.status), findings, [*released.notes, *previous.notes]
+    )
+
+
 # --- command line ----------------------------------------------------------------------------
 
 
@@ -400,18 +462,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     lint_parser = commands.add_parser("lint", help="buf lint the protos")
-    breaking_parser = commands.add_parser("breaking", help="buf breaking against a commit")
-    for sub in (lint_parser, breaking_parser):
+    breaking_parser = commands.add_parser(
+        "breaking", help="buf breaking against the released baseline and HEAD~1"
+    )
+    baseline_parser = commands.add_parser(
+        "baseline", help=f"write the protos' image to protos/{BASELINE_NAME} (at a release)"
+    )
+    for sub in (lint_parser, breaking_parser, baseline_parser):
         sub.add_argument(
             "--protos", type=Path, default=None, help="proto tree to check (default: protos/)"
         )
+    baseline_parser.add_argument(
+        "--out", type=Path, default=None, help=f"image to write (default: protos/{BASELINE_NAME})"
+    )
     target = breaking_parser.add_mutually_exclusive_group()
     target.add_argument(
         "--against-ref",
-        default=DEFAULT_AGAINST_REF,
-        help=f"git commit whose protos/ is the baseline (default: {DEFAULT_AGAINST_REF})",
+        default=None,
+        help=f"only this git commit's protos/ (default: protos/{BASELINE_NAME} and "
+        f"{DEFAULT_AGAINST_REF})",
     )
-    target.add_argument("--against-dir", type=Path, help="a proto tree to use as the baseline")
+    target.add_argument("--against-dir", type=Path, help="only this proto tree (or buf image)")
     breaking_parser.add_argument(
         "--repo", type=Path, default=REPO_ROOT, help="git repository (default: this checkout)"
     )
@@ -419,14 +490,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if arguments.command == "lint":
             outcome = lint((arguments.protos or PROTO_ROOT).resolve())
+        elif arguments.command == "baseline":
+            outcome = build_baseline((arguments.protos or PROTO_ROOT).resolve(), arguments.out)
         elif arguments.against_dir is not None:
             protos = (arguments.protos or PROTO_ROOT).resolve()
             outcome = breaking(protos, arguments.against_dir.resolve())
-        else:
+        elif arguments.against_ref is not None:
             protos = arguments.protos.resolve() if arguments.protos else None
             outcome = breaking_against_ref(
                 arguments.against_ref, repo=arguments.repo.resolve(), protos=protos
             )
+        else:
+            protos = arguments.protos.resolve() if arguments.protos else None
+            outcome = breaking_gate(repo=arguments.repo.resolve(), protos=protos)
     except (BufUnavailable, GitHistoryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
