@@ -52,7 +52,7 @@ from tests.support.processes import free_tcp_port
 from tests.support.prometheus import PrometheusBinaries, PrometheusServer
 from tests.support.server import LedgerProcess, stub
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
