@@ -5,7 +5,7 @@
 prometheus``, as root), under a file lock so parallel test runs install it once. The
 package's maintainer scripts would start a system Prometheus on port 9090: the install runs
 with a ``policy-rc.d`` that forbids starting services (the one Docker images already have is
-kept), and any ``prometheus`` process that appears anyway is stopped.
+kept), and a ``prometheus`` of the package's service account that appears anyway is stopped.
 
 ``PrometheusServer`` runs ``prometheus`` on 127.0.0.1 and a free port with a given
 configuration and a temporary TSDB directory, waits for ``/-/ready``, answers HTTP API
@@ -20,6 +20,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -83,13 +84,19 @@ def _services_may_not_start() -> Iterator[None]:
         _POLICY_RC_D.unlink(missing_ok=True)
 
 
-def _prometheus_pids() -> set[int]:
+def _service_pids() -> set[int]:
+    """Prometheus processes of the package's service account (what its scripts would start;
+    a test's own servers run as the test's user)."""
+    try:
+        service_uid = pwd.getpwnam("prometheus").pw_uid
+    except KeyError:
+        return set()
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 argv0 = (entry / "cmdline").read_bytes().split(b"\0", 1)[0]
-                if os.path.basename(argv0) == b"prometheus":
+                if os.path.basename(argv0) == b"prometheus" and entry.stat().st_uid == service_uid:
                     pids.add(int(entry.name))
     return pids
 
@@ -120,12 +127,12 @@ def _install() -> None:
             "promtool is not on PATH and installing Debian's prometheus package needs root:"
             " run `apt-get install --no-install-recommends prometheus`"
         )
-    before = _prometheus_pids()
+    before = _service_pids()
     with _services_may_not_start():
         _apt_get("update")
         _apt_get("install", "-y", "--no-install-recommends", "prometheus")
     # Started by the package's scripts despite the policy: this install's doing, so stop it.
-    for pid in _prometheus_pids() - before:
+    for pid in _service_pids() - before:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
 
