@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from ledger.api.errors import InvalidRequest
 from ledger.api.validation import OUT_OF_RANGE_TIMESTAMP, MovementModel, field_violations
 from ledger.audit.entries import LedgerEntryView
+from ledger.domain import chain
 from ledger.domain.movements import Movement
 from ledger.views import ChannelPolicyView, MovementResultView, PositionView, ReservationView
 from projections.availability import AvailabilityView
@@ -310,4 +311,13 @@ def ledger_entry_message(entry: LedgerEntryView) -> audit_service_pb2.LedgerEntr
         channel=data.get("channel") or "",
         order_ref=data.get("order_ref") or "",
         expires_at=to_timestamp(data.get("expires_at")),
+        null_fields=_null_fields(entry),
+        data_fields=sorted(data),
     )
+
+
+def _null_fields(entry: LedgerEntryView) -> list[str]:
+    """The hashed fields stored as null: proto3 strings cannot say null, and an auditor who
+    rebuilds the hash from the stream must know null from "" (docs/audit.md)."""
+    meta = {name: getattr(entry, name) for name in chain.META_FIELDS}
+    return sorted(name for name, value in {**meta, **entry.data}.items() if value is None)
