@@ -56,7 +56,8 @@ ENTRY_KEYS = frozenset(
     }
 )
 RECORD_KEYS = frozenset({"position", "ledger_position", "entry", "hash"})
-# Metadata the service writes as null when absent.
+# Metadata strings: today's writers store "" when they have none, older entries may hold
+# null (docs/audit.md, the per-field table); both are hashed as stored.
 OPTIONAL_STRING_KEYS = ("actor", "correlation_id", "message_id", "request_id", "source")
 
 # [0-9] rather than \d: \d also matches non-ASCII digits. Fixed width is what makes the
@@ -318,7 +319,8 @@ def verify_lines(lines: Iterable[str], *, whole_ledger: bool = False) -> Report:
 
 def _read_lines(binary: Iterable[bytes]) -> Iterator[str]:
     # Decoding per line with surrogateescape keeps one bad byte from aborting the run:
-    # it survives as a lone surrogate and that line alone is reported MALFORMED.
+    # it survives as a lone surrogate and that line alone is reported MALFORMED. Iterating
+    # bytes splits on b"\n" only: a raw U+2028 inside a string is not a line break.
     for raw in binary:
         yield raw.decode("utf-8", errors="surrogateescape")
 
