@@ -10,7 +10,8 @@ bulk batch. Each fetched batch is handled as follows:
    ``Ledger-Error-*`` headers) and, only once that publish is acknowledged, ``term()``-ed;
 2. all valid messages go to the ledger in ONE ``record_movements(..., reject_reused=False)``
    call, i.e. one database transaction; while it runs the messages get ``in_progress()``
-   every ``heartbeat_seconds`` so a slow commit is not redelivered under our feet;
+   every ``heartbeat_seconds`` (default: a third of AckWait, at most 10 s) so a slow commit
+   is not redelivered under our feet;
 3. after the call returned (the transaction committed) RECORDED and DUPLICATE messages are
    acked (each RECORDED one observed in ``ledger_movement_lag_seconds``: from its JetStream
    stream timestamp to now) and REUSED ones (same ``source``/``message_id``, other payload)
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingest.message import InvalidMessage, parse_message
-from ingest.streams import DURABLE, Lane, StreamNames, is_token, lane_durable
+from ingest.streams import DURABLE, Lane, StreamNames, ack_wait_seconds, is_token, lane_durable
 from ingest.units import UnitTable
 from ledger import metrics
 from ledger.domain.movements import Movement
@@ -56,6 +57,15 @@ HEADER_VALUE_MAX = 1024
 # How long a fetch waits on a lane the bridge expects to find empty, when the other lane may
 # have work: short, so neither lane waits on the other's idle long-poll.
 QUICK_FETCH_SECONDS = 0.05
+# in_progress() at most this far apart, and at least three times per AckWait, so one late or
+# lost heartbeat does not get a slow batch redelivered (a fixed 10 s let any AckWait under
+# 10 s redeliver every batch slower than it).
+HEARTBEAT_MAX_SECONDS = 10.0
+
+
+def default_heartbeat_seconds() -> float:
+    """``min(10 s, AckWait / 3)``, AckWait from ``LEDGER_INGEST_ACK_WAIT_SECONDS``."""
+    return min(HEARTBEAT_MAX_SECONDS, ack_wait_seconds() / 3)
 
 
 @dataclass
@@ -129,7 +139,7 @@ class IngestBridge:
         fetch_timeout: float = 1.0,
         backoff_initial: float = 0.25,
         backoff_max: float = 5.0,
-        heartbeat_seconds: float = 10.0,
+        heartbeat_seconds: float | None = None,
     ) -> None:
         self.service = service
         self.js = js
@@ -140,7 +150,9 @@ class IngestBridge:
         self.fetch_timeout = fetch_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
-        self.heartbeat_seconds = heartbeat_seconds
+        self.heartbeat_seconds = (
+            default_heartbeat_seconds() if heartbeat_seconds is None else heartbeat_seconds
+        )
         self.counters = BridgeCounters()
         self._consecutive_failures = 0
         self._subscriptions: dict[Lane, Any] = {}

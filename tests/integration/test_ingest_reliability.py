@@ -6,8 +6,9 @@ through a TCP proxy that is stalled before the batch arrives, so its commit wait
 network like a database that answers late; it never reaches the server, so it holds neither
 the writer mutex nor a lock. Without heartbeats (its ``heartbeat_seconds`` > AckWait) JetStream
 redelivers the batch to the other bridge, which records it; the slow commit, once the proxy
-resumes, finds every key recorded and answers DUPLICATE. With heartbeats (``in_progress()``
-every 0.5 s, AckWait 2 s) nothing is redelivered, however long the stall.
+resumes, finds every key recorded and answers DUPLICATE. With the default heartbeats
+(``in_progress()`` every AckWait / 3) nothing is redelivered, however long the stall (the
+bridge used to send them every 10 s whatever AckWait was: this variant failed at 2 s).
 
 A9, broker crash: a nats-server of the test's own (``sync_interval: always``) is SIGKILLed
 right after the K-th PubAck, with more publishes in flight, and restarted on the same port
@@ -137,8 +138,9 @@ def test_a7_batch_slower_than_ack_wait_is_applied_once(
 
     async def scenario(_nc: Any, js: Any) -> tuple[IngestBridge, IngestBridge, Any]:
         await ensure_topology(js, names)
+        # The default heartbeat (AckWait / 3) against none at all within the test.
         slow = IngestBridge(
-            slow_service, js, names=names, heartbeat_seconds=0.5 if heartbeats else 60.0
+            slow_service, js, names=names, heartbeat_seconds=None if heartbeats else 60.0
         )
         fast = IngestBridge(fast_service, js, names=names, fetch_timeout=0.5)
         stop = asyncio.Event()
