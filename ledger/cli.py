@@ -129,7 +129,78 @@ def _parser() -> argparse.ArgumentParser:
     _import_parsers(commands)
     _audit_parsers(commands)
     _token_parsers(commands)
+    _add_debug_and_exit_codes(parser)
     return parser
+
+
+# Exit statuses, the same meaning in every subcommand (docs/operations.md).
+_EXIT_BAD_START = (
+    " 2 bad arguments or configuration, or a resource unavailable at the start (listen address"
+    " or port, database, NATS): one line on stderr, nothing created"
+)
+_EXIT_UNEXPECTED = " 1 unexpected error (one line; the traceback with --debug or LEDGER_DEBUG=1)"
+_EXIT_CODES = {
+    "long-running": "exit status: 0 stopped on SIGTERM/SIGINT (logs 'stopped');"
+    + _EXIT_UNEXPECTED
+    + ";"
+    + _EXIT_BAD_START,
+    "one-shot": "exit status: 0 done;" + _EXIT_UNEXPECTED + ";" + _EXIT_BAD_START + "; 130 Ctrl-C",
+    "feed": "exit status: 0 every record published; 1 some records invalid (reported and"
+    " skipped), or an unexpected error;" + _EXIT_BAD_START + "; 130 Ctrl-C",
+    "dlq": "exit status: 0 done; 1 no such dead letter, a bad payload file, or an unexpected"
+    " error;" + _EXIT_BAD_START + "; 130 Ctrl-C",
+    "reconcile": "exit status: 0 no variances; 1 variances found (also when posted), or an"
+    " unexpected error; 2 bad input (the file, --as-of) or the database unavailable; nothing is"
+    " posted on exit 2; 130 Ctrl-C",
+}
+_EXIT_KIND = {
+    "serve": "long-running",
+    "dev": "long-running",
+    "ingest": "long-running",
+    "projections": "long-running",
+    "publish": "feed",
+    "import-snapshot": "feed",
+    "import-wms": "feed",
+    "dlq": "dlq",
+    "export": "one-shot",
+    "reconcile": "reconcile",
+    "token": "one-shot",
+}
+
+
+def _add_debug_and_exit_codes(parser: argparse.ArgumentParser) -> None:
+    """--debug on every subcommand, and its exit statuses in its epilog."""
+    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    for name, command in _subcommands(parser):
+        # SUPPRESS: `ledger --debug serve` is not undone by the subcommand's default.
+        command.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="print the traceback of a failure (env LEDGER_DEBUG=1)",
+        )
+        kind = _EXIT_KIND.get(name.split()[0], "one-shot")
+        if name == "projections":
+            kind = "long-running"
+            command.epilog = (
+                _EXIT_CODES[kind] + ". rebuild: 1 also when another rebuild is in progress."
+            )
+            continue
+        command.epilog = _EXIT_CODES[kind]
+
+
+def _subcommands(
+    parser: argparse.ArgumentParser, prefix: str = ""
+) -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every (sub)subcommand parser with its name, e.g. ("dlq list", parser)."""
+    found: list[tuple[str, argparse.ArgumentParser]] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                full = f"{prefix} {name}".strip()
+                found.append((full, child))
+                found.extend(_subcommands(child, full))
+    return found
 
 
 def _import_parsers(commands: argparse._SubParsersAction) -> None:
@@ -196,8 +267,6 @@ def _audit_parsers(commands: argparse._SubParsersAction) -> None:
         " Writes variances.csv and summary.txt to --report-dir and prints the summary. With"
         " --post each variance is recorded as a cycle_count at T (source reconcile) with a"
         " reason; posting the same count again records nothing.",
-        epilog="exit status: 0 no variances, 1 variances found (also when posted),"
-        " 2 bad input (the file, --as-of, the database); nothing is posted on exit 2",
     )
     reconcile.add_argument("snapshot", help="CSV file: sku,location_id,on_hand")
     reconcile.add_argument(
@@ -484,6 +553,7 @@ async def run_projections(settings: Settings, batch_size: int | None = None) -> 
     from projections.runner import BATCH_MAX, ProjectionRunner
     from projections.store import ReadModelStore
 
+    stop = _stop_on_signals()  # first: a signal during start-up stops the start
     app = await asyncio.to_thread(InventoryLedger, eventsourcing_env(settings.database_url))
     store = await asyncio.to_thread(ReadModelStore, settings.database_url)
     runner = await asyncio.to_thread(
@@ -504,7 +574,7 @@ async def run_projections(settings: Settings, batch_size: int | None = None) -> 
         runner.applied_position,
         runner.generation,
     )
-    await _stop_on_signals().wait()
+    await stop.wait()
     if metrics is not None:
         await asyncio.to_thread(metrics.close)
     if listener is not None:
@@ -599,6 +669,7 @@ async def run_ingest(
     from ledger.service import LedgerService
     from projections.store import ReadModelStore
 
+    stop = _stop_on_signals()  # first: a signal during start-up stops the start
     _configure_metric_labels(settings)
     service = await asyncio.to_thread(LedgerService.open, settings.database_url)
     store = await asyncio.to_thread(ReadModelStore, settings.database_url)
@@ -606,14 +677,13 @@ async def run_ingest(
     try:
         metrics = start_endpoint(settings.metrics_listen)
         _tune_process()
-        await _ingest_until(
-            _stop_on_signals(), service, store, nats_url, batch_size, units_path, prefix
-        )
+        await _ingest_until(stop, service, store, nats_url, batch_size, units_path, prefix)
     finally:
         if metrics is not None:
             await asyncio.to_thread(metrics.close)
         await asyncio.to_thread(service.close)
         await asyncio.to_thread(store.close)
+    log.info("stopped")
 
 
 async def _ingest_until(
@@ -625,20 +695,24 @@ async def _ingest_until(
     units_path: str | None = None,
     prefix: str = "",
 ) -> None:
-    """The bridge and the exception publisher, on an open ledger, until ``stop`` is set."""
-    import nats
-
+    """The bridge and the exception publisher, on an open ledger, until ``stop`` is set.
+    Waits for NATS (one line per attempt, with back-off) and rides out its outages."""
     from ingest.bridge import IngestBridge
     from ingest.exceptions import ExceptionPublisher
     from ingest.streams import StreamNames, ensure_topology
     from ingest.units import UnitTable
+    from ledger.nats_connect import close, connect_patiently
 
     units = UnitTable.from_json_file(units_path) if units_path else None
     names = StreamNames(prefix)
-    nc = await nats.connect(nats_url, name="ledger-ingest", max_reconnect_attempts=-1)
+    nc = await connect_patiently(nats_url, "ledger-ingest", stop)
+    if nc is None:
+        log.info("ingest stopped before NATS at %s answered", _redacted(nats_url))
+        return
     try:
         js = nc.jetstream()
-        await ensure_topology(js, names)
+        if not await _until_done(stop, lambda: ensure_topology(js, names), "ingest streams"):
+            return
         bridge = IngestBridge(service, js, names=names, units=units)
         publisher = ExceptionPublisher(store, js, names=names)
         log.info(
@@ -662,49 +736,76 @@ async def _ingest_until(
             publisher.published,
         )
     finally:
-        await nc.drain()
+        await close(nc)
+
+
+async def _until_done(stop: asyncio.Event, step: Any, what: str) -> bool:
+    """Retry ``step()`` (a coroutine function) with back-off until it succeeds (True) or
+    ``stop`` is set (False); one warning line per failed attempt."""
+    from ledger.nats_connect import backoff, describe, sleep_unless_stopped, unless_stopped
+
+    attempt = 0
+    while not stop.is_set():
+        try:
+            await unless_stopped(stop, step())
+        except Exception as error:  # the broker went away meanwhile: it comes back
+            attempt += 1
+            log.warning(
+                "%s: %s (attempt %d); retrying in %.1f s",
+                what,
+                describe(error),
+                attempt,
+                backoff(attempt),
+            )
+            await sleep_unless_stopped(stop, backoff(attempt))
+            continue
+        return not stop.is_set()
+    return False
 
 
 async def run_dev(settings: Settings, nats_listen: str, data_dir: str) -> None:
     """``ledger dev``: a local nats-server with JetStream, the gRPC service with in-process
     projections, and the ingest bridge, in one process over one ledger (the embedded SQLite
-    ledger serves one process)."""
+    ledger serves one process). Ctrl-C stops them in reverse order: ingest, service,
+    nats-server (which has its own process group, so the terminal's SIGINT reaches only us)."""
     from pathlib import Path
-
-    import nats
 
     from ingest.streams import ensure_topology
     from ledger.local_nats import start_local_nats
+    from ledger.nats_connect import close, connect_once
 
+    stop = _stop_on_signals()
+    nats_url = f"nats://{nats_listen}"
     nats_server = await asyncio.to_thread(start_local_nats, nats_listen, Path(data_dir))
-    log.info("nats-server with JetStream on nats://%s (files in %s)", nats_listen, data_dir)
+    log.info("nats-server with JetStream on %s (files in %s)", nats_url, data_dir)
     try:
         # The streams exist before the service says it listens: a publisher may start then.
-        nc = await nats.connect(f"nats://{nats_listen}", name="ledger-dev")
+        nc = await connect_once(nats_url, "ledger-dev")
         try:
             await ensure_topology(nc.jetstream())
         finally:
-            await nc.drain()
+            await close(nc)
+        if stop.is_set():
+            return
         api = await _start_api(settings)
         try:
-            await _ingest_until(_stop_on_signals(), api.service, api.store, f"nats://{nats_listen}")
+            await _ingest_until(stop, api.service, api.store, nats_url)
         finally:
             await _stop_api(api, settings)
     finally:
         nats_server.terminate()
         await asyncio.to_thread(nats_server.wait, 10)
-    log.info("stopped")
+        log.info("stopped")
 
 
 async def run_dlq(args: argparse.Namespace, nats_url: str) -> int:
     """``ledger dlq list|show|replay``: JSON lines on stdout."""
     import base64
 
-    import nats
-
     from ingest import dlq
+    from ledger.nats_connect import connect_once
 
-    nc = await nats.connect(nats_url, name="ledger-dlq")
+    nc = await connect_once(nats_url, "ledger-dlq")
     try:
         js = nc.jetstream()
         try:
@@ -741,14 +842,13 @@ async def run_publish(
     path: str, nats_url: str, prefix: str = "", units_path: str | None = None
 ) -> int:
     """``ledger publish FILE``: a JSON summary on stdout; exit 1 if a line was invalid."""
-    import nats
-
     from ingest.publish import publish_file
     from ingest.units import UnitTable
+    from ledger.nats_connect import connect_once
     from ledger.progress import progress_on_stderr
 
     units = UnitTable.from_json_file(units_path) if units_path else None
-    nc = await nats.connect(nats_url, name="ledger-publish")
+    nc = await connect_once(nats_url, "ledger-publish")
     try:
         with progress_on_stderr() as progress:
             report = await publish_file(nc.jetstream(), path, prefix, units, progress)
@@ -763,13 +863,12 @@ async def run_publish(
 async def run_import(args: argparse.Namespace, nats_url: str) -> int:
     """``ledger import-snapshot|import-wms FILE``: a JSON report on stdout; exit 1 if a record
     was invalid."""
-    import nats
-
     from ingest.adapters.base import Adapter
     from ingest.adapters.publish import publish_adapter
     from ingest.adapters.threepl_snapshot import ThreePLSnapshotAdapter, parse_column_mapping
     from ingest.adapters.wms_transactions import WmsTransactionAdapter
     from ingest.units import UnitTable
+    from ledger.nats_connect import connect_once
     from ledger.progress import progress_on_stderr
 
     adapter: Adapter
@@ -783,7 +882,7 @@ async def run_import(args: argparse.Namespace, nats_url: str) -> int:
     else:
         adapter = WmsTransactionAdapter(args.source)
     units = UnitTable.from_json_file(args.units) if args.units else None
-    nc = await nats.connect(nats_url, name=f"ledger-{args.command}")
+    nc = await connect_once(nats_url, f"ledger-{args.command}")
     try:
         with progress_on_stderr() as progress:
             js = nc.jetstream()
@@ -873,6 +972,8 @@ def _redacted(url: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; known failures are one line and exit 2, anything else one line and
+    exit 1 (the traceback only with --debug or LEDGER_DEBUG=1)."""
     from ledger.logs import LOG_FORMATS, configure_logging
 
     args = _parser().parse_args(argv)
@@ -881,68 +982,132 @@ def main(argv: list[str] | None = None) -> int:
         print(f"LEDGER_LOG_FORMAT must be text or json, not {log_format!r}", file=sys.stderr)
         return 2
     configure_logging(args.log_level, log_format)
+    debug = getattr(args, "debug", False) or os.environ.get("LEDGER_DEBUG", "") in ("1", "true")
     try:
-        if args.command in ("serve", "ingest", "projections"):
-            _check_process_tuning()  # a bad setting fails before anything starts
-        if args.command == "serve":
-            settings = Settings.from_env(
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C in a one-shot command (long-running ones handle it)
+        log.error("interrupted")
+        return 130
+    except Exception as error:
+        known = _known_failure(error)
+        if known is not None:
+            log.error("%s", known, exc_info=error if debug else None)
+            return 2
+        log.error(
+            "unexpected error: %s%s",
+            _one_line(error),
+            "" if debug else " (run with --debug for the traceback)",
+            exc_info=error if debug else None,
+        )
+        return 1
+
+
+def _known_failure(error: BaseException) -> str | None:
+    """The one line for a failure the operator can fix (exit 2), or None for a bug."""
+    from ledger.local_nats import NatsNotFound
+    from ledger.nats_connect import NatsUnreachable
+    from ledger.preflight import DatabaseUnreachable
+
+    if isinstance(error, (NatsNotFound, DatabaseUnreachable)):
+        return str(error)
+    if isinstance(error, ConfigError):
+        return f"configuration error: {error}"
+    if isinstance(error, NatsUnreachable):
+        return str(error)
+    if type(error).__module__.startswith("psycopg") and type(error).__name__ == "OperationalError":
+        return f"database unavailable: {_one_line(error)}"
+    if isinstance(error, OSError):
+        where = f" {error.filename}" if error.filename else ""
+        return f"{error.strerror or _one_line(error)}{where}"
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _nats_url(args: argparse.Namespace) -> str:
+    return args.nats or os.environ.get("LEDGER_NATS_URL", "nats://127.0.0.1:4222")
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command in ("serve", "ingest", "projections"):
+        _check_process_tuning()  # a bad setting fails before anything starts
+    if args.command == "serve":
+        settings = _checked(
+            Settings.from_env(
                 listen=args.listen,
                 database_url=args.database,
                 projections=args.projections,
                 metrics_listen=args.metrics_listen,
                 metrics_channels=args.metrics_channels,
                 metrics_sources=args.metrics_sources,
-            )
-            asyncio.run(serve(_with_security(settings, args)))
-        elif args.command == "dev":
-            settings = Settings.from_env(
+            ),
+            listen=True,
+        )
+        asyncio.run(serve(_with_security(settings, args)))
+    elif args.command == "dev":
+        settings = _checked(
+            Settings.from_env(
                 listen=args.listen,
                 database_url=args.database,
                 projections="in-process",
                 metrics_listen=args.metrics_listen,
                 metrics_channels=args.metrics_channels,
                 metrics_sources=args.metrics_sources,
-            )
-            asyncio.run(run_dev(_with_security(settings, args), args.nats_listen, args.nats_dir))
-        elif args.command == "ingest":
-            settings = Settings.from_env(
+            ),
+            listen=True,
+            nats_listen=args.nats_listen,
+        )
+        asyncio.run(run_dev(_with_security(settings, args), args.nats_listen, args.nats_dir))
+    elif args.command == "ingest":
+        settings = _checked(
+            Settings.from_env(
                 database_url=args.database,
                 metrics_listen=args.metrics_listen,
                 metrics_sources=args.metrics_sources,
             )
-            nats_url = args.nats or os.environ.get("LEDGER_NATS_URL", "nats://127.0.0.1:4222")
-            asyncio.run(run_ingest(settings, nats_url, args.batch_size, args.units, args.prefix))
-        elif args.command == "dlq":
-            nats_url = args.nats or os.environ.get("LEDGER_NATS_URL", "nats://127.0.0.1:4222")
-            return asyncio.run(run_dlq(args, nats_url))
-        elif args.command == "publish":
-            nats_url = args.nats or os.environ.get("LEDGER_NATS_URL", "nats://127.0.0.1:4222")
-            return asyncio.run(run_publish(args.file, nats_url, args.prefix, args.units))
-        elif args.command in ("import-snapshot", "import-wms"):
-            nats_url = args.nats or os.environ.get("LEDGER_NATS_URL", "nats://127.0.0.1:4222")
-            return asyncio.run(run_import(args, nats_url))
-        elif args.command == "export":
-            if (args.sku is None) != (args.location_id is None):
-                log.error("give both --sku and --location-id, or neither")
-                return 2
-            return run_export(args, Settings.from_env(database_url=args.database))
-        elif args.command == "token":
-            return create_token(args)
-        elif args.command == "reconcile":
-            return run_reconcile(args, Settings.from_env(database_url=args.database))
-        else:
-            settings = Settings.from_env(
-                database_url=args.database, metrics_listen=args.metrics_listen
-            )
-            if args.action == "rebuild":
-                return rebuild_projections(settings, args.batch_size)
-            if args.action == "status":
-                return projections_status(settings)
-            asyncio.run(run_projections(settings, args.batch_size))
-    except ConfigError as error:
-        log.error("configuration error: %s", error)
-        return 2
+        )
+        asyncio.run(run_ingest(settings, _nats_url(args), args.batch_size, args.units, args.prefix))
+    elif args.command == "dlq":
+        return asyncio.run(run_dlq(args, _nats_url(args)))
+    elif args.command == "publish":
+        return asyncio.run(run_publish(args.file, _nats_url(args), args.prefix, args.units))
+    elif args.command in ("import-snapshot", "import-wms"):
+        return asyncio.run(run_import(args, _nats_url(args)))
+    elif args.command == "export":
+        if (args.sku is None) != (args.location_id is None):
+            log.error("give both --sku and --location-id, or neither")
+            return 2
+        return run_export(args, Settings.from_env(database_url=args.database))
+    elif args.command == "token":
+        return create_token(args)
+    elif args.command == "reconcile":
+        return run_reconcile(args, Settings.from_env(database_url=args.database))
+    else:
+        settings = Settings.from_env(database_url=args.database, metrics_listen=args.metrics_listen)
+        if args.action == "rebuild":
+            return rebuild_projections(settings, args.batch_size)
+        if args.action == "status":
+            return projections_status(settings)
+        asyncio.run(run_projections(_checked(settings), args.batch_size))
     return 0
+
+
+def _checked(settings: Settings, listen: bool = False, nats_listen: str = "") -> Settings:
+    """Addresses and the database of a long-running process, before anything is opened or
+    logged: a bad one is refused (exit 2), never replaced by a random port."""
+    from ledger.preflight import check_database, check_listen
+
+    if listen:
+        check_listen("--listen", settings.listen)
+    if nats_listen:
+        check_listen("--nats-listen", nats_listen)
+    if settings.metrics_listen:
+        check_listen("--metrics-listen", settings.metrics_listen)
+    check_database(settings.database_url)
+    return settings
 
 
 if __name__ == "__main__":

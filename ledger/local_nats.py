@@ -77,6 +77,9 @@ def start_local_nats(listen: str, data_dir: Path, timeout: float = 15.0) -> subp
         [str(nats_server_binary()), "-c", str(config)],
         stdout=log_file,
         stderr=subprocess.STDOUT,
+        # Its own session: a terminal's Ctrl-C reaches `ledger dev` only, which stops the
+        # ingest bridge and the service before it stops this server.
+        start_new_session=True,
     )
     host, port = listen.rsplit(":", 1)
     deadline = time.monotonic() + timeout
