@@ -539,10 +539,10 @@ def _tune_process() -> None:
 
 
 async def serve(settings: Settings) -> None:
-
+    stop = _stop_on_signals()  # first: a signal during start-up stops the start
     api = await _start_api(settings)
     _tune_process()
-    await _stop_on_signals().wait()
+    await stop.wait()
     await _stop_api(api, settings)
     log.info("stopped")
 
