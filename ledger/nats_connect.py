@@ -79,7 +79,7 @@ async def connect_patiently(url: str, name: str, stop: asyncio.Event) -> Any | N
     Until a server answers, one probe per back-off step logs one warning line each; once
     connected, lost connections are re-established with the same back-off, also one line
     per attempt."""
-    import nats
+    from nats.aio.client import Client
 
     attempt = 0
     while not stop.is_set():
@@ -103,14 +103,13 @@ async def connect_patiently(url: str, name: str, stop: asyncio.Event) -> Any | N
         break
     else:
         return None
-    return await unless_stopped(
-        stop,
-        nats.connect(url, name=name, **reconnecting_options(url)),
-    )
+    nc = Client()
+    await unless_stopped(stop, nc.connect(url, name=name, **reconnecting_options(nc, url)))
+    return nc if nc.is_connected else None
 
 
-def reconnecting_options(url: str) -> dict[str, Any]:
-    """nats-py options: reconnect forever with back-off, one log line per event."""
+def reconnecting_options(nc: Any, url: str) -> dict[str, Any]:
+    """nats-py options for ``nc``: reconnect forever with back-off, one log line per event."""
     attempts = [0]
 
     async def on_error(error: Exception) -> None:
@@ -127,7 +126,8 @@ def reconnecting_options(url: str) -> dict[str, Any]:
         )
 
     async def on_disconnected() -> None:
-        log.warning("NATS at %s: connection lost; reconnecting", url)
+        if not nc.is_closed:  # our own close says nothing
+            log.warning("NATS at %s: connection lost; reconnecting", url)
 
     async def on_reconnected() -> None:
         attempts[0] = 0

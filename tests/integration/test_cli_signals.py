@@ -1,0 +1,169 @@
+"""Long-running processes stop when told (issue 17): SIGTERM/SIGINT end them within 5 s in
+every state, including while NATS is unreachable at start-up or gone mid-run; reconnect
+attempts are one log line each, never a traceback; `ledger dev` on Ctrl-C stops ingest, the
+service and then its nats-server, and exits 0 with "stopped"."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.nats import EmbeddedNats
+from tests.support.processes import free_tcp_port
+
+STOP_SECONDS = 5.0
+
+
+class Cli:
+    """``python -m ledger.cli ARGS`` in its own process group, output in a file."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = log
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "ledger.cli", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env | {"PYTHONUNBUFFERED": "1"},
+                start_new_session=True,  # os.killpg(): what a terminal's Ctrl-C does
+            )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.text()):
+            assert self.process.poll() is None, f"exited {self.process.returncode}:\n{self.text()}"
+            assert time.monotonic() < deadline, f"no {pattern!r} in:\n{self.text()}"
+            time.sleep(0.05)
+
+    def stop(self, signum: int, group: bool = False) -> tuple[int, float]:
+        """Send ``signum``; (exit code, seconds until exit). Killed if it outlives 15 s."""
+        sent = time.monotonic()
+        if group:
+            os.killpg(self.process.pid, signum)
+        else:
+            self.process.send_signal(signum)
+        try:
+            code = self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"still running 15 s after {signum}:\n{self.text()}") from None
+        return code, time.monotonic() - sent
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def clis() -> Iterator[list[Cli]]:
+    started: list[Cli] = []
+    yield started
+    for cli in started:
+        cli.close()
+
+
+def _attempt_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "(attempt " in line]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_ingest_waiting_for_an_absent_nats_stops_when_told(
+    signum: int, tmp_path: Path, clis: list[Cli]
+) -> None:
+    nats = f"nats://127.0.0.1:{free_tcp_port()}"
+    database = f"sqlite:///{tmp_path / 'ledger.db'}"
+    cli = Cli(["ingest", "--nats", nats, "--database", database], tmp_path / "ingest.log")
+    clis.append(cli)
+    time.sleep(3)
+    assert cli.process.poll() is None, cli.text()  # it waits for NATS, it does not give up
+    code, seconds = cli.stop(signum)
+    text = cli.text()
+    assert code == 0, text
+    assert seconds < STOP_SECONDS, (seconds, text)
+    assert "Traceback" not in text, text
+    attempts = _attempt_lines(text)
+    assert len(attempts) >= 2, text  # one line per attempt ...
+    assert all(nats in line and "unreachable" in line for line in attempts), text
+    delays = [float(m[1]) for m in re.finditer(r"retrying in ([\d.]+) s", text)]
+    assert delays == sorted(delays) and delays[-1] > delays[0], delays  # ... with back-off
+    assert text.rstrip().endswith("stopped"), text
+
+
+@pytest.fixture
+def own_nats() -> Iterator[EmbeddedNats]:
+    """A nats-server this test may stop (never the session's)."""
+    server = EmbeddedNats().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def test_ingest_stops_when_told_while_nats_is_gone_and_rides_out_the_outage(
+    own_nats: EmbeddedNats, tmp_path: Path, clis: list[Cli]
+) -> None:
+    database = f"sqlite:///{tmp_path / 'ledger.db'}"
+    args = ["ingest", "--nats", own_nats.url, "--database", database, "--prefix", "sig"]
+    cli = Cli(args, tmp_path / "ingest.log")
+    clis.append(cli)
+    cli.wait_for(r"ingest from ")
+
+    # An outage it survives: it reconnects by itself, one line per attempt.
+    own_nats.stop()
+    cli.wait_for(r"connection lost")
+    time.sleep(2)
+    own_nats.start()
+    cli.wait_for(r"NATS at \S+: reconnected")
+    assert "Traceback" not in cli.text()
+
+    # Told to stop while the server is gone again.
+    own_nats.stop()
+    cli.wait_for(r"connection lost.*(\n.*)*\Z")
+    time.sleep(3)
+    code, seconds = cli.stop(signal.SIGTERM)
+    text = cli.text()
+    assert code == 0, text
+    assert seconds < STOP_SECONDS, (seconds, text)
+    assert "Traceback" not in text, text
+    assert "ingest stopped: 0 recorded" in text, text
+    assert text.rstrip().endswith("stopped"), text
+    assert text.count("connection lost") == 2, text
+
+
+def test_dev_on_ctrl_c_stops_its_children_in_order_and_exits_0(
+    tmp_path: Path, clis: list[Cli]
+) -> None:
+    nats_port = free_tcp_port()
+    args = ["dev", "--listen", "127.0.0.1:0", "--database", f"sqlite:///{tmp_path / 'l.db'}"]
+    args += ["--nats-listen", f"127.0.0.1:{nats_port}", "--nats-dir", str(tmp_path / "nats")]
+    cli = Cli(args, tmp_path / "dev.log")
+    clis.append(cli)
+    cli.wait_for(r"ingest from ")
+    code, seconds = cli.stop(signal.SIGINT, group=True)  # the terminal's Ctrl-C
+    text = cli.text()
+    assert code == 0, text
+    assert seconds < STOP_SECONDS, (seconds, text)
+    assert "Traceback" not in text, text
+    # ingest first, then the service, then nats-server: ingest never lost its broker.
+    order = [text.index("ingest stopped:"), text.index("shutting down"), text.rindex("stopped")]
+    assert order == sorted(order), text
+    assert "connection lost" not in text, text
+    assert text.rstrip().endswith("stopped"), text
+    with socket.socket() as probe:  # and nats-server is gone with it
+        assert probe.connect_ex(("127.0.0.1", nats_port)) != 0
