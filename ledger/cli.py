@@ -983,10 +983,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(args.log_level, log_format)
     debug = getattr(args, "debug", False) or os.environ.get("LEDGER_DEBUG", "") in ("1", "true")
+    long_running = args.command in _LONG_RUNNING and getattr(args, "action", "run") == "run"
+    if long_running:
+        # Until its event loop takes over the signals (start-up checks, imports): stop cleanly.
+        signal.signal(signal.SIGTERM, _stop_now)
     try:
         return _run(args)
-    except KeyboardInterrupt:  # Ctrl-C in a one-shot command (long-running ones handle it)
-        log.error("interrupted")
+    except (KeyboardInterrupt, _StopNow):
+        if long_running:
+            log.info("stopped")
+            return 0
+        log.error("interrupted")  # Ctrl-C in a one-shot command
         return 130
     except Exception as error:
         known = _known_failure(error)
@@ -1000,6 +1007,17 @@ def main(argv: list[str] | None = None) -> int:
             exc_info=error if debug else None,
         )
         return 1
+
+
+_LONG_RUNNING = ("serve", "dev", "ingest", "projections")
+
+
+class _StopNow(BaseException):
+    """SIGTERM before the event loop handles it: unwinds like Ctrl-C."""
+
+
+def _stop_now(_signum: int, _frame: object) -> None:
+    raise _StopNow
 
 
 def _known_failure(error: BaseException) -> str | None:

@@ -91,3 +91,18 @@ def configure_logging(level: str, log_format: str = DEFAULT_LOG_FORMAT) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: message`` on one line (psycopg's messages carry a hint on a second line)."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 8.0
+
+
+def retry_delay(failures: int) -> float:
+    """Back-off after ``failures`` failed attempts in a row: 0.5 s doubling to 8 s."""
+    return min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** max(0, failures - 1))

@@ -17,10 +17,9 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from ledger.config import eventsourcing_env
+from ledger.logs import one_line, retry_delay
 
 log = logging.getLogger(__name__)
-
-RECONNECT_SECONDS = 1.0
 
 
 class CommitListener:
@@ -47,13 +46,22 @@ class CommitListener:
         self._thread.join(5)
 
     def _run(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as conn:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    failures = 0
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=1.0):
                             self._on_commit()
             except psycopg.Error as error:
-                log.warning("commit listener reconnecting: %s", error)
-                self._stop.wait(RECONNECT_SECONDS)
+                failures += 1
+                delay = retry_delay(failures)
+                log.warning(
+                    "commit listener reconnecting: %s (attempt %d); retrying in %.1f s",
+                    one_line(error),
+                    failures,
+                    delay,
+                )
+                self._stop.wait(delay)

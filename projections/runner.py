@@ -21,12 +21,14 @@ from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from eventsourcing.persistence import Notification
+import psycopg
+from eventsourcing.persistence import InterfaceError, Notification, OperationalError
 from eventsourcing.utils import get_topic
 
 from ledger.application import InventoryLedger
 from ledger.domain.channel_policy import ChannelPolicy
 from ledger.domain.position import Position
+from ledger.logs import one_line, retry_delay
 from ledger.progress import QUIET, Progress
 from projections.availability import PolicyTerms
 from projections.position_state import LedgerExceptionRecord, ProjectedPosition
@@ -38,6 +40,14 @@ from projections.store import (
 )
 
 log = logging.getLogger(__name__)
+
+# The database is away (refused, timed out, connection broken): retried, one line each.
+_UNAVAILABLE = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def _store_unavailable(error: BaseException) -> bool:
+    return isinstance(error, _UNAVAILABLE)
+
 
 # How often the runner logs its lag, and from which lag on that is a warning.
 LAG_LOG_SECONDS = 60.0
@@ -137,6 +147,7 @@ class ProjectionRunner:
     def _loop(self) -> None:
         checked = time.monotonic()
         reported = time.monotonic()
+        failures = 0  # in a row, for the back-off
         while not self._stop.is_set():
             if time.monotonic() - reported >= LAG_LOG_SECONDS:
                 reported = time.monotonic()
@@ -148,10 +159,12 @@ class ProjectionRunner:
                 # continue from where the active generation got to.
                 self._resync_or_wait()
                 continue
-            except Exception:  # keep following; the batch is retried
-                log.exception("projection batch failed; retrying")
-                self._stop.wait(1.0)
+            except Exception as error:  # keep following; the batch is retried
+                failures += 1
+                self._report_failure(error, failures)
+                self._stop.wait(retry_delay(failures))
                 continue
+            failures = 0
             if consumed < self.batch_max:
                 if self._follow and time.monotonic() - checked >= GENERATION_CHECK_SECONDS:
                     checked = time.monotonic()
@@ -160,6 +173,16 @@ class ProjectionRunner:
                         continue
                 self._wake.wait(self.poll_seconds)
                 self._wake.clear()
+
+    @staticmethod
+    def _report_failure(error: Exception, failures: int) -> None:
+        """A store that is away is one line per attempt; anything else keeps its traceback."""
+        line = "projection batch failed: %s (attempt %d); retrying in %.1f s"
+        args = (one_line(error), failures, retry_delay(failures))
+        if _store_unavailable(error):
+            log.warning(line, *args)
+        else:
+            log.exception(line, *args)
 
     def _log_lag(self) -> None:
         """Operators see lag in the log too (GetProjectionStatus serves it over gRPC)."""

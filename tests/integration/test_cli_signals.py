@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.nats import EmbeddedNats
+from tests.support.postgres import EmbeddedPostgres
 from tests.support.processes import free_tcp_port
 
 STOP_SECONDS = 5.0
@@ -78,6 +79,11 @@ def clis() -> Iterator[list[Cli]]:
         cli.close()
 
 
+def _continued(text: str) -> list[str]:
+    """Lines that are not log records of their own: tracebacks, multi-line messages."""
+    return [line for line in text.splitlines() if not re.match(r"\d{4}-\d\d-\d\d ", line)]
+
+
 def _attempt_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if "(attempt " in line]
 
@@ -97,6 +103,7 @@ def test_ingest_waiting_for_an_absent_nats_stops_when_told(
     assert code == 0, text
     assert seconds < STOP_SECONDS, (seconds, text)
     assert "Traceback" not in text, text
+    assert _continued(text) == [], text
     attempts = _attempt_lines(text)
     assert len(attempts) >= 2, text  # one line per attempt ...
     assert all(nats in line and "unreachable" in line for line in attempts), text
@@ -141,6 +148,7 @@ def test_ingest_stops_when_told_while_nats_is_gone_and_rides_out_the_outage(
     assert code == 0, text
     assert seconds < STOP_SECONDS, (seconds, text)
     assert "Traceback" not in text, text
+    assert _continued(text) == [], text
     assert "ingest stopped: 0 recorded" in text, text
     assert text.rstrip().endswith("stopped"), text
     assert text.count("connection lost") == 2, text
@@ -160,6 +168,7 @@ def test_dev_on_ctrl_c_stops_its_children_in_order_and_exits_0(
     assert code == 0, text
     assert seconds < STOP_SECONDS, (seconds, text)
     assert "Traceback" not in text, text
+    assert _continued(text) == [], text
     # ingest first, then the service, then nats-server: ingest never lost its broker.
     order = [text.index("ingest stopped:"), text.index("shutting down"), text.rindex("stopped")]
     assert order == sorted(order), text
@@ -167,3 +176,41 @@ def test_dev_on_ctrl_c_stops_its_children_in_order_and_exits_0(
     assert text.rstrip().endswith("stopped"), text
     with socket.socket() as probe:  # and nats-server is gone with it
         assert probe.connect_ex(("127.0.0.1", nats_port)) != 0
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL this test may stop (never the session's)."""
+    server = EmbeddedPostgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", ["ingest", "projections"])
+def test_stops_when_told_while_postgresql_is_gone(
+    command: str,
+    own_postgres: EmbeddedPostgres,
+    nats_url: str,
+    tmp_path: Path,
+    clis: list[Cli],
+) -> None:
+    database = own_postgres.create_database("signals")
+    args = [command, "--database", database]
+    if command == "ingest":
+        args += ["--nats", nats_url, "--prefix", f"pg{os.getpid()}"]
+    cli = Cli(args, tmp_path / f"{command}.log")
+    clis.append(cli)
+    cli.wait_for(r"ingest from |projections following ")
+    own_postgres.stop()
+    time.sleep(3)
+    code, seconds = cli.stop(signal.SIGTERM)
+    text = cli.text()
+    assert code == 0, text
+    assert seconds < STOP_SECONDS, (seconds, text)
+    assert "Traceback" not in text, text
+    assert _continued(text) == [], text
+    assert text.rstrip().endswith("stopped"), text
