@@ -40,6 +40,7 @@ from ingest.streams import DURABLE, Lane, StreamNames, ack_wait_seconds, is_toke
 from ingest.units import UnitTable
 from ledger import metrics
 from ledger.domain.movements import Movement
+from ledger.logs import one_line
 from ledger.use_cases.context import CallContext
 from ledger.use_cases.movements import DUPLICATE, RECORDED, REUSED
 
@@ -251,7 +252,7 @@ class IngestBridge:
                 "store failed applying %d message(s), nak with %.2fs delay: %s",
                 len(valid),
                 delay,
-                error,
+                one_line(error),
             )
             for msg, _ in valid:
                 with contextlib.suppress(Exception):
@@ -331,7 +332,7 @@ class IngestBridge:
                 stream=self.names.dlq_stream,
             )
         except Exception as error:
-            log.warning("DLQ publish failed, nak the original instead: %s", error)
+            log.warning("DLQ publish failed, nak the original instead: %s", one_line(error))
             with contextlib.suppress(Exception):
                 await msg.nak(delay=self.backoff_max)
             return
@@ -374,7 +375,7 @@ class IngestBridge:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # broker trouble: wait a moment, then carry on
-                log.warning("ingest batch failed: %s", error)
+                log.warning("ingest batch failed: %s", one_line(error))
                 await pause(stop_event, self.backoff_max)
                 continue
             if self.counters.store_failures != failures_before:

@@ -22,6 +22,7 @@ from nats.js.errors import NotFoundError
 from ingest.bridge import MSG_ID, pause
 from ingest.streams import StreamNames
 from ledger import metrics
+from ledger.logs import one_line
 from projections.position_state import LedgerExceptionRecord
 from projections.store import ReadModelStore
 
@@ -122,6 +123,6 @@ class ExceptionPublisher:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # broker or read model down: try again later
-                log.warning("exception publishing failed: %s", error)
+                log.warning("exception publishing failed: %s", one_line(error))
                 self._cursor = None  # re-read the stream: a publish may have landed
             await pause(stop_event, self.poll_seconds)
