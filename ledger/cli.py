@@ -1032,12 +1032,20 @@ def _known_failure(error: BaseException) -> str | None:
         return f"configuration error: {error}"
     if isinstance(error, NatsUnreachable):
         return str(error)
-    if type(error).__module__.startswith("psycopg") and type(error).__name__ == "OperationalError":
+    if _database_unavailable(error):
         return f"database unavailable: {_one_line(error)}"
     if isinstance(error, OSError):
         where = f" {error.filename}" if error.filename else ""
         return f"{error.strerror or _one_line(error)}{where}"
     return None
+
+
+def _database_unavailable(error: BaseException) -> bool:
+    """psycopg's OperationalError, or the library's wrapping of it (eventsourcing)."""
+    import psycopg
+    from eventsourcing.persistence import InterfaceError, OperationalError
+
+    return isinstance(error, (psycopg.OperationalError, OperationalError, InterfaceError))
 
 
 def _one_line(error: BaseException) -> str:
@@ -1098,19 +1106,27 @@ def _run(args: argparse.Namespace) -> int:
         if (args.sku is None) != (args.location_id is None):
             log.error("give both --sku and --location-id, or neither")
             return 2
-        return run_export(args, Settings.from_env(database_url=args.database))
+        return run_export(args, _reachable(Settings.from_env(database_url=args.database)))
     elif args.command == "token":
         return create_token(args)
     elif args.command == "reconcile":
-        return run_reconcile(args, Settings.from_env(database_url=args.database))
+        return run_reconcile(args, _reachable(Settings.from_env(database_url=args.database)))
     else:
         settings = Settings.from_env(database_url=args.database, metrics_listen=args.metrics_listen)
         if args.action == "rebuild":
-            return rebuild_projections(settings, args.batch_size)
+            return rebuild_projections(_reachable(settings), args.batch_size)
         if args.action == "status":
-            return projections_status(settings)
+            return projections_status(_reachable(settings))
         asyncio.run(run_projections(_checked(settings), args.batch_size))
     return 0
+
+
+def _reachable(settings: Settings) -> Settings:
+    """A one-shot command's PostgreSQL answers (a SQLite file is checked by the command)."""
+    from ledger.preflight import check_postgres
+
+    check_postgres(settings.database_url)
+    return settings
 
 
 def _checked(settings: Settings, listen: bool = False, nats_listen: str = "") -> Settings:

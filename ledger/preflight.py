@@ -68,6 +68,13 @@ def check_database(database_url: str) -> None:
         _check_postgres(database_url, env)
 
 
+def check_postgres(database_url: str) -> None:
+    """PostgreSQL accepts us (nothing to do for SQLite)."""
+    env = eventsourcing_env(database_url)
+    if "SQLITE_DBNAME" not in env:
+        _check_postgres(database_url, env)
+
+
 def _check_sqlite_path(name: str) -> None:
     if name == ":memory:":
         return

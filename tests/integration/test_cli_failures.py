@@ -68,6 +68,18 @@ CASES = [
         ("PostgreSQL", "stock_db"),
         never=("s3cret-pw",),
     ),
+    BadStart(
+        "reconcile: PostgreSQL unreachable (2, not variances' 1)",
+        ["reconcile", "{file}", "--as-of", "2026-01-01T00:00:00Z", "--database", PG],
+        ("PostgreSQL", "stock_db"),
+        never=("s3cret-pw",),
+    ),
+    BadStart(
+        "export: PostgreSQL unreachable",
+        ["export", "out.jsonl", "--database", PG],
+        ("PostgreSQL", "stock_db"),
+        never=("s3cret-pw",),
+    ),
     BadStart("publish: NATS unreachable", ["publish", "{file}", "--nats", NATS], (NATS, "--nats")),
     BadStart(
         "import-snapshot: NATS unreachable",
