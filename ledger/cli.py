@@ -785,17 +785,16 @@ async def run_dev(settings: Settings, nats_listen: str, data_dir: str) -> None:
             await ensure_topology(nc.jetstream())
         finally:
             await close(nc)
-        if stop.is_set():
-            return
-        api = await _start_api(settings)
-        try:
-            await _ingest_until(stop, api.service, api.store, nats_url)
-        finally:
-            await _stop_api(api, settings)
+        if not stop.is_set():
+            api = await _start_api(settings)
+            try:
+                await _ingest_until(stop, api.service, api.store, nats_url)
+            finally:
+                await _stop_api(api, settings)
     finally:
         nats_server.terminate()
         await asyncio.to_thread(nats_server.wait, 10)
-        log.info("stopped")
+    log.info("stopped")
 
 
 async def run_dlq(args: argparse.Namespace, nats_url: str) -> int:
