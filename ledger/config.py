@@ -47,7 +47,7 @@ class Settings:
         values: dict[str, object] = {
             "listen": os.environ.get("LEDGER_LISTEN", DEFAULT_LISTEN),
             "database_url": os.environ.get("LEDGER_DATABASE_URL", DEFAULT_DATABASE_URL),
-            "expiry_sweep_seconds": float(os.environ.get("LEDGER_EXPIRY_SWEEP_SECONDS", "1.0")),
+            "expiry_sweep_seconds": _seconds_from_env("LEDGER_EXPIRY_SWEEP_SECONDS", 1.0),
             "page_token_secret": os.environ.get(
                 "LEDGER_PAGE_TOKEN_SECRET", "inventory-ledger-page-token"
             ),
@@ -56,7 +56,7 @@ class Settings:
             "metrics_channels": os.environ.get("LEDGER_METRICS_CHANNELS", ""),
             "metrics_sources": os.environ.get("LEDGER_METRICS_SOURCES", ""),
             "token_file": os.environ.get("LEDGER_TOKEN_FILE", ""),
-            "token_reload_seconds": float(os.environ.get("LEDGER_TOKEN_RELOAD_SECONDS", "2.0")),
+            "token_reload_seconds": _seconds_from_env("LEDGER_TOKEN_RELOAD_SECONDS", 2.0),
             "insecure": os.environ.get("LEDGER_INSECURE", "").lower() in ("1", "true", "yes"),
             "tls_cert": os.environ.get("LEDGER_TLS_CERT", ""),
             "tls_key": os.environ.get("LEDGER_TLS_KEY", ""),
@@ -81,6 +81,21 @@ def _positive_int(name: str, text: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number, not {text!r}") from None
     if value < 1:
         raise ConfigError(f"{name} must be at least 1, not {value}")
+    return value
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    """A number of seconds from the environment: malformed is a ConfigError (exit 2), not a
+    traceback from float()."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds, not {text!r}")
     return value
 
 

@@ -140,6 +140,22 @@ def test_a_bad_start_is_one_line_and_exit_2(case: BadStart, tmp_path: Path, busy
     assert list(work.iterdir()) == [], "nothing may be created"
 
 
+@pytest.mark.parametrize(
+    "variable, value",
+    [("LEDGER_EXPIRY_SWEEP_SECONDS", "soon"), ("LEDGER_TOKEN_RELOAD_SECONDS", "-1")],
+)
+def test_a_malformed_seconds_setting_is_one_line_and_exit_2(
+    variable: str, value: str, tmp_path: Path
+) -> None:
+    args = ["serve", "--listen", "127.0.0.1:0", "--database", f"sqlite:///{tmp_path / 'l.db'}"]
+    code, stderr, _ = _run(args, cwd=tmp_path, env={variable: value})
+    assert code == 2, stderr
+    assert stderr.strip().splitlines() == [
+        next(line for line in stderr.splitlines() if variable in line and repr(value) in line)
+    ]
+    assert list(tmp_path.iterdir()) == [], "nothing may be created"
+
+
 @pytest.mark.parametrize("how", ["--debug", "LEDGER_DEBUG=1"])
 def test_debug_adds_the_traceback(how: str, tmp_path: Path) -> None:
     nats = f"nats://127.0.0.1:{free_tcp_port()}"
