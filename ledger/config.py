@@ -47,7 +47,11 @@ class Settings:
         values: dict[str, object] = {
             "listen": os.environ.get("LEDGER_LISTEN", DEFAULT_LISTEN),
             "database_url": os.environ.get("LEDGER_DATABASE_URL", DEFAULT_DATABASE_URL),
-            "expiry_sweep_seconds": _seconds_from_env("LEDGER_EXPIRY_SWEEP_SECONDS", 1.0),
+            "expiry_sweep_seconds": _positive_seconds(
+                "LEDGER_EXPIRY_SWEEP_SECONDS",
+                os.environ.get("LEDGER_EXPIRY_SWEEP_SECONDS", ""),
+                1.0,
+            ),
             "page_token_secret": os.environ.get(
                 "LEDGER_PAGE_TOKEN_SECRET", "inventory-ledger-page-token"
             ),
@@ -56,7 +60,11 @@ class Settings:
             "metrics_channels": os.environ.get("LEDGER_METRICS_CHANNELS", ""),
             "metrics_sources": os.environ.get("LEDGER_METRICS_SOURCES", ""),
             "token_file": os.environ.get("LEDGER_TOKEN_FILE", ""),
-            "token_reload_seconds": _seconds_from_env("LEDGER_TOKEN_RELOAD_SECONDS", 2.0),
+            "token_reload_seconds": _positive_seconds(
+                "LEDGER_TOKEN_RELOAD_SECONDS",
+                os.environ.get("LEDGER_TOKEN_RELOAD_SECONDS", ""),
+                2.0,
+            ),
             "insecure": os.environ.get("LEDGER_INSECURE", "").lower() in ("1", "true", "yes"),
             "tls_cert": os.environ.get("LEDGER_TLS_CERT", ""),
             "tls_key": os.environ.get("LEDGER_TLS_KEY", ""),
@@ -84,10 +92,10 @@ def _positive_int(name: str, text: str, default: int) -> int:
     return value
 
 
-def _seconds_from_env(name: str, default: float) -> float:
+def _positive_seconds(name: str, text: str, default: float) -> float:
     """A number of seconds from the environment: malformed is a ConfigError (exit 2), not a
     traceback from float()."""
-    text = os.environ.get(name, "").strip()
+    text = text.strip()
     if not text:
         return default
     try:
