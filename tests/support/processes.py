@@ -1,10 +1,12 @@
-"""What the throwaway-server helpers (PostgreSQL, NATS) share: ports, pids, parent death."""
+"""What the throwaway-server helpers share: ports, pids, stopping, parent death."""
 
 from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 
@@ -25,6 +27,18 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def terminate(process: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM, wait up to ``timeout`` s, then SIGKILL: the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    return process.returncode
 
 
 def make_preexec(die_with_parent: bool, death_signal: int) -> Callable[[], None] | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -11,6 +10,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from tests.support.processes import terminate
 
 START_TIMEOUT_SECONDS = 30.0
 _FOLLOWING = "projections following"
@@ -60,13 +61,7 @@ class ProjectionsProcess:
         process = self.process
         if process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        terminate(process, timeout)
         return process.returncode
 
     def log_text(self) -> str:

@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from tests.support.processes import free_tcp_port, make_preexec
+from tests.support.processes import free_tcp_port, make_preexec, terminate
 
 INSTALL_TIMEOUT_SECONDS = 600.0
 START_TIMEOUT_SECONDS = 30.0
@@ -223,13 +223,7 @@ class PrometheusServer:
         process, self._process = self._process, None
         if process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        terminate(process, timeout)
         return process.returncode
 
     def close(self) -> None:
