@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from ledger.service import LedgerService
+from tests.support.nats import EmbeddedNats
+from tests.support.postgres import EmbeddedPostgres
 from tests.support.server import LedgerProcess
 
 
@@ -61,3 +63,25 @@ def sqlite_service(tmp_path: Path) -> Iterator[LedgerService]:
         yield service
     finally:
         service.close()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL of this test's own, so stopping it disturbs no other test. Tests restart
+    it from worker threads that exit before the test ends: no death signal tied to a thread."""
+    server = EmbeddedPostgres(die_with_parent=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def own_nats() -> Iterator[EmbeddedNats]:
+    """A nats-server of this test's own: the test may stop, kill and restart it."""
+    server = EmbeddedNats().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()

@@ -112,16 +112,6 @@ def test_ingest_waiting_for_an_absent_nats_stops_when_told(
     assert text.rstrip().endswith("stopped"), text
 
 
-@pytest.fixture
-def own_nats() -> Iterator[EmbeddedNats]:
-    """A nats-server this test may stop (never the session's)."""
-    server = EmbeddedNats().start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
 def test_ingest_stops_when_told_while_nats_is_gone_and_rides_out_the_outage(
     own_nats: EmbeddedNats, tmp_path: Path, clis: list[Cli]
 ) -> None:
@@ -176,17 +166,6 @@ def test_dev_on_ctrl_c_stops_its_children_in_order_and_exits_0(
     assert text.rstrip().endswith("stopped"), text
     with socket.socket() as probe:  # and nats-server is gone with it
         assert probe.connect_ex(("127.0.0.1", nats_port)) != 0
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[EmbeddedPostgres]:
-    """A PostgreSQL this test may stop (never the session's)."""
-    server = EmbeddedPostgres()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.mark.postgres

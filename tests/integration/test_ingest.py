@@ -274,18 +274,6 @@ def test_poison_messages_go_to_the_dlq_once_and_neighbours_apply(
         service.close()
 
 
-@pytest.fixture
-def own_postgres() -> Iterator[EmbeddedPostgres]:
-    """A server of this test's own, so stopping it disturbs no other test. It is restarted
-    from a worker thread, which exits before the test ends: no death signal tied to it."""
-    server = EmbeddedPostgres(die_with_parent=False)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
 @pytest.mark.postgres
 def test_database_outage_naks_with_backoff_and_loses_nothing(
     nats_url: str, own_postgres: EmbeddedPostgres

@@ -228,16 +228,6 @@ A9_PUBLISHERS = 8
 A9_ACK_WAIT_SECONDS = 5
 
 
-@pytest.fixture
-def own_nats() -> Iterator[EmbeddedNats]:
-    """A server of this test's own: it is killed and restarted (from the test's thread)."""
-    server = EmbeddedNats().start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
 @pytest.mark.parametrize("consuming", [False, True], ids=["bridges-idle", "bridges-consuming"])
 def test_a9_broker_killed_after_pubacks_loses_and_doubles_nothing(
     own_nats: EmbeddedNats,

@@ -4,8 +4,6 @@ every call exactly once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 
@@ -22,17 +20,6 @@ from tests.support.postgres import EmbeddedPostgres
 from tests.support.server import LedgerProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[EmbeddedPostgres]:
-    """A server of this test's own, so stopping it disturbs no other test."""
-    server = EmbeddedPostgres()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
 
 
 def test_database_outage_gives_unavailable_then_recovers(own_postgres: EmbeddedPostgres) -> None:
