@@ -53,6 +53,7 @@ from ingest.bridge import canonical_json, publish_movement
 from ingest.streams import DURABLE, Lane, StreamNames, delete_topology, ensure_topology
 from ledger.application import InventoryLedger
 from ledger.config import eventsourcing_env
+from tests.support.nats import delete_test_topology
 from tests.support.server import LedgerProcess, stub
 
 pytestmark = pytest.mark.timeout(60)
@@ -684,11 +685,4 @@ def test_stack_exports_every_dashboard_metric(
             for process, log_path in reversed(running):
                 _stop(process, log_path)
 
-            async def cleanup() -> None:
-                nc = await nats.connect(nats_url)
-                try:
-                    await delete_topology(nc.jetstream(), names)
-                finally:
-                    await nc.drain()
-
-            asyncio.run(cleanup())
+            delete_test_topology(nats_url, names)

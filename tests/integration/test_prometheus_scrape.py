@@ -36,7 +36,7 @@ from inventory.ledger.v1 import (
 )
 
 from ingest.bridge import publish_movement
-from ingest.streams import StreamNames, delete_topology, ensure_topology
+from ingest.streams import StreamNames, ensure_topology
 from tests.integration.test_metrics import (
     _METRIC_NAME,
     _code_of,
@@ -48,6 +48,7 @@ from tests.integration.test_metrics import (
     _stop,
     dashboard_metric_names,
 )
+from tests.support.nats import delete_test_topology
 from tests.support.processes import free_tcp_port
 from tests.support.prometheus import PrometheusBinaries, PrometheusServer
 from tests.support.server import LedgerProcess, stub
@@ -196,12 +197,5 @@ def test_prometheus_finds_every_metric_the_alerts_and_dashboard_query(
         api.close()
         prometheus.close()
 
-        async def cleanup() -> None:
-            nc = await nats.connect(nats_url)
-            try:
-                await delete_topology(nc.jetstream(), names)
-            finally:
-                await nc.drain()
-
-        asyncio.run(cleanup())
+        delete_test_topology(nats_url, names)
     assert prometheus_exit == 0, prometheus.log_tail()

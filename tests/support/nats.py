@@ -129,6 +129,22 @@ async def jetstream_account_info(url: str, timeout: float = 5.0) -> tuple[dict[s
         await nc.close()
 
 
+def delete_test_topology(url: str, names: Any) -> None:
+    """Drop a test's prefixed streams (``ingest.streams.StreamNames``) from a shared server."""
+    import nats
+
+    from ingest.streams import delete_topology
+
+    async def delete() -> None:
+        nc = await nats.connect(url)
+        try:
+            await delete_topology(nc.jetstream(), names)
+        finally:
+            await nc.drain()
+
+    _run_sync(delete())
+
+
 def _run_sync(coro: Any) -> Any:
     """``asyncio.run(coro)``, in a helper thread if this thread already runs a loop (so
     ``start()``/``restart()`` also work when called from async code)."""
