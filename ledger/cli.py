@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ledger.config import ConfigError, Settings, projections_in_process
+from ledger.logs import one_line
 
 log = logging.getLogger("ledger")
 
@@ -1001,7 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         log.error(
             "unexpected error: %s%s",
-            _one_line(error),
+            one_line(error),
             "" if debug else " (run with --debug for the traceback)",
             exc_info=error if debug else None,
         )
@@ -1032,10 +1033,10 @@ def _known_failure(error: BaseException) -> str | None:
     if isinstance(error, NatsUnreachable):
         return str(error)
     if _database_unavailable(error):
-        return f"database unavailable: {_one_line(error)}"
+        return f"database unavailable: {one_line(error)}"
     if isinstance(error, OSError):
         where = f" {error.filename}" if error.filename else ""
-        return f"{error.strerror or _one_line(error)}{where}"
+        return f"{error.strerror or one_line(error)}{where}"
     return None
 
 
@@ -1045,11 +1046,6 @@ def _database_unavailable(error: BaseException) -> bool:
     from eventsourcing.persistence import InterfaceError, OperationalError
 
     return isinstance(error, (psycopg.OperationalError, OperationalError, InterfaceError))
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _nats_url(args: argparse.Namespace) -> str:
