@@ -38,9 +38,9 @@ from typing import Any
 from ingest.message import InvalidMessage, parse_message
 from ingest.streams import DURABLE, Lane, StreamNames, ack_wait_seconds, is_token, lane_durable
 from ingest.units import UnitTable
-from ledger import metrics
 from ledger.domain.movements import Movement
 from ledger.logs import one_line
+from ledger.metrics import definitions as metrics
 from ledger.use_cases.context import CallContext
 from ledger.use_cases.movements import DUPLICATE, RECORDED, REUSED
 

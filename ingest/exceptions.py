@@ -21,8 +21,8 @@ from nats.js.errors import NotFoundError
 
 from ingest.bridge import MSG_ID, pause
 from ingest.streams import StreamNames
-from ledger import metrics
 from ledger.logs import one_line
+from ledger.metrics import definitions as metrics
 from projections.position_state import LedgerExceptionRecord
 from projections.store import ReadModelStore
 

@@ -436,7 +436,7 @@ def _metrics_label_arguments(parser: argparse.ArgumentParser, *labels: str) -> N
 
 
 def _configure_metric_labels(settings: Settings) -> None:
-    from ledger.metrics import configure_labels
+    from ledger.metrics.labels import configure_labels
 
     configure_labels(settings.metrics_channels, settings.metrics_sources)
 
@@ -455,7 +455,7 @@ class _Api:
     store: Any
     runner: Any
     running: Any
-    metrics: Any = None  # ledger.metrics.MetricsEndpoint, when --metrics-listen is set
+    metrics: Any = None  # ledger.metrics.endpoint.MetricsEndpoint, when --metrics-listen is set
 
 
 def _log_security(settings: Settings, guard: Any) -> None:
@@ -478,7 +478,7 @@ async def _start_api(settings: Settings) -> _Api:
     # Imported here so `ledger --help` stays fast and import has no side effects.
     from ledger.api.server import start_server
     from ledger.api.transport import check_exposure
-    from ledger.metrics import start_endpoint
+    from ledger.metrics.endpoint import start_endpoint
     from ledger.service import LedgerService
     from projections.queries import ReadModelQueries
     from projections.runner import ProjectionRunner
@@ -588,7 +588,7 @@ async def run_projections(settings: Settings, batch_size: int | None = None) -> 
 
 def _projection_metrics(settings: Settings, app: Any, runner: Any) -> Any:
     """The /metrics endpoint of ``ledger projections``, with its lag (None when disabled)."""
-    from ledger.metrics import start_endpoint
+    from ledger.metrics.endpoint import start_endpoint
     from projections.queries import ProjectionStatusView
 
     return start_endpoint(
@@ -666,7 +666,7 @@ async def run_ingest(
     prefix: str = "",
 ) -> None:
     """``ledger ingest``: the JetStream bridge until SIGTERM/SIGINT."""
-    from ledger.metrics import start_endpoint
+    from ledger.metrics.endpoint import start_endpoint
     from ledger.service import LedgerService
     from projections.store import ReadModelStore
 

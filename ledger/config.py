@@ -29,7 +29,7 @@ class Settings:
     projections: str = "auto"
     # HOST:PORT of the Prometheus /metrics endpoint ("" = none; docs/operations.md).
     metrics_listen: str = ""
-    # Comma-separated label values of `channel` / `source` (ledger.metrics.BoundedValues):
+    # Comma-separated label values of `channel` / `source` (ledger.metrics.labels.BoundedValues):
     # "" = the first 20 distinct ones a process sees; others are counted as "(other)".
     metrics_channels: str = ""
     metrics_sources: str = ""

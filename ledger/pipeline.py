@@ -27,7 +27,7 @@ from eventsourcing.persistence import IntegrityError, InterfaceError, Operationa
 from ledger.application import InventoryLedger
 from ledger.domain.errors import ConcurrencyConflict, StoreUnavailable
 from ledger.domain.limits import CONFLICT_RETRIES_MAX
-from ledger.metrics import BATCH_SIZE, COMMIT_SECONDS, WRITE_CONFLICTS, count_appended
+from ledger.metrics.definitions import BATCH_SIZE, COMMIT_SECONDS, WRITE_CONFLICTS, count_appended
 from ledger.store.index_ops import from_micros
 from ledger.store.writer_mutex import WriterMutex
 from ledger.unit_of_work import AggregateCache, Finisher, PendingInThisCommit, UnitOfWork

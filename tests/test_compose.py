@@ -489,7 +489,7 @@ def test_ledger_services_are_configured_only_by_variables_the_code_reads(
     compose: dict[str, Any],
 ) -> None:
     from ledger.config import eventsourcing_env
-    from ledger.metrics import parse_listen
+    from ledger.metrics.endpoint import parse_listen
 
     read = _variables_the_code_reads()
     assert {"LEDGER_DATABASE_URL", "LEDGER_LISTEN", "LEDGER_NATS_URL"} <= read  # the scan works
@@ -670,7 +670,8 @@ def _exported_metrics() -> dict[str, set[str]]:
     """Every sample name the ledger's processes can export, with its label names."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from ledger import metrics
+    from ledger.metrics import definitions as metrics
+    from ledger.metrics.projection_lag import ProjectionLagCollector
 
     exported: dict[str, set[str]] = {}
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum")}
@@ -681,7 +682,7 @@ def _exported_metrics() -> dict[str, set[str]]:
                 if suffix == "_bucket":
                     labels.add("le")
                 exported[value._name + suffix] = labels
-    lag = metrics.ProjectionLagCollector(
+    lag = ProjectionLagCollector(
         lambda: type("S", (), {"head_position": 2, "applied_position": 1})()
     )
     for family in [*metrics.REGISTRY.collect(), *lag.collect()]:

@@ -22,7 +22,7 @@ from ledger.domain.errors import (
     ReservationNotFound,
     StoreUnavailable,
 )
-from ledger.metrics import RPC_ERRORS
+from ledger.metrics.definitions import RPC_ERRORS
 from ledger.pipeline import PipelineOverloaded
 from projections.queries import ProjectionBehind
 

@@ -31,7 +31,7 @@ import grpc
 from grpc_status import rpc_status
 
 from ledger.api.errors import ServerOverloaded, status_for
-from ledger.metrics import RPC_ERRORS
+from ledger.metrics.definitions import RPC_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from ledger.metrics import RPC_DURATION, RPC_IN_FLIGHT
+from ledger.metrics.definitions import RPC_DURATION, RPC_IN_FLIGHT
 
 
 def _split(full_method: str) -> tuple[str, str]:

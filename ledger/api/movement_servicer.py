@@ -6,9 +6,9 @@ import time
 
 from inventory.ledger.v1 import movement_service_pb2, movement_service_pb2_grpc
 
-from ledger import metrics
 from ledger.api import convert, validation
 from ledger.api.rpc import settled, unary
+from ledger.metrics import definitions as metrics
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
 from ledger.use_cases.movements import RECORDED

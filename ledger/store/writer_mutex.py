@@ -33,7 +33,7 @@ import psycopg.errors
 from eventsourcing.persistence import OperationalError
 from psycopg.sql import Composed
 
-from ledger.metrics import WRITER_MUTEX_WAIT_SECONDS, WRITER_TURN_SECONDS
+from ledger.metrics.definitions import WRITER_MUTEX_WAIT_SECONDS, WRITER_TURN_SECONDS
 from ledger.store.pg_ddl import advisory_key
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from ledger.domain.errors import InsufficientAvailability, ReservationNotFound, 
 from ledger.domain.position import EventMeta, position_id
 from ledger.domain.reservation import Reservation, parse_reservation_id
 from ledger.ids import new_uuid4
-from ledger.metrics import count_reservation
+from ledger.metrics.definitions import count_reservation
 from ledger.store.index_ops import ReservationIndexed, to_micros
 from ledger.unit_of_work import (
     Finisher,

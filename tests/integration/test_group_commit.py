@@ -14,7 +14,7 @@ import pytest
 
 from ledger.domain.errors import InsufficientAvailability
 from ledger.domain.movements import Movement, MovementType
-from ledger.metrics import REGISTRY
+from ledger.metrics.definitions import REGISTRY
 from ledger.pipeline import PipelineOverloaded
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext

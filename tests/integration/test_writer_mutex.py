@@ -14,7 +14,7 @@ from ledger.application import InventoryLedger
 from ledger.config import eventsourcing_env
 from ledger.domain.errors import InsufficientAvailability
 from ledger.domain.movements import Movement, MovementType
-from ledger.metrics import REGISTRY
+from ledger.metrics.definitions import REGISTRY
 from ledger.service import LedgerService
 from ledger.store.writer_mutex import PostgresWriterMutex
 from ledger.use_cases.context import CallContext

@@ -14,14 +14,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ledger.api.metrics_interceptor import RpcMetricsInterceptor
 from ledger.config import ConfigError
-from ledger.metrics import (
-    OTHER,
-    REGISTRY,
-    BoundedValues,
-    parse_label_list,
-    parse_listen,
-    start_endpoint,
-)
+from ledger.metrics.definitions import REGISTRY
+from ledger.metrics.endpoint import parse_listen, start_endpoint
+from ledger.metrics.labels import OTHER, BoundedValues, parse_label_list
 
 SERVICE = "test.v1.Probe"
 

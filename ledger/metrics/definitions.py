@@ -1,30 +1,17 @@
-"""Prometheus metrics: every metric the ledger's processes export, defined in one place.
+"""What the ledger's processes measure: the registry and every metric in it, by the code that
+counts it (its section heading names the module), with the helpers that count.
 
-Each process (``ledger serve``, ``ledger ingest``, ``ledger projections``, ``ledger dev``)
-keeps its own :data:`REGISTRY` and serves it on ``--metrics-listen`` / ``LEDGER_METRICS_LISTEN``
-(``HOST:PORT``; empty, the default, serves nothing) at ``/metrics``. docs/operations.md lists
-every metric with what to alert on; keep it in step with this module.
-
-Labels are bounded by the code, never by the data: no SKU, location, principal or message id
-ever becomes a label value. Two labels name what operators configure, and are bounded by
-:class:`BoundedValues`: ``channel`` (sales channels, :data:`CHANNELS`) and ``source``
-(publishing systems, :data:`SOURCES`). Either takes the values listed in
-``LEDGER_METRICS_CHANNELS`` / ``LEDGER_METRICS_SOURCES`` (``--metrics-channels`` /
-``--metrics-sources``) or, unset, the first :data:`UNLISTED_VALUES_MAX` distinct values the
-process sees; every other value is counted as :data:`OTHER`.
+docs/operations.md lists every metric with what to alert on; keep it in step with this module.
+Names, labels, buckets and help texts are an interface: the dashboard
+(deploy/grafana/dashboards/ledger.json) and the alerts (deploy/prometheus/alerts.yml) query them.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
-import re
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Protocol
-from wsgiref.simple_server import WSGIServer
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -32,109 +19,12 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
-    start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
-from prometheus_client.registry import Collector
 
-from ledger.config import ConfigError
-
-log = logging.getLogger(__name__)
-
-# ---- bounded label values (channel, source) --------------------------------------------------
-
-# The label value of every channel or source beyond the bounded set. Parentheses are not
-# allowed in channel names or sources, so it never collides with a real one.
-OTHER = "(other)"
-# Of a dead letter whose source neither its payload nor its subject tells (its DLQ subject
-# is inventory.dlq._invalid).
-UNKNOWN_SOURCE = "(invalid)"
-# Unlisted: how many distinct values a process gives their own label value before OTHER.
-UNLISTED_VALUES_MAX = 20
-_LISTABLE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-class BoundedValues:
-    """The label values a data-named label (``channel``, ``source``) may take: the operator's
-    list (:meth:`configure`) or, without one, the first ``limit`` distinct values seen; any
-    other value becomes :data:`OTHER`. Thread-safe (the writer thread and the event loop both
-    count). ``on_admit`` is called once per admitted value (to export its series at 0)."""
-
-    def __init__(self, what: str, limit: int = UNLISTED_VALUES_MAX) -> None:
-        self.what = what
-        self.limit = limit
-        self._listed: frozenset[str] | None = None
-        self._seen: set[str] = set()
-        self._warned = False
-        self._lock = threading.Lock()
-        self._on_admit: list[Callable[[str], None]] = []
-
-    def on_admit(self, callback: Callable[[str], None]) -> None:
-        with self._lock:
-            self._on_admit.append(callback)
-            admitted = sorted(self._seen)
-        for value in admitted:
-            callback(value)
-
-    def configure(self, values: Iterable[str] | None) -> None:
-        """Only ``values`` (and OTHER) from now on; ``None``: the first ``limit`` seen."""
-        listed = None if values is None else frozenset(values)
-        with self._lock:
-            self._listed = listed
-            self._seen = set(listed or ())
-            self._warned = False
-            callbacks = list(self._on_admit)
-        for value in sorted(listed or ()):
-            for callback in callbacks:
-                callback(value)
-
-    def __call__(self, value: str) -> str:
-        if value in self._seen:  # the hot path: a set lookup, no lock
-            return value
-        with self._lock:
-            if value in self._seen:
-                return value
-            if self._listed is not None or len(self._seen) >= self.limit:
-                if not self._warned and self._listed is None:
-                    self._warned = True
-                    log.warning(
-                        "more than %d %ss seen: further ones are counted as %s in the metrics"
-                        " (list them in LEDGER_METRICS_%sS)",
-                        self.limit,
-                        self.what,
-                        OTHER,
-                        self.what.upper(),
-                    )
-                return OTHER
-            self._seen.add(value)
-            callbacks = list(self._on_admit)
-        for callback in callbacks:
-            callback(value)
-        return value
-
-
-def parse_label_list(text: str, what: str) -> tuple[str, ...] | None:
-    """``LEDGER_METRICS_CHANNELS`` / ``LEDGER_METRICS_SOURCES``: comma-separated values;
-    empty or unset is ``None`` (the first :data:`UNLISTED_VALUES_MAX` seen)."""
-    values = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
-    for value in values:
-        if not _LISTABLE.fullmatch(value):
-            raise ConfigError(f"metrics {what} {value!r} is not a valid {what} name")
-    return values or None
-
-
-CHANNELS = BoundedValues("channel")
-SOURCES = BoundedValues("source")
-
-
-def configure_labels(channels: str = "", sources: str = "") -> None:
-    """Apply ``LEDGER_METRICS_CHANNELS`` / ``LEDGER_METRICS_SOURCES`` (ConfigError if bad)."""
-    CHANNELS.configure(parse_label_list(channels, "channel"))
-    SOURCES.configure(parse_label_list(sources, "source"))
-
+from ledger.metrics.labels import CHANNELS, OTHER, SOURCES, UNKNOWN_SOURCE, UNLISTED_VALUES_MAX
 
 # No *_created series: they double the output and no alert here uses them.
 disable_created_metrics()
@@ -405,120 +295,3 @@ RPC_ERRORS = Counter(
     ("reason",),
     registry=REGISTRY,
 )
-
-# ---- projections (computed at scrape time) ---------------------------------------------------
-
-
-class ProjectionStatus(Protocol):
-    @property
-    def head_position(self) -> int: ...
-
-    @property
-    def applied_position(self) -> int: ...
-
-
-class ProjectionLagCollector(Collector):
-    """``ledger_projection_lag_events`` and the two positions it is the difference of, read
-    when scraped: ``status()`` returns a ``projections.queries.ProjectionStatusView`` (or
-    anything with ``head_position`` and ``applied_position``) from two cheap queries, or one
-    and the in-process runner's counter. A failing read exports nothing for
-    the scrape (the absent series is itself alertable) instead of failing the whole scrape."""
-
-    def __init__(self, status: Callable[[], ProjectionStatus]) -> None:
-        self._status = status
-
-    def describe(self) -> Iterator[GaugeMetricFamily]:
-        return iter(self._families(0, 0))
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        try:
-            status = self._status()
-            head, applied = status.head_position, status.applied_position
-        except Exception as error:
-            log.warning("projection lag not exported this scrape: %s", error)
-            return iter(())
-        return iter(self._families(head, applied))
-
-    @staticmethod
-    def _families(head: int, applied: int) -> list[GaugeMetricFamily]:
-        return [
-            GaugeMetricFamily(
-                "ledger_projection_lag_events",
-                "Ledger notifications written but not yet applied to the read models"
-                " (head position minus applied position)",
-                value=max(0, head - applied),
-            ),
-            GaugeMetricFamily(
-                "ledger_head_position",
-                "Position (notification id) of the newest ledger event",
-                value=head,
-            ),
-            GaugeMetricFamily(
-                "ledger_projection_applied_position",
-                "Ledger position the active read-model generation has applied",
-                value=applied,
-            ),
-        ]
-
-
-# ---- the HTTP endpoint -----------------------------------------------------------------------
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:9464`` for IPv6; port 0 picks a free one) → (host, port)."""
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise ConfigError(f"metrics listen address must be HOST:PORT, not {listen!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port_text)
-
-
-@dataclass
-class MetricsEndpoint:
-    """The running ``/metrics`` HTTP server (a daemon thread) and what it registered."""
-
-    host: str
-    port: int
-    _server: WSGIServer
-    _thread: threading.Thread
-    _collectors: list[Collector]
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/metrics"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
-        for collector in self._collectors:
-            REGISTRY.unregister(collector)
-
-
-def start_endpoint(
-    listen: str, *, projection_status: Callable[[], ProjectionStatus] | None = None
-) -> MetricsEndpoint | None:
-    """Serve :data:`REGISTRY` at ``http://HOST:PORT/metrics``; ``None`` when ``listen`` is
-    empty. With ``projection_status`` the projection lag gauges are exported too. Logs
-    ``metrics on http://HOST:PORT/metrics`` (the real port when PORT was 0)."""
-    if not listen:
-        return None
-    host, port = parse_listen(listen)
-    collectors: list[Collector] = []
-    if projection_status is not None:
-        collector = ProjectionLagCollector(projection_status)
-        REGISTRY.register(collector)
-        collectors.append(collector)
-    try:
-        server, thread = start_http_server(port, host, registry=REGISTRY)
-    except BaseException as error:
-        for collector in collectors:
-            REGISTRY.unregister(collector)
-        if isinstance(error, OSError):
-            raise ConfigError(f"cannot serve metrics on {listen}: {error}") from error
-        raise
-    endpoint = MetricsEndpoint(host, int(server.server_port), server, thread, collectors)
-    log.info("metrics on %s", endpoint.url)
-    return endpoint
