@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ledger.config import ConfigError, Settings, projections_in_process
-from ledger.logs import one_line
+from ledger.logs import one_line, retry_delay
 
 log = logging.getLogger("ledger")
 
@@ -743,7 +743,7 @@ async def _ingest_until(
 async def _until_done(stop: asyncio.Event, step: Any, what: str) -> bool:
     """Retry ``step()`` (a coroutine function) with back-off until it succeeds (True) or
     ``stop`` is set (False); one warning line per failed attempt."""
-    from ledger.nats_connect import backoff, describe, sleep_unless_stopped, unless_stopped
+    from ledger.nats_connect import describe, sleep_unless_stopped, unless_stopped
 
     attempt = 0
     while not stop.is_set():
@@ -756,9 +756,9 @@ async def _until_done(stop: asyncio.Event, step: Any, what: str) -> bool:
                 what,
                 describe(error),
                 attempt,
-                backoff(attempt),
+                retry_delay(attempt),
             )
-            await sleep_unless_stopped(stop, backoff(attempt))
+            await sleep_unless_stopped(stop, retry_delay(attempt))
             continue
         return not stop.is_set()
     return False

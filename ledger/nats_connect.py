@@ -13,15 +13,15 @@ import logging
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+from ledger.logs import RETRY_FIRST_SECONDS, retry_delay
+
 log = logging.getLogger("ledger.nats")
 
 T = TypeVar("T")
 
 # A one-shot tool gives up after two attempts of this long each: within 10 s in all.
 ONE_SHOT_CONNECT_SECONDS = 4.0
-# Long-running processes: 0.5, 1, 2, 4, 8, 8 ... seconds between attempts.
-BACKOFF_FIRST_SECONDS = 0.5
-BACKOFF_MAX_SECONDS = 8.0
+# Long-running processes: 0.5, 1, 2, 4, 8, 8 ... seconds between attempts (retry_delay).
 CLOSE_SECONDS = 3.0
 
 
@@ -42,11 +42,6 @@ def describe(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     name = type(error).__name__
     return f"{name}: {text}" if text else name
-
-
-def backoff(attempt: int) -> float:
-    """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-    return min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** (attempt - 1))
 
 
 async def connect_once(url: str, name: str, timeout: float = ONE_SHOT_CONNECT_SECONDS) -> Any:
@@ -87,7 +82,7 @@ async def connect_patiently(url: str, name: str, stop: asyncio.Event) -> Any | N
             probe = await unless_stopped(stop, connect_once(url, name))
         except NatsUnreachable as error:
             attempt += 1
-            delay = backoff(attempt)
+            delay = retry_delay(attempt)
             log.warning(
                 "NATS at %s unreachable: %s (attempt %d); retrying in %.1f s",
                 url,
@@ -122,7 +117,7 @@ def reconnecting_options(nc: Any, url: str) -> dict[str, Any]:
             url,
             describe(error),
             attempts[0],
-            backoff(attempts[0]),
+            retry_delay(attempts[0]),
         )
 
     async def on_disconnected() -> None:
@@ -135,12 +130,12 @@ def reconnecting_options(nc: Any, url: str) -> dict[str, Any]:
 
     def next_server(servers: list[Any], _info: dict[str, Any]) -> tuple[Any, float]:
         # The only way to make nats-py's reconnect loop wait longer after each failure.
-        return servers[0], backoff(attempts[0]) if attempts[0] else 0.0
+        return servers[0], retry_delay(attempts[0]) if attempts[0] else 0.0
 
     return {
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,
-        "reconnect_time_wait": BACKOFF_FIRST_SECONDS,
+        "reconnect_time_wait": RETRY_FIRST_SECONDS,
         "error_cb": on_error,
         "disconnected_cb": on_disconnected,
         "reconnected_cb": on_reconnected,
