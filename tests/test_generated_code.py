@@ -13,7 +13,7 @@ import pytest
 from google.api import field_behavior_pb2
 from google.protobuf import descriptor, descriptor_pool
 
-from tools import gen_protos
+from tools import gen_protos, gen_sync_client
 
 PACKAGE = "inventory.ledger.v1"
 
@@ -58,6 +58,54 @@ def test_every_generated_file_carries_the_header():
     for relative in gen_protos.owned_files(gen_protos.DEFAULT_OUT):
         text = (gen_protos.DEFAULT_OUT / relative).read_text(encoding="utf-8")
         assert text.startswith(gen_protos.HEADER), relative
+
+
+def test_sync_client_is_generated_from_the_async_one():
+    """client.py is what tools/gen_sync_client.py makes of aio.py, header included."""
+    diff = gen_sync_client.check()
+    assert diff == [], "client.py drifted from aio.py; run `python -m tools.gen_sync_client`:\n" + (
+        "".join(diff)
+    )
+    assert gen_sync_client.TARGET.read_text(encoding="utf-8").startswith(gen_sync_client.HEADER)
+
+
+def test_sync_client_check_fails_on_a_hand_edit(tmp_path, monkeypatch, capsys):
+    """An edit to the generated file is reported as a diff with exit status 1."""
+    edited = tmp_path / "client.py"
+    text = gen_sync_client.TARGET.read_text(encoding="utf-8")
+    edited.write_text(text.replace("time.sleep(delay)", "time.sleep(2 * delay)"), encoding="utf-8")
+    monkeypatch.setattr(gen_sync_client, "TARGET", edited)
+    assert gen_sync_client.main(["--check"]) == 1
+    out = capsys.readouterr().out
+    assert "-                            time.sleep(2 * delay)" in out
+    assert "+                            time.sleep(delay)" in out
+
+
+def test_sync_client_generator_refuses_a_stale_rule(tmp_path, monkeypatch, capsys):
+    """A text rule that no longer matches aio.py stops generation (status 2), not silently."""
+    source = tmp_path / "aio.py"
+    text = gen_sync_client.SOURCE.read_text(encoding="utf-8")
+    source.write_text(text.replace("the consumer's ``async for`` stops", "it stops"), "utf-8")
+    monkeypatch.setattr(gen_sync_client, "SOURCE", source)
+    assert gen_sync_client.main(["--check"]) == 2
+    assert "the consumer's ``async for`` stops" in capsys.readouterr().err
+
+
+def test_async_only_lines_are_dropped_with_their_block():
+    """The ``# async only`` marker removes the line and everything indented under it."""
+    source = (
+        "try:\n"
+        "    pass\n"
+        "except KeyError:  # async only\n"
+        "    x = 1\n"
+        "\n"
+        "    y = 2\n"
+        "except ValueError:\n"
+        "    pass\n"
+    )
+    assert gen_sync_client.drop_async_only(source) == (
+        "try:\n    pass\nexcept ValueError:\n    pass\n"
+    )
 
 
 def test_services_are_registered_with_their_methods():

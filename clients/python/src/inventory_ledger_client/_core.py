@@ -148,6 +148,17 @@ class Deadline:
         return time.monotonic() - self.started
 
 
+async def call_unary_async(multicallable: Any, request: Message, **options: Any) -> tuple[Any, Any]:
+    """Await one ``grpc.aio`` attempt: ``(response, call)``, the call for its metadata."""
+    call = multicallable(request, **options)
+    return await call, call
+
+
+def call_unary(multicallable: Any, request: Message, **options: Any) -> tuple[Any, Any]:
+    """One blocking attempt: ``(response, call)``, as :func:`call_unary_async` gives asyncio."""
+    return multicallable.with_call(request, **options)
+
+
 def rpc_error(
     error: grpc.RpcError,
     *,

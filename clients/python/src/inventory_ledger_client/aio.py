@@ -1,25 +1,37 @@
-"""The asyncio client: :class:`AsyncLedgerClient` (``grpc.aio``), the same API as
-:class:`~inventory_ledger_client.LedgerClient` with ``await``.
+"""The asyncio client: :class:`AsyncLedgerClient` (``grpc.aio``).
+
+    from inventory_ledger_client import AsyncLedgerClient, InsufficientAvailability
 
     async with AsyncLedgerClient("127.0.0.1:50051", token=TOKEN) as ledger:
-        reservation = await ledger.reserve("web", [("SKU-1", "DC-EAST", 2)], order_ref="o-42")
+        try:
+            reservation = await ledger.reserve("web", [("SKU-1", "DC-EAST", 2)], order_ref="o-42")
+        except InsufficientAvailability as short:
+            print(short.short_lines)
         await ledger.commit(reservation.reservation_id)
-        async for change in ledger.watch_availability("web", ["SKU-1"]):
-            ...
 
-Create (or enter) it inside the event loop that uses it.
+Results are the generated protobuf messages (``inventory.ledger.v1``); failures raise
+:class:`~inventory_ledger_client.errors.LedgerError` subclasses. Every call has a deadline
+(``timeout``, default 10 s, the budget of all its attempts), a correlation id (given or
+generated, the same on every attempt) and, for writes, a ``request_id`` (given or a new
+UUID4, the same on every attempt). ``UNAVAILABLE`` and ``ABORTED`` are retried with jittered
+exponential back-off (:mod:`~inventory_ledger_client.retry`).
+
+Create (or enter) the client inside the event loop that uses it.
+
+``client.py`` is generated from this module (``python -m tools.gen_sync_client``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 import grpc
-import grpc.aio
+import grpc.aio  # async only
 from google.protobuf.message import Message
 from inventory.ledger.v1 import (
     audit_service_pb2,
@@ -49,6 +61,7 @@ from inventory_ledger_client._core import (
     Pem,
     Token,
     call_metadata,
+    call_unary_async,
     channel_credentials,
     channel_options,
     check_correlation_id,
@@ -67,8 +80,10 @@ T = TypeVar("T", bound=Message)
 class AsyncLedgerStream(Generic[T]):
     """A server stream: ``async for`` it; ``cancel()`` or ``await aclose()`` ends it.
 
-    The same semantics as :class:`~inventory_ledger_client.client.LedgerStream` (correlation
-    id, ``reconnect`` and resume).
+    ``correlation_id`` is the one the server echoed (the sent one until it answers). With
+    ``reconnect``, a stream broken by ``UNAVAILABLE``/``ABORTED`` is re-opened with back-off and
+    resumed (``WatchAvailability`` starts again with current values, ``initial=True``;
+    ``StreamLedger`` continues after the last entry received, so nothing is lost or repeated).
     """
 
     def __init__(
@@ -91,6 +106,7 @@ class AsyncLedgerStream(Generic[T]):
         self._timeout = timeout
         self._reconnect = reconnect
         self._resume = resume
+        self._lock = threading.Lock()  # cancel() may run on another thread (sync client)
         self._call: Any = None
         self._cancelled = False
         self._iterator = self._run()
@@ -99,13 +115,15 @@ class AsyncLedgerStream(Generic[T]):
         return self
 
     async def __anext__(self) -> T:
-        return await self._iterator.__anext__()
+        return await anext(self._iterator)
 
     def cancel(self) -> None:
         """End the stream; the consumer's ``async for`` stops without an error."""
-        self._cancelled = True
-        if self._call is not None:
-            self._call.cancel()
+        with self._lock:
+            self._cancelled = True
+            call = self._call
+        if call is not None:
+            call.cancel()
 
     async def aclose(self) -> None:
         self.cancel()
@@ -139,29 +157,31 @@ class AsyncLedgerStream(Generic[T]):
                     raise local_deadline_error(
                         method=self.method, correlation_id=sent_id, request_id=None, attempts=total
                     )
-                if self._cancelled:
-                    code = grpc.StatusCode.CANCELLED
-                    return
-                call = self._multicallable(
-                    request,
-                    timeout=remaining,
-                    metadata=client._metadata(sent_id),
-                    wait_for_ready=client._wait_for_ready,
-                )
-                self._call = call
+                with self._lock:
+                    if self._cancelled:
+                        code = grpc.StatusCode.CANCELLED
+                        return
+                    call = self._multicallable(
+                        request,
+                        timeout=remaining,
+                        metadata=client._metadata(sent_id),
+                        wait_for_ready=client._wait_for_ready,
+                    )
+                    self._call = call
                 received = False
                 try:
                     async for message in call:
                         if not received:
                             received = True
                             attempts = 0
-                            echoed = correlation_id_in(await call.initial_metadata())
-                            self.correlation_id = echoed or sent_id
+                            self.correlation_id = (
+                                correlation_id_in(await call.initial_metadata()) or sent_id
+                            )
                         if self._resume is not None:
                             request = self._resume(request, message)
                         yield message
                     return
-                except asyncio.CancelledError:
+                except asyncio.CancelledError:  # async only
                     # grpc.aio raises CancelledError for a call cancelled locally; only ours
                     # ends the stream quietly, a cancelled task stays cancelled.
                     code = grpc.StatusCode.CANCELLED
@@ -199,7 +219,8 @@ class AsyncLedgerStream(Generic[T]):
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            call, self._call = self._call, None
+            with self._lock:
+                call, self._call = self._call, None
             if call is not None:
                 call.cancel()
             client._report(
@@ -208,8 +229,28 @@ class AsyncLedgerStream(Generic[T]):
 
 
 class AsyncLedgerClient:
-    """Asyncio ledger client; the options are those of
-    :class:`~inventory_ledger_client.LedgerClient` (``channel`` is a ``grpc.aio.Channel``)."""
+    """Asyncio ledger client (one per event loop and target).
+
+    Args:
+        target: ``host:port`` of the ledger (ignored with ``channel``).
+        token: bearer token, sent as ``authorization: Bearer <token>``; a callable is asked
+            on every attempt (token rotation).
+        tls: use TLS with the system's root certificates (implied by any certificate option).
+        root_certificates: CA bundle (PEM bytes, PEM text or a file path) to trust.
+        private_key, certificate_chain: the client certificate for mutual TLS.
+        server_name: TLS name to verify when it differs from ``target``'s host.
+        credentials: ready ``grpc.ChannelCredentials`` (instead of the TLS options).
+        channel: an existing ``grpc.aio.Channel`` to use (the client does not close it).
+        timeout: default deadline of unary calls, in seconds (per call: ``timeout=``).
+        stream_timeout: default deadline of finite streams (``stream_ledger(follow=False)``,
+            ``verify_ledger``); live subscriptions have none unless given one.
+        retry: the :class:`RetryPolicy` of unary calls and stream starts.
+        wait_for_ready: let attempts wait for the channel to connect (within the deadline)
+            instead of failing fast with ``UNAVAILABLE`` while it is down.
+        metadata: extra metadata sent on every call.
+        options: extra gRPC channel options.
+        on_call: called with a :class:`CallInfo` after every logical call (logs, metrics).
+    """
 
     def __init__(
         self,
@@ -324,14 +365,14 @@ class AsyncLedgerClient:
                 )
                 raise error
             attempts += 1
-            call = multicallable(
-                request,
-                timeout=remaining,
-                metadata=self._metadata(sent_id),
-                wait_for_ready=self._wait_for_ready,
-            )
             try:
-                response = await call
+                response, call = await call_unary_async(
+                    multicallable,
+                    request,
+                    timeout=remaining,
+                    metadata=self._metadata(sent_id),
+                    wait_for_ready=self._wait_for_ready,
+                )
             except grpc.RpcError as failure:
                 error = rpc_error(
                     failure,
