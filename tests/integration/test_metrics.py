@@ -491,7 +491,7 @@ def test_ingest_counters_match_what_was_published(nats_url: str, tmp_path: Path)
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "ledger.json"
-# Every metric of the ledger's processes starts with one of these (ledger/metrics.py and the
+# Every metric of the ledger's processes starts with one of these (ledger/metrics/ and the
 # prometheus-client collectors); `up` is Prometheus's own.
 _METRIC_NAME = re.compile(r"\b(?:ledger|process|python)_[a-z0-9_]+\b")
 

@@ -150,7 +150,7 @@ class LagSampler:
         }
 
 
-# Prometheus series (ledger/metrics.py) whose change over a figure shows how the writers
+# Prometheus series (ledger/metrics/definitions.py) whose change over a figure shows how the writers
 # committed: transactions, and commands per group-committed transaction.
 _SERIES = {
     "ledger_commits_total": "commits",
