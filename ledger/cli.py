@@ -180,14 +180,9 @@ def _add_debug_and_exit_codes(parser: argparse.ArgumentParser) -> None:
             default=argparse.SUPPRESS,
             help="print the traceback of a failure (env LEDGER_DEBUG=1)",
         )
-        kind = _EXIT_KIND.get(name.split()[0], "one-shot")
+        command.epilog = _EXIT_CODES[_EXIT_KIND.get(name.split()[0], "one-shot")]
         if name == "projections":
-            kind = "long-running"
-            command.epilog = (
-                _EXIT_CODES[kind] + ". rebuild: 1 also when another rebuild is in progress."
-            )
-            continue
-        command.epilog = _EXIT_CODES[kind]
+            command.epilog += ". rebuild: 1 also when another rebuild is in progress."
 
 
 def _subcommands(
