@@ -1021,12 +1021,10 @@ def _known_failure(error: BaseException) -> str | None:
     from ledger.nats_connect import NatsUnreachable
     from ledger.preflight import DatabaseUnreachable
 
-    if isinstance(error, (NatsNotFound, DatabaseUnreachable)):
-        return str(error)
+    if isinstance(error, (NatsNotFound, DatabaseUnreachable, NatsUnreachable)):
+        return str(error)  # before ConfigError: the first two are ConfigErrors with their own line
     if isinstance(error, ConfigError):
         return f"configuration error: {error}"
-    if isinstance(error, NatsUnreachable):
-        return str(error)
     if _database_unavailable(error):
         return f"database unavailable: {one_line(error)}"
     if isinstance(error, OSError):
