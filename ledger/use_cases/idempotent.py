@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.application import Recording
+
 from ledger.domain.errors import RequestIdReused
 from ledger.domain.idempotency import IdempotencyKey, fingerprint, request_key_id
-from ledger.unit_of_work import EventRef, PendingInThisCommit, UnitOfWork, recorded_position
+from ledger.unit_of_work import (
+    EventRef,
+    Finisher,
+    Mark,
+    PendingInThisCommit,
+    UnitOfWork,
+    position_of,
+    recorded_position,
+)
 from ledger.use_cases.context import CallContext
 
 
@@ -54,3 +65,28 @@ def remember(
     uow.remember(
         IdempotencyKey.remember(key.key_id, key.request_id, key.fingerprint, result, uow.now)
     )
+
+
+# The answer views below are frozen dataclasses with ``to_dict`` and a ``ledger_position``.
+
+
+def replayed(
+    stored: tuple[dict[str, Any], int], from_dict: Callable[[dict[str, Any]], Any]
+) -> Finisher:
+    """The first answer (``previous_result``), with the ledger position of the events the
+    first call wrote."""
+    result, position = stored
+    view = replace(from_dict(result), ledger_position=position)
+    return lambda _: view
+
+
+def written(uow: UnitOfWork, key: RequestKey, view: Any, mark: Mark) -> Finisher:
+    """Remember ``view`` with the events written since ``mark``; once committed, answer it
+    with their ledger position (what ``min_position`` takes)."""
+    events = uow.written_since(mark)
+    remember(uow, key, view.to_dict(), events)
+
+    def finish(recordings: list[Recording]) -> Any:
+        return replace(view, ledger_position=position_of(recordings, events))
+
+    return finish

@@ -2,42 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
-from typing import Any, TypeVar
-
-from eventsourcing.application import Recording
+from typing import Any
 
 from ledger.domain import availability
 from ledger.domain.channel_policy import ChannelPolicy
 from ledger.domain.errors import FenceExceedsAvailable
-from ledger.unit_of_work import Finisher, Mark, UnitOfWork, position_of
+from ledger.unit_of_work import Finisher, UnitOfWork
 from ledger.use_cases.context import CallContext
-from ledger.use_cases.idempotent import RequestKey, previous_result, remember, request_key
+from ledger.use_cases.idempotent import previous_result, replayed, request_key, written
 from ledger.views import ChannelPolicyView, PositionView
-
-View = TypeVar("View", PositionView, ChannelPolicyView)
-
-
-def _replayed(
-    stored: tuple[dict[str, Any], int], from_dict: Callable[[dict[str, Any]], View]
-) -> Finisher:
-    """The first answer, with the ledger position of the events the first call wrote."""
-    result, position = stored
-    view = replace(from_dict(result), ledger_position=position)
-    return lambda _: view
-
-
-def _written(uow: UnitOfWork, key: RequestKey, view: View, mark: Mark) -> Finisher:
-    """Remember the answer with the events written since ``mark``; report their position
-    (contract §4.3: every PolicyService answer carries it, for ``min_position``)."""
-    events = uow.written_since(mark)
-    remember(uow, key, view.to_dict(), events)
-
-    def finish(recordings: list[Recording]) -> View:
-        return replace(view, ledger_position=position_of(recordings, events))
-
-    return finish
 
 
 def set_safety_stock(
@@ -50,12 +23,12 @@ def set_safety_stock(
     def command(uow: UnitOfWork) -> Finisher:
         stored = previous_result(uow, key)
         if stored is not None:
-            return _replayed(stored, PositionView.from_dict)
+            return replayed(stored, PositionView.from_dict)
         mark = uow.mark()
         meta = ctx.meta(uow.now, request_id=request_id)
         position = uow.position(sku, location_id, meta)
         position.set_safety_stock(qty, meta)
-        return _written(uow, key, PositionView.of(position, uow.now, include_holds=False), mark)
+        return written(uow, key, PositionView.of(position, uow.now, include_holds=False), mark)
 
     return command
 
@@ -69,7 +42,7 @@ def set_channel_fence(
     def command(uow: UnitOfWork) -> Finisher:
         stored = previous_result(uow, key)
         if stored is not None:
-            return _replayed(stored, PositionView.from_dict)
+            return replayed(stored, PositionView.from_dict)
         mark = uow.mark()
         meta = ctx.meta(uow.now, request_id=request_id)
         position = uow.position(sku, location_id, meta)
@@ -79,7 +52,7 @@ def set_channel_fence(
                 sku, location_id, channel, qty, total, position.available(uow.now)
             )
         position.set_channel_fence(channel, qty, meta)
-        return _written(uow, key, PositionView.of(position, uow.now, include_holds=False), mark)
+        return written(uow, key, PositionView.of(position, uow.now, include_holds=False), mark)
 
     return command
 
@@ -105,7 +78,7 @@ def set_channel_policy(
     def command(uow: UnitOfWork) -> Finisher:
         stored = previous_result(uow, key)
         if stored is not None:
-            return _replayed(stored, ChannelPolicyView.from_dict)
+            return replayed(stored, ChannelPolicyView.from_dict)
         mark = uow.mark()
         policy = uow.channel_policy(channel)
         if policy is None:
@@ -124,7 +97,7 @@ def set_channel_policy(
             correlation_id=ctx.correlation_id,
             actor=ctx.principal,
         )
-        return _written(uow, key, ChannelPolicyView.of(policy), mark)
+        return written(uow, key, ChannelPolicyView.of(policy), mark)
 
     return command
 

@@ -20,14 +20,12 @@ from ledger.metrics.definitions import count_reservation
 from ledger.store.index_ops import ReservationIndexed, to_micros
 from ledger.unit_of_work import (
     Finisher,
-    Mark,
     Reads,
     UnitOfWork,
     declare_reads,
-    position_of,
 )
 from ledger.use_cases.context import CallContext
-from ledger.use_cases.idempotent import RequestKey, previous_result, remember, request_key
+from ledger.use_cases.idempotent import previous_result, replayed, request_key, written
 from ledger.views import ReservationView
 
 
@@ -53,33 +51,9 @@ class ReserveInput:
         return data
 
 
-def _replayed(stored: tuple[dict[str, Any], int]) -> Finisher:
-    result, position = stored
-    view = ReservationView.from_dict(result)
-
-    def finish(_: list[Recording]) -> ReservationView:
-        return ReservationView(**{**view.__dict__, "ledger_position": position})
-
-    return finish
-
-
-def _written(uow: UnitOfWork, key: RequestKey, reservation: Reservation, mark: Mark) -> Finisher:
-    """Remember the result with the events written since ``mark``; report their position."""
-    view = ReservationView.of(reservation, uow.now)
-    events = uow.written_since(mark)
-    remember(uow, key, view.to_dict(), events)
-
-    def finish(recordings: list[Recording]) -> ReservationView:
-        return ReservationView(
-            **{**view.__dict__, "ledger_position": position_of(recordings, events)}
-        )
-
-    return finish
-
-
 def _counted(outcome: str, channel: str, finish: Finisher) -> Finisher:
     """Count ``outcome`` of ``channel`` in ``ledger_reservations_total`` once committed
-    (``finish`` runs only after the commit; idempotent replays finish with ``_replayed`` and
+    (``finish`` runs only after the commit; idempotent replays finish with ``replayed`` and
     are not counted)."""
 
     def counted(recordings: list[Recording]) -> Any:
@@ -164,7 +138,7 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Any:
     def command(uow: UnitOfWork) -> Finisher:
         stored = previous_result(uow, key)
         if stored is not None:
-            return _replayed(stored)
+            return replayed(stored, ReservationView.from_dict)
         mark = uow.mark()
         planner = _Planner(uow, request.channel, uow.channel_policy(request.channel))
         planned: list[ReserveLine] = []
@@ -199,7 +173,11 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Any:
                 str(reservation.id), request.channel, request.order_ref, qty, expires_at, meta
             )
         uow.index_ops.append(index_op(reservation))
-        return _counted("reserved", request.channel, _written(uow, key, reservation, mark))
+        return _counted(
+            "reserved",
+            request.channel,
+            written(uow, key, ReservationView.of(reservation, uow.now), mark),
+        )
 
     named = tuple(position_id(ln.sku, ln.location_id) for ln in request.lines if ln.location_id)
     return declare_reads(
@@ -240,13 +218,15 @@ def _transition(
     def command(uow: UnitOfWork) -> Finisher:
         stored = previous_result(uow, key)
         if stored is not None:
-            return _replayed(stored)
+            return replayed(stored, ReservationView.from_dict)
         mark = uow.mark()
         reservation = _load_for(uow, reservation_id, channel, ctx)
         apply(reservation, uow, ctx.meta(uow.now, request_id=request_id))
         uow.index_ops.append(index_op(reservation))
         return _counted(
-            _OUTCOME_OF[kind], reservation.channel, _written(uow, key, reservation, mark)
+            _OUTCOME_OF[kind],
+            reservation.channel,
+            written(uow, key, ReservationView.of(reservation, uow.now), mark),
         )
 
     try:
