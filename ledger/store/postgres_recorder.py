@@ -29,6 +29,7 @@ from ledger.store.index_ops import (
     entries_in_commit_order,
 )
 from ledger.store.pg_ddl import advisory_key, run_missing_ddl
+from ledger.store.pg_schema import LedgerTables, create_statements
 from ledger.store.writer_mutex import PostgresWriterMutex
 
 
@@ -55,110 +56,30 @@ class LedgerSnapshotRecorder(SerialisedDDL, PostgresAggregateRecorder):
 class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name=events_table_name)
-        schema = Identifier(self.datastore.schema)
-        prefix = events_table_name.removesuffix("_events")
-        self._positions = Identifier(f"{prefix}_position_index")
-        self._reservations = Identifier(f"{prefix}_reservation_index")
-        self._entries_name = f"{prefix}_entry_index"
-        self._entries = Identifier(self._entries_name)
-        self._events = Identifier(events_table_name)
-        self._schema = schema
+        tables = LedgerTables(self.datastore.schema, events_table_name)
+        self._schema = Identifier(tables.schema)
+        self._events = tables.events
+        self._positions = tables.positions
+        self._reservations = tables.reservations
+        self._entries_name = tables.entries_name
+        self._entries = tables.entries
         self._insert_columns_statement = SQL(
             "INSERT INTO {s}.{t} (originator_id, originator_version, topic, state)"
             " SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[])"
             " RETURNING notification_id"
-        ).format(s=schema, t=self._events, id_type=SQL(self.datastore.originator_id_type))
+        ).format(s=self._schema, t=self._events, id_type=SQL(self.datastore.originator_id_type))
         # The newest ledger entry: read by entry_head and, under the lock, by the writer mutex.
         self._head_statement = SQL(
             "SELECT seq, recorded_at_us FROM {s}.{t} ORDER BY seq DESC LIMIT 1"
-        ).format(s=schema, t=self._entries)
+        ).format(s=self._schema, t=self._entries)
         self._select_ranges_statement = SQL(
             "SELECT e.originator_id, e.originator_version, e.topic, e.state"
             " FROM unnest(%b::uuid[], %b::integer[], %b::integer[]) AS r(id, gt, lte)"
             " JOIN {s}.{t} e ON e.originator_id = r.id"
             " AND e.originator_version > r.gt AND e.originator_version <= r.lte"
             " ORDER BY e.originator_id, e.originator_version"
-        ).format(s=schema, t=self._events)
-
-        def index(name: str, table: Identifier, columns: str, where: str = "") -> SQL:
-            return SQL(
-                "CREATE INDEX IF NOT EXISTS {i} ON {s}.{t} (" + columns + ")" + where
-            ).format(i=Identifier(f"{prefix}_{name}"), s=schema, t=table)
-
-        self.sql_create_statements.extend(
-            [
-                SQL(
-                    'CREATE TABLE IF NOT EXISTS {s}.{t} (sku text COLLATE "C" NOT NULL,'
-                    ' location_id text COLLATE "C" NOT NULL, position_id uuid NOT NULL,'
-                    " PRIMARY KEY (sku, location_id))"
-                ).format(s=schema, t=self._positions),
-                SQL("CREATE INDEX IF NOT EXISTS {i} ON {s}.{t} (location_id, sku)").format(
-                    i=Identifier(f"{prefix}_position_index_by_location"),
-                    s=schema,
-                    t=self._positions,
-                ),
-                SQL(
-                    "CREATE TABLE IF NOT EXISTS {s}.{t}"
-                    ' (reservation_id text COLLATE "C" PRIMARY KEY,'
-                    " channel text NOT NULL, order_ref text NOT NULL, status text NOT NULL,"
-                    " expires_at_us bigint NOT NULL, created_at_us bigint NOT NULL)"
-                ).format(s=schema, t=self._reservations),
-                SQL(
-                    "CREATE INDEX IF NOT EXISTS {i}"
-                    " ON {s}.{t} (channel, created_at_us, reservation_id)"
-                ).format(
-                    i=Identifier(f"{prefix}_reservation_index_by_channel"),
-                    s=schema,
-                    t=self._reservations,
-                ),
-                SQL(
-                    "CREATE INDEX IF NOT EXISTS {i}"
-                    " ON {s}.{t} (channel, order_ref, created_at_us, reservation_id)"
-                ).format(
-                    i=Identifier(f"{prefix}_reservation_index_by_order"),
-                    s=schema,
-                    t=self._reservations,
-                ),
-                SQL("CREATE INDEX IF NOT EXISTS {i} ON {s}.{t} (status, expires_at_us)").format(
-                    i=Identifier(f"{prefix}_reservation_index_due"),
-                    s=schema,
-                    t=self._reservations,
-                ),
-                index("position_index_by_id", self._positions, "position_id"),
-                # The ledger entries (position events): gap-free `seq` in commit order, the
-                # time axes per position, and the CHECK that keeps recorded_at from ever
-                # going backwards along seq, whichever replica wrote (see _append_entries).
-                SQL(
-                    "CREATE TABLE IF NOT EXISTS {s}.{t} (seq bigint PRIMARY KEY,"
-                    " notification_id bigint NOT NULL, position_id uuid NOT NULL,"
-                    " version integer NOT NULL, recorded_at_us bigint NOT NULL,"
-                    " occurred_at_us bigint NOT NULL, max_occurred_at_us bigint NOT NULL,"
-                    " late boolean NOT NULL, appended_after_us bigint NOT NULL,"
-                    " UNIQUE (position_id, version),"
-                    " CONSTRAINT recorded_at_never_decreases"
-                    " CHECK (recorded_at_us >= appended_after_us))"
-                ).format(s=schema, t=self._entries),
-                index(
-                    "entry_index_recorded", self._entries, "position_id, recorded_at_us, version"
-                ),
-                index(
-                    "entry_index_occurred", self._entries, "position_id, occurred_at_us, version"
-                ),
-                index(
-                    "entry_index_in_order",
-                    self._entries,
-                    "position_id, max_occurred_at_us, version",
-                ),
-                # Late entries are rare: their own small index keeps the effective axis from reading
-                # a position's whole occurred_at range to find them.
-                index(
-                    "entry_index_late_occurred",
-                    self._entries,
-                    "position_id, occurred_at_us",
-                    " WHERE late",
-                ),
-            ]
-        )
+        ).format(s=self._schema, t=self._events)
+        self.sql_create_statements.extend(create_statements(tables))
 
     def _fetch_ids_after_insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
