@@ -61,32 +61,42 @@ def test_every_generated_file_carries_the_header():
 
 
 def test_sync_client_is_generated_from_the_async_one():
-    """client.py is what tools/gen_sync_client.py makes of aio.py, header included."""
+    """client.py, _calls.py and _stream.py are what tools/gen_sync_client.py makes of their
+    asyncio twins, each headed by the do-not-edit line."""
     diff = gen_sync_client.check()
-    assert diff == [], "client.py drifted from aio.py; run `python -m tools.gen_sync_client`:\n" + (
-        "".join(diff)
+    assert diff == [], "sync client drifted; run `python -m tools.gen_sync_client`:\n" + "".join(
+        diff
     )
-    assert gen_sync_client.TARGET.read_text(encoding="utf-8").startswith(gen_sync_client.HEADER)
+    for source, target in gen_sync_client.MODULES.items():
+        text = (gen_sync_client.OUT_DIR / target).read_text(encoding="utf-8")
+        assert text.startswith(gen_sync_client.HEADER.format(source=source)), target
 
 
 def test_sync_client_check_fails_on_a_hand_edit(tmp_path, monkeypatch, capsys):
-    """An edit to the generated file is reported as a diff with exit status 1."""
-    edited = tmp_path / "client.py"
-    text = gen_sync_client.TARGET.read_text(encoding="utf-8")
-    edited.write_text(text.replace("time.sleep(delay)", "time.sleep(2 * delay)"), encoding="utf-8")
-    monkeypatch.setattr(gen_sync_client, "TARGET", edited)
+    """An edit to a generated module is reported as a diff with exit status 1."""
+    for target in gen_sync_client.MODULES.values():
+        (tmp_path / target).write_text(
+            (gen_sync_client.OUT_DIR / target).read_text(encoding="utf-8"), encoding="utf-8"
+        )
+    edited = tmp_path / "_calls.py"
+    text = edited.read_text(encoding="utf-8")
+    assert text.count("time.sleep(delay)") == 1
+    edited.write_text(text.replace("time.sleep(delay)", "time.sleep(2 * delay)"), "utf-8")
+    monkeypatch.setattr(gen_sync_client, "OUT_DIR", tmp_path)
     assert gen_sync_client.main(["--check"]) == 1
     out = capsys.readouterr().out
-    assert "-                            time.sleep(2 * delay)" in out
-    assert "+                            time.sleep(delay)" in out
+    assert "--- _calls.py (committed)" in out
+    assert "-                    time.sleep(2 * delay)" in out
+    assert "+                    time.sleep(delay)" in out
 
 
 def test_sync_client_generator_refuses_a_stale_rule(tmp_path, monkeypatch, capsys):
-    """A text rule that no longer matches aio.py stops generation (status 2), not silently."""
-    source = tmp_path / "aio.py"
-    text = gen_sync_client.SOURCE.read_text(encoding="utf-8")
-    source.write_text(text.replace("the consumer's ``async for`` stops", "it stops"), "utf-8")
-    monkeypatch.setattr(gen_sync_client, "SOURCE", source)
+    """A text rule that no longer matches the asyncio modules stops generation (status 2)."""
+    for source in gen_sync_client.MODULES:
+        text = (gen_sync_client.SOURCE_DIR / source).read_text(encoding="utf-8")
+        text = text.replace("the consumer's ``async for`` stops", "it stops")
+        (tmp_path / source).write_text(text, encoding="utf-8")
+    monkeypatch.setattr(gen_sync_client, "SOURCE_DIR", tmp_path)
     assert gen_sync_client.main(["--check"]) == 2
     assert "the consumer's ``async for`` stops" in capsys.readouterr().err
 

@@ -18,217 +18,36 @@ exponential back-off (:mod:`~inventory_ledger_client.retry`).
 
 Create (or enter) the client inside the event loop that uses it.
 
-``client.py`` is generated from this module (``python -m tools.gen_sync_client``).
+The sync twin of this module is generated from it (``python -m tools.gen_sync_client``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
-from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from collections.abc import AsyncIterator, Iterable
 
-import grpc
-import grpc.aio  # async only
-from google.protobuf.message import Message
 from inventory.ledger.v1 import (
     audit_service_pb2,
-    audit_service_pb2_grpc,
     availability_pb2,
     channel_policy_pb2,
     movement_pb2,
     movement_service_pb2,
-    movement_service_pb2_grpc,
-    policy_service_pb2_grpc,
     position_pb2,
     query_service_pb2,
-    query_service_pb2_grpc,
     reservation_pb2,
     reservation_service_pb2,
-    reservation_service_pb2_grpc,
 )
 
 from inventory_ledger_client import _requests as build
-from inventory_ledger_client._core import (
-    DEFAULT_STREAM_TIMEOUT,
-    DEFAULT_TIMEOUT,
-    CallInfo,
-    Deadline,
-    Metadata,
-    OnCall,
-    Pem,
-    Token,
-    call_metadata,
-    call_unary_async,
-    channel_credentials,
-    channel_options,
-    check_correlation_id,
-    check_timeout,
-    local_deadline_error,
-    new_correlation_id,
-    new_request_id,
-    rpc_error,
-)
-from inventory_ledger_client.errors import LedgerError, correlation_id_in
-from inventory_ledger_client.retry import DEFAULT_RETRY, RetryPolicy
+from inventory_ledger_client._aio_calls import AsyncLedgerCalls
+from inventory_ledger_client._aio_stream import AsyncLedgerStream
+from inventory_ledger_client._core import new_request_id
+from inventory_ledger_client.retry import RetryPolicy
 
-T = TypeVar("T", bound=Message)
+__all__ = ["AsyncLedgerClient", "AsyncLedgerStream"]
 
 
-class AsyncLedgerStream(Generic[T]):
-    """A server stream: ``async for`` it; ``cancel()`` or ``await aclose()`` ends it.
-
-    ``correlation_id`` is the one the server echoed (the sent one until it answers). With
-    ``reconnect``, a stream broken by ``UNAVAILABLE``/``ABORTED`` is re-opened with back-off and
-    resumed (``WatchAvailability`` starts again with current values, ``initial=True``;
-    ``StreamLedger`` continues after the last entry received, so nothing is lost or repeated).
-    """
-
-    def __init__(
-        self,
-        client: AsyncLedgerClient,
-        method: str,
-        multicallable: Any,
-        request: Message,
-        *,
-        correlation_id: str,
-        timeout: float | None,
-        reconnect: RetryPolicy | None,
-        resume: Callable[[Any, Any], Any] | None,
-    ) -> None:
-        self._client = client
-        self.method = method
-        self._multicallable = multicallable
-        self._request = request
-        self.correlation_id = correlation_id
-        self._timeout = timeout
-        self._reconnect = reconnect
-        self._resume = resume
-        self._lock = threading.Lock()  # cancel() may run on another thread (sync client)
-        self._call: Any = None
-        self._cancelled = False
-        self._iterator = self._run()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> T:
-        return await anext(self._iterator)
-
-    def cancel(self) -> None:
-        """End the stream; the consumer's ``async for`` stops without an error."""
-        with self._lock:
-            self._cancelled = True
-            call = self._call
-        if call is not None:
-            call.cancel()
-
-    async def aclose(self) -> None:
-        self.cancel()
-        await self._iterator.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def _run(self) -> AsyncGenerator[T, None]:
-        client = self._client
-        deadline = Deadline(self._timeout)
-        sent_id = self.correlation_id
-        request = self._request
-        attempts = 0  # failed attempts since the last message
-        total = 0
-        code = grpc.StatusCode.OK
-        try:
-            while True:
-                total += 1
-                remaining = deadline.remaining()
-                if remaining is not None and remaining <= 0:
-                    code = grpc.StatusCode.DEADLINE_EXCEEDED
-                    raise local_deadline_error(
-                        method=self.method, correlation_id=sent_id, request_id=None, attempts=total
-                    )
-                with self._lock:
-                    if self._cancelled:
-                        code = grpc.StatusCode.CANCELLED
-                        return
-                    call = self._multicallable(
-                        request,
-                        timeout=remaining,
-                        metadata=client._metadata(sent_id),
-                        wait_for_ready=client._wait_for_ready,
-                    )
-                    self._call = call
-                received = False
-                try:
-                    async for message in call:
-                        if not received:
-                            received = True
-                            attempts = 0
-                            self.correlation_id = (
-                                correlation_id_in(await call.initial_metadata()) or sent_id
-                            )
-                        if self._resume is not None:
-                            request = self._resume(request, message)
-                        yield message
-                    return
-                except asyncio.CancelledError:  # async only
-                    # grpc.aio raises CancelledError for a call cancelled locally; only ours
-                    # ends the stream quietly, a cancelled task stays cancelled.
-                    code = grpc.StatusCode.CANCELLED
-                    if self._cancelled:
-                        return
-                    raise
-                except grpc.RpcError as failure:
-                    if self._cancelled:
-                        code = grpc.StatusCode.CANCELLED
-                        return
-                    attempts += 1
-                    error = rpc_error(
-                        failure,
-                        method=self.method,
-                        correlation_id=sent_id,
-                        request_id=None,
-                        attempts=total,
-                        request=request,
-                    )
-                    code = error.code
-                    policy = self._reconnect
-                    if policy is None and not received:
-                        policy = client._retry  # nothing delivered yet: retrying is invisible
-                    if (
-                        policy is not None
-                        and RetryPolicy.retryable(error.code)
-                        and policy.allows_another(attempts)
-                    ):
-                        delay = policy.backoff(attempts, error.retry_after)
-                        if deadline.allows_sleep(delay):
-                            await asyncio.sleep(delay)
-                            continue
-                    raise error from failure
-        except GeneratorExit:  # closed by the consumer
-            code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            with self._lock:
-                call, self._call = self._call, None
-            if call is not None:
-                call.cancel()
-            client._report(
-                CallInfo(self.method, None, self.correlation_id, total, code, deadline.elapsed())
-            )
-
-
-class AsyncLedgerClient:
+class AsyncLedgerClient(AsyncLedgerCalls):
     """Asyncio ledger client (one per event loop and target).
 
     Args:
@@ -251,188 +70,6 @@ class AsyncLedgerClient:
         options: extra gRPC channel options.
         on_call: called with a :class:`CallInfo` after every logical call (logs, metrics).
     """
-
-    def __init__(
-        self,
-        target: str | None = None,
-        *,
-        token: Token = None,
-        tls: bool = False,
-        root_certificates: Pem = None,
-        private_key: Pem = None,
-        certificate_chain: Pem = None,
-        server_name: str | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
-        channel: grpc.aio.Channel | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        stream_timeout: float | None = DEFAULT_STREAM_TIMEOUT,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        wait_for_ready: bool = False,
-        metadata: Metadata = (),
-        options: Sequence[tuple[str, Any]] = (),
-        on_call: OnCall = None,
-    ) -> None:
-        check_timeout(timeout, None)
-        if channel is None:
-            if not target:
-                raise ValueError("give a target (host:port) or a channel")
-            creds = channel_credentials(
-                tls=tls,
-                root_certificates=root_certificates,
-                private_key=private_key,
-                certificate_chain=certificate_chain,
-                credentials=credentials,
-            )
-            merged = channel_options(options, server_name)
-            channel = (
-                grpc.aio.insecure_channel(target, options=merged)
-                if creds is None
-                else grpc.aio.secure_channel(target, creds, options=merged)
-            )
-            self._owns_channel = True
-        else:
-            self._owns_channel = False
-        self.channel = channel
-        self.target = target
-        self._token = token
-        self._timeout = timeout
-        self._stream_timeout = stream_timeout
-        self._retry = retry
-        self._wait_for_ready = wait_for_ready
-        self._extra_metadata = tuple(metadata)
-        self._on_call = on_call
-        self._reservations = reservation_service_pb2_grpc.ReservationServiceStub(channel)
-        self._query = query_service_pb2_grpc.InventoryQueryServiceStub(channel)
-        self._movements = movement_service_pb2_grpc.MovementServiceStub(channel)
-        self._policy = policy_service_pb2_grpc.PolicyServiceStub(channel)
-        self._audit = audit_service_pb2_grpc.AuditServiceStub(channel)
-
-    # ---- lifecycle ---------------------------------------------------------------------------
-
-    async def close(self) -> None:
-        """Close the channel (unless it was given to the client)."""
-        if self._owns_channel:
-            await self.channel.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    # ---- machinery ---------------------------------------------------------------------------
-
-    def _metadata(self, correlation_id: str) -> tuple[tuple[str, str | bytes], ...]:
-        return call_metadata(correlation_id, self._token, self._extra_metadata)
-
-    def _report(self, info: CallInfo) -> None:
-        if self._on_call is not None:
-            self._on_call(info)
-
-    async def _unary(
-        self,
-        method: str,
-        multicallable: Any,
-        request: Message,
-        correlation_id: str | None,
-        timeout: float | None,
-    ) -> Any:
-        sent_id = check_correlation_id(correlation_id) if correlation_id else new_correlation_id()
-        request_id = getattr(request, "request_id", None) or None
-        deadline = Deadline(check_timeout(timeout, self._timeout))
-        attempts = 0
-        last: LedgerError | None = None
-        while True:
-            remaining = deadline.remaining()
-            if remaining is not None and remaining <= 0:
-                error = last or local_deadline_error(
-                    method=method, correlation_id=sent_id, request_id=request_id, attempts=attempts
-                )
-                self._report(
-                    CallInfo(
-                        method,
-                        request_id,
-                        error.correlation_id or sent_id,
-                        attempts,
-                        error.code,
-                        deadline.elapsed(),
-                    )
-                )
-                raise error
-            attempts += 1
-            try:
-                response, call = await call_unary_async(
-                    multicallable,
-                    request,
-                    timeout=remaining,
-                    metadata=self._metadata(sent_id),
-                    wait_for_ready=self._wait_for_ready,
-                )
-            except grpc.RpcError as failure:
-                error = rpc_error(
-                    failure,
-                    method=method,
-                    correlation_id=sent_id,
-                    request_id=request_id,
-                    attempts=attempts,
-                    request=request,
-                )
-                if RetryPolicy.retryable(error.code) and self._retry.allows_another(attempts):
-                    delay = self._retry.backoff(attempts, error.retry_after)
-                    if deadline.allows_sleep(delay):
-                        last = error
-                        await asyncio.sleep(delay)
-                        continue
-                self._report(
-                    CallInfo(
-                        method,
-                        request_id,
-                        error.correlation_id or sent_id,
-                        attempts,
-                        error.code,
-                        deadline.elapsed(),
-                    )
-                )
-                raise error from failure
-            echoed = correlation_id_in(await call.initial_metadata()) or sent_id
-            self._report(
-                CallInfo(
-                    method, request_id, echoed, attempts, grpc.StatusCode.OK, deadline.elapsed()
-                )
-            )
-            return response
-
-    def _stream(
-        self,
-        method: str,
-        multicallable: Any,
-        request: Message,
-        *,
-        correlation_id: str | None,
-        timeout: float | None,
-        reconnect: bool | RetryPolicy,
-        resume: Callable[[Any, Any], Any] | None = None,
-    ) -> AsyncLedgerStream[Any]:
-        if timeout is not None:
-            check_timeout(timeout, None)
-        policy = RetryPolicy.reconnecting() if reconnect is True else (reconnect or None)
-        return AsyncLedgerStream(
-            self,
-            method,
-            multicallable,
-            request,
-            correlation_id=(
-                check_correlation_id(correlation_id) if correlation_id else new_correlation_id()
-            ),
-            timeout=timeout,
-            reconnect=policy,
-            resume=resume,
-        )
 
     # ---- ReservationService ------------------------------------------------------------------
 
