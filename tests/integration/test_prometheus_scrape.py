@@ -190,12 +190,16 @@ def test_prometheus_finds_every_metric_the_alerts_and_dashboard_query(
             ("LedgerDeadLetters", "wms-east")
         ], firing
     finally:
-        prometheus_exit = prometheus.stop()
-        if ingest is not None:
-            _stop(ingest, ingest_log)
-        assert api.stop() == 0, api.log_text()
-        api.close()
-        prometheus.close()
-
-        delete_test_topology(nats_url, names)
-    assert prometheus_exit == 0, prometheus.log_tail()
+        # Everything is stopped and removed even when a check below fails; the logs are
+        # read before their directories go.
+        prometheus_exit, prometheus_log = prometheus.stop(), prometheus.log_tail()
+        try:
+            if ingest is not None:
+                _stop(ingest, ingest_log)
+        finally:
+            api_exit, api_log = api.stop(), api.log_text()
+            api.close()
+            prometheus.close()
+            delete_test_topology(nats_url, names)
+    assert api_exit == 0, api_log
+    assert prometheus_exit == 0, prometheus_log
