@@ -54,6 +54,7 @@ from ingest.streams import DURABLE, Lane, StreamNames, delete_topology, ensure_t
 from ledger.application import InventoryLedger
 from ledger.config import eventsourcing_env
 from tests.support.nats import delete_test_topology
+from tests.support.processes import terminate
 from tests.support.server import LedgerProcess, stub
 
 pytestmark = pytest.mark.timeout(60)
@@ -520,13 +521,7 @@ def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
 
 
 def _stop(process: subprocess.Popen[bytes], log_path: Path) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+    terminate(process, 20)
     log = log_path.read_text()
     assert process.returncode == 0, log
     assert "Traceback" not in log, log
