@@ -88,6 +88,19 @@ def _attempt_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if "(attempt " in line]
 
 
+def _stopped_cleanly(cli: Cli, signum: int, group: bool = False) -> str:
+    """Send ``signum``: exit 0 within STOP_SECONDS, no traceback, every line a log record of
+    its own, 'stopped' last. The output, for the test's own checks."""
+    code, seconds = cli.stop(signum, group)
+    text = cli.text()
+    assert code == 0, text
+    assert seconds < STOP_SECONDS, (seconds, text)
+    assert "Traceback" not in text, text
+    assert _continued(text) == [], text
+    assert text.rstrip().endswith("stopped"), text
+    return text
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_ingest_waiting_for_an_absent_nats_stops_when_told(
     signum: int, tmp_path: Path, clis: list[Cli]
@@ -99,18 +112,12 @@ def test_ingest_waiting_for_an_absent_nats_stops_when_told(
     time.sleep(3)
     assert cli.process.poll() is None, cli.text()  # it waits for NATS, it does not give up
     cli.wait_for(r"\(attempt 2\)")  # a slow start-up (loaded machine) may not be there yet
-    code, seconds = cli.stop(signum)
-    text = cli.text()
-    assert code == 0, text
-    assert seconds < STOP_SECONDS, (seconds, text)
-    assert "Traceback" not in text, text
-    assert _continued(text) == [], text
+    text = _stopped_cleanly(cli, signum)
     attempts = _attempt_lines(text)
     assert len(attempts) >= 2, text  # one line per attempt ...
     assert all(nats in line and "unreachable" in line for line in attempts), text
     delays = [float(m[1]) for m in re.finditer(r"retrying in ([\d.]+) s", text)]
     assert delays == sorted(delays) and delays[-1] > delays[0], delays  # ... with back-off
-    assert text.rstrip().endswith("stopped"), text
 
 
 def test_ingest_stops_when_told_while_nats_is_gone_and_rides_out_the_outage(
@@ -134,14 +141,8 @@ def test_ingest_stops_when_told_while_nats_is_gone_and_rides_out_the_outage(
     own_nats.stop()
     cli.wait_for(r"(?s)connection lost.*connection lost")  # the second outage's line
     time.sleep(3)
-    code, seconds = cli.stop(signal.SIGTERM)
-    text = cli.text()
-    assert code == 0, text
-    assert seconds < STOP_SECONDS, (seconds, text)
-    assert "Traceback" not in text, text
-    assert _continued(text) == [], text
+    text = _stopped_cleanly(cli, signal.SIGTERM)
     assert "ingest stopped: 0 recorded" in text, text
-    assert text.rstrip().endswith("stopped"), text
     assert text.count("connection lost") == 2, text
 
 
@@ -154,17 +155,11 @@ def test_dev_on_ctrl_c_stops_its_children_in_order_and_exits_0(
     cli = Cli(args, tmp_path / "dev.log")
     clis.append(cli)
     cli.wait_for(r"ingest from ")
-    code, seconds = cli.stop(signal.SIGINT, group=True)  # the terminal's Ctrl-C
-    text = cli.text()
-    assert code == 0, text
-    assert seconds < STOP_SECONDS, (seconds, text)
-    assert "Traceback" not in text, text
-    assert _continued(text) == [], text
+    text = _stopped_cleanly(cli, signal.SIGINT, group=True)  # the terminal's Ctrl-C
     # ingest first, then the service, then nats-server: ingest never lost its broker.
     order = [text.index("ingest stopped:"), text.index("shutting down"), text.rindex("stopped")]
     assert order == sorted(order), text
     assert "connection lost" not in text, text
-    assert text.rstrip().endswith("stopped"), text
     with socket.socket() as probe:  # and nats-server is gone with it
         assert probe.connect_ex(("127.0.0.1", nats_port)) != 0
 
@@ -187,10 +182,4 @@ def test_stops_when_told_while_postgresql_is_gone(
     cli.wait_for(r"ingest from |projections following ")
     own_postgres.stop()
     time.sleep(3)
-    code, seconds = cli.stop(signal.SIGTERM)
-    text = cli.text()
-    assert code == 0, text
-    assert seconds < STOP_SECONDS, (seconds, text)
-    assert "Traceback" not in text, text
-    assert _continued(text) == [], text
-    assert text.rstrip().endswith("stopped"), text
+    _stopped_cleanly(cli, signal.SIGTERM)
