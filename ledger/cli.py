@@ -798,7 +798,7 @@ async def run_dlq(args: argparse.Namespace, nats_url: str) -> int:
     import base64
 
     from ingest import dlq
-    from ledger.nats_connect import connect_once
+    from ledger.nats_connect import close, connect_once
 
     nc = await connect_once(nats_url, "ledger-dlq")
     try:
@@ -829,7 +829,7 @@ async def run_dlq(args: argparse.Namespace, nats_url: str) -> int:
             log.error("%s", error)
             return 1
     finally:
-        await nc.drain()
+        await close(nc)
     return 0
 
 
@@ -839,7 +839,7 @@ async def run_publish(
     """``ledger publish FILE``: a JSON summary on stdout; exit 1 if a line was invalid."""
     from ingest.publish import publish_file
     from ingest.units import UnitTable
-    from ledger.nats_connect import connect_once
+    from ledger.nats_connect import close, connect_once
     from ledger.progress import progress_on_stderr
 
     units = UnitTable.from_json_file(units_path) if units_path else None
@@ -848,7 +848,7 @@ async def run_publish(
         with progress_on_stderr() as progress:
             report = await publish_file(nc.jetstream(), path, prefix, units, progress)
     finally:
-        await nc.drain()
+        await close(nc)
     for line, error in report.invalid:
         log.error("line %d skipped: %s", line, error)
     print(json.dumps(report.to_json()))
@@ -863,7 +863,7 @@ async def run_import(args: argparse.Namespace, nats_url: str) -> int:
     from ingest.adapters.threepl_snapshot import ThreePLSnapshotAdapter, parse_column_mapping
     from ingest.adapters.wms_transactions import WmsTransactionAdapter
     from ingest.units import UnitTable
-    from ledger.nats_connect import connect_once
+    from ledger.nats_connect import close, connect_once
     from ledger.progress import progress_on_stderr
 
     adapter: Adapter
@@ -883,7 +883,7 @@ async def run_import(args: argparse.Namespace, nats_url: str) -> int:
             js = nc.jetstream()
             report = await publish_adapter(js, adapter, args.file, args.prefix, units, progress)
     finally:
-        await nc.drain()
+        await close(nc)
     for error in report.invalid:
         log.error("skipped: %s", error)
     print(json.dumps(report.to_json()))
