@@ -151,8 +151,9 @@ _EXIT_CODES = {
     "dlq": "exit status: 0 done; 1 no such dead letter, a bad payload file, or an unexpected"
     " error;" + _EXIT_BAD_START + "; 130 Ctrl-C",
     "reconcile": "exit status: 0 no variances; 1 variances found (also when posted), or an"
-    " unexpected error; 2 bad input (the file, --as-of) or the database unavailable; nothing is"
-    " posted on exit 2; 130 Ctrl-C",
+    " unexpected error; 2 bad input (the file, --as-of: nothing posted) or the database"
+    " unavailable (counts posted before it failed stay; a re-run posts only the rest); 130"
+    " Ctrl-C",
 }
 _EXIT_KIND = {
     "serve": "long-running",
@@ -182,7 +183,10 @@ def _add_debug_and_exit_codes(parser: argparse.ArgumentParser) -> None:
         )
         command.epilog = _EXIT_CODES[_EXIT_KIND.get(name.split()[0], "one-shot")]
         if name == "projections":
-            command.epilog += ". rebuild: 1 also when another rebuild is in progress."
+            command.epilog += (
+                ". rebuild: 1 also when another rebuild is in progress; rebuild and status:"
+                " 130 on Ctrl-C."
+            )
 
 
 def _subcommands(
@@ -767,7 +771,7 @@ async def run_dev(settings: Settings, nats_listen: str, data_dir: str) -> None:
     from pathlib import Path
 
     from ingest.streams import ensure_topology
-    from ledger.local_nats import start_local_nats
+    from ledger.local_nats import start_local_nats, stop_local_nats
     from ledger.nats_connect import close, connect_once
 
     stop = _stop_on_signals()
@@ -788,8 +792,7 @@ async def run_dev(settings: Settings, nats_listen: str, data_dir: str) -> None:
             finally:
                 await _stop_api(api, settings)
     finally:
-        nats_server.terminate()
-        await asyncio.to_thread(nats_server.wait, 10)
+        await asyncio.to_thread(stop_local_nats, nats_server)
     log.info("stopped")
 
 

@@ -92,3 +92,14 @@ def start_local_nats(listen: str, data_dir: Path, timeout: float = 15.0) -> subp
             process.kill()
             raise RuntimeError(f"nats-server did not listen on {listen} within {timeout}s")
         time.sleep(0.05)
+
+
+def stop_local_nats(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s: the server runs in a session of its own, out of
+    Ctrl-C's reach, so it must never outlive ``ledger dev``."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
