@@ -603,7 +603,7 @@ def rebuild_projections(settings: Settings, batch_size: int | None = None) -> in
     from ledger.application import InventoryLedger
     from ledger.config import eventsourcing_env
     from ledger.progress import progress_on_stderr
-    from projections.runner import REBUILD_BATCH_MAX, rebuild
+    from projections.rebuild import REBUILD_BATCH_MAX, rebuild
     from projections.store import ReadModelStore, RebuildInProgress
 
     app = InventoryLedger(eventsourcing_env(settings.database_url))

@@ -6,38 +6,26 @@ crash anywhere loses at most the uncommitted batch, which the next start folds a
 
 A runner normally *follows* the active generation of the read models: when a rebuild swaps
 in a new generation, its next load or commit fails with ``GenerationChanged`` and it
-continues from the new generation's tracking position. :func:`rebuild` builds a new
-generation from ledger position 0 with a runner pinned to that generation, then catches up
-the last events and makes it active in one transaction (``ReadModelStore.activation``).
+continues from the new generation's tracking position. A rebuild
+(:func:`projections.rebuild.rebuild`) pins a runner to a new generation, catches it up from
+ledger position 0 and then :meth:`~ProjectionRunner.activate` s it. Folding one batch in
+memory is :mod:`projections.batch_fold`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Callable
 
 import psycopg
-from eventsourcing.persistence import InterfaceError, Notification, OperationalError
-from eventsourcing.utils import get_topic
+from eventsourcing.persistence import InterfaceError, OperationalError
 
 from ledger.application import InventoryLedger
-from ledger.domain.channel_policy import ChannelPolicy
-from ledger.domain.position import Position
 from ledger.logs import one_line, retry_delay
-from ledger.progress import QUIET, Progress
-from projections.availability import PolicyTerms
-from projections.position_state import LedgerExceptionRecord, ProjectedPosition
-from projections.store import (
-    PolicyRow,
-    PositionRow,
-    ReadModelStore,
-    TrackingConflict,
-)
+from projections.batch_fold import FoldedBatch, StateCache
+from projections.store import ReadModelStore, TrackingConflict
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +41,11 @@ def _store_unavailable(error: BaseException) -> bool:
 LAG_LOG_SECONDS = 60.0
 LAG_WARNING_EVENTS = 10_000
 BATCH_MAX = 500
-REBUILD_BATCH_MAX = 10_000
 POLL_SECONDS = 0.2
-# Folded states kept between batches (saves loading and parsing rows the runner wrote
-# itself); dropped whenever the runner's position moves other than by its own commit.
-STATE_CACHE_MAX = 100_000
 # How often an idle follower checks whether a rebuild swapped generations.
 GENERATION_CHECK_SECONDS = 1.0
 # Stands for "every SKU" in the changed set passed to batch listeners.
 ALL_SKUS = "\x00all"  # has a control character, so it is never a real SKU
-_POSITION_TOPIC = f"{Position.__module__}:{Position.__qualname__}."
-_POLICY_TOPIC = f"{ChannelPolicy.__module__}:{ChannelPolicy.__qualname__}."
-_OPENED_TOPIC = get_topic(Position.Opened)
-_POLICY_CREATED_TOPIC = get_topic(ChannelPolicy.Created)
-
-Loader = Callable[
-    [Collection[str], Collection[str]], tuple[dict[str, PositionRow], dict[str, PolicyRow]]
-]
 
 
 class ProjectionRunner:
@@ -94,7 +70,7 @@ class ProjectionRunner:
         else:
             self._generation, self._applied = generation, store.applied_position(generation)
         self.notifications_read = 0  # counted over the runner's life (rebuild statistics)
-        self._cache = _StateCache()
+        self._cache = StateCache()
         self._changed = threading.Condition()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -248,7 +224,7 @@ class ProjectionRunner:
         if not notes:
             return 0
         self.notifications_read += len(notes)
-        batch = _Batch(self._cache)
+        batch = FoldedBatch(self._cache)
         try:
             batch.add_all(
                 self.app,
@@ -288,7 +264,7 @@ class ProjectionRunner:
             except TrackingConflict:
                 self._resync()
 
-    def _activate(self) -> tuple[int, int]:
+    def activate(self) -> tuple[int, int]:
         """Fold everything up to the ledger head into this (pinned, not yet active)
         generation and make it the active one, in one transaction. Returns the generation
         served before and the position the new one starts at."""
@@ -308,7 +284,7 @@ class ProjectionRunner:
             head = self.app.head_position()
             if start != self._applied:
                 self._cache.clear()
-            batch = _Batch(self._cache)
+            batch = FoldedBatch(self._cache)
             position = start
             while position < head:
                 notes = self.app.recorder.select_notifications(
@@ -331,201 +307,3 @@ class ProjectionRunner:
             self._applied = position
             self._changed.notify_all()
         return activation.previous, position
-
-
-@dataclass(frozen=True)
-class RebuildReport:
-    generation: int  # now active
-    previous: int  # served before, dropped
-    position: int  # ledger position the new generation had applied when it went live
-    notifications: int  # notifications read by the rebuild
-    build_seconds: float  # from position 0 to (nearly) the head, beside the live generation
-    activate_seconds: float  # the last events and the flip, in one transaction
-    seconds: float  # everything, including dropping the previous generation
-
-    @property
-    def notifications_per_second(self) -> float:
-        return self.notifications / self.seconds if self.seconds > 0 else 0.0
-
-
-def rebuild(
-    app: InventoryLedger,
-    store: ReadModelStore,
-    *,
-    batch_max: int = REBUILD_BATCH_MAX,
-    keep_previous: bool = False,
-    progress: Progress = QUIET,
-) -> RebuildReport:
-    """Rebuild the read models from ledger position 0 into a new generation and swap it in.
-
-    Readers keep being served the current generation until the swap, which happens in one
-    transaction together with the last few events. Followers (in-process or a
-    ``ledger projections`` process) switch to the new generation by themselves. Only one
-    rebuild runs at a time (RebuildInProgress otherwise); tables of a rebuild that died
-    are dropped first. ``progress`` follows the ledger position folded so far, out of the
-    head when the rebuild began."""
-    began = time.monotonic()
-    with store.rebuild_lock():
-        active = store.active_generation()
-        for abandoned in store.generations():
-            if abandoned != active:
-                log.info("dropping generation %d left behind by an earlier rebuild", abandoned)
-                store.drop_generation(abandoned)
-        generation = store.new_generation()
-        log.info("rebuilding read models into generation %d (serving %d)", generation, active)
-        builder = ProjectionRunner(app, store, batch_max=batch_max, generation=generation)
-        builder.add_batch_listener(_PositionProgress(progress, app.head_position()))
-        builder.catch_up()
-        built = time.monotonic()
-        previous, position = builder._activate()
-        activated = time.monotonic()
-        log.info(
-            "generation %d is active at position %d (generation %d retired)",
-            generation,
-            position,
-            previous,
-        )
-        if not keep_previous and previous != generation:
-            store.drop_generation(previous)
-    return RebuildReport(
-        generation=generation,
-        previous=previous,
-        position=position,
-        notifications=builder.notifications_read,
-        build_seconds=built - began,
-        activate_seconds=activated - built,
-        seconds=time.monotonic() - began,
-    )
-
-
-class _PositionProgress:
-    """A batch listener advancing ``progress`` by the positions each batch covered
-    (notification ids may skip numbers, so the count is of positions, as the head is)."""
-
-    def __init__(self, progress: Progress, head: int) -> None:
-        self.progress = progress
-        self.position = 0
-        progress.phase("rebuild read models", head)
-
-    def __call__(self, _changed_skus: set[str], position: int) -> None:
-        if position > self.position:
-            self.progress.advance(position - self.position)
-            self.position = position
-
-
-class _StateCache:
-    """Folded states as of the runner's applied position (valid only while nobody else
-    writes its generation: cleared on any conflict, failure or switch)."""
-
-    def __init__(self) -> None:
-        self.positions: dict[str, ProjectedPosition] = {}
-        self.policies: dict[str, tuple[str, PolicyTerms]] = {}
-
-    def clear(self) -> None:
-        self.positions.clear()
-        self.policies.clear()
-
-    def keep(self, batch: _Batch) -> None:
-        """After ``batch`` committed: its states are the stored ones."""
-        if len(self.positions) + len(batch.positions) > STATE_CACHE_MAX:
-            self.positions.clear()  # simple bound; the rows are reloaded when needed
-        self.positions.update(batch.positions)
-        self.policies.update(batch.policies)
-
-
-class _Batch:
-    """The in-memory side of one batch: folded states, policies and exceptions."""
-
-    def __init__(self, cache: _StateCache | None = None) -> None:
-        self.cache = cache or _StateCache()
-        self.positions: dict[str, ProjectedPosition] = {}
-        self.policies: dict[str, tuple[str, PolicyTerms]] = {}
-        self.exceptions: list[LedgerExceptionRecord] = []
-
-    def add_all(self, app: InventoryLedger, notes: list[Notification], load: Loader) -> None:
-        """Fold ``notes``; the stored rows they continue are loaded in one round trip."""
-        wanted_positions: set[str] = set()
-        wanted_policies: set[str] = set()
-        created: set[str] = set()  # created in these notes: nothing stored to load
-        relevant: list[tuple[Notification, bool]] = []
-        for note in notes:
-            topic = note.topic
-            if topic.startswith(_POSITION_TOPIC):
-                key = note.originator_id.hex
-                if topic == _OPENED_TOPIC:
-                    created.add(key)
-                elif key not in self.positions:
-                    cached = self.cache.positions.get(key)
-                    if cached is None:
-                        wanted_positions.add(key)
-                    else:
-                        self.positions[key] = cached
-                relevant.append((note, True))
-            elif topic.startswith(_POLICY_TOPIC):
-                key = note.originator_id.hex
-                if topic == _POLICY_CREATED_TOPIC:
-                    created.add(key)
-                elif key not in self.policies:
-                    cached_policy = self.cache.policies.get(key)
-                    if cached_policy is None:
-                        wanted_policies.add(key)
-                    else:
-                        self.policies[key] = cached_policy
-                relevant.append((note, False))
-        wanted_positions -= created
-        wanted_policies -= created
-        if wanted_positions or wanted_policies:
-            positions, policies = load(wanted_positions, wanted_policies)
-            for key, row in positions.items():
-                self.positions[key] = ProjectedPosition.from_json(
-                    row.sku, row.location_id, row.state_json
-                )
-            for key, policy in policies.items():
-                self.policies[key] = (
-                    policy.channel,
-                    PolicyTerms(**json.loads(policy.terms_json)),
-                )
-        for note, is_position in relevant:
-            event = app.mapper.to_domain_event(note)
-            if is_position:
-                self.exceptions.extend(self._position(event).fold(event, note.id))
-            else:
-                self._policy(event)
-
-    def _position(self, event: Any) -> ProjectedPosition:
-        key = event.originator_id.hex
-        position = self.positions.get(key)
-        if position is None:
-            if not isinstance(event, Position.Opened):
-                raise AssertionError(f"position {key} has events but no Opened")
-            position = self.positions[key] = ProjectedPosition(event.sku, event.location_id)
-        return position
-
-    def _policy(self, event: Any) -> None:
-        key = event.originator_id.hex
-        if isinstance(event, ChannelPolicy.Created):
-            self.policies[key] = (event.channel, PolicyTerms())
-            return
-        if key not in self.policies:
-            raise AssertionError(f"channel policy {key} has events but no Created")
-        channel = self.policies[key][0]
-        self.policies[key] = (
-            channel,
-            PolicyTerms(
-                eligible_location_ids=list(event.eligible_location_ids),
-                share_percent=event.share_percent,
-                buffer=event.buffer,
-                max_publish=event.max_publish,
-            ),
-        )
-
-    def position_rows(self) -> list[PositionRow]:
-        return [
-            PositionRow(key, p.sku, p.location_id, p.to_json()) for key, p in self.positions.items()
-        ]
-
-    def policy_rows(self) -> list[PolicyRow]:
-        return [
-            PolicyRow(key, channel, json.dumps(asdict(terms), sort_keys=True))
-            for key, (channel, terms) in self.policies.items()
-        ]

@@ -12,7 +12,7 @@ interleaved, with the median reported:
 
 * ``raw select``: ``app.recorder.select_notifications`` in batches of 500, start to head;
 * ``select + decode``: the same plus ``app.mapper.to_domain_event`` on every notification;
-* ``rebuild``: ``projections.runner.rebuild`` — a new generation from position 0, swapped
+* ``rebuild``: ``projections.rebuild.rebuild`` — a new generation from position 0, swapped
   in, the previous one dropped.
 
 Every rebuilt generation is compared row by row with the incremental one (positions,
@@ -47,7 +47,8 @@ from typing import Any
 from ledger.domain.movements import Movement, MovementType
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
-from projections.runner import REBUILD_BATCH_MAX, ProjectionRunner, rebuild
+from projections.rebuild import REBUILD_BATCH_MAX, rebuild
+from projections.runner import ProjectionRunner
 from projections.store import ReadModelRows, ReadModelStore
 from tools.bench_support import database
 

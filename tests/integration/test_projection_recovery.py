@@ -58,7 +58,8 @@ from projections.position_state import (
     TRANSFER_SHORTAGE,
     UNKNOWN_RESERVATION,
 )
-from projections.runner import ProjectionRunner, rebuild
+from projections.rebuild import rebuild
+from projections.runner import ProjectionRunner
 from projections.store import ReadModelRows, ReadModelStore
 from tests.integration.test_grpc_ledger import Client, line, movement, ts
 from tests.support.server import LedgerProcess
