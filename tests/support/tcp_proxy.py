@@ -52,9 +52,13 @@ class StallingProxy:
         while True:
             try:
                 client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            try:
                 upstream = self._connect()
             except OSError:
-                return
+                _close(client)  # the server is down: this client sees a reset, the next may not
+                continue
             with self._lock:
                 self.connections += 1
                 self._sockets += [client, upstream]
