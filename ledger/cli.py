@@ -1023,25 +1023,18 @@ def _known_failure(error: BaseException) -> str | None:
     from ledger.local_nats import NatsNotFound
     from ledger.nats_connect import NatsUnreachable
     from ledger.preflight import DatabaseUnreachable
+    from ledger.store.retries import store_unavailable
 
     if isinstance(error, (NatsNotFound, DatabaseUnreachable, NatsUnreachable)):
         return str(error)  # before ConfigError: the first two are ConfigErrors with their own line
     if isinstance(error, ConfigError):
         return f"configuration error: {error}"
-    if _database_unavailable(error):
+    if store_unavailable(error):
         return f"database unavailable: {one_line(error)}"
     if isinstance(error, OSError):
         where = f" {error.filename}" if error.filename else ""
         return f"{error.strerror or one_line(error)}{where}"
     return None
-
-
-def _database_unavailable(error: BaseException) -> bool:
-    """psycopg's OperationalError, or the library's wrapping of it (eventsourcing)."""
-    import psycopg
-    from eventsourcing.persistence import InterfaceError, OperationalError
-
-    return isinstance(error, (psycopg.OperationalError, OperationalError, InterfaceError))
 
 
 def _nats_url(args: argparse.Namespace) -> str:

@@ -19,23 +19,13 @@ import threading
 import time
 from collections.abc import Callable
 
-import psycopg
-from eventsourcing.persistence import InterfaceError, OperationalError
-
 from ledger.application import InventoryLedger
 from ledger.logs import one_line, retry_delay
+from ledger.store.retries import store_unavailable
 from projections.batch_fold import FoldedBatch, StateCache
 from projections.store import ReadModelStore, TrackingConflict
 
 log = logging.getLogger(__name__)
-
-# The database is away (refused, timed out, connection broken): retried, one line each.
-_UNAVAILABLE = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
-
-
-def _store_unavailable(error: BaseException) -> bool:
-    return isinstance(error, _UNAVAILABLE)
-
 
 # How often the runner logs its lag, and from which lag on that is a warning.
 LAG_LOG_SECONDS = 60.0
@@ -155,7 +145,7 @@ class ProjectionRunner:
         """A store that is away is one line per attempt; anything else keeps its traceback."""
         line = "projection batch failed: %s (attempt %d); retrying in %.1f s"
         args = (one_line(error), failures, retry_delay(failures))
-        if _store_unavailable(error):
+        if store_unavailable(error):
             log.warning(line, *args)
         else:
             log.exception(line, *args)

@@ -16,7 +16,17 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError
+
+# The database is away (refused, timed out, connection broken), as the library wraps it or as
+# psycopg raises it outside the library (pre-flight checks, the projections' own connections).
+STORE_UNAVAILABLE = (
+    OperationalError,
+    InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
 
 STORE_ATTEMPTS_MAX = 2
 _RETRIED_METHODS = (
@@ -26,6 +36,11 @@ _RETRIED_METHODS = (
     "select_notifications",
     "max_notification_id",
 )
+
+
+def store_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` means the database could not be reached (retry later, exit 2)."""
+    return isinstance(error, STORE_UNAVAILABLE)
 
 
 def _bounded(method: Callable[..., Any]) -> Callable[..., Any]:
