@@ -12,15 +12,14 @@ Layers, cheapest first:
 3. :class:`CanonicalMessage`: a strict pydantic model (no bool-for-int, no floats, aware RFC 3339
    timestamps, closed enums, no unknown fields); JSON ``null`` means "absent";
 4. unit conversion with a :class:`~ingest.units.UnitTable`;
-5. the gRPC edge's own :class:`~ledger.api.validation.MovementModel`, so the per-type field rules
-   and quantity limits of both edges cannot drift.
+5. the core's :class:`~ledger.inputs.MovementModel` (the one the gRPC edge uses), so the per-type
+   field rules and quantity limits of both edges cannot drift.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -35,16 +34,17 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ingest.units import BASE_UNIT, UnitTable
-from ledger.api.validation import (
+from ledger.domain import limits
+from ledger.domain.movements import Disposition, FromBucket, Movement, MovementType
+from ledger.inputs import (
     FreeText,
     Identifier,
     MovementModel,
     OptionalIdentifier,
     Source,
     field_violations,
+    movement_of,
 )
-from ledger.domain import limits
-from ledger.domain.movements import Disposition, FromBucket, Movement, MovementType
 
 PAYLOAD_BYTES_MAX = 64 * 1024
 NESTING_DEPTH_MAX = 8
@@ -299,31 +299,4 @@ def parse_message(raw: bytes | bytearray | memoryview, units: UnitTable | None =
         reason = _REASONS.get(error.errors()[0]["type"], "TYPE_RULE")
         field, description = field_violations(error)[0]
         raise InvalidMessage(reason, field, description) from None
-    return _movement(model)
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    return None if moment is None else moment.astimezone(UTC)
-
-
-def _movement(model: MovementModel) -> Movement:
-    return Movement(
-        source=model.source,
-        message_id=model.message_id,
-        type=model.type,
-        sku=model.sku,
-        location_id=model.location_id,
-        qty=model.qty,
-        delta=model.delta,
-        counted=model.counted,
-        occurred_at=_utc(model.occurred_at),
-        reservation_id=model.reservation_id or None,
-        transfer_id=model.transfer_id or None,
-        to_location_id=model.to_location_id or None,
-        reason=model.reason or None,
-        disposition=model.disposition,
-        putaway_pending=model.putaway_pending,
-        final=model.final,
-        expected_at=_utc(model.expected_at),
-        from_bucket=model.from_bucket,
-    )
+    return movement_of(model)

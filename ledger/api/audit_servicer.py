@@ -8,7 +8,8 @@ from typing import Any
 
 from inventory.ledger.v1 import audit_service_pb2, audit_service_pb2_grpc, position_pb2
 
-from ledger.api import convert, validation
+from ledger import inputs
+from ledger.api import convert
 from ledger.api.page_tokens import PageTokens, page_size_of
 from ledger.api.rpc import server_stream, unary
 from ledger.audit.as_of import Axis
@@ -35,7 +36,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         self, request: audit_service_pb2.GetPositionAsOfRequest, ctx: CallContext
     ) -> position_pb2.Position:
         query = convert.validate(
-            validation.GetPositionAsOfModel,
+            inputs.GetPositionAsOfModel,
             {
                 "sku": request.sku,
                 "location_id": request.location_id,
@@ -61,7 +62,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         self, request: audit_service_pb2.ListMovementsRequest, ctx: CallContext
     ) -> audit_service_pb2.ListMovementsResponse:
         query = convert.validate(
-            validation.ListMovementsModel,
+            inputs.ListMovementsModel,
             {
                 "sku": request.sku,
                 "location_id": request.location_id,
@@ -101,7 +102,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         self, request: audit_service_pb2.StreamLedgerRequest, ctx: CallContext
     ) -> AsyncIterator[audit_service_pb2.LedgerEntry]:
         query = convert.validate(
-            validation.StreamLedgerModel,
+            inputs.StreamLedgerModel,
             {"from_position": request.from_position, "follow": request.follow},
         )
         after = query.from_position
@@ -122,7 +123,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         self, request: audit_service_pb2.VerifyLedgerRequest, ctx: CallContext
     ) -> AsyncIterator[audit_service_pb2.VerifyLedgerProgress]:
         query = convert.validate(
-            validation.VerifyLedgerModel, {"sku": request.sku, "location_id": request.location_id}
+            inputs.VerifyLedgerModel, {"sku": request.sku, "location_id": request.location_id}
         )
         if query.sku:
             result = await asyncio.to_thread(

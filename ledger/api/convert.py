@@ -18,10 +18,9 @@ from inventory.ledger.v1 import (
 from pydantic import BaseModel, ValidationError
 
 from ledger.api.errors import InvalidRequest
-from ledger.api.validation import OUT_OF_RANGE_TIMESTAMP, MovementModel, field_violations
 from ledger.audit.entries import LedgerEntryView
 from ledger.domain import chain
-from ledger.domain.movements import Movement
+from ledger.inputs import OUT_OF_RANGE_TIMESTAMP, field_violations
 from ledger.views import ChannelPolicyView, MovementResultView, PositionView, ReservationView
 from projections.availability import AvailabilityView
 from projections.position_state import LedgerExceptionRecord
@@ -100,29 +99,6 @@ def movement_values(m: movement_pb2.Movement) -> dict[str, Any]:
     if m.from_bucket:
         values["from_bucket"] = _enum_value(movement_pb2.FromBucket, m.from_bucket, "FROM_BUCKET_")
     return values
-
-
-def movement_of(model: MovementModel) -> Movement:
-    return Movement(
-        source=model.source,
-        message_id=model.message_id,
-        type=model.type,
-        sku=model.sku,
-        location_id=model.location_id,
-        qty=model.qty,
-        delta=model.delta,
-        counted=model.counted,
-        occurred_at=model.occurred_at,
-        reservation_id=model.reservation_id or None,
-        transfer_id=model.transfer_id or None,
-        to_location_id=model.to_location_id or None,
-        reason=model.reason or None,
-        disposition=model.disposition,
-        putaway_pending=model.putaway_pending,
-        final=model.final,
-        expected_at=model.expected_at,
-        from_bucket=model.from_bucket,
-    )
 
 
 # ---- responses ----

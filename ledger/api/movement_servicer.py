@@ -6,7 +6,8 @@ import time
 
 from inventory.ledger.v1 import movement_service_pb2, movement_service_pb2_grpc
 
-from ledger.api import convert, validation
+from ledger import inputs
+from ledger.api import convert
 from ledger.api.rpc import settled, unary
 from ledger.metrics import definitions as metrics
 from ledger.service import LedgerService
@@ -24,10 +25,10 @@ class MovementServicer(movement_service_pb2_grpc.MovementServiceServicer):
     ) -> movement_service_pb2.RecordMovementsResponse:
         received = time.time()
         model = convert.validate(
-            validation.RecordMovementsModel,
+            inputs.RecordMovementsModel,
             {"movements": [convert.movement_values(m) for m in request.movements]},
         )
-        movements = [convert.movement_of(m) for m in model.movements]
+        movements = [inputs.movement_of(m) for m in model.movements]
         results = await settled(self._service.record_movements(ctx, movements))
         committed = time.time()
         for movement, result in zip(movements, results, strict=True):

@@ -9,7 +9,8 @@ from inventory.ledger.v1 import (
     position_pb2,
 )
 
-from ledger.api import convert, validation
+from ledger import inputs
+from ledger.api import convert
 from ledger.api.rpc import settled, unary
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
@@ -24,7 +25,7 @@ class PolicyServicer(policy_service_pb2_grpc.PolicyServiceServicer):
         self, request: policy_service_pb2.SetSafetyStockRequest, ctx: CallContext
     ) -> position_pb2.Position:
         model = convert.validate(
-            validation.SetSafetyStockModel,
+            inputs.SetSafetyStockModel,
             {
                 "request_id": request.request_id,
                 "sku": request.sku,
@@ -44,7 +45,7 @@ class PolicyServicer(policy_service_pb2_grpc.PolicyServiceServicer):
         self, request: policy_service_pb2.SetChannelFenceRequest, ctx: CallContext
     ) -> position_pb2.Position:
         model = convert.validate(
-            validation.SetChannelFenceModel,
+            inputs.SetChannelFenceModel,
             {
                 "request_id": request.request_id,
                 "sku": request.sku,
@@ -65,7 +66,7 @@ class PolicyServicer(policy_service_pb2_grpc.PolicyServiceServicer):
         self, request: policy_service_pb2.SetChannelPolicyRequest, ctx: CallContext
     ) -> channel_policy_pb2.ChannelPolicy:
         model = convert.validate(
-            validation.SetChannelPolicyModel,
+            inputs.SetChannelPolicyModel,
             {
                 "request_id": request.request_id,
                 "channel": request.channel,

@@ -12,7 +12,8 @@ from inventory.ledger.v1 import (
     query_service_pb2_grpc,
 )
 
-from ledger.api import convert, validation
+from ledger import inputs
+from ledger.api import convert
 from ledger.api.page_tokens import PageTokens, page_size_of
 from ledger.api.rpc import server_stream, unary
 from ledger.service import LedgerService
@@ -43,7 +44,7 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
         self, request: query_service_pb2.GetPositionRequest, ctx: CallContext
     ) -> position_pb2.Position:
         query = convert.validate(
-            validation.GetPositionModel,
+            inputs.GetPositionModel,
             {
                 "sku": request.sku,
                 "location_id": request.location_id,
@@ -63,7 +64,7 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
         self, request: query_service_pb2.ListPositionsRequest, ctx: CallContext
     ) -> query_service_pb2.ListPositionsResponse:
         query = convert.validate(
-            validation.ListPositionsModel,
+            inputs.ListPositionsModel,
             {
                 "sku": request.sku,
                 "location_id": request.location_id,
@@ -92,7 +93,7 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
         self, request: query_service_pb2.GetAvailabilityRequest, ctx: CallContext
     ) -> availability_pb2.Availability:
         query = convert.validate(
-            validation.GetAvailabilityModel,
+            inputs.GetAvailabilityModel,
             {
                 "sku": request.sku,
                 "channel": request.channel,
@@ -117,7 +118,7 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
         self, request: query_service_pb2.WatchAvailabilityRequest, ctx: CallContext
     ) -> AsyncIterator[availability_pb2.AvailabilityChange]:
         query = convert.validate(
-            validation.WatchAvailabilityModel,
+            inputs.WatchAvailabilityModel,
             {"channel": request.channel, "skus": list(request.skus)},
         )
         hub = self._watch_hub()
@@ -141,7 +142,7 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
         self, request: query_service_pb2.ListInTransitRequest, ctx: CallContext
     ) -> query_service_pb2.ListInTransitResponse:
         query = convert.validate(
-            validation.ListInTransitModel,
+            inputs.ListInTransitModel,
             {
                 "sku": request.sku,
                 "to_location_id": request.to_location_id,
@@ -176,7 +177,7 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
             else f"<unknown {request.type}>"
         )
         query = convert.validate(
-            validation.ListExceptionsModel,
+            inputs.ListExceptionsModel,
             {
                 "type": "" if request.type == 0 else type_name.removeprefix(EXCEPTION_TYPE_PREFIX),
                 "sku": request.sku,

@@ -10,7 +10,8 @@ from inventory.ledger.v1 import (
     reservation_service_pb2_grpc,
 )
 
-from ledger.api import convert, validation
+from ledger import inputs
+from ledger.api import convert
 from ledger.api.page_tokens import PageTokens, page_size_of
 from ledger.api.rpc import settled, unary
 from ledger.domain.errors import ReservationNotFound
@@ -30,7 +31,7 @@ class ReservationServicer(reservation_service_pb2_grpc.ReservationServiceService
         self, request: reservation_service_pb2.ReserveRequest, ctx: CallContext
     ) -> reservation_pb2.Reservation:
         model = convert.validate(
-            validation.ReserveModel,
+            inputs.ReserveModel,
             {
                 "request_id": request.request_id,
                 "channel": request.channel,
@@ -59,7 +60,7 @@ class ReservationServicer(reservation_service_pb2_grpc.ReservationServiceService
         self, request: reservation_service_pb2.GetReservationRequest, ctx: CallContext
     ) -> reservation_pb2.Reservation:
         model = convert.validate(
-            validation.GetReservationModel,
+            inputs.GetReservationModel,
             {"reservation_id": request.reservation_id, "channel": request.channel},
         )
         view = await asyncio.to_thread(
@@ -94,7 +95,7 @@ class ReservationServicer(reservation_service_pb2_grpc.ReservationServiceService
         self, request: reservation_service_pb2.ListReservationsRequest, ctx: CallContext
     ) -> reservation_service_pb2.ListReservationsResponse:
         model = convert.validate(
-            validation.ListReservationsModel,
+            inputs.ListReservationsModel,
             {
                 "channel": request.channel,
                 "order_ref": request.order_ref,
@@ -120,9 +121,9 @@ class ReservationServicer(reservation_service_pb2_grpc.ReservationServiceService
     @staticmethod
     def _action(
         request: reservation_service_pb2.CommitRequest | reservation_service_pb2.ReleaseRequest,
-    ) -> validation.ReservationActionModel:
+    ) -> inputs.ReservationActionModel:
         return convert.validate(
-            validation.ReservationActionModel,
+            inputs.ReservationActionModel,
             {
                 "request_id": request.request_id,
                 "reservation_id": request.reservation_id,

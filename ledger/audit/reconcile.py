@@ -33,11 +33,11 @@ from typing import Any, BinaryIO
 
 from pydantic import TypeAdapter, ValidationError
 
-from ledger.api.validation import Identifier
 from ledger.audit.as_of import Axis
 from ledger.domain import limits
 from ledger.domain.chain import format_time
 from ledger.domain.movements import Movement, MovementType
+from ledger.inputs import Identifier
 from ledger.progress import QUIET, Progress, track
 from ledger.use_cases.context import CallContext
 from ledger.use_cases.movements import RECORDED

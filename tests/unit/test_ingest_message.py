@@ -177,7 +177,7 @@ POISON: list[tuple[str, bytes, str, str]] = [
     ("unknown unit", payload(uom="BOX"), "UNKNOWN_UNIT", "uom"),
     ("lower-case unit", payload(uom="ea"), "UNKNOWN_UNIT", "uom"),
     ("empty unit", payload(uom=""), "BAD_STRING", "uom"),
-    # The gRPC edge's per-type rules (ledger.api.validation._type_rules).
+    # The gRPC edge's per-type rules (ledger.inputs._type_rules).
     ("shipment without qty", payload(qty=None), "TYPE_RULE", "qty"),
     ("adjustment with qty", payload(type="adjustment", reservation_id=None, delta=1, reason="r"),
      "TYPE_RULE", "qty"),

@@ -1,12 +1,15 @@
-"""Request validation at the edge (pydantic v2), in a fixed precedence.
+"""Input models of the core (pydantic v2), shared by every edge that accepts input.
 
-Every model is fed plain values pulled from the protobuf request by ``convert``; a pydantic
-error location such as ``('lines', 3, 'sku')`` becomes the field path ``lines[3].sku``.
+The gRPC servicers feed them plain values pulled from protobuf requests
+(``entrypoints.grpc.convert``), ingest feeds :class:`MovementModel` a canonical message in base
+units (``ingest.message``), and reconcile checks its identifiers with :data:`Identifier`; so the
+field rules and limits of every edge cannot drift. A pydantic error location such as
+``('lines', 3, 'sku')`` becomes the field path ``lines[3].sku``.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -21,7 +24,7 @@ from pydantic import (
 )
 
 from ledger.domain import limits
-from ledger.domain.movements import Disposition, FromBucket, MovementType
+from ledger.domain.movements import Disposition, FromBucket, Movement, MovementType
 
 
 def _no_control_characters(value: str) -> str:
@@ -143,6 +146,34 @@ class MovementModel(_Strict):
             field, message = problems[0]
             raise ValueError(f"{field}: {message}")
         return self
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.astimezone(UTC)
+
+
+def movement_of(model: MovementModel) -> Movement:
+    """The domain movement of a validated model; timestamps in UTC, empty optionals as None."""
+    return Movement(
+        source=model.source,
+        message_id=model.message_id,
+        type=model.type,
+        sku=model.sku,
+        location_id=model.location_id,
+        qty=model.qty,
+        delta=model.delta,
+        counted=model.counted,
+        occurred_at=_utc(model.occurred_at),
+        reservation_id=model.reservation_id or None,
+        transfer_id=model.transfer_id or None,
+        to_location_id=model.to_location_id or None,
+        reason=model.reason or None,
+        disposition=model.disposition,
+        putaway_pending=model.putaway_pending,
+        final=model.final,
+        expected_at=_utc(model.expected_at),
+        from_bucket=model.from_bucket,
+    )
 
 
 def _type_rules(m: MovementModel) -> Any:
