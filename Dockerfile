@@ -16,6 +16,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 # Only what `pip install .` reads (.dockerignore keeps the rest out of the context).
 COPY pyproject.toml README.md ./
+COPY entrypoints entrypoints
 COPY ledger ledger
 COPY projections projections
 COPY ingest ingest

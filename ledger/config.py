@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///./ledger.db"
-# Load shedding: unary calls a replica serves at once (ledger.api.load_shedding).
+# Load shedding: unary calls a replica serves at once (entrypoints.grpc.load_shedding).
 DEFAULT_MAX_CALLS_IN_FLIGHT = 1024
 
 

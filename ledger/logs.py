@@ -18,7 +18,7 @@ from typing import Any
 LOG_FORMATS = ("text", "json")
 DEFAULT_LOG_FORMAT = "text"
 
-# Set by the call guard (ledger.api.auth) for the duration of one call.
+# Set by the call guard (entrypoints.grpc.auth) for the duration of one call.
 CALL_FIELDS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "ledger_call_fields", default=None
 )

@@ -333,7 +333,7 @@ def _final_stage() -> list[tuple[str, str]]:
 
 def _help(*subcommand: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "ledger.cli", *subcommand, "--help"],
+        [sys.executable, "-m", "entrypoints.cli", *subcommand, "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -352,7 +352,7 @@ _READS_VARIABLE = re.compile(
 def _variables_the_code_reads() -> set[str]:
     names: set[str] = set()
     sources = [HEALTHCHECK_SCRIPT]
-    for package in ("ledger", "ingest", "projections"):
+    for package in ("entrypoints", "ledger", "ingest", "projections"):
         sources.extend((REPO / package).rglob("*.py"))
     for source in sources:
         text = source.read_text(encoding="utf-8")
@@ -522,7 +522,7 @@ def test_ledger_services_start_with_the_compose_environment(
     compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The replicas' settings pass the service's own checks (exposure, projections mode)."""
-    from ledger.api.transport import check_exposure
+    from entrypoints.grpc.transport import check_exposure
     from ledger.config import Settings, projections_in_process
 
     for key in [k for k in os.environ if k.startswith("LEDGER_")]:
@@ -1035,7 +1035,7 @@ def test_stack_rehearsal_every_healthcheck_passes(
                 elif key in ("LEDGER_LISTEN", "LEDGER_METRICS_LISTEN"):
                     value = f"127.0.0.1:{free_tcp_port()}"
                 env[key] = value
-            argv = [sys.executable, "-m", "ledger.cli", *services[name]["command"]]
+            argv = [sys.executable, "-m", "entrypoints.cli", *services[name]["command"]]
             ledger[name] = _spawn(name, argv, env, tmp_path)
             running.append(ledger[name])
         for name, process in ledger.items():

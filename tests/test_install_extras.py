@@ -93,7 +93,7 @@ def test_ledger_dev_without_nats_server_says_which_install_brings_it(tmp_path: P
         "importlib.metadata.distribution = absent\n"
         f"sysconfig.get_path = lambda name, *a, **k: {str(tmp_path)!r}\n"
         "os.environ['PATH'] = ''\n"
-        "from ledger.cli import main\n"
+        "from entrypoints.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     argv = ["dev", "--listen", "127.0.0.1:0", "--database", f"sqlite:///{tmp_path / 'l.db'}"]

@@ -33,7 +33,7 @@ ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 GCCollector(registry=REGISTRY)
 
-# ---- gRPC (ledger/api/metrics_interceptor.py) ------------------------------------------------
+# ---- gRPC (entrypoints/grpc/metrics_interceptor.py) ----------------------------------------------
 
 # From 0.5 ms (a cached read) to a minute (a long StreamLedger / VerifyLedger stream).
 RPC_BUCKETS = (
@@ -285,7 +285,7 @@ EXCEPTIONS_PUBLISHED = Counter(
 for _type in EXCEPTION_TYPES:
     EXCEPTIONS_PUBLISHED.labels(_type)
 
-# ---- errors returned by the API (ledger/api/errors.py) ---------------------------------------
+# ---- errors returned by the API (entrypoints/grpc/errors.py) -------------------------------------
 
 RPC_ERRORS = Counter(
     "ledger_rpc_errors",

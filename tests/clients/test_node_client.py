@@ -31,7 +31,7 @@ from inventory.ledger.v1 import (
     query_service_pb2_grpc,
 )
 
-from ledger.api.tokens import principal_entry
+from entrypoints.grpc.tokens import principal_entry
 from tests.support.server import LedgerProcess
 from tools import gen_protos
 

@@ -54,7 +54,7 @@ from inventory_ledger_client import (
 )
 from inventory_ledger_client.errors import ERROR_CLASSES, parse_short_lines
 
-from ledger.api.tokens import principal_entry
+from entrypoints.grpc.tokens import principal_entry
 from tests.support.server import LedgerProcess
 
 CHANNEL = "web"

@@ -40,7 +40,7 @@ def _prefix() -> str:
 
 def _import(command: str, path: Path, source: str, nats_url: str, prefix: str, *extra: str):
     """Run ``ledger <command>``; returns (exit code, JSON report, stderr)."""
-    argv = [sys.executable, "-m", "ledger.cli", command, str(path), "--source", source]
+    argv = [sys.executable, "-m", "entrypoints.cli", command, str(path), "--source", source]
     argv += ["--nats", nats_url, "--prefix", prefix, *extra]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     return done.returncode, json.loads(done.stdout), done.stderr

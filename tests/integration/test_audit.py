@@ -152,7 +152,7 @@ def _verify(audit: Any, **position: str) -> audit_service_pb2.VerifyLedgerProgre
 def _export_and_verify(database_url: str, tmp_path: Path) -> dict[str, Any]:
     out = tmp_path / "ledger.jsonl"
     subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "export", str(out), "--database", database_url],
+        [sys.executable, "-m", "entrypoints.cli", "export", str(out), "--database", database_url],
         check=True,
         capture_output=True,
         cwd=ROOT,

@@ -23,7 +23,7 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 from inventory.ledger.v1 import audit_service_pb2, audit_service_pb2_grpc, policy_service_pb2
 
-from ledger.api import convert
+from entrypoints.grpc import convert
 from ledger.domain.movements import Movement, MovementType
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext

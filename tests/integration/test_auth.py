@@ -38,7 +38,7 @@ from inventory.ledger.v1 import (
     reservation_service_pb2_grpc,
 )
 
-from ledger.api.tokens import hash_token, principal_entry
+from entrypoints.grpc.tokens import hash_token, principal_entry
 from tests.support.server import LedgerProcess, stub
 
 TOKENS = {
@@ -533,7 +533,7 @@ def test_open_mode_warns_and_refuses_a_public_address(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "ledger.cli",
+            "entrypoints.cli",
             "serve",
             "--listen",
             "0.0.0.0:0",
@@ -566,7 +566,7 @@ def test_a_broken_token_file_stops_the_start(tmp_path: Path) -> None:
     path.write_text(json.dumps({"principals": [{"name": "x", "token_sha256": "00", "scopes": []}]}))
     result = subprocess.run(
         [
-            *(sys.executable, "-m", "ledger.cli", "serve", "--listen", "127.0.0.1:0"),
+            *(sys.executable, "-m", "entrypoints.cli", "serve", "--listen", "127.0.0.1:0"),
             *("--database", f"sqlite:///{tmp_path / 'ledger.db'}", "--token-file", str(path)),
         ],
         capture_output=True,
@@ -580,7 +580,7 @@ def test_a_broken_token_file_stops_the_start(tmp_path: Path) -> None:
 def test_token_create_prints_a_token_and_its_entry(tmp_path: Path) -> None:
     result = subprocess.run(
         [
-            *(sys.executable, "-m", "ledger.cli", "token", "create", "--name", "web-shop"),
+            *(sys.executable, "-m", "entrypoints.cli", "token", "create", "--name", "web-shop"),
             *("--scopes", "query,reserve", "--channels", "web", "--rate", "50", "--burst", "100"),
         ],
         capture_output=True,

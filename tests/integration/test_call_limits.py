@@ -22,8 +22,8 @@ from inventory.ledger.v1 import (
     query_service_pb2_grpc,
 )
 
-from ledger.api.errors import DeadlineExceeded
-from ledger.api.rpc import _within_deadline, settled
+from entrypoints.grpc.errors import DeadlineExceeded
+from entrypoints.grpc.rpc import _within_deadline, settled
 from ledger.service import LedgerService
 from tests.integration.test_grpc_ledger import Client, failure, movement, status_details
 from tests.support.server import LedgerProcess, stub
@@ -130,7 +130,7 @@ def test_a_write_still_queued_when_the_deadline_passes_is_never_applied(tmp_path
 def test_past_the_calls_in_flight_limit_a_call_is_refused_at_once_and_not_applied(
     tmp_path: Path,
 ) -> None:
-    """Load shedding (ledger.api.load_shedding): with the server at its limit of calls in
+    """Load shedding (entrypoints.grpc.load_shedding): with the server at its limit of calls in
     flight, a new call gets RESOURCE_EXHAUSTED / SERVER_OVERLOADED with a RetryInfo at once,
     nothing of it is applied, and once the crowd has gone the same call succeeds."""
     with LedgerProcess(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.cli import _parser, _subcommands
+from entrypoints.cli.main import _parser, _subcommands
 from tests.support.processes import free_tcp_port
 
 DEADLINE_SECONDS = 10.0
@@ -104,7 +104,7 @@ def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple
     environment |= env or {}
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "ledger.cli", *args],
+        [sys.executable, "-m", "entrypoints.cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -173,7 +173,7 @@ def test_port_zero_still_asks_for_a_free_port(tmp_path: Path) -> None:
     """:0 is the documented way to get a random port; the check must not refuse it."""
     process = subprocess.Popen(
         [
-            *(sys.executable, "-m", "ledger.cli", "serve", "--listen", "127.0.0.1:0"),
+            *(sys.executable, "-m", "entrypoints.cli", "serve", "--listen", "127.0.0.1:0"),
             *("--database", f"sqlite:///{tmp_path / 'ledger.db'}"),
         ],
         stderr=subprocess.PIPE,

@@ -25,14 +25,14 @@ STOP_SECONDS = 5.0
 
 
 class Cli:
-    """``python -m ledger.cli ARGS`` in its own process group, output in a file."""
+    """``python -m entrypoints.cli ARGS`` in its own process group, output in a file."""
 
     def __init__(self, args: list[str], log: Path) -> None:
         self.log = log
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "ledger.cli", *args],
+                [sys.executable, "-m", "entrypoints.cli", *args],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -86,7 +86,7 @@ def test_dead_letter_is_listed_replayed_once_and_deleted(nats_url: str, tmp_path
             assert payload == canonical_json(bad)
 
             # The CLI prints the same entry as a JSON line.
-            command = [sys.executable, "-m", "ledger.cli", "dlq", "list"]
+            command = [sys.executable, "-m", "entrypoints.cli", "dlq", "list"]
             command += ["--nats", nats_url, "--prefix", names.prefix]
             listed = await asyncio.to_thread(
                 subprocess.run,

@@ -50,7 +50,7 @@ def _figures(p: position_pb2.Position) -> tuple[int, ...]:
 def _cli(argv: list[str], nats_url: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LEDGER_NATS_URL": nats_url}
     return subprocess.run(
-        [sys.executable, "-m", "ledger.cli", *argv],
+        [sys.executable, "-m", "entrypoints.cli", *argv],
         cwd=EXAMPLES.parent,
         env=env,
         capture_output=True,

@@ -112,7 +112,7 @@ def test_one_position_export_through_the_cli(url: str, tmp_path: Path) -> None:
     service.close()  # the CLI is another process on the same SQLite file
 
     out = tmp_path / "position.jsonl"
-    argv = [sys.executable, "-m", "ledger.cli", "export", str(out)]
+    argv = [sys.executable, "-m", "entrypoints.cli", "export", str(out)]
     argv += ["--sku", SKU, "--location-id", HERE, "--database", url]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -142,7 +142,7 @@ def test_empty_ledger_and_unknown_position(service: LedgerService, tmp_path: Pat
 
 
 def test_cli_refuses_half_a_position_and_a_missing_database(tmp_path: Path) -> None:
-    base = [sys.executable, "-m", "ledger.cli", "export", str(tmp_path / "o.jsonl")]
+    base = [sys.executable, "-m", "entrypoints.cli", "export", str(tmp_path / "o.jsonl")]
     missing = ["--database", f"sqlite:///{tmp_path / 'missing.db'}"]
     half = subprocess.run([*base, "--sku", "S", *missing], capture_output=True, text=True)
     assert half.returncode == 2 and "--location-id" in half.stderr

@@ -351,7 +351,7 @@ def test_cli_ingest_applies_and_stops_on_sigterm(nats_url: str, tmp_path: Path) 
         | {"location_id": "DC-C", "qty": i + 1}
         for i in range(3)
     ]
-    command = [sys.executable, "-m", "ledger.cli", "ingest", "--nats", nats_url]
+    command = [sys.executable, "-m", "entrypoints.cli", "ingest", "--nats", nats_url]
     command += ["--database", database, "--prefix", names.prefix, "--batch-size", "10"]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(

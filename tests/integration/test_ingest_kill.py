@@ -39,7 +39,7 @@ SEED = 20261124
 
 
 def _ingest(nats_url: str, database: str, prefix: str, batch: int, log: Path) -> Any:
-    command = [sys.executable, "-m", "ledger.cli", "ingest", "--nats", nats_url]
+    command = [sys.executable, "-m", "entrypoints.cli", "ingest", "--nats", nats_url]
     command += ["--database", database, "--prefix", prefix, "--batch-size", str(batch)]
     with log.open("wb") as log_file:
         return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)

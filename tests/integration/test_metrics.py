@@ -404,7 +404,7 @@ def test_ingest_counters_match_what_was_published(nats_url: str, tmp_path: Path)
     database = f"sqlite:///{tmp_path / 'ledger.db'}"
     log_path = tmp_path / "ingest.log"
     live, bulk, duplicates = 7, 3, 4
-    command = [sys.executable, "-m", "ledger.cli", "ingest", "--nats", nats_url]
+    command = [sys.executable, "-m", "entrypoints.cli", "ingest", "--nats", nats_url]
     command += ["--database", database, "--prefix", names.prefix, "--batch-size", "5"]
     command += ["--metrics-listen", "127.0.0.1:0"]
 
@@ -513,7 +513,7 @@ def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     with log_path.open("wb") as log_file:
         return subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", *argv],
+            [sys.executable, "-m", "entrypoints.cli", *argv],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env={**env, "PYTHONUNBUFFERED": "1"},

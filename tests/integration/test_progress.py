@@ -32,7 +32,7 @@ from tests.support.terminal import has_redraws, run_with_terminal_stderr, visibl
 
 REPO = Path(__file__).resolve().parents[2]
 VERIFIER = REPO / "tools" / "verify_ledger_export.py"
-CLI = [sys.executable, "-m", "ledger.cli"]
+CLI = [sys.executable, "-m", "entrypoints.cli"]
 CTX = CallContext("test", correlation_id="progress")
 POSITIONS = 240
 SOURCE = "wms-east"

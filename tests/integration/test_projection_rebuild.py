@@ -9,7 +9,7 @@ Method: 8 SKUs are stocked at 3 locations (1,000 each) and ~4,000 further events
 written, so that the rebuild has work to do. Then, while two reader threads call
 GetAvailability for the stocked SKUs in a loop and a writer keeps adding receipts (of the
 stocked SKUs, so their availability can only grow, and of others), the rebuild runs as a
-real ``python -m ledger.cli projections rebuild`` process in small batches. Checks:
+real ``python -m entrypoints.cli projections rebuild`` process in small batches. Checks:
 
 * no read during the rebuild saw less than the initial stock of a stocked SKU (a reader
   of a half-built generation would see 0 or a partial sum), and each reader's
@@ -120,7 +120,7 @@ def cli_rebuild(database_url: str) -> subprocess.CompletedProcess[str]:
         [
             sys.executable,
             "-m",
-            "ledger.cli",
+            "entrypoints.cli",
             "projections",
             "rebuild",
             "--database",

@@ -8,7 +8,7 @@ takes ~5,000 ledger events (RecordMovements in requests of 50 movements of every
 shipments that drive buckets negative, stale counts, short transfers, shipments against
 unknown reservations, so every kind of exception appears — plus reservations, safety
 stock, fences and channel policies), written by a thread. Meanwhile a separate
-``python -m ledger.cli projections --batch-size N`` process (N of 1-13, drawn per start)
+``python -m entrypoints.cli projections --batch-size N`` process (N of 1-13, drawn per start)
 follows the ledger and is SIGKILLed at seeded random points — once it has applied a
 random share of its backlog, so the kill lands amid batches and commits — and restarted,
 again and again, until the writes are done, at least ``MIN_KILLS`` kills happened (most
@@ -87,7 +87,7 @@ CATCH_UP_TIMEOUT = 60.0
 
 
 class Projector:
-    """``python -m ledger.cli projections`` as a subprocess that can be SIGKILLed."""
+    """``python -m entrypoints.cli projections`` as a subprocess that can be SIGKILLed."""
 
     def __init__(self, database_url: str, log_path: Path) -> None:
         self.database_url = database_url
@@ -102,7 +102,7 @@ class Projector:
                 [
                     sys.executable,
                     "-m",
-                    "ledger.cli",
+                    "entrypoints.cli",
                     "projections",
                     "--database",
                     self.database_url,

@@ -116,7 +116,7 @@ def _summary_numbers(text: str) -> dict[str, int]:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "reconcile", *args],
+        [sys.executable, "-m", "entrypoints.cli", "reconcile", *args],
         capture_output=True,
         text=True,
         timeout=120,

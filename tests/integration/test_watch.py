@@ -37,7 +37,7 @@ from inventory.ledger.v1 import (
     query_service_pb2_grpc,
 )
 
-from ledger.api.rpc import _stream_status_for
+from entrypoints.grpc.rpc import _stream_status_for
 from projections.position_state import ProjectedPosition
 from projections.runner import ALL_SKUS
 from projections.store import PositionRow

@@ -18,7 +18,7 @@ _FOLLOWING = "projections following"
 
 
 class ProjectionsProcess:
-    """``python -m ledger.cli projections --database URL`` as a subprocess.
+    """``python -m entrypoints.cli projections --database URL`` as a subprocess.
 
     ``start()`` returns once it logged that it follows the ledger; ``stop()`` sends SIGTERM
     (SIGKILL after 10 s). stderr goes to a temporary file (``log_text()``).
@@ -39,7 +39,7 @@ class ProjectionsProcess:
                 [
                     sys.executable,
                     "-m",
-                    "ledger.cli",
+                    "entrypoints.cli",
                     "projections",
                     "--database",
                     self.database_url,

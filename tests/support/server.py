@@ -1,6 +1,6 @@
 """Run ``ledger serve`` as a real subprocess for integration tests.
 
-``LedgerProcess`` starts ``python -m ledger.cli serve --listen 127.0.0.1:0 --database URL``,
+``LedgerProcess`` starts ``python -m entrypoints.cli serve --listen 127.0.0.1:0 --database URL``,
 reads the chosen port from the ``ledger listening on HOST:PORT`` log line, and waits until
 ``grpc.health.v1`` answers SERVING.  stderr goes to a temporary file (``.log_text()``), so a
 chatty server can never block on a full pipe.
@@ -95,7 +95,7 @@ class LedgerProcess:
                 [
                     sys.executable,
                     "-m",
-                    "ledger.cli",
+                    "entrypoints.cli",
                     self.command,
                     "--listen",
                     self.listen,

@@ -538,7 +538,7 @@ def test_publish_adapter_reports_a_file_level_error(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_bad_options_before_connecting(tmp_path: Path) -> None:
-    from ledger.cli import main
+    from entrypoints.cli.main import main
 
     path = tmp_path / "s.csv"
     path.write_text(HEADER)

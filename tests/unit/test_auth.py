@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from inventory.ledger.v1 import query_service_pb2, reservation_service_pb2
 
-from ledger.api.auth import RateLimiter, TokenBucket, method_scopes, scope_for
-from ledger.api.errors import PermissionDenied
-from ledger.api.rpc import check_channel
-from ledger.api.tokens import (
+from entrypoints.grpc.auth import RateLimiter, TokenBucket, method_scopes, scope_for
+from entrypoints.grpc.errors import PermissionDenied
+from entrypoints.grpc.rpc import check_channel
+from entrypoints.grpc.tokens import (
     DEFAULT_BURST,
     DEFAULT_RATE_PER_SECOND,
     Principal,
@@ -26,7 +26,7 @@ from ledger.api.tokens import (
     parse_principals,
     principal_entry,
 )
-from ledger.api.transport import check_exposure, is_loopback
+from entrypoints.grpc.transport import check_exposure, is_loopback
 from ledger.config import ConfigError, Settings
 from ledger.logs import CALL_FIELDS, CallFieldsFilter, JsonFormatter
 

@@ -1,4 +1,4 @@
-"""The table from exceptions to gRPC statuses (ledger/api/errors.py): every error type the
+"""The table from exceptions to gRPC statuses (entrypoints/grpc/errors.py): every error type the
 ledger raises on purpose has a row, so a new one cannot silently become INTERNAL."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from ledger.api import errors as api_errors
-from ledger.api.errors import (
+from entrypoints.grpc import errors as api_errors
+from entrypoints.grpc.errors import (
     STATUS_BUILDERS,
     DeadlineExceeded,
     InvalidRequest,

@@ -38,7 +38,7 @@ def test_startup_objects_are_frozen_and_thresholds_applied(restored_gc: None) ->
 
 
 def test_the_cli_refuses_a_bad_setting_before_starting(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ledger.cli import main
+    from entrypoints.cli.main import main
 
     monkeypatch.setenv("LEDGER_GC_THRESHOLDS", "nonsense")
     assert main(["serve", "--database", "sqlite:///:memory:"]) == 2

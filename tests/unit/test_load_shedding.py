@@ -1,12 +1,12 @@
-"""Load shedding (ledger.api.load_shedding): a call is refused on arrival when the time it
+"""Load shedding (entrypoints.grpc.load_shedding): a call is refused on arrival when the time it
 has left could not cover the server's recent latency or the drain of the calls in flight."""
 
 from __future__ import annotations
 
 import pytest
 
-from ledger.api.errors import ServerOverloaded
-from ledger.api.load_shedding import LoadShedder, _bucket_ms
+from entrypoints.grpc.errors import ServerOverloaded
+from entrypoints.grpc.load_shedding import LoadShedder, _bucket_ms
 
 
 class FakeClock:

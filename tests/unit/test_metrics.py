@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ledger.api.metrics_interceptor import RpcMetricsInterceptor
+from entrypoints.grpc.metrics_interceptor import RpcMetricsInterceptor
 from ledger.config import ConfigError
 from ledger.metrics.definitions import REGISTRY
 from ledger.metrics.endpoint import parse_listen, start_endpoint

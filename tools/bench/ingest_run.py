@@ -113,7 +113,7 @@ def ingest(cluster: Cluster, nats_url: str, profile: Profile, skus: list[str]) -
     process = LoggedProcess(
         "ingest",
         [
-            "-m", "ledger.cli", "ingest",
+            "-m", "entrypoints.cli", "ingest",
             "--nats", nats_url,
             "--database", cluster.database_url,
             "--batch-size", str(profile.ingest_batch),

@@ -27,7 +27,7 @@ from inventory_ledger_client.errors import (
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_STREAM_TIMEOUT = 300.0
-# What the server accepts as x-correlation-id (ledger/api/rpc.py); anything else it replaces.
+# What the server accepts as x-correlation-id (entrypoints/grpc/rpc.py); anything else it replaces.
 CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
 
 Token = str | Callable[[], str] | None

@@ -29,7 +29,7 @@ from google.rpc import error_details_pb2, status_pb2
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 CORRELATION_HEADER = "x-correlation-id"
 
-# The detail messages the ledger sends (ledger/api/errors.py) and a few more of google.rpc.
+# The detail messages the ledger sends (entrypoints/grpc/errors.py) and a few more of google.rpc.
 _DETAIL_TYPES: tuple[type[Message], ...] = (
     error_details_pb2.ErrorInfo,
     error_details_pb2.BadRequest,
@@ -232,7 +232,7 @@ class FailedPrecondition(LedgerError):
         )
 
 
-# "sku 'SKU-1' at 'DC-EAST': requested 5, available 2" (ledger/api/errors.py); the names are
+# "sku 'SKU-1' at 'DC-EAST': requested 5, available 2" (entrypoints/grpc/errors.py); the names are
 # Python reprs, and a line without a location says 'any location'.
 _SHORT_LINE = re.compile(
     r"^sku (?P<sku>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\") "

@@ -9,9 +9,9 @@ from inventory.ledger.v1 import (
     position_pb2,
 )
 
+from entrypoints.grpc import convert
+from entrypoints.grpc.rpc import settled, unary
 from ledger import inputs
-from ledger.api import convert
-from ledger.api.rpc import settled, unary
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
 

@@ -12,10 +12,10 @@ from inventory.ledger.v1 import (
     query_service_pb2_grpc,
 )
 
+from entrypoints.grpc import convert
+from entrypoints.grpc.page_tokens import PageTokens, page_size_of
+from entrypoints.grpc.rpc import server_stream, unary
 from ledger import inputs
-from ledger.api import convert
-from ledger.api.page_tokens import PageTokens, page_size_of
-from ledger.api.rpc import server_stream, unary
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
 from projections.queries import ReadModelQueries
@@ -36,7 +36,7 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
         self._service = service
         self._read = read_models
         self._tokens = page_tokens
-        # Without a hub (started by ledger.api.server.start_server) one is made on first use.
+        # Without a hub (started by entrypoints.grpc.server.start_server) one is made on first use.
         self._watch = watch_hub
 
     @unary

@@ -8,10 +8,10 @@ from typing import Any
 
 from inventory.ledger.v1 import audit_service_pb2, audit_service_pb2_grpc, position_pb2
 
+from entrypoints.grpc import convert
+from entrypoints.grpc.page_tokens import PageTokens, page_size_of
+from entrypoints.grpc.rpc import server_stream, unary
 from ledger import inputs
-from ledger.api import convert
-from ledger.api.page_tokens import PageTokens, page_size_of
-from ledger.api.rpc import server_stream, unary
 from ledger.audit.as_of import Axis
 from ledger.audit.tail import LedgerTail
 from ledger.audit.verify import VerifyProgress

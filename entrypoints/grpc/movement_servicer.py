@@ -6,9 +6,9 @@ import time
 
 from inventory.ledger.v1 import movement_service_pb2, movement_service_pb2_grpc
 
+from entrypoints.grpc import convert
+from entrypoints.grpc.rpc import settled, unary
 from ledger import inputs
-from ledger.api import convert
-from ledger.api.rpc import settled, unary
 from ledger.metrics import definitions as metrics
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext

@@ -10,10 +10,10 @@ from inventory.ledger.v1 import (
     reservation_service_pb2_grpc,
 )
 
+from entrypoints.grpc import convert
+from entrypoints.grpc.page_tokens import PageTokens, page_size_of
+from entrypoints.grpc.rpc import settled, unary
 from ledger import inputs
-from ledger.api import convert
-from ledger.api.page_tokens import PageTokens, page_size_of
-from ledger.api.rpc import settled, unary
 from ledger.domain.errors import ReservationNotFound
 from ledger.domain.limits import RESERVATION_TTL_DEFAULT
 from ledger.service import LedgerService

@@ -1,7 +1,7 @@
 """What every RPC shares: correlation id, caller context, channel rights, the deadline, and
 failure → status mapping.
 
-The call guard (``ledger.api.auth.CallGuard``, a server interceptor) authenticates the
+The call guard (``entrypoints.grpc.auth.CallGuard``, a server interceptor) authenticates the
 caller and puts the :class:`Call` in :data:`CURRENT_CALL` before these wrappers run; without
 the guard (servicers used directly) a call is anonymous and unrestricted.
 """
@@ -26,14 +26,14 @@ from google.protobuf import any_pb2, descriptor, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ledger.api.errors import (
+from entrypoints.grpc.errors import (
     ERROR_DOMAIN,
     DeadlineExceeded,
     PermissionDenied,
     counted,
     status_for,
 )
-from ledger.api.tokens import ANONYMOUS_PRINCIPAL, Principal
+from entrypoints.grpc.tokens import ANONYMOUS_PRINCIPAL, Principal
 from ledger.ids import new_uuid4
 from ledger.use_cases.context import CallContext
 from projections.watch import TooManyWatchers, WatchClosed, WatchError, WatchOverflow
@@ -173,7 +173,7 @@ def server_stream(
 
 
 def _stream_status_for(error: BaseException, correlation_id: str) -> status_pb2.Status:
-    """``status_for`` plus the watch's own failures (candidates for ledger/api/errors.py)."""
+    """``status_for`` plus the watch's own failures (candidates for entrypoints/grpc/errors.py)."""
     if not isinstance(error, WatchError):
         return status_for(error, correlation_id)
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN)

@@ -17,7 +17,7 @@ from inventory.ledger.v1 import (
 )
 from pydantic import BaseModel, ValidationError
 
-from ledger.api.errors import InvalidRequest
+from entrypoints.grpc.errors import InvalidRequest
 from ledger.audit.entries import LedgerEntryView
 from ledger.domain import chain
 from ledger.inputs import OUT_OF_RANGE_TIMESTAMP, field_violations

@@ -381,7 +381,7 @@ def _split(text: str | None) -> list[str] | None:
 
 def create_token(args: argparse.Namespace) -> int:
     """``ledger token create``: the token, then its token file entry (JSON)."""
-    from ledger.api.tokens import TokenFileError, new_token, principal_entry
+    from entrypoints.grpc.tokens import TokenFileError, new_token, principal_entry
 
     token = new_token()
     try:
@@ -458,7 +458,7 @@ class _Api:
 
 
 def _log_security(settings: Settings, guard: Any) -> None:
-    from ledger.api.transport import transport_name
+    from entrypoints.grpc.transport import transport_name
 
     if guard is not None and guard.registry is not None:
         # SIGHUP re-reads the token file (it is also re-read when it changes).
@@ -475,8 +475,8 @@ def _log_security(settings: Settings, guard: Any) -> None:
 
 async def _start_api(settings: Settings) -> _Api:
     # Imported here so `ledger --help` stays fast and import has no side effects.
-    from ledger.api.server import start_server
-    from ledger.api.transport import check_exposure
+    from entrypoints.grpc.server import start_server
+    from entrypoints.grpc.transport import check_exposure
     from ledger.metrics.endpoint import start_endpoint
     from ledger.service import LedgerService
     from projections.queries import ReadModelQueries

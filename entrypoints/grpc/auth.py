@@ -5,9 +5,10 @@ and one access log line per call (docs/security.md).
 wraps the handler so that, before the servicer runs, the bearer token in ``authorization``
 is resolved to a principal (UNAUTHENTICATED), the principal's token bucket is charged
 (RESOURCE_EXHAUSTED with RetryInfo) and the method's scope is checked (PERMISSION_DENIED).
-The admitted :class:`~ledger.api.rpc.Call` goes to the servicer wrappers in ``ledger.api.rpc``
-through a context variable; they check the request's channel. Without a token file the
-guard admits everyone as the unrestricted, unlimited principal ``anonymous`` (open mode).
+The admitted :class:`~entrypoints.grpc.rpc.Call` goes to the servicer wrappers in
+``entrypoints.grpc.rpc`` through a context variable; they check the request's channel.
+Without a token file the guard admits everyone as the unrestricted, unlimited principal
+``anonymous`` (open mode).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from inventory.ledger.v1 import (
     reservation_service_pb2,
 )
 
-from ledger.api.errors import (
+from entrypoints.grpc.errors import (
     PermissionDenied,
     RateLimited,
     ServerOverloaded,
@@ -38,9 +39,9 @@ from ledger.api.errors import (
     counted,
     status_for,
 )
-from ledger.api.load_shedding import LoadShedder, shed
-from ledger.api.rpc import CORRELATION_HEADER, CURRENT_CALL, Call, correlation_id_of
-from ledger.api.tokens import ANONYMOUS_PRINCIPAL, Principal, TokenRegistry
+from entrypoints.grpc.load_shedding import LoadShedder, shed
+from entrypoints.grpc.rpc import CORRELATION_HEADER, CURRENT_CALL, Call, correlation_id_of
+from entrypoints.grpc.tokens import ANONYMOUS_PRINCIPAL, Principal, TokenRegistry
 from ledger.config import DEFAULT_MAX_CALLS_IN_FLIGHT, Settings
 from ledger.logs import ACCESS_LOGGER, CALL_FIELDS
 
@@ -162,7 +163,8 @@ class CallGuard(grpc.aio.ServerInterceptor):
         self.registry = registry  # None: open mode
         self.limiter = limiter or RateLimiter()
         # Load shedding: a unary call that could not be answered before its deadline, or
-        # one past the cap on calls in flight, is refused on arrival (ledger.api.load_shedding).
+        # one past the cap on calls in flight, is refused on arrival
+        # (entrypoints.grpc.load_shedding).
         self.shedder = LoadShedder(max_calls_in_flight)
         # Wrapped handlers by method: the servicer's handler objects never change.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, Any]] = {}

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import grpc
 from grpc_status import rpc_status
 
-from ledger.api.errors import ServerOverloaded, status_for
+from entrypoints.grpc.errors import ServerOverloaded, status_for
 from ledger.metrics.definitions import RPC_ERRORS
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import hmac
 import json
 from typing import Any
 
-from ledger.api.errors import InvalidRequest
+from entrypoints.grpc.errors import InvalidRequest
 from ledger.domain import limits
 
 _MAC_BYTES = 16

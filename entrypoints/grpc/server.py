@@ -22,15 +22,15 @@ from inventory.ledger.v1 import (
     reservation_service_pb2_grpc,
 )
 
-from ledger.api.audit_servicer import AuditServicer
-from ledger.api.auth import CallGuard
-from ledger.api.metrics_interceptor import RpcMetricsInterceptor
-from ledger.api.movement_servicer import MovementServicer
-from ledger.api.page_tokens import PageTokens
-from ledger.api.policy_servicer import PolicyServicer
-from ledger.api.query_servicer import QueryServicer
-from ledger.api.reservation_servicer import ReservationServicer
-from ledger.api.transport import bind
+from entrypoints.grpc.audit_servicer import AuditServicer
+from entrypoints.grpc.auth import CallGuard
+from entrypoints.grpc.metrics_interceptor import RpcMetricsInterceptor
+from entrypoints.grpc.movement_servicer import MovementServicer
+from entrypoints.grpc.page_tokens import PageTokens
+from entrypoints.grpc.policy_servicer import PolicyServicer
+from entrypoints.grpc.query_servicer import QueryServicer
+from entrypoints.grpc.reservation_servicer import ReservationServicer
+from entrypoints.grpc.transport import bind
 from ledger.audit.tail import LedgerTail
 from ledger.config import Settings
 from ledger.service import LedgerService

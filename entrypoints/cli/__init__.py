@@ -1,0 +1,1 @@
+"""The ``ledger`` command: ``entrypoints.cli.main:main`` is the console script."""
