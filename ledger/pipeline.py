@@ -12,6 +12,7 @@ batch's commands one by one on reloaded state, each with its own retries.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import random
@@ -273,7 +274,7 @@ class CommandPipeline:
         def answer() -> list[Any]:
             BATCH_SIZE.observe(len(applied))
             for future, finish in applied:
-                self._settle(future, lambda finish=finish: finish(recordings))
+                self._settle(future, functools.partial(finish, recordings))
             for future, error in rejected:
                 future.set_exception(error)
             return deferred
@@ -283,7 +284,7 @@ class CommandPipeline:
     def _one_by_one(self, items: list[tuple[Command, Future[Any]]]) -> list[Any]:
         for command, future in items:
             if _started(future):
-                self._settle(future, lambda command=command: self._execute(command))
+                self._settle(future, functools.partial(self._execute, command))
         return []
 
     @staticmethod

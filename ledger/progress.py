@@ -116,7 +116,7 @@ class RichProgress:
         self._task: Any = None
         self._pending = 0
         self._handed = 0.0
-        self._swapped: list[tuple[logging.StreamHandler[Any], IO[str]]] = []
+        self._swapped: list[tuple[logging.StreamHandler[Any], IO[str] | None]] = []
 
     def __enter__(self) -> RichProgress:
         from rich.console import Console

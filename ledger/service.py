@@ -192,7 +192,7 @@ class LedgerService:
     ) -> Page[LedgerEntryView]:
         """Entries with start <= time < end on the axis, by (time, ledger order)."""
         column = "recorded_at_us" if axis is Axis.RECORDED else "occurred_at_us"
-        rows = self.app.recorder.select_entries_between(  # type: ignore[attr-defined]
+        rows = self.app.ledger_recorder.select_entries_between(
             position_id(sku, location_id),
             column=column,
             from_us=to_micros(start) if start else -(2**62),

@@ -10,10 +10,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Recording
+from eventsourcing.domain import CanMutateAggregate
 
 from ledger.application import InventoryLedger
 from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
@@ -23,6 +24,14 @@ from ledger.domain.reservation import Reservation
 from ledger.store.index_ops import EntryIndexed, EventRange, IndexOp, PositionIndexed, to_micros
 
 _ABSENT = object()  # cached: this aggregate had no events when last looked up
+
+
+def _mutators(events: Iterable[Any]) -> Iterable[CanMutateAggregate[UUID]]:
+    # The event store's type promises only the stored fields; every ledger event is an
+    # aggregate event and can fold itself.
+    return cast("Iterable[CanMutateAggregate[UUID]]", events)
+
+
 _NO_LIMIT = 2**31 - 1
 
 
@@ -86,12 +95,13 @@ class AggregateCache:
         elif aggregate is None or aggregate is _ABSENT:
             aggregate = self._fetch(aggregate_id)
         else:
-            for event in self._app.events.get(aggregate_id, gt=aggregate.version):
+            for event in _mutators(self._app.events.get(aggregate_id, gt=aggregate.version)):
                 event.mutate(aggregate)
             self.put(aggregate)
         return None if aggregate is _ABSENT else aggregate
 
     def _fetch(self, aggregate_id: UUID) -> Any:
+        aggregate: Any
         try:
             aggregate = self._app.repository.get(aggregate_id)
         except AggregateNotFoundError:
@@ -288,7 +298,7 @@ class UnitOfWork:
             return self._stored_keys[key_id]
         # A key never changes after its first event: one indexed read, and no cache
         # pollution (most lookups are misses for new keys).
-        first = list(self.app.events.get(key_id, lte=1))
+        first = list(_mutators(self.app.events.get(key_id, lte=1)))
         return first[0].mutate(None) if first else None
 
     def remember(self, key: IdempotencyKey) -> None:
@@ -320,7 +330,8 @@ class UnitOfWork:
             if not isinstance(aggregate, Position):
                 continue
             latest = self._max_occurred_at.get(aggregate.id)
-            for event in aggregate.pending_events:
+            # A position triggers only its own events (Position.Event and subclasses).
+            for event in cast("list[Position.Event]", aggregate.pending_events):
                 late = latest is not None and event.occurred_at < latest
                 if latest is None or event.occurred_at > latest:
                     latest = event.occurred_at

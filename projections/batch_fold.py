@@ -5,9 +5,10 @@ the runner kept from its own previous batch."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.persistence import Notification
 from eventsourcing.utils import get_topic
@@ -61,7 +62,7 @@ class FoldedBatch:
         self.policies: dict[str, tuple[str, PolicyTerms]] = {}
         self.exceptions: list[LedgerExceptionRecord] = []
 
-    def add_all(self, app: InventoryLedger, notes: list[Notification], load: Loader) -> None:
+    def add_all(self, app: InventoryLedger, notes: Sequence[Notification], load: Loader) -> None:
         """Fold ``notes``; the stored rows they continue are loaded in one round trip."""
         wanted_positions: set[str] = set()
         wanted_policies: set[str] = set()
@@ -70,7 +71,7 @@ class FoldedBatch:
         for note in notes:
             topic = note.topic
             if topic.startswith(_POSITION_TOPIC):
-                key = note.originator_id.hex
+                key = _key(note.originator_id)
                 if topic == _OPENED_TOPIC:
                     created.add(key)
                 elif key not in self.positions:
@@ -81,7 +82,7 @@ class FoldedBatch:
                         self.positions[key] = cached
                 relevant.append((note, True))
             elif topic.startswith(_POLICY_TOPIC):
-                key = note.originator_id.hex
+                key = _key(note.originator_id)
                 if topic == _POLICY_CREATED_TOPIC:
                     created.add(key)
                 elif key not in self.policies:
@@ -148,3 +149,8 @@ class FoldedBatch:
             PolicyRow(key, channel, json.dumps(asdict(terms), sort_keys=True))
             for key, (channel, terms) in self.policies.items()
         ]
+
+
+def _key(originator_id: UUID | str) -> str:
+    # The ledger's recorders always return UUIDs; the library's type also allows a string.
+    return originator_id.hex if isinstance(originator_id, UUID) else UUID(originator_id).hex

@@ -78,7 +78,7 @@ class AsOfReader:
     def __init__(self, app: InventoryLedger, *, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
         self._app = app
         self._checkpoint_every = checkpoint_every
-        self._recorder: Any = app.recorder
+        self._recorder = app.ledger_recorder
         self._lock = threading.Lock()
         self._checkpoints: OrderedDict[UUID, list[Checkpoint]] = OrderedDict()
 
@@ -223,7 +223,7 @@ class AsOfReader:
             return PositionState(sku, location_id)
         # Given a version the repository bypasses its cache: a fresh aggregate, folded from
         # the newest snapshot at or before that version.
-        position = self._app.repository.get(pid, version=version)
+        position: object = self._app.repository.get(pid, version=version)
         if not isinstance(position, Position):  # pragma: no cover - ids are position ids
             raise AssertionError(f"{pid} is not a position")
         return position

@@ -99,7 +99,7 @@ def ledger_rows(
     remaining = limit
     while remaining is None or remaining > 0:
         page = PAGE if remaining is None else min(PAGE, remaining)
-        rows = app.recorder.select_entries(after_seq=after_position, limit=page)  # type: ignore[attr-defined]
+        rows = app.ledger_recorder.select_entries(after_seq=after_position, limit=page)
         yield from rows
         if len(rows) < page:
             return
@@ -113,7 +113,7 @@ def position_rows(
 ) -> Iterator[EntryRow]:
     """One position's stored rows in version order, read in pages (undecoded)."""
     while True:
-        rows = app.recorder.select_position_entries(  # type: ignore[attr-defined]
+        rows = app.ledger_recorder.select_position_entries(
             position_id, after_version=after_version, limit=PAGE, until_version=until_version
         )
         yield from rows

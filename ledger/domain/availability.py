@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from ledger.domain.hold_book import HOLD_ACTIVE, HOLD_COMMITTED, book_of, open_qty
+from ledger.domain.hold_book import HOLD_ACTIVE, HOLD_COMMITTED, Hold, book_of, open_qty
 
 __all__ = ["HOLD_ACTIVE", "HOLD_COMMITTED"]
 
@@ -17,7 +17,7 @@ class PositionState(Protocol):
     on_hand: int
     safety_stock: int
     fences: dict[str, int]
-    holds: dict[str, dict[str, Any]]
+    holds: dict[str, Hold]
 
 
 class InboundState(PositionState, Protocol):
@@ -27,7 +27,7 @@ class InboundState(PositionState, Protocol):
 hold_open_qty = open_qty
 
 
-def hold_blocks(hold: dict[str, Any], now: datetime) -> bool:
+def hold_blocks(hold: Hold, now: datetime) -> bool:
     """A hold counts against stock while COMMITTED, or while ACTIVE and not yet expired."""
     if hold["status"] == HOLD_COMMITTED:
         return True

@@ -23,12 +23,22 @@ import bisect
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypedDict
 
 HOLD_ACTIVE = "ACTIVE"
 HOLD_COMMITTED = "COMMITTED"
 
-Hold = dict[str, Any]
+
+class Hold(TypedDict):
+    """One reservation's hold on a position. A dict at run time: snapshots, projection rows
+    and exports store exactly the mapping they always stored."""
+
+    channel: str
+    order_ref: str
+    status: str  # HOLD_ACTIVE or HOLD_COMMITTED
+    qty: int
+    shipped: int
+    expires_at: datetime
 
 
 def open_qty(hold: Hold) -> int:
@@ -86,7 +96,7 @@ class HoldBook(dict[str, Hold]):
             raise KeyError(reservation_id)
         self.remove(reservation_id)
 
-    def pop(self, reservation_id: str, *default: Any) -> Any:  # type: ignore[override]
+    def pop(self, reservation_id: str, *default: Any) -> Any:
         if reservation_id in self:
             hold = self[reservation_id]
             self.remove(reservation_id)
@@ -140,7 +150,11 @@ class HoldBook(dict[str, Hold]):
         return (HoldBook, (dict(self),))
 
 
-def book_of(position: Any) -> HoldBook:
+class HasHolds(Protocol):
+    holds: dict[str, Hold]
+
+
+def book_of(position: HasHolds) -> HoldBook:
     """The position's holds as a book, converting a plain dict (snapshot, projection row)
     in place on first use."""
     holds = position.holds

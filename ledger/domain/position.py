@@ -17,7 +17,7 @@ from eventsourcing.domain import Aggregate
 
 from ledger.domain import availability, chain
 from ledger.domain.availability import HOLD_ACTIVE, inbound_outstanding
-from ledger.domain.hold_book import HoldBook, book_of
+from ledger.domain.hold_book import Hold, HoldBook, book_of
 from ledger.domain.movements import Disposition, FromBucket, Movement, MovementType
 
 # How long a settled transfer (nothing left in transit) is remembered after its last event.
@@ -62,7 +62,23 @@ def _check(condition: bool, message: str) -> None:
 
 
 class PositionFigures:
-    """Derived figures of contract §2, for anything holding a position's state attributes."""
+    """A position's state attributes (set by :func:`init_state`, changed only by the folds)
+    and the figures of contract §2 derived from them."""
+
+    # Declarations only (no class attributes): the aggregate and the plain replays alike.
+    on_hand: int
+    receiving: int
+    quarantine: int
+    damaged: int
+    in_transit_inbound: int
+    safety_stock: int
+    fences: dict[str, int]
+    holds: dict[str, Hold]  # a HoldBook once used; a plain dict fresh from a snapshot or row
+    inbound: dict[str, dict[str, Any]]  # transfer_id -> {dispatched, received, closed, ...}
+    last_count_at: datetime | None
+    updated_at: datetime | None
+    last_hash: str
+    max_occurred_at: datetime | None
 
     def reserved(self, now: datetime) -> int:
         return availability.reserved(self, now)
@@ -186,12 +202,17 @@ class Position(Aggregate, PositionFigures):
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
             aggregate.on_hand -= self.qty
-            hold = aggregate.holds.get(self.reservation_id) if self.reservation_id else None
+            reservation_id = self.reservation_id
+            hold = aggregate.holds.get(reservation_id) if reservation_id else None
             # An expired ACTIVE hold no longer holds anything: the shipment cannot consume it.
-            if hold is not None and availability.hold_blocks(hold, self.recorded_at):
+            if (
+                reservation_id
+                and hold is not None
+                and availability.hold_blocks(hold, self.recorded_at)
+            ):
                 # Fully shipped, the hold goes away.
                 book_of(aggregate).ship(
-                    self.reservation_id, min(self.qty, availability.hold_open_qty(hold))
+                    reservation_id, min(self.qty, availability.hold_open_qty(hold))
                 )
 
     class Adjusted(Event):

@@ -71,8 +71,8 @@ def start_endpoint(
     try:
         server, thread = start_http_server(port, host, registry=REGISTRY)
     except BaseException as error:
-        for collector in collectors:
-            REGISTRY.unregister(collector)
+        for registered in collectors:
+            REGISTRY.unregister(registered)
         if isinstance(error, OSError):
             raise ConfigError(f"cannot serve metrics on {listen}: {error}") from error
         raise

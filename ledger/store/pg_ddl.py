@@ -60,6 +60,6 @@ def run_missing_ddl(
             row = cursor.fetchone()
             if row is not None and row["present"]:
                 continue
-        cursor.execute(statement, prepare=False)  # type: ignore[arg-type]  # trusted DDL
+        cursor.execute(statement, prepare=False)  # trusted DDL
         ran += 1
     return ran

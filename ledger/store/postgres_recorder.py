@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
@@ -28,6 +28,7 @@ from ledger.store.index_ops import (
     ReservationRow,
     entries_in_commit_order,
 )
+from ledger.store.ledger_recorder import LedgerRecorder
 from ledger.store.pg_ddl import advisory_key, run_missing_ddl
 from ledger.store.pg_schema import LedgerTables, create_statements
 from ledger.store.writer_mutex import PostgresWriterMutex
@@ -305,6 +306,8 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
         """The writers' turn-taking lock of this ledger (ledger.store.writer_mutex), on a
         connection of its own with this store's credentials."""
         kwargs = self.datastore.pool.kwargs or {}
+        if callable(kwargs):  # psycopg_pool also takes a function returning them
+            kwargs = kwargs()
         conninfo = {k: v for k, v in kwargs.items() if k != "row_factory"}
         return PostgresWriterMutex(
             conninfo, self.datastore.schema, self._entries_name, self._head_statement
@@ -460,3 +463,7 @@ def _split(ops: Sequence[IndexOp]) -> tuple[list[PositionIndexed], list[Reservat
         else:  # pragma: no cover
             raise AssertionError(f"unknown index op {op!r}")
     return list(positions.values()), list(reservations.values())
+
+
+if TYPE_CHECKING:  # the type checker holds the recorder to the protocol, signatures included
+    _conforms: type[LedgerRecorder] = LedgerPostgresRecorder

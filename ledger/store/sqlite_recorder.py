@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
@@ -19,6 +19,7 @@ from ledger.store.index_ops import (
     ReservationRow,
     entries_in_commit_order,
 )
+from ledger.store.ledger_recorder import LedgerRecorder
 
 _CREATE = [
     "CREATE TABLE IF NOT EXISTS ledger_position_index ("
@@ -311,3 +312,7 @@ def _apply(c: SQLiteCursor, op: IndexOp) -> None:
         )
     else:  # pragma: no cover
         raise AssertionError(f"unknown index op {op!r}")
+
+
+if TYPE_CHECKING:  # the type checker holds the recorder to the protocol, signatures included
+    _conforms: type[LedgerRecorder] = LedgerSQLiteRecorder

@@ -31,9 +31,9 @@ def _line(spec: LineSpec) -> reservation_service_pb2.ReserveLine:
     if isinstance(spec, reservation_service_pb2.ReserveLine):
         return spec
     if len(spec) == 2:
-        sku, qty = spec  # type: ignore[misc]
+        sku, qty = spec
         return line(sku, qty)
-    sku, location_id, qty = spec  # type: ignore[misc]
+    sku, location_id, qty = spec
     return line(sku, qty, location_id)
 
 
