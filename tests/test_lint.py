@@ -34,3 +34,19 @@ def test_mypy_reports_no_errors() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Success: no issues found" in result.stdout, result.stdout
+
+
+def test_import_contracts_are_kept() -> None:
+    # .importlinter: layers, the domain free of infrastructure, no package cycles;
+    # tests/test_import_contracts.py shows each one failing on a violation.
+    lint_imports = shutil.which("lint-imports")
+    assert lint_imports, "lint-imports (import-linter, the test extra) is not installed"
+    result = subprocess.run(
+        [lint_imports, "--no-cache", "--no-logo"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Contracts: 3 kept, 0 broken." in result.stdout, result.stdout
