@@ -10,7 +10,7 @@ field rules and limits of every edge cannot drift. A pydantic error location suc
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -365,11 +365,14 @@ class ListInTransitModel(_Strict):
         return self
 
 
-EXCEPTION_TYPES = ("", "NEGATIVE_BUCKET", "STALE_COUNT", "TRANSFER_SHORTAGE", "UNKNOWN_RESERVATION")
+ExceptionType = Literal[
+    "", "NEGATIVE_BUCKET", "STALE_COUNT", "TRANSFER_SHORTAGE", "UNKNOWN_RESERVATION"
+]
+EXCEPTION_TYPES: tuple[str, ...] = get_args(ExceptionType)
 
 
 class ListExceptionsModel(_Strict):
-    type: Literal[EXCEPTION_TYPES] = ""  # type: ignore[valid-type]
+    type: ExceptionType = ""
     sku: OptionalIdentifier = ""
     location_id: OptionalIdentifier = ""
     page_size: PageSize = 0

@@ -31,12 +31,17 @@ from ledger.domain.limits import CONFLICT_RETRIES_MAX
 from ledger.metrics.definitions import BATCH_SIZE, COMMIT_SECONDS, WRITE_CONFLICTS, count_appended
 from ledger.store.index_ops import from_micros
 from ledger.store.writer_mutex import WriterMutex
-from ledger.unit_of_work import AggregateCache, Finisher, PendingInThisCommit, UnitOfWork
+from ledger.unit_of_work import (
+    AggregateCache,
+    Command,
+    Finisher,
+    PendingInThisCommit,
+    UnitOfWork,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Command = Callable[[UnitOfWork], Finisher]
 
 QUEUE_DEPTH_MAX = 10_000
 # Group commit: how long the writer waits for batch-mates, and how many share a commit.
@@ -109,7 +114,7 @@ class CommandPipeline:
         """Called on the writer thread after every commit that wrote events (keep it cheap)."""
         self._commit_listeners.append(listener)
 
-    def submit(self, command: Command, *, time_remaining: float | None = None) -> Future[Any]:
+    def submit(self, command: Command[T], *, time_remaining: float | None = None) -> Future[T]:
         """Queue ``command``. With ``time_remaining`` (the caller's deadline, in seconds) a
         command that would wait longer than that is refused up front."""
         if time_remaining is not None:
@@ -149,7 +154,7 @@ class CommandPipeline:
         self._seconds_per_command += a * (per_command - self._seconds_per_command)
         self._seconds_per_batch += a * (seconds - self._seconds_per_batch)
 
-    def execute(self, command: Command) -> Any:
+    def execute(self, command: Command[T]) -> T:
         """Submit and wait (for synchronous callers: CLI, tools, tests)."""
         return self.submit(command).result()
 

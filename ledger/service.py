@@ -8,8 +8,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from datetime import UTC, datetime
-from typing import Any
+from typing import TypeVar
 
 from eventsourcing.persistence import InterfaceError, OperationalError
 
@@ -24,10 +25,13 @@ from ledger.domain.position import Position, position_id
 from ledger.domain.reservation import Reservation, parse_reservation_id
 from ledger.pipeline import CommandPipeline
 from ledger.store.index_ops import to_micros
+from ledger.unit_of_work import Command
 from ledger.use_cases import movements, policies, reservations
 from ledger.use_cases.context import CallContext
 from ledger.use_cases.reservations import ReserveInput
 from ledger.views import (
+    ChannelPolicyView,
+    MovementResultView,
     Page,
     PositionView,
     ReservationView,
@@ -36,6 +40,7 @@ from ledger.views import (
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 EXPIRY_BATCH_MAX = 100
 
 
@@ -64,35 +69,39 @@ class LedgerService:
 
     # ---- writes (each returns a Future; use .result() or asyncio.wrap_future) -----------------
 
-    def _submit(self, ctx: CallContext, command: Any) -> Any:
+    def _submit(self, ctx: CallContext, command: Command[T]) -> Future[T]:
         """Queue a write; one that cannot be reached before the caller's deadline is refused
         now (RESOURCE_EXHAUSTED) rather than left to time out."""
         return self.pipeline.submit(command, time_remaining=ctx.time_remaining_seconds)
 
     def record_movements(
         self, ctx: CallContext, items: Sequence[Movement], *, reject_reused: bool = True
-    ) -> Any:
+    ) -> Future[list[MovementResultView]]:
         return self._submit(
             ctx, movements.record_movements(ctx, list(items), reject_reused=reject_reused)
         )
 
-    def reserve(self, ctx: CallContext, request: ReserveInput) -> Any:
+    def reserve(self, ctx: CallContext, request: ReserveInput) -> Future[ReservationView]:
         return self._submit(ctx, reservations.reserve(ctx, request))
 
-    def commit(self, ctx: CallContext, request_id: str, reservation_id: str, channel: str) -> Any:
+    def commit(
+        self, ctx: CallContext, request_id: str, reservation_id: str, channel: str
+    ) -> Future[ReservationView]:
         return self._submit(ctx, reservations.commit(ctx, request_id, reservation_id, channel))
 
-    def release(self, ctx: CallContext, request_id: str, reservation_id: str, channel: str) -> Any:
+    def release(
+        self, ctx: CallContext, request_id: str, reservation_id: str, channel: str
+    ) -> Future[ReservationView]:
         return self._submit(ctx, reservations.release(ctx, request_id, reservation_id, channel))
 
     def set_safety_stock(
         self, ctx: CallContext, request_id: str, sku: str, location_id: str, qty: int
-    ) -> Any:
+    ) -> Future[PositionView]:
         return self._submit(ctx, policies.set_safety_stock(ctx, request_id, sku, location_id, qty))
 
     def set_channel_fence(
         self, ctx: CallContext, request_id: str, sku: str, location_id: str, channel: str, qty: int
-    ) -> Any:
+    ) -> Future[PositionView]:
         return self._submit(
             ctx, policies.set_channel_fence(ctx, request_id, sku, location_id, channel, qty)
         )
@@ -106,7 +115,7 @@ class LedgerService:
         share_percent: int,
         buffer: int,
         max_publish: int,
-    ) -> Any:
+    ) -> Future[ChannelPolicyView]:
         return self._submit(
             ctx,
             policies.set_channel_policy(

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Recording
@@ -142,7 +142,11 @@ def declare_reads(command: Any, reads: Reads) -> Any:
     return command
 
 
-Finisher = Callable[[list[Recording]], Any]
+T = TypeVar("T")
+# A command's answer once its events are committed (bare ``Finisher``: any answer).
+Finisher = Callable[[list[Recording]], T]
+# A write: changes the unit of work, then answers with a finisher (run by the pipeline).
+Command = Callable[["UnitOfWork"], Finisher[T]]
 
 
 class PendingInThisCommit(Exception):

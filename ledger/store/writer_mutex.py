@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import psycopg
 import psycopg.errors
@@ -66,19 +66,19 @@ class NoWriterMutex:
 
 class PostgresWriterMutex:
     def __init__(
-        self, conninfo: dict[str, object], schema: str, entries_table: str, head_sql: Composed
+        self, conninfo: dict[str, Any], schema: str, entries_table: str, head_sql: Composed
     ) -> None:
         """``head_sql`` selects (seq, recorded_at_us) of the newest ledger entry."""
         self._conninfo = conninfo
         self._key = advisory_key(schema, entries_table, "ledger-writer")
         self._head_sql = head_sql
-        self._connection: psycopg.Connection[tuple[object, ...]] | None = None
+        self._connection: psycopg.Connection[tuple[Any, ...]] | None = None
         self._lock = threading.Lock()  # one writer thread per process; cheap insurance
 
-    def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         if self._connection is None or self._connection.closed:
             self._connection = psycopg.Connection.connect(
-                **self._conninfo,  # type: ignore[arg-type]
+                **self._conninfo,
                 # Never prepared: the same two statements every turn, and nothing to redo.
                 prepare_threshold=None,
                 options=(
@@ -123,7 +123,7 @@ class PostgresWriterMutex:
                     continue
                 log.warning("writer mutex unavailable: %s", error)
                 raise OperationalError(f"writer mutex: {error}") from error
-            return 0 if row is None else int(row[1])  # type: ignore[call-overload]
+            return 0 if row is None else int(row[1])
         raise AssertionError("unreachable")
 
     def _release(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 from eventsourcing.application import Recording
 
@@ -14,6 +13,7 @@ from ledger.domain.idempotency import IdempotencyKey, fingerprint, movement_key_
 from ledger.domain.movements import Movement, MovementType
 from ledger.domain.position import EventMeta, Position, position_id
 from ledger.unit_of_work import (
+    Command,
     EventRef,
     Finisher,
     Reads,
@@ -34,7 +34,7 @@ REUSED = "REUSED"
 
 def record_movements(
     ctx: CallContext, movements: Sequence[Movement], *, reject_reused: bool = True
-) -> Any:
+) -> Command[list[MovementResultView]]:
     """All movements in one transaction. A reused id with another payload fails the whole
     request (nothing applied), or — ``reject_reused=False``, for ingest batches whose other
     messages must still apply — is reported as REUSED and skipped."""

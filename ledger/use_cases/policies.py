@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ledger.domain import availability
 from ledger.domain.channel_policy import ChannelPolicy
 from ledger.domain.errors import FenceExceedsAvailable
-from ledger.unit_of_work import Finisher, UnitOfWork
+from ledger.unit_of_work import Command, Finisher, UnitOfWork
 from ledger.use_cases.context import CallContext
 from ledger.use_cases.idempotent import previous_result, replayed, request_key, written
 from ledger.views import ChannelPolicyView, PositionView
@@ -15,7 +13,7 @@ from ledger.views import ChannelPolicyView, PositionView
 
 def set_safety_stock(
     ctx: CallContext, request_id: str, sku: str, location_id: str, qty: int
-) -> Any:
+) -> Command[PositionView]:
     key = request_key(
         ctx, request_id, "SetSafetyStock", {"sku": sku, "location_id": location_id, "qty": qty}
     )
@@ -35,7 +33,7 @@ def set_safety_stock(
 
 def set_channel_fence(
     ctx: CallContext, request_id: str, sku: str, location_id: str, channel: str, qty: int
-) -> Any:
+) -> Command[PositionView]:
     payload = {"sku": sku, "location_id": location_id, "channel": channel, "qty": qty}
     key = request_key(ctx, request_id, "SetChannelFence", payload)
 
@@ -65,7 +63,7 @@ def set_channel_policy(
     share_percent: int,
     buffer: int,
     max_publish: int,
-) -> Any:
+) -> Command[ChannelPolicyView]:
     payload = {
         "channel": channel,
         "eligible_location_ids": eligible_location_ids,

@@ -19,6 +19,7 @@ from ledger.ids import new_uuid4
 from ledger.metrics.definitions import count_reservation
 from ledger.store.index_ops import ReservationIndexed, to_micros
 from ledger.unit_of_work import (
+    Command,
     Finisher,
     Reads,
     UnitOfWork,
@@ -132,7 +133,7 @@ class _Planner:
         return parts
 
 
-def reserve(ctx: CallContext, request: ReserveInput) -> Any:
+def reserve(ctx: CallContext, request: ReserveInput) -> Command[ReservationView]:
     key = request_key(ctx, request.request_id, "Reserve", request.payload())
 
     def command(uow: UnitOfWork) -> Finisher:
@@ -211,7 +212,7 @@ def _transition(
     channel: str,
     kind: str,
     apply: Callable[[Reservation, UnitOfWork, EventMeta], None],
-) -> Any:
+) -> Command[ReservationView]:
     """Commit or release: move the reservation and mirror it on each of its positions."""
     key = request_key(ctx, request_id, kind, {"reservation_id": reservation_id, "channel": channel})
 
@@ -236,7 +237,9 @@ def _transition(
     return declare_reads(command, Reads(keys=(key.key_id,), aggregates=aggregates))
 
 
-def commit(ctx: CallContext, request_id: str, reservation_id: str, channel: str) -> Any:
+def commit(
+    ctx: CallContext, request_id: str, reservation_id: str, channel: str
+) -> Command[ReservationView]:
     """ACTIVE → COMMITTED: each hold moves from reserved to allocated."""
 
     def apply(reservation: Reservation, uow: UnitOfWork, meta: EventMeta) -> None:
@@ -247,7 +250,9 @@ def commit(ctx: CallContext, request_id: str, reservation_id: str, channel: str)
     return _transition(ctx, request_id, reservation_id, channel, "Commit", apply)
 
 
-def release(ctx: CallContext, request_id: str, reservation_id: str, channel: str) -> Any:
+def release(
+    ctx: CallContext, request_id: str, reservation_id: str, channel: str
+) -> Command[ReservationView]:
     """ACTIVE|COMMITTED → RELEASED: the holds disappear."""
 
     def apply(reservation: Reservation, uow: UnitOfWork, meta: EventMeta) -> None:
@@ -259,7 +264,7 @@ def release(ctx: CallContext, request_id: str, reservation_id: str, channel: str
     return _transition(ctx, request_id, reservation_id, channel, "Release", apply)
 
 
-def expire_due(ctx: CallContext, reservation_ids: list[str]) -> Any:
+def expire_due(ctx: CallContext, reservation_ids: list[str]) -> Command[list[str]]:
     """Record EXPIRED for reservations whose time has passed (the sweeper's command).
 
     Holds already stopped counting at ``expires_at``; this only writes the fact down. A
