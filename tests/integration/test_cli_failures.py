@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from entrypoints.cli.main import _parser, _subcommands
+from entrypoints.cli.parser import build_parser, subcommands
 from tests.support.processes import free_tcp_port
 
 DEADLINE_SECONDS = 10.0
@@ -194,7 +194,7 @@ def test_port_zero_still_asks_for_a_free_port(tmp_path: Path) -> None:
 
 
 def test_every_subcommand_documents_its_exit_statuses() -> None:
-    commands = _subcommands(_parser())
+    commands = subcommands(build_parser())
     assert {name for name, _ in commands} >= {"serve", "ingest", "dlq list", "reconcile"}
     for name, command in commands:
         text = command.format_help()

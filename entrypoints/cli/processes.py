@@ -1,0 +1,329 @@
+"""The long-running processes: ``ledger serve``, ``ledger projections``, ``ledger ingest`` and
+``ledger dev``, from start-up to a clean stop on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.config import Settings, projections_in_process
+from ledger.logs import retry_delay
+
+log = logging.getLogger("ledger")
+
+
+def configure_metric_labels(settings: Settings) -> None:
+    from ledger.metrics.labels import configure_labels
+
+    configure_labels(settings.metrics_channels, settings.metrics_sources)
+
+
+@dataclass
+class _Api:
+    service: Any
+    store: Any
+    runner: Any
+    running: Any
+    metrics: Any = None  # ledger.metrics.endpoint.MetricsEndpoint, when --metrics-listen is set
+
+
+def _log_security(settings: Settings, guard: Any) -> None:
+    from entrypoints.grpc.transport import transport_name
+
+    if guard is not None and guard.registry is not None:
+        # SIGHUP re-reads the token file (it is also re-read when it changes).
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, guard.reload)
+        log.info(
+            "authentication: %d principals from %s (reloaded on change and SIGHUP); %s",
+            len(guard.registry.principals),
+            settings.token_file,
+            transport_name(settings),
+        )
+    else:
+        log.info("authentication: none (open mode); %s", transport_name(settings))
+
+
+async def _start_api(settings: Settings) -> _Api:
+    # Imported here so `ledger --help` stays fast and import has no side effects.
+    from entrypoints.grpc.server import start_server
+    from entrypoints.grpc.transport import check_exposure
+    from ledger.metrics.endpoint import start_endpoint
+    from ledger.service import LedgerService
+    from projections.queries import ReadModelQueries
+    from projections.runner import ProjectionRunner
+    from projections.store import ReadModelStore
+
+    check_exposure(settings)  # before anything is opened: ConfigError -> exit 2
+    configure_metric_labels(settings)
+    in_process = projections_in_process(settings)
+    service = await asyncio.to_thread(LedgerService.open, settings.database_url)
+    store = await asyncio.to_thread(ReadModelStore, settings.database_url)
+    runner = ProjectionRunner(service.app, store) if in_process else None
+    if runner is not None:
+        service.pipeline.add_commit_listener(runner.wake)
+        runner.start()
+    read_models = ReadModelQueries(service, store, runner)
+    metrics = start_endpoint(settings.metrics_listen, projection_status=read_models.status)
+    running = await start_server(service, read_models, settings)
+    service.start_expiry_sweeper(settings.expiry_sweep_seconds)
+    _log_security(settings, running.guard)
+    host = settings.listen.rsplit(":", 1)[0]
+    log.info(
+        "ledger listening on %s:%d (database %s, projections %s)",
+        host,
+        running.port,
+        redacted(settings.database_url),
+        "in-process" if in_process else "external",
+    )
+    return _Api(service, store, runner, running, metrics)
+
+
+async def _stop_api(api: _Api, settings: Settings) -> None:
+    log.info("shutting down: draining in-flight calls (grace %.0fs)", settings.grace_seconds)
+    await api.running.stop(settings.grace_seconds)
+    if api.metrics is not None:
+        await asyncio.to_thread(api.metrics.close)
+    if api.runner is not None:
+        await asyncio.to_thread(api.runner.stop)
+    await asyncio.to_thread(api.service.close)
+    await asyncio.to_thread(api.store.close)
+
+
+def check_process_tuning() -> None:
+    """Parse LEDGER_GC_THRESHOLDS and LEDGER_GIL_SWITCH_MS (ConfigError when malformed)."""
+    from ledger.gc_tuning import thresholds_from_env
+    from ledger.gil_tuning import switch_ms_from_env
+
+    thresholds_from_env()
+    switch_ms_from_env()
+
+
+def _tune_process() -> None:
+    """Once a long-running process has built what it keeps: garbage collector and the
+    interpreter's switch interval (ledger.gc_tuning, ledger.gil_tuning)."""
+    from ledger.gc_tuning import tune_after_startup
+    from ledger.gil_tuning import tune_switch_interval
+
+    tune_after_startup()
+    tune_switch_interval()
+
+
+async def serve(settings: Settings) -> None:
+    stop = stop_on_signals()  # first: a signal during start-up stops the start
+    api = await _start_api(settings)
+    _tune_process()
+    await stop.wait()
+    await _stop_api(api, settings)
+    log.info("stopped")
+
+
+async def run_projections(settings: Settings, batch_size: int | None = None) -> None:
+    from ledger.application import InventoryLedger
+    from ledger.config import eventsourcing_env
+    from projections.runner import BATCH_MAX, ProjectionRunner
+    from projections.store import ReadModelStore
+
+    stop = stop_on_signals()  # first: a signal during start-up stops the start
+    app = await asyncio.to_thread(InventoryLedger, eventsourcing_env(settings.database_url))
+    store = await asyncio.to_thread(ReadModelStore, settings.database_url)
+    runner = await asyncio.to_thread(
+        ProjectionRunner, app, store, batch_max=batch_size or BATCH_MAX
+    )
+    runner.start()
+    _tune_process()
+    listener = None
+    if settings.database_url.startswith("postgres"):
+        from projections.commit_listener import CommitListener
+
+        listener = CommitListener(settings.database_url, app.recorder.channel_name, runner.wake)
+        listener.start()
+    metrics = _projection_metrics(settings, app, runner)
+    log.info(
+        "projections following %s from position %d (generation %d)",
+        redacted(settings.database_url),
+        runner.applied_position,
+        runner.generation,
+    )
+    await stop.wait()
+    if metrics is not None:
+        await asyncio.to_thread(metrics.close)
+    if listener is not None:
+        await asyncio.to_thread(listener.stop)
+    await asyncio.to_thread(runner.stop)
+    await asyncio.to_thread(store.close)
+    app.close()
+    log.info("stopped")
+
+
+def _projection_metrics(settings: Settings, app: Any, runner: Any) -> Any:
+    """The /metrics endpoint of ``ledger projections``, with its lag (None when disabled)."""
+    from ledger.metrics.endpoint import start_endpoint
+    from projections.queries import ProjectionStatusView
+
+    return start_endpoint(
+        settings.metrics_listen,
+        projection_status=lambda: ProjectionStatusView(
+            app.head_position(), runner.applied_position
+        ),
+    )
+
+
+async def run_ingest(
+    settings: Settings,
+    nats_url: str,
+    batch_size: int = 100,
+    units_path: str | None = None,
+    prefix: str = "",
+) -> None:
+    """``ledger ingest``: the JetStream bridge until SIGTERM/SIGINT."""
+    from ledger.metrics.endpoint import start_endpoint
+    from ledger.service import LedgerService
+    from projections.store import ReadModelStore
+
+    stop = stop_on_signals()  # first: a signal during start-up stops the start
+    configure_metric_labels(settings)
+    service = await asyncio.to_thread(LedgerService.open, settings.database_url)
+    store = await asyncio.to_thread(ReadModelStore, settings.database_url)
+    metrics = None
+    try:
+        metrics = start_endpoint(settings.metrics_listen)
+        _tune_process()
+        await _ingest_until(stop, service, store, nats_url, batch_size, units_path, prefix)
+    finally:
+        if metrics is not None:
+            await asyncio.to_thread(metrics.close)
+        await asyncio.to_thread(service.close)
+        await asyncio.to_thread(store.close)
+    log.info("stopped")
+
+
+async def _ingest_until(
+    stop: asyncio.Event,
+    service: Any,
+    store: Any,
+    nats_url: str,
+    batch_size: int = 100,
+    units_path: str | None = None,
+    prefix: str = "",
+) -> None:
+    """The bridge and the exception publisher, on an open ledger, until ``stop`` is set.
+    Waits for NATS (one line per attempt, with back-off) and rides out its outages."""
+    from ingest.bridge import IngestBridge
+    from ingest.exceptions import ExceptionPublisher
+    from ingest.streams import StreamNames, ensure_topology
+    from ingest.units import UnitTable
+    from ledger.nats_connect import close, connect_patiently
+
+    units = UnitTable.from_json_file(units_path) if units_path else None
+    names = StreamNames(prefix)
+    nc = await connect_patiently(nats_url, "ledger-ingest", stop)
+    if nc is None:
+        log.info("ingest stopped before NATS at %s answered", redacted(nats_url))
+        return
+    try:
+        js = nc.jetstream()
+        if not await _until_done(stop, lambda: ensure_topology(js, names), "ingest streams"):
+            return
+        bridge = IngestBridge(service, js, names=names, units=units)
+        publisher = ExceptionPublisher(store, js, names=names)
+        log.info(
+            "ingest from %s (%s), batches of %d; exceptions on %s",
+            redacted(nats_url),
+            names.movements_stream,
+            batch_size,
+            names.exceptions_filter,
+        )
+        await asyncio.gather(bridge.run(stop, batch_size), publisher.run(stop))
+        await bridge.close()
+        counters = bridge.counters
+        log.info(
+            "ingest stopped: %d recorded, %d duplicates, %d dead-lettered, %d redeliveries,"
+            " %d store failures, %d exceptions published",
+            counters.processed,
+            counters.duplicates,
+            counters.dead_lettered,
+            counters.redeliveries,
+            counters.store_failures,
+            publisher.published,
+        )
+    finally:
+        await close(nc)
+
+
+async def _until_done(stop: asyncio.Event, step: Any, what: str) -> bool:
+    """Retry ``step()`` (a coroutine function) with back-off until it succeeds (True) or
+    ``stop`` is set (False); one warning line per failed attempt."""
+    from ledger.nats_connect import describe, sleep_unless_stopped, unless_stopped
+
+    attempt = 0
+    while not stop.is_set():
+        try:
+            await unless_stopped(stop, step())
+        except Exception as error:  # the broker went away meanwhile: it comes back
+            attempt += 1
+            log.warning(
+                "%s: %s (attempt %d); retrying in %.1f s",
+                what,
+                describe(error),
+                attempt,
+                retry_delay(attempt),
+            )
+            await sleep_unless_stopped(stop, retry_delay(attempt))
+            continue
+        return not stop.is_set()
+    return False
+
+
+async def run_dev(settings: Settings, nats_listen: str, data_dir: str) -> None:
+    """``ledger dev``: a local nats-server with JetStream, the gRPC service with in-process
+    projections, and the ingest bridge, in one process over one ledger (the embedded SQLite
+    ledger serves one process). Ctrl-C stops them in reverse order: ingest, service,
+    nats-server (which has its own process group, so the terminal's SIGINT reaches only us)."""
+    from pathlib import Path
+
+    from ingest.streams import ensure_topology
+    from ledger.local_nats import start_local_nats, stop_local_nats
+    from ledger.nats_connect import close, connect_once
+
+    stop = stop_on_signals()
+    nats_url = f"nats://{nats_listen}"
+    nats_server = await asyncio.to_thread(start_local_nats, nats_listen, Path(data_dir))
+    log.info("nats-server with JetStream on %s (files in %s)", nats_url, data_dir)
+    try:
+        # The streams exist before the service says it listens: a publisher may start then.
+        nc = await connect_once(nats_url, "ledger-dev")
+        try:
+            await ensure_topology(nc.jetstream())
+        finally:
+            await close(nc)
+        if not stop.is_set():
+            api = await _start_api(settings)
+            try:
+                await _ingest_until(stop, api.service, api.store, nats_url)
+            finally:
+                await _stop_api(api, settings)
+    finally:
+        await asyncio.to_thread(stop_local_nats, nats_server)
+    log.info("stopped")
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    return stopping
+
+
+def redacted(url: str) -> str:
+    """Never log a database password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
