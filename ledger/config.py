@@ -1,8 +1,14 @@
-"""Configuration: command-line flags over environment variables over defaults."""
+"""Configuration: command-line flags over environment variables over defaults.
+
+The settings module: the only one in ``ledger``, ``projections`` and ``ingest`` that reads the
+environment. The entrypoints read each group of settings here when the command needs it and
+pass the values down (``LedgerService(group_commit=...)``, ``tune_after_startup(thresholds)``).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -11,10 +17,51 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///./ledger.db"
 # Load shedding: unary calls a replica serves at once (entrypoints.grpc.load_shedding).
 DEFAULT_MAX_CALLS_IN_FLIGHT = 1024
+# Garbage-collector thresholds and thread switch interval of the long-running processes
+# (ledger.gc_tuning, ledger.gil_tuning explain the figures).
+DEFAULT_GC_THRESHOLDS = (20_000, 50, 20)
+DEFAULT_GIL_SWITCH_MS = 0.25
 
 
 class ConfigError(ValueError):
     """Raised when configuration is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class GroupCommit:
+    """How the writer batches commands into one transaction; docs/performance.md explains
+    the trade."""
+
+    linger_seconds: float = 0.001
+    max_commands: int = 256
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> GroupCommit:
+        """LEDGER_GROUP_COMMIT_LINGER_MS (default 1) and LEDGER_GROUP_COMMIT_MAX (default
+        256)."""
+        linger_ms = float(environ.get("LEDGER_GROUP_COMMIT_LINGER_MS", "1"))
+        batch_max = int(environ.get("LEDGER_GROUP_COMMIT_MAX", "256"))
+        if not 0 <= linger_ms <= 100 or not 1 <= batch_max <= 10_000:
+            raise ValueError(
+                "LEDGER_GROUP_COMMIT_LINGER_MS must be 0-100 and LEDGER_GROUP_COMMIT_MAX 1-10000"
+            )
+        return cls(linger_ms / 1000, batch_max)
+
+
+@dataclass(frozen=True)
+class ProcessTuning:
+    """Garbage collector and interpreter switch interval of a long-running process."""
+
+    gc_thresholds: tuple[int, int, int] = DEFAULT_GC_THRESHOLDS
+    gil_switch_ms: float = DEFAULT_GIL_SWITCH_MS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ProcessTuning:
+        """LEDGER_GC_THRESHOLDS and LEDGER_GIL_SWITCH_MS (ConfigError when malformed)."""
+        from ledger.gc_tuning import thresholds_from_env
+        from ledger.gil_tuning import switch_ms_from_env
+
+        return cls(thresholds_from_env(environ), switch_ms_from_env(environ))
 
 
 @dataclass(frozen=True)
@@ -41,6 +88,8 @@ class Settings:
     tls_key: str = ""
     tls_client_ca: str = ""  # set: mutual TLS, client certificates required
     max_calls_in_flight: int = DEFAULT_MAX_CALLS_IN_FLIGHT
+    # Long-running processes: read by the command that tunes itself (ProcessTuning.from_env).
+    tuning: ProcessTuning = ProcessTuning()
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -162,15 +211,3 @@ def projections_in_process(settings: Settings) -> bool:
     if settings.projections == "auto":
         return settings.database_url.startswith("sqlite:")
     return settings.projections == "in-process"
-
-
-def group_commit_from_env() -> tuple[float, int]:
-    """(linger seconds, commands per commit) from LEDGER_GROUP_COMMIT_LINGER_MS (default 1)
-    and LEDGER_GROUP_COMMIT_MAX (default 256); docs/performance.md explains the trade."""
-    linger_ms = float(os.environ.get("LEDGER_GROUP_COMMIT_LINGER_MS", "1"))
-    batch_max = int(os.environ.get("LEDGER_GROUP_COMMIT_MAX", "256"))
-    if not 0 <= linger_ms <= 100 or not 1 <= batch_max <= 10_000:
-        raise ValueError(
-            "LEDGER_GROUP_COMMIT_LINGER_MS must be 0-100 and LEDGER_GROUP_COMMIT_MAX 1-10000"
-        )
-    return linger_ms / 1000, batch_max

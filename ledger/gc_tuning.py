@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 from collections.abc import Mapping
 
-from ledger.config import ConfigError
+from ledger.config import DEFAULT_GC_THRESHOLDS, ConfigError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLDS = (20_000, 50, 20)
+DEFAULT_THRESHOLDS = DEFAULT_GC_THRESHOLDS
 
 
-def thresholds_from_env(environ: Mapping[str, str] = os.environ) -> tuple[int, int, int]:
+def thresholds_from_env(environ: Mapping[str, str]) -> tuple[int, int, int]:
     text = environ.get("LEDGER_GC_THRESHOLDS", "").strip()
     if not text:
         return DEFAULT_THRESHOLDS
@@ -39,9 +38,8 @@ def thresholds_from_env(environ: Mapping[str, str] = os.environ) -> tuple[int, i
     return first, second, third
 
 
-def tune_after_startup(environ: Mapping[str, str] = os.environ) -> tuple[int, int, int]:
+def tune_after_startup(thresholds: tuple[int, int, int]) -> tuple[int, int, int]:
     """Call once the process has built what it keeps for its whole life."""
-    thresholds = thresholds_from_env(environ)
     gc.collect()
     gc.freeze()
     gc.set_threshold(*thresholds)

@@ -13,18 +13,17 @@ price is more frequent switches, a few per cent of CPU at most.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Mapping
 
-from ledger.config import ConfigError
+from ledger.config import DEFAULT_GIL_SWITCH_MS, ConfigError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SWITCH_MS = 0.25
+DEFAULT_SWITCH_MS = DEFAULT_GIL_SWITCH_MS
 
 
-def switch_ms_from_env(environ: Mapping[str, str] = os.environ) -> float:
+def switch_ms_from_env(environ: Mapping[str, str]) -> float:
     text = environ.get("LEDGER_GIL_SWITCH_MS", "").strip()
     if not text:
         return DEFAULT_SWITCH_MS
@@ -39,9 +38,8 @@ def switch_ms_from_env(environ: Mapping[str, str] = os.environ) -> float:
     return value
 
 
-def tune_switch_interval(environ: Mapping[str, str] = os.environ) -> float:
+def tune_switch_interval(milliseconds: float) -> float:
     """Set the switch interval for this process; returns it in milliseconds."""
-    milliseconds = switch_ms_from_env(environ)
     sys.setswitchinterval(milliseconds / 1000)
     log.debug("gil: switch interval %.3f ms", milliseconds)
     return milliseconds

@@ -18,7 +18,7 @@ from ledger.application import InventoryLedger
 from ledger.audit import verify
 from ledger.audit.as_of import AsOfReader, Axis
 from ledger.audit.entries import LedgerEntryView, decode_event, entry_view, ledger_entries
-from ledger.config import eventsourcing_env, group_commit_from_env
+from ledger.config import GroupCommit, eventsourcing_env
 from ledger.domain.errors import ReservationNotFound, StoreUnavailable
 from ledger.domain.movements import Movement
 from ledger.domain.position import Position, position_id
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 T = TypeVar("T")
 EXPIRY_BATCH_MAX = 100
+DEFAULT_GROUP_COMMIT = GroupCommit()
 
 
 def system_clock() -> datetime:
@@ -49,18 +50,32 @@ def system_clock() -> datetime:
 
 
 class LedgerService:
-    def __init__(self, app: InventoryLedger, clock: Clock = system_clock) -> None:
+    def __init__(
+        self,
+        app: InventoryLedger,
+        clock: Clock = system_clock,
+        group_commit: GroupCommit = DEFAULT_GROUP_COMMIT,
+    ) -> None:
         self.app = app
         self.clock = clock
-        linger, batch_max = group_commit_from_env()
-        self.pipeline = CommandPipeline(app, clock, linger_seconds=linger, batch_max=batch_max)
+        self.pipeline = CommandPipeline(
+            app,
+            clock,
+            linger_seconds=group_commit.linger_seconds,
+            batch_max=group_commit.max_commands,
+        )
         self.as_of = AsOfReader(app)
         self._sweeper_stop = threading.Event()
         self._sweeper: threading.Thread | None = None
 
     @classmethod
-    def open(cls, database_url: str, clock: Clock = system_clock) -> LedgerService:
-        return cls(InventoryLedger(eventsourcing_env(database_url)), clock)
+    def open(
+        cls,
+        database_url: str,
+        clock: Clock = system_clock,
+        group_commit: GroupCommit = DEFAULT_GROUP_COMMIT,
+    ) -> LedgerService:
+        return cls(InventoryLedger(eventsourcing_env(database_url)), clock, group_commit)
 
     def close(self) -> None:
         self.stop_expiry_sweeper()

@@ -44,6 +44,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from ledger.config import GroupCommit
 from ledger.domain.movements import Movement, MovementType
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
@@ -205,7 +206,7 @@ def run(
     profile: bool = False,
 ) -> dict[str, Any]:
     with database(database_spec) as (kind, url):
-        service = LedgerService.open(url)
+        service = LedgerService.open(url, group_commit=GroupCommit.from_env())
         store = ReadModelStore(url)
         try:
             print(f"writing {events:,} events ({kind}) ...", file=sys.stderr, flush=True)

@@ -8,7 +8,7 @@ import logging
 import os
 from typing import Any
 
-from ledger.config import ConfigError, Settings
+from ledger.config import ConfigError, GroupCommit, Settings
 
 log = logging.getLogger("ledger")
 
@@ -23,7 +23,7 @@ def _open_ledger(database_url: str) -> Any:
     path = env.get("SQLITE_DBNAME")
     if path and path != ":memory:" and not os.path.exists(path):
         raise ConfigError(f"no ledger database at {path}")
-    return LedgerService.open(database_url)
+    return LedgerService.open(database_url, group_commit=GroupCommit.from_env())
 
 
 def run_export(args: argparse.Namespace, settings: Settings) -> int:

@@ -19,7 +19,6 @@ from entrypoints.cli.failures import StopNow, known_failure, stop_now
 from entrypoints.cli.nats_admin import run_dlq, run_import, run_publish
 from entrypoints.cli.parser import build_parser
 from entrypoints.cli.processes import (
-    check_process_tuning,
     run_dev,
     run_ingest,
     run_projections,
@@ -27,7 +26,7 @@ from entrypoints.cli.processes import (
 )
 from entrypoints.cli.read_models import projections_status, rebuild_projections
 from entrypoints.cli.tokens import create_token
-from ledger.config import Settings
+from ledger.config import ProcessTuning, Settings
 from ledger.logs import one_line
 
 log = logging.getLogger("ledger")
@@ -79,14 +78,16 @@ def _nats_url(args: argparse.Namespace) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    tuning = None
     if args.command in ("serve", "ingest", "projections"):
-        check_process_tuning()  # a bad setting fails before anything starts
+        tuning = ProcessTuning.from_env()  # a bad setting fails before anything starts
     if args.command == "serve":
         settings = _checked(
             Settings.from_env(
                 listen=args.listen,
                 database_url=args.database,
                 projections=args.projections,
+                tuning=tuning,
                 metrics_listen=args.metrics_listen,
                 metrics_channels=args.metrics_channels,
                 metrics_sources=args.metrics_sources,
@@ -112,6 +113,7 @@ def _run(args: argparse.Namespace) -> int:
         settings = _checked(
             Settings.from_env(
                 database_url=args.database,
+                tuning=tuning,
                 metrics_listen=args.metrics_listen,
                 metrics_sources=args.metrics_sources,
             )
@@ -133,7 +135,9 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "reconcile":
         return run_reconcile(args, _reachable(Settings.from_env(database_url=args.database)))
     else:
-        settings = Settings.from_env(database_url=args.database, metrics_listen=args.metrics_listen)
+        settings = Settings.from_env(
+            database_url=args.database, tuning=tuning, metrics_listen=args.metrics_listen
+        )
         if args.action == "rebuild":
             return rebuild_projections(_reachable(settings), args.batch_size)
         if args.action == "status":

@@ -9,7 +9,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.config import Settings, projections_in_process
+from ledger.config import GroupCommit, ProcessTuning, Settings, projections_in_process
 from ledger.logs import retry_delay
 
 log = logging.getLogger("ledger")
@@ -59,7 +59,9 @@ async def _start_api(settings: Settings) -> _Api:
     check_exposure(settings)  # before anything is opened: ConfigError -> exit 2
     configure_metric_labels(settings)
     in_process = projections_in_process(settings)
-    service = await asyncio.to_thread(LedgerService.open, settings.database_url)
+    service = await asyncio.to_thread(
+        LedgerService.open, settings.database_url, group_commit=GroupCommit.from_env()
+    )
     store = await asyncio.to_thread(ReadModelStore, settings.database_url)
     runner = ProjectionRunner(service.app, store) if in_process else None
     if runner is not None:
@@ -92,29 +94,20 @@ async def _stop_api(api: _Api, settings: Settings) -> None:
     await asyncio.to_thread(api.store.close)
 
 
-def check_process_tuning() -> None:
-    """Parse LEDGER_GC_THRESHOLDS and LEDGER_GIL_SWITCH_MS (ConfigError when malformed)."""
-    from ledger.gc_tuning import thresholds_from_env
-    from ledger.gil_tuning import switch_ms_from_env
-
-    thresholds_from_env()
-    switch_ms_from_env()
-
-
-def _tune_process() -> None:
+def _tune_process(tuning: ProcessTuning) -> None:
     """Once a long-running process has built what it keeps: garbage collector and the
     interpreter's switch interval (ledger.gc_tuning, ledger.gil_tuning)."""
     from ledger.gc_tuning import tune_after_startup
     from ledger.gil_tuning import tune_switch_interval
 
-    tune_after_startup()
-    tune_switch_interval()
+    tune_after_startup(tuning.gc_thresholds)
+    tune_switch_interval(tuning.gil_switch_ms)
 
 
 async def serve(settings: Settings) -> None:
     stop = stop_on_signals()  # first: a signal during start-up stops the start
     api = await _start_api(settings)
-    _tune_process()
+    _tune_process(settings.tuning)
     await stop.wait()
     await _stop_api(api, settings)
     log.info("stopped")
@@ -133,7 +126,7 @@ async def run_projections(settings: Settings, batch_size: int | None = None) -> 
         ProjectionRunner, app, store, batch_max=batch_size or BATCH_MAX
     )
     runner.start()
-    _tune_process()
+    _tune_process(settings.tuning)
     listener = None
     if settings.database_url.startswith("postgres"):
         from projections.commit_listener import CommitListener
@@ -185,12 +178,14 @@ async def run_ingest(
 
     stop = stop_on_signals()  # first: a signal during start-up stops the start
     configure_metric_labels(settings)
-    service = await asyncio.to_thread(LedgerService.open, settings.database_url)
+    service = await asyncio.to_thread(
+        LedgerService.open, settings.database_url, group_commit=GroupCommit.from_env()
+    )
     store = await asyncio.to_thread(ReadModelStore, settings.database_url)
     metrics = None
     try:
         metrics = start_endpoint(settings.metrics_listen)
-        _tune_process()
+        _tune_process(settings.tuning)
         await _ingest_until(stop, service, store, nats_url, batch_size, units_path, prefix)
     finally:
         if metrics is not None:

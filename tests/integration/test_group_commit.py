@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger.config import GroupCommit
 from ledger.domain.errors import InsufficientAvailability
 from ledger.domain.movements import Movement, MovementType
 from ledger.metrics.definitions import REGISTRY
@@ -30,9 +31,10 @@ def _batches() -> tuple[float, float]:
 
 
 @pytest.fixture
-def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LedgerService]:
-    monkeypatch.setenv("LEDGER_GROUP_COMMIT_LINGER_MS", "50")
-    service = LedgerService.open(f"sqlite:///{tmp_path / 'l.db'}")
+def service(tmp_path: Path) -> Iterator[LedgerService]:
+    # LEDGER_GROUP_COMMIT_LINGER_MS=50, as the entrypoints read it
+    group_commit = GroupCommit.from_env({"LEDGER_GROUP_COMMIT_LINGER_MS": "50"})
+    service = LedgerService.open(f"sqlite:///{tmp_path / 'l.db'}", group_commit=group_commit)
     service.record_movements(
         CTX, [Movement("seed", "r1", MovementType.RECEIPT, "SKU", "L1", qty=20)]
     ).result()

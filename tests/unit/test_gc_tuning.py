@@ -32,7 +32,8 @@ def test_a_bad_setting_is_a_configuration_error(text: str) -> None:
 
 def test_startup_objects_are_frozen_and_thresholds_applied(restored_gc: None) -> None:
     kept = [{"startup": n} for n in range(1000)]
-    assert tune_after_startup({"LEDGER_GC_THRESHOLDS": "12345,6,7"}) == (12345, 6, 7)
+    thresholds = thresholds_from_env({"LEDGER_GC_THRESHOLDS": "12345,6,7"})
+    assert tune_after_startup(thresholds) == (12345, 6, 7)
     assert gc.get_threshold() == (12345, 6, 7)
     assert gc.get_freeze_count() >= len(kept)
 

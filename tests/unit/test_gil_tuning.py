@@ -30,5 +30,5 @@ def test_a_bad_setting_is_a_configuration_error(text: str) -> None:
 
 
 def test_the_interval_is_applied(restored_interval: None) -> None:
-    assert tune_switch_interval({"LEDGER_GIL_SWITCH_MS": "0.5"}) == 0.5
+    assert tune_switch_interval(switch_ms_from_env({"LEDGER_GIL_SWITCH_MS": "0.5"})) == 0.5
     assert sys.getswitchinterval() == pytest.approx(0.0005)
