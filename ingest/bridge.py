@@ -36,7 +36,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingest.message import InvalidMessage, parse_message
-from ingest.streams import DURABLE, Lane, StreamNames, ack_wait_seconds, is_token, lane_durable
+from ingest.streams import (
+    ACK_WAIT_SECONDS,
+    DURABLE,
+    Lane,
+    StreamNames,
+    is_token,
+    lane_durable,
+)
 from ingest.units import UnitTable
 from ledger.domain.movements import Movement
 from ledger.logs import one_line
@@ -64,9 +71,10 @@ QUICK_FETCH_SECONDS = 0.05
 HEARTBEAT_MAX_SECONDS = 10.0
 
 
-def default_heartbeat_seconds() -> float:
-    """``min(10 s, AckWait / 3)``, AckWait from ``LEDGER_INGEST_ACK_WAIT_SECONDS``."""
-    return min(HEARTBEAT_MAX_SECONDS, ack_wait_seconds() / 3)
+def default_heartbeat_seconds(ack_wait_seconds: float = ACK_WAIT_SECONDS) -> float:
+    """``min(10 s, AckWait / 3)``; AckWait is ``LEDGER_INGEST_ACK_WAIT_SECONDS`` in ``ledger
+    ingest`` (ledger.config.ingest_ack_wait_from_env)."""
+    return min(HEARTBEAT_MAX_SECONDS, ack_wait_seconds / 3)
 
 
 @dataclass
@@ -141,6 +149,7 @@ class IngestBridge:
         backoff_initial: float = 0.25,
         backoff_max: float = 5.0,
         heartbeat_seconds: float | None = None,
+        ack_wait_seconds: float = ACK_WAIT_SECONDS,
     ) -> None:
         self.service = service
         self.js = js
@@ -152,7 +161,9 @@ class IngestBridge:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.heartbeat_seconds = (
-            default_heartbeat_seconds() if heartbeat_seconds is None else heartbeat_seconds
+            default_heartbeat_seconds(ack_wait_seconds)
+            if heartbeat_seconds is None
+            else heartbeat_seconds
         )
         self.counters = BridgeCounters()
         self._consecutive_failures = 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
-from ledger.config import ConfigError
+from ledger.config import DEFAULT_INGEST_ACK_WAIT_SECONDS
 
 MOVEMENTS_STREAM = "INVENTORY_MOVEMENTS"
 DLQ_STREAM = "INVENTORY_DLQ"
@@ -43,7 +42,7 @@ DUPLICATE_WINDOW_SECONDS = 120.0
 # How long JetStream waits for an ack before redelivering (LEDGER_INGEST_ACK_WAIT_SECONDS):
 # longer than the slowest batch commit, short enough that a killed bridge's unacked
 # messages come back soon.
-ACK_WAIT_SECONDS = 30.0
+ACK_WAIT_SECONDS = DEFAULT_INGEST_ACK_WAIT_SECONDS
 # Deliveries before JetStream gives up on a message; nak back-off is capped at ~5 s, so this
 # rides out an outage of many hours. Poison messages never get here: they are term()-ed.
 MAX_DELIVER = 10_000
@@ -178,27 +177,17 @@ def stream_configs(names: StreamNames) -> list[StreamConfig]:
     ]
 
 
-def ack_wait_seconds() -> float:
-    text = os.environ.get("LEDGER_INGEST_ACK_WAIT_SECONDS", "")
-    if not text.strip():
-        return ACK_WAIT_SECONDS
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not 1.0 <= seconds <= 3600.0:
-        raise ConfigError(f"LEDGER_INGEST_ACK_WAIT_SECONDS must be 1-3600, not {text!r}")
-    return seconds
-
-
 def consumer_config(
-    names: StreamNames, durable: str = DURABLE, lane: Lane = Lane.LIVE
+    names: StreamNames,
+    durable: str = DURABLE,
+    lane: Lane = Lane.LIVE,
+    ack_wait_seconds: float = ACK_WAIT_SECONDS,
 ) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=lane_durable(durable, lane),
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
-        ack_wait=ack_wait_seconds(),
+        ack_wait=ack_wait_seconds,
         max_deliver=MAX_DELIVER,
         filter_subject=names.lane_filter(lane),
     )
@@ -225,23 +214,31 @@ async def ensure_streams(js: Any, names: StreamNames | None = None) -> list[Stre
 
 
 async def ensure_consumers(
-    js: Any, names: StreamNames | None = None, durable: str = DURABLE
+    js: Any,
+    names: StreamNames | None = None,
+    durable: str = DURABLE,
+    ack_wait_seconds: float = ACK_WAIT_SECONDS,
 ) -> dict[Lane, ConsumerInfo]:
     """Create (or bind to, updating what the server allows, the filter subject included)
     one durable pull consumer per lane."""
     names = names or StreamNames()
     return {
-        lane: await js.add_consumer(names.movements_stream, consumer_config(names, durable, lane))
+        lane: await js.add_consumer(
+            names.movements_stream, consumer_config(names, durable, lane, ack_wait_seconds)
+        )
         for lane in Lane
     }
 
 
 async def ensure_topology(
-    js: Any, names: StreamNames | None = None, durable: str = DURABLE
+    js: Any,
+    names: StreamNames | None = None,
+    durable: str = DURABLE,
+    ack_wait_seconds: float = ACK_WAIT_SECONDS,
 ) -> dict[Lane, ConsumerInfo]:
     names = names or StreamNames()
     await ensure_streams(js, names)
-    return await ensure_consumers(js, names, durable)
+    return await ensure_consumers(js, names, durable, ack_wait_seconds)
 
 
 async def delete_topology(js: Any, names: StreamNames) -> None:

@@ -156,6 +156,24 @@ def _positive_seconds(name: str, text: str, default: float) -> float:
     return value
 
 
+# JetStream redelivers an unacked message after this long (ingest.streams.ACK_WAIT_SECONDS).
+DEFAULT_INGEST_ACK_WAIT_SECONDS = 30.0
+
+
+def ingest_ack_wait_from_env(environ: Mapping[str, str] = os.environ) -> float:
+    """LEDGER_INGEST_ACK_WAIT_SECONDS: the ingest consumer's AckWait, 1-3600 s."""
+    text = environ.get("LEDGER_INGEST_ACK_WAIT_SECONDS", "")
+    if not text.strip():
+        return DEFAULT_INGEST_ACK_WAIT_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 1.0 <= seconds <= 3600.0:
+        raise ConfigError(f"LEDGER_INGEST_ACK_WAIT_SECONDS must be 1-3600, not {text!r}")
+    return seconds
+
+
 def eventsourcing_env(database_url: str) -> dict[str, str]:
     """Translate a database URL into the `eventsourcing` library's environment.
 

@@ -9,7 +9,13 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.config import GroupCommit, ProcessTuning, Settings, projections_in_process
+from ledger.config import (
+    GroupCommit,
+    ProcessTuning,
+    Settings,
+    ingest_ack_wait_from_env,
+    projections_in_process,
+)
 from ledger.logs import retry_delay
 
 log = logging.getLogger("ledger")
@@ -220,9 +226,17 @@ async def _ingest_until(
         return
     try:
         js = nc.jetstream()
-        if not await _until_done(stop, lambda: ensure_topology(js, names), "ingest streams"):
+
+        def topology() -> Any:
+            # AckWait is read at each attempt, as the consumer config always read it: a
+            # malformed LEDGER_INGEST_ACK_WAIT_SECONDS is retried like a broker error.
+            return ensure_topology(js, names, ack_wait_seconds=ingest_ack_wait_from_env())
+
+        if not await _until_done(stop, topology, "ingest streams"):
             return
-        bridge = IngestBridge(service, js, names=names, units=units)
+        bridge = IngestBridge(
+            service, js, names=names, units=units, ack_wait_seconds=ingest_ack_wait_from_env()
+        )
         publisher = ExceptionPublisher(store, js, names=names)
         log.info(
             "ingest from %s (%s), batches of %d; exceptions on %s",
@@ -291,7 +305,7 @@ async def run_dev(settings: Settings, nats_listen: str, data_dir: str) -> None:
         # The streams exist before the service says it listens: a publisher may start then.
         nc = await connect_once(nats_url, "ledger-dev")
         try:
-            await ensure_topology(nc.jetstream())
+            await ensure_topology(nc.jetstream(), ack_wait_seconds=ingest_ack_wait_from_env())
         finally:
             await close(nc)
         if not stop.is_set():

@@ -89,7 +89,7 @@ def test_sigkilled_ingest_restarts_to_the_same_ledger(
         return await js.consumer_info(names.movements_stream, DURABLE)
 
     async def scenario(_nc: Any, js: Any) -> dict[str, Any]:
-        await ensure_topology(js, names)
+        await ensure_topology(js, names, ack_wait_seconds=ACK_WAIT_SECONDS)
         try:
             await asyncio.gather(*(publish(js, messages[k::6]) for k in range(6)))
             stream = await js.stream_info(names.movements_stream)

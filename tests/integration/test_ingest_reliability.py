@@ -128,7 +128,6 @@ def test_a7_batch_slower_than_ack_wait_is_applied_once(
     monkeypatch: pytest.MonkeyPatch,
     heartbeats: bool,
 ) -> None:
-    monkeypatch.setenv("LEDGER_INGEST_ACK_WAIT_SECONDS", str(ACK_WAIT_SECONDS))
     proxy, slow_url = stalling_postgres
     payloads = [_receipt(i) for i in range(5)]
     names = StreamNames(_prefix())
@@ -137,12 +136,18 @@ def test_a7_batch_slower_than_ack_wait_is_applied_once(
     figures: dict[str, Any] = {}
 
     async def scenario(_nc: Any, js: Any) -> tuple[IngestBridge, IngestBridge, Any]:
-        await ensure_topology(js, names)
+        await ensure_topology(js, names, ack_wait_seconds=ACK_WAIT_SECONDS)
         # The default heartbeat (AckWait / 3) against none at all within the test.
         slow = IngestBridge(
-            slow_service, js, names=names, heartbeat_seconds=None if heartbeats else 60.0
+            slow_service,
+            js,
+            names=names,
+            heartbeat_seconds=None if heartbeats else 60.0,
+            ack_wait_seconds=ACK_WAIT_SECONDS,
         )
-        fast = IngestBridge(fast_service, js, names=names, fetch_timeout=0.5)
+        fast = IngestBridge(
+            fast_service, js, names=names, fetch_timeout=0.5, ack_wait_seconds=ACK_WAIT_SECONDS
+        )
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         try:
@@ -235,8 +240,6 @@ def test_a9_broker_killed_after_pubacks_loses_and_doubles_nothing(
     monkeypatch: pytest.MonkeyPatch,
     consuming: bool,
 ) -> None:
-    # Deliveries whose acks died with the server come back after AckWait: 5 s, not 30.
-    monkeypatch.setenv("LEDGER_INGEST_ACK_WAIT_SECONDS", str(A9_ACK_WAIT_SECONDS))
     payloads = [_receipt(i) for i in range(A9_MESSAGES)]
     names = StreamNames(_prefix())
     acked: list[dict[str, Any]] = []
@@ -257,8 +260,18 @@ def test_a9_broker_killed_after_pubacks_loses_and_doubles_nothing(
     async def scenario() -> tuple[list[IngestBridge], int]:
         nc = await nats.connect(own_nats.url, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
         js = nc.jetstream()
-        await ensure_topology(js, names)
-        bridges = [IngestBridge(sqlite_service, js, names=names, backoff_max=0.5) for _ in "ab"]
+        # Deliveries whose acks died with the server come back after AckWait: 5 s, not 30.
+        await ensure_topology(js, names, ack_wait_seconds=A9_ACK_WAIT_SECONDS)
+        bridges = [
+            IngestBridge(
+                sqlite_service,
+                js,
+                names=names,
+                backoff_max=0.5,
+                ack_wait_seconds=A9_ACK_WAIT_SECONDS,
+            )
+            for _ in "ab"
+        ]
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         try:
