@@ -156,6 +156,24 @@ def _positive_seconds(name: str, text: str, default: float) -> float:
     return value
 
 
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+def nats_url_from_env(environ: Mapping[str, str] = os.environ) -> str:
+    """LEDGER_NATS_URL: the broker of the commands that talk to NATS (under their --nats)."""
+    return environ.get("LEDGER_NATS_URL", DEFAULT_NATS_URL)
+
+
+def log_format_from_env(environ: Mapping[str, str] = os.environ) -> str:
+    """LEDGER_LOG_FORMAT (under --log-format): text or json, checked by the command line."""
+    return environ.get("LEDGER_LOG_FORMAT", "text")
+
+
+def debug_from_env(environ: Mapping[str, str] = os.environ) -> bool:
+    """LEDGER_DEBUG=1 (or true): a failure's traceback, like --debug."""
+    return environ.get("LEDGER_DEBUG", "") in ("1", "true")
+
+
 # JetStream redelivers an unacked message after this long (ingest.streams.ACK_WAIT_SECONDS).
 DEFAULT_INGEST_ACK_WAIT_SECONDS = 30.0
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 
@@ -26,7 +25,13 @@ from entrypoints.cli.processes import (
 )
 from entrypoints.cli.read_models import projections_status, rebuild_projections
 from entrypoints.cli.tokens import create_token
-from ledger.config import ProcessTuning, Settings
+from ledger.config import (
+    ProcessTuning,
+    Settings,
+    debug_from_env,
+    log_format_from_env,
+    nats_url_from_env,
+)
 from ledger.logs import one_line
 
 log = logging.getLogger("ledger")
@@ -38,12 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     from ledger.logs import LOG_FORMATS, configure_logging
 
     args = build_parser().parse_args(argv)
-    log_format = getattr(args, "log_format", None) or os.environ.get("LEDGER_LOG_FORMAT", "text")
+    log_format = getattr(args, "log_format", None) or log_format_from_env()
     if log_format not in LOG_FORMATS:
         print(f"LEDGER_LOG_FORMAT must be text or json, not {log_format!r}", file=sys.stderr)
         return 2
     configure_logging(args.log_level, log_format)
-    debug = getattr(args, "debug", False) or os.environ.get("LEDGER_DEBUG", "") in ("1", "true")
+    debug = getattr(args, "debug", False) or debug_from_env()
     long_running = args.command in _LONG_RUNNING and getattr(args, "action", "run") == "run"
     if long_running:
         # Until its event loop takes over the signals (start-up checks, imports): stop cleanly.
@@ -74,7 +79,7 @@ _LONG_RUNNING = ("serve", "dev", "ingest", "projections")
 
 
 def _nats_url(args: argparse.Namespace) -> str:
-    return args.nats or os.environ.get("LEDGER_NATS_URL", "nats://127.0.0.1:4222")
+    return args.nats or nats_url_from_env()
 
 
 def _run(args: argparse.Namespace) -> int:
