@@ -3,7 +3,7 @@
     python -m tools.bench_rebuild [--database sqlite|postgres|URL] [--events 50000]
                                   [--rounds 3] [--batch-size 2000] [--json PATH] [--profile]
 
-Writes ``--events`` ledger events (notifications) in-process — ``LedgerService.open(url)``
+Writes ``--events`` ledger events (notifications) in-process — ``bootstrap.open_service``
 and ``record_movements`` with 500 movements per call: receipts, shipments (some driving
 on_hand negative), adjustments, cycle counts and transfers over 1,000 SKUs at 4 locations,
 plus channel policies — then builds the read models incrementally
@@ -44,13 +44,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ledger.config import GroupCommit
+from entrypoints import bootstrap
+from ledger.config import Settings
 from ledger.domain.movements import Movement, MovementType
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
 from projections.rebuild import REBUILD_BATCH_MAX, rebuild
 from projections.runner import ProjectionRunner
-from projections.store import ReadModelRows, ReadModelStore
+from projections.store import ReadModelRows
 from tools.bench_support import database
 
 MOVEMENTS_PER_CALL = 500
@@ -206,8 +207,9 @@ def run(
     profile: bool = False,
 ) -> dict[str, Any]:
     with database(database_spec) as (kind, url):
-        service = LedgerService.open(url, group_commit=GroupCommit.from_env())
-        store = ReadModelStore(url)
+        settings = Settings(database_url=url)
+        service = bootstrap.open_service(settings)
+        store = bootstrap.open_read_models(settings)
         try:
             print(f"writing {events:,} events ({kind}) ...", file=sys.stderr, flush=True)
             movements, write_seconds = write(service, events)

@@ -8,22 +8,22 @@ import logging
 import os
 from typing import Any
 
-from ledger.config import ConfigError, GroupCommit, Settings
+from entrypoints import bootstrap
+from ledger.config import ConfigError, Settings
 
 log = logging.getLogger("ledger")
 
 
-def _open_ledger(database_url: str) -> Any:
+def _open_ledger(settings: Settings) -> Any:
     """The service on an existing ledger: a mistyped SQLite path must not create an empty
     ledger and report (or post) every count as a variance."""
     from ledger.config import eventsourcing_env
-    from ledger.service import LedgerService
 
-    env = eventsourcing_env(database_url)
+    env = eventsourcing_env(settings.database_url)
     path = env.get("SQLITE_DBNAME")
     if path and path != ":memory:" and not os.path.exists(path):
         raise ConfigError(f"no ledger database at {path}")
-    return LedgerService.open(database_url, group_commit=GroupCommit.from_env())
+    return bootstrap.open_service(settings)
 
 
 def run_export(args: argparse.Namespace, settings: Settings) -> int:
@@ -31,7 +31,7 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
     from ledger.audit.export import export_ledger
     from ledger.progress import progress_on_stderr
 
-    service = _open_ledger(settings.database_url)
+    service = _open_ledger(settings)
     try:
         with progress_on_stderr() as progress:
             written = export_ledger(service, args.out, args.sku, args.location_id, progress)
@@ -46,7 +46,7 @@ def run_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from ledger.audit.reconcile import SnapshotError, reconcile, summary_text
     from ledger.progress import progress_on_stderr
 
-    service = _open_ledger(settings.database_url)
+    service = _open_ledger(settings)
     try:
         with progress_on_stderr() as progress:
             result = reconcile(

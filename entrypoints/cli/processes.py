@@ -6,34 +6,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
 from typing import Any
 
+from entrypoints import bootstrap
 from ledger.config import (
-    GroupCommit,
     ProcessTuning,
     Settings,
     ingest_ack_wait_from_env,
-    projections_in_process,
 )
 from ledger.logs import retry_delay
 
 log = logging.getLogger("ledger")
-
-
-def configure_metric_labels(settings: Settings) -> None:
-    from ledger.metrics.labels import configure_labels
-
-    configure_labels(settings.metrics_channels, settings.metrics_sources)
-
-
-@dataclass
-class _Api:
-    service: Any
-    store: Any
-    runner: Any
-    running: Any
-    metrics: Any = None  # ledger.metrics.endpoint.MetricsEndpoint, when --metrics-listen is set
 
 
 def _log_security(settings: Settings, guard: Any) -> None:
@@ -52,52 +35,18 @@ def _log_security(settings: Settings, guard: Any) -> None:
         log.info("authentication: none (open mode); %s", transport_name(settings))
 
 
-async def _start_api(settings: Settings) -> _Api:
-    # Imported here so `ledger --help` stays fast and import has no side effects.
-    from entrypoints.grpc.server import start_server
-    from entrypoints.grpc.transport import check_exposure
-    from ledger.metrics.endpoint import start_endpoint
-    from ledger.service import LedgerService
-    from projections.queries import ReadModelQueries
-    from projections.runner import ProjectionRunner
-    from projections.store import ReadModelStore
-
-    check_exposure(settings)  # before anything is opened: ConfigError -> exit 2
-    configure_metric_labels(settings)
-    in_process = projections_in_process(settings)
-    service = await asyncio.to_thread(
-        LedgerService.open, settings.database_url, group_commit=GroupCommit.from_env()
-    )
-    store = await asyncio.to_thread(ReadModelStore, settings.database_url)
-    runner = ProjectionRunner(service.app, store) if in_process else None
-    if runner is not None:
-        service.pipeline.add_commit_listener(runner.wake)
-        runner.start()
-    read_models = ReadModelQueries(service, store, runner)
-    metrics = start_endpoint(settings.metrics_listen, projection_status=read_models.status)
-    running = await start_server(service, read_models, settings)
-    service.start_expiry_sweeper(settings.expiry_sweep_seconds)
-    _log_security(settings, running.guard)
+async def _start_api(settings: Settings) -> bootstrap.Api:
+    api = await bootstrap.start_api(settings)
+    _log_security(settings, api.running.guard)
     host = settings.listen.rsplit(":", 1)[0]
     log.info(
         "ledger listening on %s:%d (database %s, projections %s)",
         host,
-        running.port,
+        api.running.port,
         redacted(settings.database_url),
-        "in-process" if in_process else "external",
+        "in-process" if api.runner is not None else "external",
     )
-    return _Api(service, store, runner, running, metrics)
-
-
-async def _stop_api(api: _Api, settings: Settings) -> None:
-    log.info("shutting down: draining in-flight calls (grace %.0fs)", settings.grace_seconds)
-    await api.running.stop(settings.grace_seconds)
-    if api.metrics is not None:
-        await asyncio.to_thread(api.metrics.close)
-    if api.runner is not None:
-        await asyncio.to_thread(api.runner.stop)
-    await asyncio.to_thread(api.service.close)
-    await asyncio.to_thread(api.store.close)
+    return api
 
 
 def _tune_process(tuning: ProcessTuning) -> None:
@@ -115,31 +64,19 @@ async def serve(settings: Settings) -> None:
     api = await _start_api(settings)
     _tune_process(settings.tuning)
     await stop.wait()
-    await _stop_api(api, settings)
+    await bootstrap.stop_api(api, settings)
     log.info("stopped")
 
 
 async def run_projections(settings: Settings, batch_size: int | None = None) -> None:
-    from ledger.application import InventoryLedger
-    from ledger.config import eventsourcing_env
-    from projections.runner import BATCH_MAX, ProjectionRunner
-    from projections.store import ReadModelStore
-
     stop = stop_on_signals()  # first: a signal during start-up stops the start
-    app = await asyncio.to_thread(InventoryLedger, eventsourcing_env(settings.database_url))
-    store = await asyncio.to_thread(ReadModelStore, settings.database_url)
-    runner = await asyncio.to_thread(
-        ProjectionRunner, app, store, batch_max=batch_size or BATCH_MAX
-    )
+    app = await asyncio.to_thread(bootstrap.open_ledger_app, settings)
+    store = await asyncio.to_thread(bootstrap.open_read_models, settings)
+    runner = await asyncio.to_thread(bootstrap.open_projection_runner, app, store, batch_size)
     runner.start()
     _tune_process(settings.tuning)
-    listener = None
-    if settings.database_url.startswith("postgres"):
-        from projections.commit_listener import CommitListener
-
-        listener = CommitListener(settings.database_url, app.recorder.channel_name, runner.wake)
-        listener.start()
-    metrics = _projection_metrics(settings, app, runner)
+    listener = bootstrap.follow_commits(settings, app, runner)
+    metrics = bootstrap.projection_metrics(settings, app, runner)
     log.info(
         "projections following %s from position %d (generation %d)",
         redacted(settings.database_url),
@@ -157,19 +94,6 @@ async def run_projections(settings: Settings, batch_size: int | None = None) -> 
     log.info("stopped")
 
 
-def _projection_metrics(settings: Settings, app: Any, runner: Any) -> Any:
-    """The /metrics endpoint of ``ledger projections``, with its lag (None when disabled)."""
-    from ledger.metrics.endpoint import start_endpoint
-    from projections.queries import ProjectionStatusView
-
-    return start_endpoint(
-        settings.metrics_listen,
-        projection_status=lambda: ProjectionStatusView(
-            app.head_position(), runner.applied_position
-        ),
-    )
-
-
 async def run_ingest(
     settings: Settings,
     nats_url: str,
@@ -179,15 +103,11 @@ async def run_ingest(
 ) -> None:
     """``ledger ingest``: the JetStream bridge until SIGTERM/SIGINT."""
     from ledger.metrics.endpoint import start_endpoint
-    from ledger.service import LedgerService
-    from projections.store import ReadModelStore
 
     stop = stop_on_signals()  # first: a signal during start-up stops the start
-    configure_metric_labels(settings)
-    service = await asyncio.to_thread(
-        LedgerService.open, settings.database_url, group_commit=GroupCommit.from_env()
-    )
-    store = await asyncio.to_thread(ReadModelStore, settings.database_url)
+    bootstrap.configure_metric_labels(settings)
+    service = await asyncio.to_thread(bootstrap.open_service, settings)
+    store = await asyncio.to_thread(bootstrap.open_read_models, settings)
     metrics = None
     try:
         metrics = start_endpoint(settings.metrics_listen)
@@ -212,8 +132,6 @@ async def _ingest_until(
 ) -> None:
     """The bridge and the exception publisher, on an open ledger, until ``stop`` is set.
     Waits for NATS (one line per attempt, with back-off) and rides out its outages."""
-    from ingest.bridge import IngestBridge
-    from ingest.exceptions import ExceptionPublisher
     from ingest.streams import StreamNames, ensure_topology
     from ingest.units import UnitTable
     from ledger.nats_connect import close, connect_patiently
@@ -234,10 +152,9 @@ async def _ingest_until(
 
         if not await _until_done(stop, topology, "ingest streams"):
             return
-        bridge = IngestBridge(
-            service, js, names=names, units=units, ack_wait_seconds=ingest_ack_wait_from_env()
+        bridge, publisher = bootstrap.ingest_workers(
+            service, store, js, names, units, ingest_ack_wait_from_env()
         )
-        publisher = ExceptionPublisher(store, js, names=names)
         log.info(
             "ingest from %s (%s), batches of %d; exceptions on %s",
             redacted(nats_url),
@@ -313,7 +230,7 @@ async def run_dev(settings: Settings, nats_listen: str, data_dir: str) -> None:
             try:
                 await _ingest_until(stop, api.service, api.store, nats_url)
             finally:
-                await _stop_api(api, settings)
+                await bootstrap.stop_api(api, settings)
     finally:
         await asyncio.to_thread(stop_local_nats, nats_server)
     log.info("stopped")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
+from entrypoints import bootstrap
 from entrypoints.cli.processes import redacted
 from ledger.config import Settings
 
@@ -14,14 +15,12 @@ log = logging.getLogger("ledger")
 
 def rebuild_projections(settings: Settings, batch_size: int | None = None) -> int:
     """``ledger projections rebuild``: returns the exit code."""
-    from ledger.application import InventoryLedger
-    from ledger.config import eventsourcing_env
     from ledger.progress import progress_on_stderr
     from projections.rebuild import REBUILD_BATCH_MAX, rebuild
-    from projections.store import ReadModelStore, RebuildInProgress
+    from projections.store import RebuildInProgress
 
-    app = InventoryLedger(eventsourcing_env(settings.database_url))
-    store = ReadModelStore(settings.database_url)
+    app = bootstrap.open_ledger_app(settings)
+    store = bootstrap.open_read_models(settings)
     try:
         with progress_on_stderr() as progress:
             batch_max = batch_size or REBUILD_BATCH_MAX
@@ -48,12 +47,8 @@ def rebuild_projections(settings: Settings, batch_size: int | None = None) -> in
 
 def projections_status(settings: Settings) -> int:
     """``ledger projections status``: one JSON object on stdout."""
-    from ledger.application import InventoryLedger
-    from ledger.config import eventsourcing_env
-    from projections.store import ReadModelStore
-
-    app = InventoryLedger(eventsourcing_env(settings.database_url))
-    store = ReadModelStore(settings.database_url)
+    app = bootstrap.open_ledger_app(settings)
+    store = bootstrap.open_read_models(settings)
     try:
         generation, applied = store.tracking()
         head = app.head_position()

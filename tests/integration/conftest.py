@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from entrypoints import bootstrap
+from ledger.config import Settings
 from ledger.service import LedgerService
 from tests.support.nats import EmbeddedNats
 from tests.support.postgres import EmbeddedPostgres
@@ -30,8 +32,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def replicas(postgres_database_url: str) -> Iterator[tuple[LedgerService, LedgerService]]:
     """Two writers over one PostgreSQL, as two API replicas would be (in one process)."""
-    first = LedgerService.open(postgres_database_url)
-    second = LedgerService.open(postgres_database_url)
+    settings = Settings(database_url=postgres_database_url)
+    first, second = bootstrap.open_service(settings), bootstrap.open_service(settings)
     try:
         yield first, second
     finally:
@@ -58,7 +60,7 @@ def ledger(database_url: str) -> Iterator[LedgerProcess]:
 @pytest.fixture
 def sqlite_service(tmp_path: Path) -> Iterator[LedgerService]:
     """An in-process ``LedgerService`` on a fresh SQLite file (ingest and adapter tests)."""
-    service = LedgerService.open(f"sqlite:///{tmp_path / 'ledger.db'}")
+    service = bootstrap.open_service(Settings(database_url=f"sqlite:///{tmp_path / 'ledger.db'}"))
     try:
         yield service
     finally:
