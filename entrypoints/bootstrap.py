@@ -137,7 +137,7 @@ def follow_commits(
         return None
     from projections.commit_listener import CommitListener
 
-    listener = CommitListener(settings.database_url, app.recorder.channel_name, runner.wake)
+    listener = CommitListener(settings.database_url, app.commit_channel(), runner.wake)
     listener.start()
     return listener
 

@@ -177,6 +177,12 @@ class InventoryLedger(Application):
         make = getattr(self.recorder, "writer_mutex", None)
         return NoWriterMutex() if make is None else make()
 
+    def commit_channel(self) -> str:
+        """The PostgreSQL channel the events table NOTIFYs on each commit (the library's
+        recorder names it); AttributeError on SQLite, which has none."""
+        channel: str = getattr(self.recorder, "channel_name")  # noqa: B009 - PostgreSQL only
+        return channel
+
     def entry_head(self) -> tuple[int, int]:
         """(seq, recorded_at_us) of the newest ledger entry."""
         return self.ledger_recorder.entry_head()

@@ -125,6 +125,8 @@ class Settings:
             ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
+        # One mapping of mixed value types keyed by field name; each value was parsed to its
+        # field's type above, which mypy cannot follow through a dict[str, object].
         return cls(**values)  # type: ignore[arg-type]
 
 

@@ -101,7 +101,7 @@ async def run_import(args: argparse.Namespace, nats_url: str) -> int:
             report = await publish_adapter(js, adapter, args.file, args.prefix, units, progress)
     finally:
         await close(nc)
-    for error in report.invalid:
-        log.error("skipped: %s", error)
+    for problem in report.invalid:
+        log.error("skipped: %s", problem)
     print(json.dumps(report.to_json()))
     return 1 if report.invalid else 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from inventory.ledger.v1 import audit_service_pb2, audit_service_pb2_grpc, position_pb2
@@ -19,7 +19,7 @@ from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
 
 STREAM_BATCH = 500
-_AXES = {
+_AXES: dict[int, Axis] = {
     audit_service_pb2.AXIS_RECORDED: Axis.RECORDED,
     audit_service_pb2.AXIS_EFFECTIVE: Axis.EFFECTIVE,
 }
@@ -100,7 +100,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
     @server_stream
     async def StreamLedger(
         self, request: audit_service_pb2.StreamLedgerRequest, ctx: CallContext
-    ) -> AsyncIterator[audit_service_pb2.LedgerEntry]:
+    ) -> AsyncGenerator[audit_service_pb2.LedgerEntry, None]:
         query = convert.validate(
             inputs.StreamLedgerModel,
             {"from_position": request.from_position, "follow": request.follow},
@@ -121,7 +121,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
     @server_stream
     async def VerifyLedger(
         self, request: audit_service_pb2.VerifyLedgerRequest, ctx: CallContext
-    ) -> AsyncIterator[audit_service_pb2.VerifyLedgerProgress]:
+    ) -> AsyncGenerator[audit_service_pb2.VerifyLedgerProgress, None]:
         query = convert.validate(
             inputs.VerifyLedgerModel, {"sku": request.sku, "location_id": request.location_id}
         )

@@ -184,9 +184,11 @@ class CallGuard(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -272,9 +274,11 @@ class CallGuard(grpc.aio.ServerInterceptor):
             return grpc.stream_unary_rpc_method_handler(
                 self._unary_response(handler.stream_unary, method, scope), **serializers
             )
-        return grpc.stream_stream_rpc_method_handler(
-            self._stream_response(handler.stream_stream, method, scope), **serializers
-        )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._stream_response(handler.stream_stream, method, scope), **serializers
+            )
+        return handler  # no behaviour at all: nothing to guard
 
     def _unary_response(
         self, behavior: Callable[..., Any], method: str, scope: str

@@ -56,7 +56,8 @@ def timestamp(message: Any, field: str) -> datetime | None:
     try:
         return value.ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError):
-        # Fails validation below, reported under the field's own path.
+        # Fails validation below, reported under the field's own path. The sentinel is not a
+        # datetime on purpose (pydantic rejects it as one), hence the ignore.
         return OUT_OF_RANGE_TIMESTAMP  # type: ignore[return-value]
 
 
@@ -133,7 +134,7 @@ def position_message(view: PositionView) -> position_pb2.Position:
                 reservation_id=h.reservation_id,
                 channel=h.channel,
                 order_ref=h.order_ref,
-                status=reservation_pb2.ReservationStatus.Value(f"RESERVATION_STATUS_{h.status}"),
+                status=f"RESERVATION_STATUS_{h.status}",
                 qty=h.qty,
                 shipped=h.shipped,
                 expires_at=to_timestamp(h.expires_at),
@@ -149,7 +150,7 @@ def reservation_message(view: ReservationView) -> reservation_pb2.Reservation:
         reservation_id=view.reservation_id,
         channel=view.channel,
         order_ref=view.order_ref,
-        status=reservation_pb2.ReservationStatus.Value(f"RESERVATION_STATUS_{view.status}"),
+        status=f"RESERVATION_STATUS_{view.status}",
         lines=[
             reservation_pb2.ReservationLine(
                 sku=ln.sku, location_id=ln.location_id, qty=ln.qty, shipped=ln.shipped
@@ -166,7 +167,7 @@ def movement_result_message(view: MovementResultView) -> movement_service_pb2.Mo
     return movement_service_pb2.MovementResult(
         source=view.source,
         message_id=view.message_id,
-        outcome=movement_service_pb2.MovementOutcome.Value(f"MOVEMENT_OUTCOME_{view.outcome}"),
+        outcome=f"MOVEMENT_OUTCOME_{view.outcome}",
         ledger_position=view.ledger_position,
     )
 
@@ -219,7 +220,7 @@ def in_transit_message(view: InTransitView) -> availability_pb2.InTransitTransfe
 def exception_message(record: LedgerExceptionRecord) -> availability_pb2.LedgerException:
     return availability_pb2.LedgerException(
         ledger_position=record.ledger_position,
-        type=availability_pb2.ExceptionType.Value(f"EXCEPTION_TYPE_{record.type}"),
+        type=f"EXCEPTION_TYPE_{record.type}",
         sku=record.sku,
         location_id=record.location_id,
         bucket=record.bucket,
@@ -254,7 +255,7 @@ def ledger_entry_message(entry: LedgerEntryView) -> audit_service_pb2.LedgerEntr
         sku=entry.sku,
         location_id=entry.location_id,
         version=entry.version,
-        type=audit_service_pb2.EntryType.Value("ENTRY_TYPE_" + entry.type.upper()),
+        type="ENTRY_TYPE_" + entry.type.upper(),
         qty=data.get("qty") or 0,
         delta=data.get("delta") or 0,
         counted=data.get("counted") or 0,
@@ -272,16 +273,8 @@ def ledger_entry_message(entry: LedgerEntryView) -> audit_service_pb2.LedgerEntr
         from_location_id=data.get("from_location_id") or "",
         expected_at=to_timestamp(data.get("expected_at")),
         reason=data.get("reason") or "",
-        disposition=(
-            movement_pb2.Disposition.Value("DISPOSITION_" + disposition.upper())
-            if disposition
-            else 0
-        ),
-        from_bucket=(
-            movement_pb2.FromBucket.Value("FROM_BUCKET_" + from_bucket.upper())
-            if from_bucket
-            else 0
-        ),
+        disposition=("DISPOSITION_" + disposition.upper() if disposition else None),
+        from_bucket=("FROM_BUCKET_" + from_bucket.upper() if from_bucket else None),
         putaway_pending=bool(data.get("putaway_pending")),
         final=bool(data.get("final")),
         channel=data.get("channel") or "",

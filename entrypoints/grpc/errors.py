@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 from eventsourcing.persistence import InterfaceError, OperationalError
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from ledger.domain.errors import (
@@ -85,7 +86,7 @@ class DeadlineExceeded(Exception):
     reason = "DEADLINE_EXCEEDED"
 
 
-def _pack(*messages: object) -> list[any_pb2.Any]:
+def _pack(*messages: Message) -> list[any_pb2.Any]:
     packed = []
     for message in messages:
         container = any_pb2.Any()
@@ -98,7 +99,7 @@ def _info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
     return error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
 
 
-def _status(code: int, message: str, *details: object) -> status_pb2.Status:
+def _status(code: int, message: str, *details: Message) -> status_pb2.Status:
     return status_pb2.Status(code=code, message=message, details=_pack(*details))
 
 

@@ -115,7 +115,7 @@ class LoadShedder:
 
 # Refusal statuses by retry delay (ms), built once: composing and serialising the
 # google.rpc.Status of every refused call cost as much as serving one.
-_SHED_STATUS: dict[int, tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]] = {}
+_SHED_STATUS: dict[int, tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]]] = {}
 
 
 async def shed(refusal: ServerOverloaded, context: grpc.aio.ServicerContext) -> None:

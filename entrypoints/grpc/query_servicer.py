@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from inventory.ledger.v1 import (
     availability_pb2,
@@ -116,7 +116,7 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
     @server_stream
     async def WatchAvailability(
         self, request: query_service_pb2.WatchAvailabilityRequest, ctx: CallContext
-    ) -> AsyncIterator[availability_pb2.AvailabilityChange]:
+    ) -> AsyncGenerator[availability_pb2.AvailabilityChange, None]:
         query = convert.validate(
             inputs.WatchAvailabilityModel,
             {"channel": request.channel, "skus": list(request.skus)},

@@ -16,7 +16,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -43,7 +43,7 @@ _CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
 
 T = TypeVar("T")
 Handler = Callable[[Any, Any, CallContext], Awaitable[Any]]
-StreamHandler = Callable[[Any, Any, CallContext], AsyncIterator[Any]]
+StreamHandler = Callable[[Any, Any, CallContext], AsyncGenerator[Any, None]]
 
 
 def correlation_id_of(context: grpc.aio.ServicerContext) -> str:

@@ -109,8 +109,8 @@ async def start_server(
     if settings.database_url.startswith("postgres"):
         ledger_listener = CommitListener(
             settings.database_url,
-            service.app.recorder.channel_name,
-            tail.wake,  # type: ignore[attr-defined]
+            service.app.commit_channel(),
+            tail.wake,
         )
         ledger_listener.start()
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
