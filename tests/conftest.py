@@ -14,7 +14,7 @@ time a test asks for it.  If ``LEDGER_TEST_POSTGRES_DSN`` is set, that server is
 ``WITH (FORCE)`` after the test, so leftover connections do not block teardown.
 
 Tests that need to stop, restart or crash a server must start their own
-``tests.support.postgres.EmbeddedPostgres`` instead of touching the session server.
+``testbed.postgres.EmbeddedPostgres`` instead of touching the session server.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.nats import NatsServer, nats_server_from_env_or_embedded
-from tests.support.postgres import PostgresServer, postgres_server_from_env_or_embedded
-from tests.support.prometheus import (
+from testbed.nats import NatsServer, nats_server_from_env_or_embedded
+from testbed.postgres import PostgresServer, postgres_server_from_env_or_embedded
+from testbed.prometheus import (
     PrometheusBinaries,
     PrometheusUnavailable,
     prometheus_binaries,
@@ -62,7 +62,7 @@ def nats_server() -> Iterator[NatsServer]:
 
     If ``LEDGER_TEST_NATS_URL`` is set, that server is used (nothing is started or
     stopped; it must have JetStream enabled); otherwise a throwaway
-    ``tests.support.nats.EmbeddedNats`` (127.0.0.1, free port, file store in a temp dir,
+    ``testbed.nats.EmbeddedNats`` (127.0.0.1, free port, file store in a temp dir,
     ``sync_interval: always``) is started and deleted at the end of the session.  The
     object has ``.url``.  Tests that need to stop, restart or crash a server must start
     their own ``EmbeddedNats`` instead of touching this one.
@@ -93,7 +93,7 @@ def nats_url(nats_server: NatsServer) -> str:
 @pytest.fixture(scope="session")
 def prometheus_tools() -> PrometheusBinaries:
     """``prometheus`` and ``promtool`` from Debian's package, installed on first use
-    (``tests.support.prometheus``). A machine where that fails fails the test: the alerts
+    (``testbed.prometheus``). A machine where that fails fails the test: the alerts
     are part of the product, so their checks never skip."""
     try:
         return prometheus_binaries()

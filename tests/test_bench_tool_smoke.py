@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from tests.support.nats import NatsStartError
-from tests.support.postgres import PostgresStartError
+from testbed.nats import NatsStartError
+from testbed.postgres import PostgresStartError
 from tools.bench.__main__ import main
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(240)]

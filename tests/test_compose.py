@@ -21,7 +21,7 @@ What is checked without an engine:
   and ``check rules`` pass, ``promtool test rules`` passes on ``alerts_test.yml``, where
   every alert has a case that fires and one that stays silent (and a copy of the rules made
   to never fire, or always, fails them), and the rules use only exported metrics and labels.
-  promtool is Debian's ``prometheus`` package (``tests/support/prometheus.py`` installs it);
+  promtool is Debian's ``prometheus`` package (``testbed/prometheus.py`` installs it);
 - a rehearsal runs the stack's ledger processes from the compose file's own commands and
   environment (hosts and ports mapped to this machine) over a real PostgreSQL and a
   nats-server started from ``deploy/nats/nats.conf``, and each compose healthcheck passes.
@@ -51,8 +51,8 @@ from typing import Any
 import pytest
 
 from ledger.local_nats import nats_server_binary
-from tests.support.processes import free_tcp_port, make_preexec
-from tests.support.prometheus import PrometheusBinaries
+from testbed.processes import free_tcp_port, make_preexec
+from testbed.prometheus import PrometheusBinaries
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"

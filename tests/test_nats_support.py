@@ -1,4 +1,4 @@
-"""Tests for the NATS test support (tests/support/nats.py, tests/conftest.py)."""
+"""Tests for the NATS test support (testbed/nats.py, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import nats
 import pytest
 from nats.js.api import StorageType
 
-from tests.support.nats import ENV_URL, EmbeddedNats, nats_url_from_env_or_embedded
+from testbed.nats import ENV_URL, EmbeddedNats, nats_url_from_env_or_embedded
 
 
 def _names() -> tuple[str, str]:

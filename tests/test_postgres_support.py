@@ -1,4 +1,4 @@
-"""Tests for the PostgreSQL test support (tests/support/postgres.py, tests/conftest.py)."""
+"""Tests for the PostgreSQL test support (testbed/postgres.py, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.support.postgres import EmbeddedPostgres, replace_dbname
+from testbed.postgres import EmbeddedPostgres, replace_dbname
 
 pytestmark = pytest.mark.postgres
 

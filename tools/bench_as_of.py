@@ -60,7 +60,7 @@ from inventory.ledger.v1 import (
 )
 
 from ledger.domain.limits import MOVEMENTS_PER_REQUEST_MAX
-from tests.support.server import LedgerProcess
+from testbed.server import LedgerProcess
 from tools.bench_support import database
 
 SOURCE = "bench"

@@ -23,7 +23,7 @@ events — about 57 % of the notifications here; the rest are idempotency keys a
 reservations). ``--profile`` also prints a cProfile of one more rebuild.
 
 ``--database`` defaults to a SQLite file in a temp dir; ``postgres`` starts a throwaway
-embedded PostgreSQL (tests.support.postgres; ``LEDGER_TEST_POSTGRES_DSN`` is honoured);
+embedded PostgreSQL (testbed.postgres; ``LEDGER_TEST_POSTGRES_DSN`` is honoured);
 anything else is used as a database URL as is (use an empty database).
 
 Run from the repository root (``postgres`` imports the test support package).

@@ -18,7 +18,7 @@ def database(spec: str | None) -> Iterator[tuple[str, str]]:
             yield "sqlite", f"sqlite:///{Path(tmp) / 'ledger.db'}"
         return
     if spec == "postgres":
-        from tests.support.postgres import postgres_server_from_env_or_embedded
+        from testbed.postgres import postgres_server_from_env_or_embedded
 
         print("starting PostgreSQL ...", file=sys.stderr, flush=True)
         server = postgres_server_from_env_or_embedded()

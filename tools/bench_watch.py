@@ -4,7 +4,7 @@
                                 [--projections in-process|external] [--pause-ms 0]
                                 [--json PATH]
 
-Starts a real ``ledger serve`` (tests.support.server.LedgerProcess). On SQLite the projection
+Starts a real ``ledger serve`` (testbed.server.LedgerProcess). On SQLite the projection
 runner is in-process by default (the watch follows its batches); on PostgreSQL a separate
 ``ledger projections`` process keeps the read models and the API runs with
 ``--projections external`` (the watch polls the read model's applied position). Then it opens
@@ -23,7 +23,7 @@ Per write it measures
 and prints median, p90, p99 and max in ms (the JSON with ``--json`` has more).
 
 ``--database`` defaults to a SQLite file in a temp dir; ``postgres`` starts a throwaway
-embedded PostgreSQL (tests.support.postgres; ``LEDGER_TEST_POSTGRES_DSN`` is honoured).
+embedded PostgreSQL (testbed.postgres; ``LEDGER_TEST_POSTGRES_DSN`` is honoured).
 Run from the repository root (it imports the test support package).
 """
 
@@ -54,8 +54,8 @@ from inventory.ledger.v1 import (
     query_service_pb2_grpc,
 )
 
-from tests.support.projections import ProjectionsProcess
-from tests.support.server import LedgerProcess
+from testbed.projections import ProjectionsProcess
+from testbed.server import LedgerProcess
 from tools.bench_support import database
 
 SOURCE = "bench-watch"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import LedgerProcess
+from testbed.server import LedgerProcess
 
 REPO = Path(__file__).resolve().parent.parent.parent
 CLIENT_DIR = REPO / "clients" / "python"

@@ -32,7 +32,7 @@ from inventory.ledger.v1 import (
 )
 
 from entrypoints.grpc.tokens import principal_entry
-from tests.support.server import LedgerProcess
+from testbed.server import LedgerProcess
 from tools import gen_protos
 
 NODE_DIR = gen_protos.NODE_DIR

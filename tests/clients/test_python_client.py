@@ -55,7 +55,7 @@ from inventory_ledger_client import (
 from inventory_ledger_client.errors import ERROR_CLASSES, parse_short_lines
 
 from entrypoints.grpc.tokens import principal_entry
-from tests.support.server import LedgerProcess
+from testbed.server import LedgerProcess
 
 CHANNEL = "web"
 LOCATION = "DC-EAST"

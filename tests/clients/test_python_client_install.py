@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import LedgerProcess
+from testbed.server import LedgerProcess
 
 pytestmark = pytest.mark.slow
 

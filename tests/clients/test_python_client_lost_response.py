@@ -32,7 +32,7 @@ from inventory_ledger_client import (
     movement,
 )
 
-from tests.support.server import LedgerProcess
+from testbed.server import LedgerProcess
 
 CHANNEL = "web"
 LOCATION = "DC-EAST"

@@ -44,7 +44,7 @@ from inventory.ledger.v1 import (
     reservation_service_pb2_grpc,
 )
 
-from tests.support.server import LedgerProcess
+from testbed.server import LedgerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CONNECTOR_SRC = REPO / "clients" / "connectors" / "storefront" / "src"

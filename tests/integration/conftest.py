@@ -15,9 +15,9 @@ import pytest
 from entrypoints import bootstrap
 from ledger.config import Settings
 from ledger.service import LedgerService
-from tests.support.nats import EmbeddedNats
-from tests.support.postgres import EmbeddedPostgres
-from tests.support.server import LedgerProcess
+from testbed.nats import EmbeddedNats
+from testbed.postgres import EmbeddedPostgres
+from testbed.server import LedgerProcess
 
 
 @pytest.fixture(

@@ -30,7 +30,7 @@ from inventory.ledger.v1 import (
     movement_service_pb2_grpc,
 )
 
-from tests.support.server import LedgerProcess, stub
+from testbed.server import LedgerProcess, stub
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDED = audit_service_pb2.AXIS_RECORDED

@@ -27,9 +27,9 @@ from entrypoints.grpc import convert
 from ledger.domain.movements import Movement, MovementType
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
+from testbed.server import LedgerProcess, stub
 from tests.integration.test_audit import _export_and_verify
 from tests.integration.test_grpc_ledger import Client, line, movement, ts
-from tests.support.server import LedgerProcess, stub
 
 LINE_SEPARATOR = "\u2028"
 META = ("source", "message_id", "request_id", "correlation_id", "actor")

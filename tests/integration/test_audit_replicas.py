@@ -23,7 +23,7 @@ from ledger.audit.as_of import Axis
 from ledger.domain.movements import Movement, MovementType
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
-from tests.support.server import LedgerProcess, stub
+from testbed.server import LedgerProcess, stub
 
 pytestmark = pytest.mark.postgres
 CTX = CallContext("replica-test", "corr")

@@ -39,7 +39,7 @@ from inventory.ledger.v1 import (
 )
 
 from entrypoints.grpc.tokens import hash_token, principal_entry
-from tests.support.server import LedgerProcess, stub
+from testbed.server import LedgerProcess, stub
 
 TOKENS = {
     "admin": "tok-admin",

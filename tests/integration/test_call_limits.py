@@ -25,8 +25,8 @@ from inventory.ledger.v1 import (
 from entrypoints.grpc.errors import DeadlineExceeded
 from entrypoints.grpc.rpc import _within_deadline, settled
 from ledger.service import LedgerService
+from testbed.server import LedgerProcess, stub
 from tests.integration.test_grpc_ledger import Client, failure, movement, status_details
-from tests.support.server import LedgerProcess, stub
 
 
 @pytest.fixture

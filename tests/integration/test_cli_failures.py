@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from entrypoints.cli.parser import build_parser, subcommands
-from tests.support.processes import free_tcp_port
+from testbed.processes import free_tcp_port
 
 DEADLINE_SECONDS = 10.0
 

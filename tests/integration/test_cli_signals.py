@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.nats import EmbeddedNats
-from tests.support.postgres import EmbeddedPostgres
-from tests.support.processes import free_tcp_port
+from testbed.nats import EmbeddedNats
+from testbed.postgres import EmbeddedPostgres
+from testbed.processes import free_tcp_port
 
 STOP_SECONDS = 5.0
 

@@ -12,8 +12,8 @@ from inventory.ledger.v1 import query_service_pb2 as qs
 from inventory.ledger.v1 import query_service_pb2_grpc as qs_grpc
 
 from ingest.bridge import publish_movement
-from tests.support.processes import free_tcp_port
-from tests.support.server import LedgerProcess
+from testbed.processes import free_tcp_port
+from testbed.server import LedgerProcess
 
 
 def test_dev_stack_ingests_published_movements_and_stops_cleanly(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from inventory.ledger.v1 import position_pb2
 from inventory.ledger.v1 import query_service_pb2 as qs
 from inventory.ledger.v1 import query_service_pb2_grpc as qs_grpc
 
-from tests.support.server import LedgerProcess, dev_process
+from testbed.server import LedgerProcess, dev_process
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

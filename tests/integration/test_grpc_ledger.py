@@ -36,7 +36,7 @@ from inventory.ledger.v1 import (
     reservation_service_pb2_grpc,
 )
 
-from tests.support.server import LedgerProcess, stub
+from testbed.server import LedgerProcess, stub
 
 DOMAIN = "inventory.ledger.v1"
 SOURCE = "it-wms"

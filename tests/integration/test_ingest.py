@@ -32,7 +32,7 @@ from ingest.bridge import (
 )
 from ingest.streams import DURABLE, StreamNames, delete_topology, ensure_topology
 from ledger.service import LedgerService
-from tests.support.postgres import EmbeddedPostgres
+from testbed.postgres import EmbeddedPostgres
 
 SOURCES = ("wms-east", "wms-west")
 

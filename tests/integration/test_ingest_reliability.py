@@ -37,8 +37,8 @@ import pytest
 from ingest.bridge import IngestBridge, publish_movement
 from ingest.streams import DURABLE, StreamNames, delete_topology, ensure_topology
 from ledger.service import LedgerService
+from testbed.nats import EmbeddedNats
 from tests.integration.test_ingest import _prefix, _with_js
-from tests.support.nats import EmbeddedNats
 from tests.support.tcp_proxy import StallingProxy, postgres_upstream, postgres_url_through
 
 ACK_WAIT_SECONDS = 2

@@ -10,6 +10,7 @@ import pytest
 from google.protobuf import duration_pb2
 from inventory.ledger.v1 import policy_service_pb2
 
+from testbed.server import LedgerProcess
 from tests.integration.test_grpc_ledger import (
     ACTIVE,
     DUPLICATE,
@@ -22,7 +23,6 @@ from tests.integration.test_grpc_ledger import (
     line,
     movement,
 )
-from tests.support.server import LedgerProcess
 
 
 def _topics_by_position(database_url: str) -> dict[int, str]:

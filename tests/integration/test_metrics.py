@@ -53,9 +53,9 @@ from ingest.bridge import canonical_json, publish_movement
 from ingest.streams import DURABLE, Lane, StreamNames, delete_topology, ensure_topology
 from ledger.application import InventoryLedger
 from ledger.config import eventsourcing_env
-from tests.support.nats import delete_test_topology
-from tests.support.processes import terminate
-from tests.support.server import LedgerProcess, stub
+from testbed.nats import delete_test_topology
+from testbed.processes import terminate
+from testbed.server import LedgerProcess, stub
 
 pytestmark = pytest.mark.timeout(60)
 

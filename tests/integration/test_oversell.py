@@ -39,7 +39,7 @@ from inventory.ledger.v1 import (
     reservation_service_pb2_grpc,
 )
 
-from tests.support.server import LedgerProcess
+from testbed.server import LedgerProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

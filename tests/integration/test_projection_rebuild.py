@@ -42,9 +42,9 @@ from ledger.application import InventoryLedger
 from ledger.config import eventsourcing_env
 from projections.runner import ProjectionRunner
 from projections.store import ReadModelRows, ReadModelStore
+from testbed.server import LedgerProcess
 from tests.integration.test_grpc_ledger import Client, movement
 from tests.integration.test_projection_recovery import Projector, assert_same_rows
-from tests.support.server import LedgerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -61,8 +61,8 @@ from projections.position_state import (
 from projections.rebuild import rebuild
 from projections.runner import ProjectionRunner
 from projections.store import ReadModelRows, ReadModelStore
+from testbed.server import LedgerProcess
 from tests.integration.test_grpc_ledger import Client, line, movement, ts
-from tests.support.server import LedgerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -37,6 +37,10 @@ from inventory.ledger.v1 import (
 
 from ingest.bridge import publish_movement
 from ingest.streams import StreamNames, ensure_topology
+from testbed.nats import delete_test_topology
+from testbed.processes import free_tcp_port
+from testbed.prometheus import PrometheusBinaries, PrometheusServer
+from testbed.server import LedgerProcess, stub
 from tests.integration.test_metrics import (
     _METRIC_NAME,
     _code_of,
@@ -48,10 +52,6 @@ from tests.integration.test_metrics import (
     _stop,
     dashboard_metric_names,
 )
-from tests.support.nats import delete_test_topology
-from tests.support.processes import free_tcp_port
-from tests.support.prometheus import PrometheusBinaries, PrometheusServer
-from tests.support.server import LedgerProcess, stub
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -18,9 +18,9 @@ import pytest
 from google.protobuf import timestamp_pb2
 from inventory.ledger.v1 import availability_pb2, policy_service_pb2, query_service_pb2
 
+from testbed.projections import ProjectionsProcess
+from testbed.server import LedgerProcess
 from tests.integration.test_grpc_ledger import Client, assert_invalid, failure, line, movement
-from tests.support.projections import ProjectionsProcess
-from tests.support.server import LedgerProcess
 
 
 def _ts(moment: datetime) -> timestamp_pb2.Timestamp:

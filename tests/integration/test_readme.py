@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import LedgerProcess, dev_process
+from testbed.server import LedgerProcess, dev_process
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

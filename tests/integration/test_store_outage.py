@@ -7,6 +7,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from testbed.postgres import EmbeddedPostgres
+from testbed.server import LedgerProcess
 from tests.integration.test_grpc_ledger import (
     RECORDED,
     Client,
@@ -16,8 +18,6 @@ from tests.integration.test_grpc_ledger import (
     movement,
     status_details,
 )
-from tests.support.postgres import EmbeddedPostgres
-from tests.support.server import LedgerProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ import pytest
 import trustme
 from inventory.ledger.v1 import query_service_pb2, query_service_pb2_grpc
 
-from tests.support.server import LedgerProcess
+from testbed.server import LedgerProcess
 
 REQUEST = query_service_pb2.GetPositionRequest(sku="SKU-T", location_id="DC-1")
 

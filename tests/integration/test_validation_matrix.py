@@ -45,7 +45,7 @@ from inventory.ledger.v1 import (
 )
 
 from ledger.domain import limits
-from tests.support.server import LedgerProcess, stub
+from testbed.server import LedgerProcess, stub
 
 PKG = "inventory.ledger.v1"
 SERVICE_MODULES: tuple[ModuleType, ...] = (

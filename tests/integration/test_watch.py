@@ -47,6 +47,8 @@ from projections.watch import (
     WatchHub,
     WatchOverflow,
 )
+from testbed.projections import ProjectionsProcess
+from testbed.server import LedgerProcess
 from tests.integration.test_grpc_ledger import (
     Client,
     assert_invalid,
@@ -55,8 +57,6 @@ from tests.integration.test_grpc_ledger import (
     movement,
     status_details,
 )
-from tests.support.projections import ProjectionsProcess
-from tests.support.server import LedgerProcess
 
 ENV = {"LEDGER_EXPIRY_SWEEP_SECONDS": "3600"}
 WAIT_SECONDS = 10.0

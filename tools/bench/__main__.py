@@ -5,7 +5,7 @@ two ``ledger serve`` processes (plus ``ledger projections``) on one database, an
 table of every figure with its ratio to its baseline; the JSON (``report`` documents its
 keys) goes to ``--json``. Progress goes to stderr. Exit status: 0 when every figure was
 measured and the oversell and ingest checks passed, 1 otherwise, 3 when PostgreSQL or
-NATS could not be started. Run from the repository root (it uses tests/support).
+NATS could not be started. Run from the repository root (it uses testbed/).
 """
 
 from __future__ import annotations

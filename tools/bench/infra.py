@@ -21,7 +21,7 @@ def postgres(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    from tests.support.postgres import PostgresStartError, postgres_server_from_env_or_embedded
+    from testbed.postgres import PostgresStartError, postgres_server_from_env_or_embedded
 
     progress("starting PostgreSQL")
     try:
@@ -46,7 +46,7 @@ def nats(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    from tests.support.nats import NatsStartError, nats_server_from_env_or_embedded
+    from testbed.nats import NatsStartError, nats_server_from_env_or_embedded
 
     progress("starting nats-server")
     try:

@@ -21,8 +21,8 @@ from inventory.ledger.v1 import (
 )
 
 from ledger.domain.limits import MOVEMENTS_PER_REQUEST_MAX
-from tests.support.projections import ProjectionsProcess
-from tests.support.server import LedgerProcess
+from testbed.projections import ProjectionsProcess
+from testbed.server import LedgerProcess
 from tools.bench.progress import progress
 
 LOCATION = "BENCH-DC"

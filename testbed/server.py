@@ -28,7 +28,7 @@ from typing import Any, Self, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.processes import terminate
+from testbed.processes import terminate
 
 START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
@@ -241,7 +241,7 @@ class LedgerProcess:
 def dev_process(database_url: str, nats_dir: Path, **options: Any) -> tuple[LedgerProcess, str]:
     """A ``ledger dev`` (service, nats-server with JetStream, ingest bridge), not yet started,
     with its nats-server on a free port; returns it and that server's ``nats://`` URL."""
-    from tests.support.processes import free_tcp_port
+    from testbed.processes import free_tcp_port
 
     nats_listen = f"127.0.0.1:{free_tcp_port()}"
     extra_args = ["--nats-listen", nats_listen, "--nats-dir", str(nats_dir)]

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from tests.support.processes import terminate
+from testbed.processes import terminate
 
 START_TIMEOUT_SECONDS = 30.0
 _FOLLOWING = "projections following"
