@@ -18,6 +18,7 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
+from ledger.store.entry_queries import EntryQueries
 from ledger.store.index_ops import (
     EntryIndexed,
     EntryRow,
@@ -54,7 +55,9 @@ class LedgerSnapshotRecorder(SerialisedDDL, PostgresAggregateRecorder):
     pass
 
 
-class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
+class LedgerPostgresRecorder(EntryQueries, SerialisedDDL, PostgresApplicationRecorder):
+    placeholder = "%s"
+
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name=events_table_name)
         tables = LedgerTables(self.datastore.schema, events_table_name)
@@ -363,6 +366,9 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
             )
             return [(int(r["version"]), int(r["occurred_at_us"])) for r in curs.fetchall()]
 
+    def _position_param(self, position_id: UUID) -> UUID:
+        return position_id
+
     def _select_entries(self, where: str, params: Sequence[Any], order: str) -> list[EntryRow]:
         query = SQL(
             "SELECT x.seq, x.notification_id, x.position_id, x.version, x.recorded_at_us,"
@@ -389,58 +395,6 @@ class LedgerPostgresRecorder(SerialisedDDL, PostgresApplicationRecorder):
                 )
                 for r in curs.fetchall()
             ]
-
-    def select_entries(self, *, after_seq: int, limit: int) -> list[EntryRow]:
-        """The global ledger in seq order."""
-        return self._select_entries("x.seq > %s", [after_seq, limit], "x.seq")
-
-    def select_position_entries(
-        self, position_id: UUID, *, after_version: int, limit: int, until_version: int = 0
-    ) -> list[EntryRow]:
-        """One position's entries in version order (up to ``until_version`` if set)."""
-        where = "x.position_id = %s AND x.version > %s"
-        params: list[Any] = [position_id, after_version]
-        if until_version:
-            where += " AND x.version <= %s"
-            params.append(until_version)
-        return self._select_entries(where, [*params, limit], "x.version")
-
-    def select_entries_between(
-        self,
-        position_id: UUID,
-        *,
-        column: str,
-        from_us: int,
-        to_us: int,
-        after: tuple[int, int],
-        limit: int,
-    ) -> list[EntryRow]:
-        """Entries with ``from_us <= column < to_us``, by (column, version), after the key."""
-        if column not in ("recorded_at_us", "occurred_at_us"):
-            raise ValueError(column)
-        where = (
-            f"x.position_id = %s AND x.{column} >= %s AND x.{column} < %s"
-            f" AND (x.{column}, x.version) > (%s, %s)"
-        )
-        params = [position_id, from_us, to_us, after[0], after[1], limit]
-        return self._select_entries(where, params, f"x.{column}, x.version")
-
-    def select_effective_entries(
-        self,
-        position_id: UUID,
-        *,
-        after: tuple[int, int],
-        occurred_by_us: int,
-        recorded_by_us: int,
-        limit: int,
-    ) -> list[EntryRow]:
-        """Entries in effective order, (occurred_at_us, version) > ``after``, within bounds."""
-        where = (
-            "x.position_id = %s AND (x.occurred_at_us, x.version) > (%s, %s)"
-            " AND x.occurred_at_us <= %s AND x.recorded_at_us <= %s"
-        )
-        params = [position_id, after[0], after[1], occurred_by_us, recorded_by_us, limit]
-        return self._select_entries(where, params, "x.occurred_at_us, x.version")
 
 
 class LedgerPostgresFactory(PostgresFactory):

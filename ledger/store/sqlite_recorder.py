@@ -9,6 +9,7 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 
+from ledger.store.entry_queries import EntryQueries
 from ledger.store.index_ops import (
     EntryIndexed,
     EntryRow,
@@ -64,7 +65,9 @@ _SELECT_ENTRIES = (
 )
 
 
-class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
+class LedgerSQLiteRecorder(EntryQueries, SQLiteApplicationRecorder):
+    placeholder = "?"
+
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(), *_CREATE]
 
@@ -189,6 +192,9 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             )
             return [(int(r[0]), int(r[1])) for r in c.fetchall()]
 
+    def _position_param(self, position_id: UUID) -> str:
+        return str(position_id)
+
     def _select_entries(self, where: str, params: Sequence[Any], order: str) -> list[EntryRow]:
         sql = _SELECT_ENTRIES.format(events=self.events_table_name)
         sql += f" WHERE {where} ORDER BY {order} LIMIT ?"
@@ -210,54 +216,6 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                 )
                 for r in c.fetchall()
             ]
-
-    def select_entries(self, *, after_seq: int, limit: int) -> list[EntryRow]:
-        return self._select_entries("x.seq > ?", [after_seq, limit], "x.seq")
-
-    def select_position_entries(
-        self, position_id: UUID, *, after_version: int, limit: int, until_version: int = 0
-    ) -> list[EntryRow]:
-        where = "x.position_id = ? AND x.version > ?"
-        params: list[Any] = [str(position_id), after_version]
-        if until_version:
-            where += " AND x.version <= ?"
-            params.append(until_version)
-        return self._select_entries(where, [*params, limit], "x.version")
-
-    def select_entries_between(
-        self,
-        position_id: UUID,
-        *,
-        column: str,
-        from_us: int,
-        to_us: int,
-        after: tuple[int, int],
-        limit: int,
-    ) -> list[EntryRow]:
-        if column not in ("recorded_at_us", "occurred_at_us"):
-            raise ValueError(column)
-        where = (
-            f"x.position_id = ? AND x.{column} >= ? AND x.{column} < ?"
-            f" AND (x.{column}, x.version) > (?, ?)"
-        )
-        params = [str(position_id), from_us, to_us, after[0], after[1], limit]
-        return self._select_entries(where, params, f"x.{column}, x.version")
-
-    def select_effective_entries(
-        self,
-        position_id: UUID,
-        *,
-        after: tuple[int, int],
-        occurred_by_us: int,
-        recorded_by_us: int,
-        limit: int,
-    ) -> list[EntryRow]:
-        where = (
-            "x.position_id = ? AND (x.occurred_at_us, x.version) > (?, ?)"
-            " AND x.occurred_at_us <= ? AND x.recorded_at_us <= ?"
-        )
-        params = [str(position_id), after[0], after[1], occurred_by_us, recorded_by_us, limit]
-        return self._select_entries(where, params, "x.occurred_at_us, x.version")
 
 
 def _append_entries(
