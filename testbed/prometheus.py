@@ -30,10 +30,10 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
-from testbed.processes import free_tcp_port, make_preexec, terminate
+from testbed.managed import ManagedProcess
+from testbed.processes import free_tcp_port
 
 INSTALL_TIMEOUT_SECONDS = 600.0
 START_TIMEOUT_SECONDS = 30.0
@@ -152,18 +152,24 @@ def prometheus_binaries() -> PrometheusBinaries:
     return found
 
 
-class PrometheusServer:
+class PrometheusServer(ManagedProcess):
     """A private Prometheus on 127.0.0.1 with the configuration text ``config``."""
 
+    missing_log = "<no prometheus log>"
+
     def __init__(self, binary: Path, config: str, *, die_with_parent: bool = True) -> None:
+        super().__init__()
         self.binary = binary
         self.config = config
         self.die_with_parent = die_with_parent
         self.port = free_tcp_port()
         self._dir = tempfile.TemporaryDirectory(prefix="ledger-test-prometheus-")
         self.base_dir = Path(self._dir.name)
-        self.log_path = self.base_dir / "prometheus.log"
-        self._process: subprocess.Popen[bytes] | None = None
+        self._log_path = self.base_dir / "prometheus.log"
+
+    @property
+    def log_path(self) -> Path:
+        return self._log_path
 
     @property
     def url(self) -> str:
@@ -172,22 +178,19 @@ class PrometheusServer:
     def start(self) -> Self:
         config_path = self.base_dir / "prometheus.yml"
         config_path.write_text(self.config, encoding="utf-8")
+        self.log_path.unlink(missing_ok=True)  # each start writes a fresh log
         argv = [
             str(self.binary),
             f"--config.file={config_path}",
             f"--storage.tsdb.path={self.base_dir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
         ]
-        with self.log_path.open("wb") as log:
-            self._process = subprocess.Popen(
-                argv,
-                cwd=self.base_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=make_preexec(self.die_with_parent, int(signal.SIGKILL)),
-            )
+        self._spawn(
+            argv,
+            death_signal=int(signal.SIGKILL),
+            die_with_parent=self.die_with_parent,
+            cwd=self.base_dir,
+        )
         try:
             self._wait_ready()
         except BaseException:
@@ -195,20 +198,23 @@ class PrometheusServer:
             raise
         return self
 
+    def _ready(self) -> bool | None:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response,
+        ):
+            if response.status == 200:
+                return True
+        return None
+
     def _wait_ready(self) -> None:
-        assert self._process is not None
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while True:
-            code = self._process.poll()
-            assert code is None, f"prometheus exited {code}:\n{self.log_tail()}"
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response,
-            ):
-                if response.status == 200:
-                    return
-            assert time.monotonic() < deadline, f"prometheus not ready:\n{self.log_tail()}"
-            time.sleep(0.1)
+        self._wait_until(
+            self._ready,
+            deadline=time.monotonic() + START_TIMEOUT_SECONDS,
+            interval=0.1,
+            exited=lambda code: AssertionError(f"prometheus exited {code}:\n{self.log_tail()}"),
+            late=lambda: AssertionError(f"prometheus not ready:\n{self.log_tail()}"),
+        )
 
     def api(self, path: str, **params: str) -> Any:
         """The ``data`` of a successful ``/api/v1/<path>`` answer."""
@@ -220,28 +226,10 @@ class PrometheusServer:
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM (Prometheus flushes its head block), SIGKILL after ``timeout`` s."""
-        process, self._process = self._process, None
-        if process is None:
-            return None
-        terminate(process, timeout)
-        return process.returncode
+        code = self._terminate(timeout)
+        self.process = None
+        return code
 
     def close(self) -> None:
         self.stop()
         self._dir.cleanup()
-
-    def log_tail(self, lines: int = 40) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return "<no prometheus log>"
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

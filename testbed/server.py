@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from testbed.processes import terminate
+from testbed.managed import ManagedProcess
 
 START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
@@ -41,7 +40,7 @@ class LedgerStartError(RuntimeError):
     """The server process did not come up (the message carries its stderr)."""
 
 
-class LedgerProcess:
+class LedgerProcess(ManagedProcess):
     def __init__(
         self,
         database_url: str,
@@ -53,6 +52,7 @@ class LedgerProcess:
         command: str = "serve",
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        super().__init__()
         self.database_url = database_url
         self.command = command  # "serve", or "dev" (the same gRPC service plus NATS and ingest)
         self.listen = listen
@@ -61,7 +61,6 @@ class LedgerProcess:
         # TLS: .channel() (and the health check at start) use these channel credentials.
         self.credentials = credentials
         self.start_timeout = start_timeout
-        self.process: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
         self._log_dir = tempfile.TemporaryDirectory(prefix="ledger-proc-")
         self._log_path = Path(self._log_dir.name) / "stderr.log"
@@ -78,8 +77,8 @@ class LedgerProcess:
         return f"127.0.0.1:{self.port}"
 
     @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+    def log_path(self) -> Path:
+        return self._log_path
 
     def start(self) -> Self:
         if self.running:
@@ -90,24 +89,8 @@ class LedgerProcess:
         env.pop("LEDGER_LISTEN", None)
         env.pop("LEDGER_DATABASE_URL", None)
         self._log_offset = self._log_path.stat().st_size if self._log_path.exists() else 0
-        with open(self._log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "entrypoints.cli",
-                    self.command,
-                    "--listen",
-                    self.listen,
-                    "--database",
-                    self.database_url,
-                    *self.extra_args,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        argv = [sys.executable, "-m", "entrypoints.cli", self.command, "--listen", self.listen]
+        self._spawn([*argv, "--database", self.database_url, *self.extra_args], env=env)
         try:
             self.port = self._wait_for_port(began + self.start_timeout)
             self._wait_serving(began + self.start_timeout)
@@ -120,24 +103,18 @@ class LedgerProcess:
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:
         """SIGTERM, wait up to ``timeout``, then SIGKILL. Returns the exit code."""
         self._close_channel()
-        process = self.process
-        if process is None:
+        if self.process is None:
             return None
-        terminate(process, timeout)
         self.port = None
-        return process.returncode
+        return self._terminate(timeout)
 
     def kill(self) -> int | None:
         """SIGKILL (a crash). Returns the exit code."""
         self._close_channel()
-        process = self.process
-        if process is None:
+        if self.process is None:
             return None
-        if process.poll() is None:
-            process.kill()
-        process.wait()
         self.port = None
-        return process.returncode
+        return self._kill()
 
     def restart(self) -> Self:
         """Stop cleanly and start a new process on the same database."""
@@ -149,17 +126,6 @@ class LedgerProcess:
             self.stop()
         finally:
             self._log_dir.cleanup()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = f"port {self.port}" if self.running else "stopped"
@@ -177,7 +143,7 @@ class LedgerProcess:
             )
         return self._channel
 
-    def stub(self, stub_class: type[S]) -> S:
+    def stub(self, stub_class: Callable[[grpc.Channel], S]) -> S:
         return stub(self.channel(), stub_class)
 
     def _close_channel(self) -> None:
@@ -207,35 +173,50 @@ class LedgerProcess:
             f"--- stderr ---\n{self.log_text()}"
         )
 
+    def _logged_port(self) -> int | None:
+        match = _LISTENING.search(self.log_text())
+        return int(match["port"]) if match else None
+
     def _wait_for_port(self, deadline: float) -> int:
-        assert self.process is not None
-        while True:
-            match = _LISTENING.search(self.log_text())
-            if match:
-                return int(match["port"])
-            if self.process.poll() is not None:
-                raise self._fail("exited before listening")
-            if time.monotonic() > deadline:
-                raise self._fail(f"did not log its port within {self.start_timeout:.0f} s")
-            time.sleep(0.02)
+        return self._wait_until(
+            self._logged_port,
+            deadline=deadline,
+            interval=0.02,
+            exited=lambda _code: self._fail("exited before listening"),
+            late=lambda: self._fail(f"did not log its port within {self.start_timeout:.0f} s"),
+        )
 
     def _wait_serving(self, deadline: float) -> None:
-        assert self.process is not None
-        health = health_pb2_grpc.HealthStub(self.channel())
-        last: Any = None
-        while True:
+        # The channel's own callable: grpcio's stubs give HealthStub no Check to type-check.
+        check = self.channel().unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        last: list[str] = []
+
+        def serving() -> bool | None:
             try:
-                answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                last = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+                answer = check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
             except grpc.RpcError as error:
-                last = f"{error.code().name}: {error.details()}"
-            if self.process.poll() is not None:
-                raise self._fail(f"exited before SERVING (last health answer: {last})")
-            if time.monotonic() > deadline:
-                raise self._fail(f"not SERVING within {self.start_timeout:.0f} s (last: {last})")
-            time.sleep(0.05)
+                last[:] = [f"{error.code().name}: {error.details()}"]
+                return None
+            if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                return True
+            last[:] = [health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)]
+            return None
+
+        self._wait_until(
+            serving,
+            deadline=deadline,
+            interval=0.05,
+            exited=lambda _code: self._fail(
+                f"exited before SERVING (last health answer: {last[0] if last else None})"
+            ),
+            late=lambda: self._fail(
+                f"not SERVING within {self.start_timeout:.0f} s (last: {last[0] if last else None})"
+            ),
+        )
 
 
 def dev_process(database_url: str, nats_dir: Path, **options: Any) -> tuple[LedgerProcess, str]:
@@ -249,7 +230,7 @@ def dev_process(database_url: str, nats_dir: Path, **options: Any) -> tuple[Ledg
     return process, f"nats://{nats_listen}"
 
 
-def stub(target: grpc.Channel | LedgerProcess, stub_class: type[S]) -> S:
+def stub(target: grpc.Channel | LedgerProcess, stub_class: Callable[[grpc.Channel], S]) -> S:
     """``stub(ledger, ReservationServiceStub)`` — a stub on a channel or a running process."""
     channel = target.channel() if isinstance(target, LedgerProcess) else target
-    return stub_class(channel)  # type: ignore[call-arg]
+    return stub_class(channel)

@@ -13,7 +13,7 @@ import pytest
 from tools.import_contracts import _first_cycle
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("entrypoints", "ingest", "projections", "ledger")
+PACKAGES = ("entrypoints", "ingest", "projections", "ledger", "testbed")
 
 
 def lint_imports(root: Path, *contracts: str) -> subprocess.CompletedProcess[str]:
@@ -56,6 +56,13 @@ def tree_copy(tmp_path: Path) -> Path:
             "projections/loop.py",
             "import ingest.bridge\n",
             "ingest -> projections -> ingest",
+        ),
+        # The service starting a throwaway PostgreSQL of the test bench.
+        (
+            "testbed",
+            "ledger/store/bench.py",
+            "import testbed.postgres\n",
+            "ledger.store.bench -> testbed.postgres",
         ),
     ],
 )
