@@ -291,6 +291,42 @@ class EmbeddedServer(ManagedProcess):
     def _ready_deadline(self) -> float:
         return time.monotonic() + self.start_timeout
 
+    def _wait_answering(
+        self, probe: Callable[[], bool | None], *, deadline: float, not_ready: Callable[[], str]
+    ) -> None:
+        """Until ``probe()`` answers; ``start_error`` with the log's tail if the server exits
+        first or ``deadline`` passes (``not_ready()`` says what it was waiting for)."""
+        self._wait_until(
+            probe,
+            deadline=deadline,
+            interval=0.05,
+            exited=lambda code: self.start_error(
+                f"{self.program} exited with code {code} during startup\n{self.log_tail()}"
+            ),
+            late=lambda: self.start_error(f"{not_ready()}\n{self.log_tail()}"),
+        )
+
+
+class ExternalServer:
+    """A server we do not own (given by the environment): never started or stopped."""
+
+    def start(self) -> Self:
+        return self
+
+    def cleanup(self) -> None:
+        pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pass
+
 
 def serve_until_signalled(server: EmbeddedServer, *, env: str, data: Callable[[], str]) -> int:
     """``python -m testbed.X``: start ``server``, print its address, run until Ctrl-C /

@@ -36,11 +36,10 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 from ledger import local_nats
-from testbed.managed import EmbeddedServer, serve_until_signalled
+from testbed.managed import EmbeddedServer, ExternalServer, serve_until_signalled
 from testbed.processes import pid_alive
 
 ENV_URL = "LEDGER_TEST_NATS_URL"
@@ -268,21 +267,17 @@ class EmbeddedNats(EmbeddedServer):
                 )
             return True
 
-        self._wait_until(
+        self._wait_answering(
             jetstream_answers,
             deadline=deadline,
-            interval=0.05,
-            exited=lambda code: NatsStartError(
-                f"nats-server exited with code {code} during startup\n{self.log_tail()}"
-            ),
-            late=lambda: NatsStartError(
+            not_ready=lambda: (
                 f"nats-server with JetStream not ready within {self.start_timeout}s "
-                f"(last error: {last_error[0] if last_error else None!r})\n{self.log_tail()}"
+                f"(last error: {last_error[0] if last_error else None!r})"
             ),
         )
 
 
-class ExternalNats:
+class ExternalNats(ExternalServer):
     """A server we do not own (``LEDGER_TEST_NATS_URL``); never started or stopped."""
 
     def __init__(self, url: str) -> None:
@@ -294,23 +289,6 @@ class ExternalNats:
 
     def __repr__(self) -> str:
         return f"<ExternalNats {self._url}>"
-
-    def start(self) -> Self:
-        return self
-
-    def cleanup(self) -> None:
-        pass
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        pass
 
 
 # --------------------------------------------------------------------------- entry points

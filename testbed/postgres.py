@@ -38,7 +38,6 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol, Self
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
@@ -46,7 +45,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from testbed.managed import EmbeddedServer, serve_until_signalled
+from testbed.managed import EmbeddedServer, ExternalServer, serve_until_signalled
 from testbed.postgres_binaries import PostgresStartError, binaries_for, system_user
 from testbed.processes import pid_alive
 
@@ -338,21 +337,17 @@ class EmbeddedPostgres(EmbeddedServer):
                 raise PostgresStartError(f"port {self.port} is in use by another server ({row})")
             return True
 
-        self._wait_until(
+        self._wait_answering(
             accepts_connections,
             deadline=self._ready_deadline(),
-            interval=0.05,
-            exited=lambda code: PostgresStartError(
-                f"postgres exited with code {code} during startup\n{self.log_tail()}"
-            ),
-            late=lambda: PostgresStartError(
+            not_ready=lambda: (
                 f"postgres did not accept connections within {self.start_timeout}s "
-                f"(last error: {last_error[0] if last_error else None})\n{self.log_tail()}"
+                f"(last error: {last_error[0] if last_error else None})"
             ),
         )
 
 
-class ExternalPostgres:
+class ExternalPostgres(ExternalServer):
     """A server we do not own (``LEDGER_TEST_POSTGRES_DSN``); never started or stopped.
 
     The configured DSN is used for admin connections (CREATE/DROP DATABASE), so its role
@@ -378,23 +373,6 @@ class ExternalPostgres:
     def drop_database(self, name: str) -> None:
         q = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         _admin_execute(self.admin_dsn, q)
-
-    def start(self) -> Self:
-        return self
-
-    def cleanup(self) -> None:
-        pass
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        pass
 
 
 def replace_dbname(dsn: str, dbname: str) -> str:
