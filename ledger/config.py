@@ -64,6 +64,10 @@ class ProcessTuning:
         return cls(thresholds_from_env(environ), switch_ms_from_env(environ))
 
 
+# JetStream redelivers an unacked message after this long (ingest.streams.ACK_WAIT_SECONDS).
+DEFAULT_INGEST_ACK_WAIT_SECONDS = 30.0
+
+
 @dataclass(frozen=True)
 class Settings:
     listen: str = DEFAULT_LISTEN
@@ -90,6 +94,8 @@ class Settings:
     max_calls_in_flight: int = DEFAULT_MAX_CALLS_IN_FLIGHT
     # Long-running processes: read by the command that tunes itself (ProcessTuning.from_env).
     tuning: ProcessTuning = ProcessTuning()
+    # `ingest` / `dev`: read by those commands (ingest_ack_wait_from_env) before they connect.
+    ingest_ack_wait_seconds: float = DEFAULT_INGEST_ACK_WAIT_SECONDS
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -174,10 +180,6 @@ def log_format_from_env(environ: Mapping[str, str] = os.environ) -> str:
 def debug_from_env(environ: Mapping[str, str] = os.environ) -> bool:
     """LEDGER_DEBUG=1 (or true): a failure's traceback, like --debug."""
     return environ.get("LEDGER_DEBUG", "") in ("1", "true")
-
-
-# JetStream redelivers an unacked message after this long (ingest.streams.ACK_WAIT_SECONDS).
-DEFAULT_INGEST_ACK_WAIT_SECONDS = 30.0
 
 
 def ingest_ack_wait_from_env(environ: Mapping[str, str] = os.environ) -> float:

@@ -29,6 +29,7 @@ from ledger.config import (
     ProcessTuning,
     Settings,
     debug_from_env,
+    ingest_ack_wait_from_env,
     log_format_from_env,
     nats_url_from_env,
 )
@@ -106,6 +107,7 @@ def _run(args: argparse.Namespace) -> int:
                 listen=args.listen,
                 database_url=args.database,
                 projections="in-process",
+                ingest_ack_wait_seconds=ingest_ack_wait_from_env(),
                 metrics_listen=args.metrics_listen,
                 metrics_channels=args.metrics_channels,
                 metrics_sources=args.metrics_sources,
@@ -119,6 +121,7 @@ def _run(args: argparse.Namespace) -> int:
             Settings.from_env(
                 database_url=args.database,
                 tuning=tuning,
+                ingest_ack_wait_seconds=ingest_ack_wait_from_env(),
                 metrics_listen=args.metrics_listen,
                 metrics_sources=args.metrics_sources,
             )

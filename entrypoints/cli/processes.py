@@ -12,7 +12,6 @@ from entrypoints import bootstrap
 from ledger.config import (
     ProcessTuning,
     Settings,
-    ingest_ack_wait_from_env,
 )
 from ledger.logs import retry_delay
 
@@ -112,7 +111,16 @@ async def run_ingest(
     try:
         metrics = start_endpoint(settings.metrics_listen)
         _tune_process(settings.tuning)
-        await _ingest_until(stop, service, store, nats_url, batch_size, units_path, prefix)
+        await _ingest_until(
+            stop,
+            service,
+            store,
+            nats_url,
+            settings.ingest_ack_wait_seconds,
+            batch_size,
+            units_path,
+            prefix,
+        )
     finally:
         if metrics is not None:
             await asyncio.to_thread(metrics.close)
@@ -126,6 +134,7 @@ async def _ingest_until(
     service: Any,
     store: Any,
     nats_url: str,
+    ack_wait_seconds: float,
     batch_size: int = 100,
     units_path: str | None = None,
     prefix: str = "",
@@ -146,14 +155,12 @@ async def _ingest_until(
         js = nc.jetstream()
 
         def topology() -> Any:
-            # AckWait is read at each attempt, as the consumer config always read it: a
-            # malformed LEDGER_INGEST_ACK_WAIT_SECONDS is retried like a broker error.
-            return ensure_topology(js, names, ack_wait_seconds=ingest_ack_wait_from_env())
+            return ensure_topology(js, names, ack_wait_seconds=ack_wait_seconds)
 
         if not await _until_done(stop, topology, "ingest streams"):
             return
         bridge, publisher = bootstrap.ingest_workers(
-            service, store, js, names, units, ingest_ack_wait_from_env()
+            service, store, js, names, units, ack_wait_seconds
         )
         log.info(
             "ingest from %s (%s), batches of %d; exceptions on %s",
@@ -222,13 +229,15 @@ async def run_dev(settings: Settings, nats_listen: str, data_dir: str) -> None:
         # The streams exist before the service says it listens: a publisher may start then.
         nc = await connect_once(nats_url, "ledger-dev")
         try:
-            await ensure_topology(nc.jetstream(), ack_wait_seconds=ingest_ack_wait_from_env())
+            await ensure_topology(nc.jetstream(), ack_wait_seconds=settings.ingest_ack_wait_seconds)
         finally:
             await close(nc)
         if not stop.is_set():
             api = await _start_api(settings)
             try:
-                await _ingest_until(stop, api.service, api.store, nats_url)
+                await _ingest_until(
+                    stop, api.service, api.store, nats_url, settings.ingest_ack_wait_seconds
+                )
             finally:
                 await bootstrap.stop_api(api, settings)
     finally:

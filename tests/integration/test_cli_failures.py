@@ -156,6 +156,27 @@ def test_a_malformed_seconds_setting_is_one_line_and_exit_2(
     assert list(tmp_path.iterdir()) == [], "nothing may be created"
 
 
+@pytest.mark.parametrize("command", ["ingest", "dev"])
+@pytest.mark.parametrize("value", ["soon", "0"])
+def test_a_malformed_ack_wait_is_one_line_and_exit_2(
+    command: str, value: str, tmp_path: Path
+) -> None:
+    """Read before NATS is asked: `ingest` once retried the topology step forever on it."""
+    args = [command, "--database", f"sqlite:///{tmp_path / 'l.db'}"]
+    if command == "ingest":
+        args += ["--nats", NATS.format(port=free_tcp_port())]
+    else:
+        args += ["--listen", "127.0.0.1:0", "--nats-dir", str(tmp_path / "nats")]
+    code, stderr, seconds = _run(args, cwd=tmp_path, env={"LEDGER_INGEST_ACK_WAIT_SECONDS": value})
+    assert code == 2, stderr
+    assert seconds < DEADLINE_SECONDS, (seconds, stderr)
+    assert stderr.strip().splitlines() == [
+        next(line for line in stderr.splitlines() if "LEDGER_INGEST_ACK_WAIT_SECONDS" in line)
+    ]
+    assert repr(value) in stderr
+    assert list(tmp_path.iterdir()) == [], "nothing may be created"
+
+
 @pytest.mark.parametrize("how", ["--debug", "LEDGER_DEBUG=1"])
 def test_debug_adds_the_traceback(how: str, tmp_path: Path) -> None:
     nats = f"nats://127.0.0.1:{free_tcp_port()}"
