@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 import time
 import uuid
@@ -61,6 +59,7 @@ from inventory.ledger.v1 import (
 
 from ledger.domain.limits import MOVEMENTS_PER_REQUEST_MAX
 from testbed.server import LedgerProcess
+from tools.bench.call_stats import CallStats
 from tools.bench_support import database
 
 SOURCE = "bench"
@@ -71,42 +70,6 @@ POINTS = {"start": 0.01, "middle": 0.5, "end": 0.999}  # share of the position's
 LATE_WINDOW = (0.4, 0.6)  # where late facts land in the history (share of its movements)
 MICROS = 1_000_000
 MAX_ERRORS_SHOWN = 10
-
-
-@dataclass(frozen=True)
-class Stats:
-    label: str
-    version: int  # the version the instant maps to (GetPosition: the head)
-    samples: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    min_ms: float
-    max_ms: float
-    first_call_ms: float  # cold: no read cache, no effective checkpoints yet
-
-    @classmethod
-    def of(cls, label: str, version: int, seconds: Sequence[float], first_call_ms: float) -> Stats:
-        ordered = sorted(seconds)
-        return cls(
-            label=label,
-            version=version,
-            samples=len(ordered),
-            p50_ms=_percentile(ordered, 50) * 1e3,
-            p90_ms=_percentile(ordered, 90) * 1e3,
-            p99_ms=_percentile(ordered, 99) * 1e3,
-            mean_ms=statistics.fmean(ordered) * 1e3,
-            min_ms=ordered[0] * 1e3,
-            max_ms=ordered[-1] * 1e3,
-            first_call_ms=first_call_ms,
-        )
-
-
-def _percentile(ordered: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of an already sorted, non-empty sample."""
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 # ---- the history and what it should add up to ----------------------------------------------
@@ -409,7 +372,7 @@ def check_head(
 # ---- report --------------------------------------------------------------------------------
 
 
-def render(kind: str, events: int, late: int, rows: list[Stats], ratio: dict[str, Any]) -> str:
+def render(kind: str, events: int, late: int, rows: list[CallStats], ratio: dict[str, Any]) -> str:
     header = (
         f"{'variant':<17} {'version':>8} {'samples':>7} {'p50 ms':>8} {'p90 ms':>8} "
         f"{'p99 ms':>8} {'mean ms':>8} {'1st ms':>9} {'p50 x':>6} {'p99 x':>6}"
@@ -466,7 +429,7 @@ def run(
             flush=True,
         )
         timings = measure(found, samples, warmup, errors)
-    rows = [Stats.of(v.label, v.version, timings[v.key], cold_ms[v.key]) for v in found]
+    rows = [CallStats.of(v.label, v.version, timings[v.key], cold_ms[v.key]) for v in found]
     plain = rows[0]
     ratio = {
         s.label: {"p50": s.p50_ms / plain.p50_ms, "p99": s.p99_ms / plain.p99_ms} for s in rows[1:]

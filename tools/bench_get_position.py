@@ -22,13 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from inventory.ledger.v1 import (
@@ -41,48 +38,13 @@ from inventory.ledger.v1 import (
 
 from ledger.domain.limits import MOVEMENTS_PER_REQUEST_MAX
 from testbed.server import LedgerProcess
+from tools.bench.call_stats import CallStats
 from tools.bench_support import database
 
 SOURCE = "bench"
 LOCATION = "BENCH-DC"
 WARMUP_CALLS = 200
 CALL_TIMEOUT_SECONDS = 60.0
-
-
-@dataclass(frozen=True)
-class Stats:
-    label: str
-    version: int
-    samples: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    min_ms: float
-    max_ms: float
-    first_call_ms: float  # cold: before the read cache holds the position
-
-    @classmethod
-    def of(cls, label: str, version: int, seconds: Sequence[float], first_call_ms: float) -> Stats:
-        ordered = sorted(seconds)
-        return cls(
-            label=label,
-            version=version,
-            samples=len(ordered),
-            p50_ms=_percentile(ordered, 50) * 1e3,
-            p90_ms=_percentile(ordered, 90) * 1e3,
-            p99_ms=_percentile(ordered, 99) * 1e3,
-            mean_ms=statistics.fmean(ordered) * 1e3,
-            min_ms=ordered[0] * 1e3,
-            max_ms=ordered[-1] * 1e3,
-            first_call_ms=first_call_ms,
-        )
-
-
-def _percentile(ordered: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of an already sorted, non-empty sample."""
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 # ---- database ------------------------------------------------------------------------------
@@ -169,7 +131,7 @@ def measure(
 # ---- report --------------------------------------------------------------------------------
 
 
-def render(kind: str, rows: list[Stats], ratio: dict[str, float]) -> str:
+def render(kind: str, rows: list[CallStats], ratio: dict[str, float]) -> str:
     header = (
         f"{'position':<10} {'version':>8} {'samples':>8} "
         f"{'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'max ms':>8} {'1st ms':>8}"
@@ -227,7 +189,7 @@ def run(
             flush=True,
         )
         timings = measure(query, skus, samples, warmup)
-    rows = [Stats.of(label, versions[label], timings[label], cold_ms[label]) for label in skus]
+    rows = [CallStats.of(label, versions[label], timings[label], cold_ms[label]) for label in skus]
     big, small = rows
     ratio = {
         "p50": big.p50_ms / small.p50_ms,
