@@ -35,25 +35,11 @@ GCCollector(registry=REGISTRY)
 
 # ---- gRPC (entrypoints/grpc/metrics_interceptor.py) ----------------------------------------------
 
+# The steps from 10 ms to a minute that the RPC and lag histograms share.
+_TEN_MS_TO_A_MINUTE = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
 # From 0.5 ms (a cached read) to a minute (a long StreamLedger / VerifyLedger stream).
-RPC_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
+RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, *_TEN_MS_TO_A_MINUTE)
 
 RPC_DURATION = Histogram(
     "ledger_rpc_duration_seconds",
@@ -204,23 +190,7 @@ for _lane in INGEST_LANES:
 
 # Movement-to-ledger lag: from 10 ms (a live message applied at once) to an hour (a backlog
 # after an outage, or a bulk lane behind a long backfill).
-LAG_BUCKETS = (
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-    900.0,
-    3600.0,
-)
+LAG_BUCKETS = (*_TEN_MS_TO_A_MINUTE, 300.0, 900.0, 3600.0)
 # How old a movement is when recorded (occurred_at to commit): a minute to a week.
 AGE_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0, 7 * 86400.0)
 MOVEMENT_VIAS = ("live", "bulk", "api")
