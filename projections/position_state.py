@@ -13,12 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from ledger.domain import availability
-from ledger.domain.position import (
-    Position,
-    PositionState,
-    inbound_outstanding,
-    is_stale_count,
-)
+from ledger.domain.position import Position, inbound_outstanding
+from ledger.domain.position_state import PositionState, is_stale_count
 
 BUCKETS = ("on_hand", "receiving", "quarantine", "damaged", "in_transit_inbound")
 

@@ -33,7 +33,8 @@ from uuid import UUID
 
 from ledger.application import InventoryLedger
 from ledger.audit.entries import decode_event
-from ledger.domain.position import Position, PositionState, position_id
+from ledger.domain.position import Position, position_id
+from ledger.domain.position_state import PositionState
 from ledger.store.index_ops import to_micros
 from ledger.views import PositionView
 

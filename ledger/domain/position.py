@@ -9,7 +9,7 @@ whatever order a replay takes (contract §3 effective axis).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -17,11 +17,10 @@ from eventsourcing.domain import Aggregate
 
 from ledger.domain import availability, chain
 from ledger.domain.availability import HOLD_ACTIVE, inbound_outstanding
-from ledger.domain.hold_book import Hold, HoldBook, book_of
+from ledger.domain.hold_book import book_of
+from ledger.domain.inbound_transfers import inbound_transfer, prune_settled_transfers
 from ledger.domain.movements import Disposition, FromBucket, Movement, MovementType
-
-# How long a settled transfer (nothing left in transit) is remembered after its last event.
-TRANSFER_RETENTION = timedelta(days=30)
+from ledger.domain.position_state import PositionFigures, init_state, is_stale_count
 
 POSITION_NAMESPACE = UUID("6f1c1e6e-3f0b-4a51-9d43-5b9a4f7c2a10")
 
@@ -59,52 +58,6 @@ def _check(condition: bool, message: str) -> None:
     # Explicit raise: `python -O` strips assert statements.
     if not condition:
         raise AssertionError(message)
-
-
-class PositionFigures:
-    """A position's state attributes (set by :func:`init_state`, changed only by the folds)
-    and the figures of contract §2 derived from them."""
-
-    # Declarations only (no class attributes): the aggregate and the plain replays alike.
-    on_hand: int
-    receiving: int
-    quarantine: int
-    damaged: int
-    in_transit_inbound: int
-    safety_stock: int
-    fences: dict[str, int]
-    holds: dict[str, Hold]  # a HoldBook once used; a plain dict fresh from a snapshot or row
-    inbound: dict[str, dict[str, Any]]  # transfer_id -> {dispatched, received, closed, ...}
-    last_count_at: datetime | None
-    updated_at: datetime | None
-    last_hash: str
-    max_occurred_at: datetime | None
-
-    def reserved(self, now: datetime) -> int:
-        return availability.reserved(self, now)
-
-    def allocated(self) -> int:
-        return availability.allocated(self)
-
-    def available(self, now: datetime) -> int:
-        return availability.available(self, now)
-
-    def available_to(self, channel: str, now: datetime) -> int:
-        return availability.available_to(self, channel, now)
-
-    def projected_available_to(self, channel: str, now: datetime, horizon: datetime) -> int:
-        return availability.projected_available_to(self, channel, now, horizon)
-
-
-class PositionState(PositionFigures):
-    """A position's state without the event-store machinery: what replays (projections,
-    as-of reads) fold events onto with each event's ``apply``."""
-
-    def __init__(self, sku: str, location_id: str) -> None:
-        self.sku = sku
-        self.location_id = location_id
-        self.version = 0
-        init_state(self)
 
 
 class Position(Aggregate, PositionFigures):
@@ -297,7 +250,7 @@ class Position(Aggregate, PositionFigures):
             if previous is not None and previous["closed"]:
                 # A dispatch after `final=true` starts a new leg under the same id.
                 del aggregate.inbound[self.transfer_id]
-            transfer = _inbound_transfer(aggregate, self.transfer_id)
+            transfer = inbound_transfer(aggregate, self.transfer_id)
             before = inbound_outstanding(transfer)
             transfer["dispatched"] += self.qty
             transfer["from_location_id"] = self.from_location_id
@@ -305,7 +258,7 @@ class Position(Aggregate, PositionFigures):
             transfer["dispatched_at"] = transfer["dispatched_at"] or self.occurred_at
             transfer["last_at"] = self.recorded_at
             aggregate.in_transit_inbound += inbound_outstanding(transfer) - before
-            _prune_settled_transfers(aggregate, self.recorded_at)
+            prune_settled_transfers(aggregate, self.recorded_at)
 
     class TransferReceived(Event):
         qty: int
@@ -314,7 +267,7 @@ class Position(Aggregate, PositionFigures):
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            transfer = _inbound_transfer(aggregate, self.transfer_id)
+            transfer = inbound_transfer(aggregate, self.transfer_id)
             before = inbound_outstanding(transfer)
             transfer["received"] += self.qty
             if self.final:
@@ -322,7 +275,7 @@ class Position(Aggregate, PositionFigures):
             transfer["last_at"] = self.recorded_at
             aggregate.in_transit_inbound += inbound_outstanding(transfer) - before
             aggregate.on_hand += self.qty
-            _prune_settled_transfers(aggregate, self.recorded_at)
+            prune_settled_transfers(aggregate, self.recorded_at)
 
     class ReturnReceived(Event):
         qty: int
@@ -508,57 +461,3 @@ class Position(Aggregate, PositionFigures):
         self.trigger_event(
             self.HoldReleased, reservation_id=reservation_id, reason=reason, **meta.fields()
         )
-
-
-def init_state(target: Any) -> None:
-    """Zero buckets; shared by the aggregate and by plain replays (as-of, projections)."""
-    target.on_hand = 0
-    target.receiving = 0
-    target.quarantine = 0
-    target.damaged = 0
-    target.in_transit_inbound = 0
-    target.safety_stock = 0
-    target.fences = {}
-    target.holds = HoldBook()
-    target.inbound = {}
-    target.last_count_at = None
-    target.updated_at = None
-    target.last_hash = chain.GENESIS
-    # Newest occurred_at folded so far: an event older than this is a late fact.
-    target.max_occurred_at = None
-
-
-def is_stale_count(position: Any, occurred_at: datetime) -> bool:
-    """A count older than the newest applied count changes nothing (STALE_COUNT)."""
-    return position.last_count_at is not None and occurred_at < position.last_count_at
-
-
-def _inbound_transfer(position: Any, transfer_id: str) -> dict[str, Any]:
-    transfer = position.inbound.get(transfer_id)
-    if transfer is None:
-        transfer = {
-            "from_location_id": "",
-            "dispatched": 0,
-            "received": 0,
-            "closed": False,
-            "expected_at": None,
-            "dispatched_at": None,
-            "last_at": None,
-        }
-        position.inbound[transfer_id] = transfer
-    return transfer
-
-
-def _prune_settled_transfers(position: Any, now: datetime) -> None:
-    """Keep state bounded: forget transfers with nothing in transit and no activity for
-    TRANSFER_RETENTION. Until then a late or split receipt still nets against its transfer,
-    so the in-transit figure never depends on how the receipts were split. Decided from the
-    event's own ``recorded_at``, so every replay prunes identically."""
-    horizon = now - TRANSFER_RETENTION
-    settled = [
-        transfer_id
-        for transfer_id, t in position.inbound.items()
-        if inbound_outstanding(t) == 0 and t["last_at"] is not None and t["last_at"] < horizon
-    ]
-    for transfer_id in settled:
-        del position.inbound[transfer_id]
