@@ -24,8 +24,9 @@ history).
 Run it at a release only, and commit the file with the release: rewriting it in an ordinary
 change would let that change's breaking edits through.
 
-buf is the ``@bufbuild/buf`` npm package at :data:`BUF_VERSION`, installed once with npm into
-``.tools/buf/`` (git-ignored) and reused; ``LEDGER_BUF=/path/to/buf`` uses another binary.
+buf is the ``@bufbuild/buf`` npm package at the version pinned in ``tools/buf_install.py``,
+installed once with npm into ``.tools/buf/`` (git-ignored) and reused; ``LEDGER_BUF=/path/to/buf``
+uses another binary.
 buf cannot fetch ``deps`` from the Buf Schema Registry offline, so each run copies the protos
 into a scratch directory and adds the ``google/api/*.proto`` files they import (found in the
 installed googleapis-common-protos package, the one protoc uses in ``tools/gen_protos.py``);
@@ -39,7 +40,6 @@ Findings are printed as ``protos/<file>:<line>:<column>: <RULE> <message>``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
@@ -49,22 +49,17 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tools import gen_protos
+from tools.buf_install import BufUnavailable, buf_binary
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO_ROOT / "protos"
-BUF_VERSION = "1.75.0"
-BUF_PACKAGE = "@bufbuild/buf"
-TOOLS_DIR = REPO_ROOT / ".tools" / "buf"
-BUF_ENV = "LEDGER_BUF"
 DEFAULT_AGAINST_REF = "HEAD~1"
 # The contract as last released, as a buf image; inside protos/ (buf builds only .proto files).
 BASELINE_NAME = "v1.baseline.binpb"
-NPM_TIMEOUT_SECONDS = 300
 BUF_TIMEOUT_SECONDS = 120
 # buf's exit status when it ran and found lint or breaking violations.
 BUF_FINDINGS_STATUS = 100
@@ -73,10 +68,6 @@ _IMPORT = re.compile(r'^\s*import\s+(?:public\s+|weak\s+)?"([^"]+)"\s*;', re.MUL
 # Inputs are laid out under one scratch directory with these names (buf wants relative paths).
 _CURRENT = "current"
 _AGAINST = "against"
-
-
-class BufUnavailable(RuntimeError):
-    """buf could not be found or installed (no npm, registry unreachable, ...)."""
 
 
 class GitHistoryError(RuntimeError):
@@ -111,105 +102,6 @@ class Outcome:
 
     def report(self) -> str:
         return "\n".join([*map(str, self.findings), *self.notes])
-
-
-# --- locating and installing buf -------------------------------------------------------------
-
-
-def _buf_version(binary: Path) -> str:
-    result = subprocess.run(
-        [str(binary), "--version"], capture_output=True, text=True, timeout=60, check=False
-    )
-    return result.stdout.strip() or result.stderr.strip()
-
-
-def _installed_binary(prefix: Path) -> Path | None:
-    """The buf binary of an npm install of :data:`BUF_VERSION` under ``prefix``, if present."""
-    package_json = prefix / "node_modules" / "@bufbuild" / "buf" / "package.json"
-    try:
-        version = json.loads(package_json.read_text(encoding="utf-8")).get("version")
-    except (OSError, ValueError):
-        return None
-    if version != BUF_VERSION:
-        return None
-    # The platform package (@bufbuild/buf-linux-x64, ...) holds the native binary; bin/buf of
-    # the main package is a Node.js launcher for it, used only when the former is not there.
-    native = sorted((prefix / "node_modules" / "@bufbuild").glob("buf-*/bin/buf"))
-    candidates = [*native, prefix / "node_modules" / ".bin" / "buf"]
-    return next((path for path in candidates if os.access(path, os.X_OK)), None)
-
-
-@contextlib.contextmanager
-def _install_lock(prefix: Path) -> Iterator[None]:
-    """Serialize installs: several test runs may share one checkout."""
-    import fcntl  # POSIX only, like the rest of the tooling.
-
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    with open(prefix.parent / "buf.install.lock", "w", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def install(prefix: Path = TOOLS_DIR) -> Path:
-    """Install ``@bufbuild/buf@BUF_VERSION`` with npm under ``prefix``; return the binary."""
-    npm = shutil.which("npm")
-    if npm is None:
-        raise BufUnavailable(
-            f"npm not found: install Node.js and npm (buf comes from the npm package "
-            f"{BUF_PACKAGE}@{BUF_VERSION}), or set {BUF_ENV}=/path/to/buf"
-        )
-    with _install_lock(prefix):
-        binary = _installed_binary(prefix)
-        if binary is not None:
-            return binary
-        prefix.mkdir(parents=True, exist_ok=True)
-        # A package.json of its own keeps npm from adopting a package.json further up.
-        (prefix / "package.json").write_text(
-            '{"name": "ledger-buf-tool", "private": true}\n', encoding="utf-8"
-        )
-        command = [
-            npm,
-            "install",
-            "--no-save",
-            "--no-package-lock",
-            "--no-audit",
-            "--no-fund",
-            "--loglevel=error",
-            "--prefix",
-            str(prefix),
-            f"{BUF_PACKAGE}@{BUF_VERSION}",
-        ]
-        try:
-            result = subprocess.run(
-                command, capture_output=True, text=True, timeout=NPM_TIMEOUT_SECONDS, check=False
-            )
-        except subprocess.TimeoutExpired as error:
-            raise BufUnavailable(
-                f"npm install {BUF_PACKAGE}@{BUF_VERSION} timed out after {error.timeout} s"
-            ) from error
-        binary = _installed_binary(prefix)
-        if result.returncode != 0 or binary is None:
-            output = (result.stderr or result.stdout).strip()[-2000:]
-            raise BufUnavailable(
-                f"`{' '.join(command)}` failed (status {result.returncode}); is the npm "
-                f"registry reachable?\n{output}"
-            )
-        return binary
-
-
-def buf_binary() -> Path:
-    """The buf binary to run: ``$LEDGER_BUF``, else the cached npm install, else install it."""
-    override = os.environ.get(BUF_ENV)
-    if override:
-        path = Path(override)
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise BufUnavailable(f"{BUF_ENV}={override} is not an executable file")
-        return path
-    binary = _installed_binary(TOOLS_DIR)
-    return binary if binary is not None else install(TOOLS_DIR)
 
 
 # --- assembling inputs -----------------------------------------------------------------------
