@@ -268,15 +268,7 @@ def verify_lines(lines: Iterable[str], *, whole_ledger: bool = False) -> Report:
         }
         report.entries += 1
 
-        # Global order. Compared with the previous line, so one misplaced line is one problem.
-        if previous_position is not None and record.position <= previous_position:
-            detail = f"position {record.position} after {previous_position}"
-            report.problems.append(Problem(ORDER, number, detail, **where))
-        elif whole_ledger:
-            expected = 1 if previous_position is None else previous_position + 1
-            if record.position != expected:
-                detail = f"expected position {expected} got {record.position}"
-                report.problems.append(Problem(POSITION_GAP, number, detail, **where))
+        _check_order(report, number, record.position, previous_position, whole_ledger, where)
         previous_position = record.position
 
         recorded_at = entry["recorded_at"]
@@ -285,36 +277,67 @@ def verify_lines(lines: Iterable[str], *, whole_ledger: bool = False) -> Report:
             report.problems.append(Problem(RECORDED_AT_DECREASES, number, detail, **where))
         previous_recorded_at = recorded_at
 
-        # The position's chain.
-        key = (sku, location_id)
-        if key in chains:
-            state = chains[key]
-            if state is None:
-                continue  # already broken: only its first broken link is reported
-            last_version, previous_hash = state
-            if version != last_version + 1:
-                chains[key] = None
-                detail = f"expected version {last_version + 1} got {version}"
-                report.problems.append(Problem(VERSION_GAP, number, detail, **where))
-                continue
-        else:
-            report.positions += 1
-            previous_hash = GENESIS
-            if version != 1:
-                chains[key] = None
-                detail = f"first entry of the position has version {version}, not 1"
-                report.problems.append(Problem(MISSING_GENESIS, number, detail, **where))
-                continue
-
-        digest = hashlib.sha256(previous_hash + record.canonical).digest()
-        if digest.hex() != record.hash_hex:
-            chains[key] = None
-            detail = f"hash {record.hash_hex} but the chain gives {digest.hex()}"
-            report.problems.append(Problem(HASH_MISMATCH, number, detail, **where))
-            continue
-        chains[key] = (version, digest)
+        _check_chain(report, chains, number, record, where)
 
     return report
+
+
+def _check_order(
+    report: Report,
+    number: int,
+    position: int,
+    previous_position: int | None,
+    whole_ledger: bool,
+    where: dict[str, Any],
+) -> None:
+    """Global order. Compared with the previous line, so one misplaced line is one problem."""
+    if previous_position is not None and position <= previous_position:
+        detail = f"position {position} after {previous_position}"
+        report.problems.append(Problem(ORDER, number, detail, **where))
+    elif whole_ledger:
+        expected = 1 if previous_position is None else previous_position + 1
+        if position != expected:
+            detail = f"expected position {expected} got {position}"
+            report.problems.append(Problem(POSITION_GAP, number, detail, **where))
+
+
+def _check_chain(
+    report: Report,
+    chains: dict[tuple[str, str], tuple[int, bytes] | None],
+    number: int,
+    record: _Record,
+    where: dict[str, Any],
+) -> None:
+    """The position's chain: the next version, and the hash linking it to the one before."""
+    entry = record.entry
+    key = (entry["sku"], entry["location_id"])
+    version = entry["version"]
+    if key in chains:
+        state = chains[key]
+        if state is None:
+            return  # already broken: only its first broken link is reported
+        last_version, previous_hash = state
+        if version != last_version + 1:
+            chains[key] = None
+            detail = f"expected version {last_version + 1} got {version}"
+            report.problems.append(Problem(VERSION_GAP, number, detail, **where))
+            return
+    else:
+        report.positions += 1
+        previous_hash = GENESIS
+        if version != 1:
+            chains[key] = None
+            detail = f"first entry of the position has version {version}, not 1"
+            report.problems.append(Problem(MISSING_GENESIS, number, detail, **where))
+            return
+
+    digest = hashlib.sha256(previous_hash + record.canonical).digest()
+    if digest.hex() != record.hash_hex:
+        chains[key] = None
+        detail = f"hash {record.hash_hex} but the chain gives {digest.hex()}"
+        report.problems.append(Problem(HASH_MISMATCH, number, detail, **where))
+        return
+    chains[key] = (version, digest)
 
 
 def _read_lines(binary: Iterable[bytes]) -> Iterator[str]:
