@@ -198,6 +198,59 @@ def render(kind: str, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _timed_rounds(
+    service: Any, store: Any, incremental: Any, *, rounds: int, batch_size: int
+) -> tuple[dict[str, list[float]], int, list[str]]:
+    """Each round: the raw and the decoding log reads, then a rebuild checked against the
+    incrementally built rows. Returns the timings by stage, the notifications read and the
+    differences found."""
+    timings: dict[str, list[float]] = {
+        "raw select": [],
+        "select + decode": [],
+        f"rebuild (batch {batch_size})": [],
+    }
+    problems: list[str] = []
+    count = 0
+    for number in range(1, rounds + 1):
+        print(f"round {number}/{rounds} ...", file=sys.stderr, flush=True)
+        for stage, decode in (("raw select", False), ("select + decode", True)):
+            count, seconds = raw_read(service, decode=decode)
+            timings[stage].append(seconds)
+        report = rebuild(service.app, store, batch_max=batch_size)
+        timings[f"rebuild (batch {batch_size})"].append(report.seconds)
+        problems += differences(store.rows(), incremental)
+    return timings, count, problems
+
+
+def _profiled_rebuild(service: Any, store: Any, batch_size: int) -> str:
+    """One more rebuild under cProfile: the 30 costliest calls, cumulative."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    rebuild(service.app, store, batch_max=batch_size)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(30)
+    return out.getvalue()
+
+
+def _stages(
+    timings: dict[str, list[float]], count: int, incremental_seconds: float
+) -> dict[str, dict[str, float]]:
+    """Median seconds and events/s per stage, and the one incremental build's."""
+    stages = {
+        stage: {
+            "seconds": round(statistics.median(values), 4),
+            "events_per_second": round(count / statistics.median(values), 1),
+        }
+        for stage, values in timings.items()
+    }
+    stages["incremental (batch 500)"] = {
+        "seconds": round(incremental_seconds, 4),
+        "events_per_second": round(count / incremental_seconds, 1),
+    }
+    return stages
+
+
 def run(
     database_spec: str | None,
     events: int,
@@ -220,44 +273,14 @@ def run(
             runner.catch_up()
             incremental_seconds = time.perf_counter() - began
             incremental = store.rows()
-            timings: dict[str, list[float]] = {
-                "raw select": [],
-                "select + decode": [],
-                f"rebuild (batch {batch_size})": [],
-            }
-            problems: list[str] = []
-            count = 0
-            for number in range(1, rounds + 1):
-                print(f"round {number}/{rounds} ...", file=sys.stderr, flush=True)
-                for stage, decode in (("raw select", False), ("select + decode", True)):
-                    count, seconds = raw_read(service, decode=decode)
-                    timings[stage].append(seconds)
-                report = rebuild(service.app, store, batch_max=batch_size)
-                timings[f"rebuild (batch {batch_size})"].append(report.seconds)
-                problems += differences(store.rows(), incremental)
-            profile_text = ""
-            if profile:
-                profiler = cProfile.Profile()
-                profiler.enable()
-                rebuild(service.app, store, batch_max=batch_size)
-                profiler.disable()
-                out = io.StringIO()
-                pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(30)
-                profile_text = out.getvalue()
+            timings, count, problems = _timed_rounds(
+                service, store, incremental, rounds=rounds, batch_size=batch_size
+            )
+            profile_text = _profiled_rebuild(service, store, batch_size) if profile else ""
         finally:
             store.close()
             service.close()
-    stages = {
-        stage: {
-            "seconds": round(statistics.median(values), 4),
-            "events_per_second": round(count / statistics.median(values), 1),
-        }
-        for stage, values in timings.items()
-    }
-    stages["incremental (batch 500)"] = {
-        "seconds": round(incremental_seconds, 4),
-        "events_per_second": round(count / incremental_seconds, 1),
-    }
+    stages = _stages(timings, count, incremental_seconds)
     result: dict[str, Any] = {
         "database": kind,
         "notifications": count,  # as read from the log (ids may have gaps)
