@@ -27,7 +27,6 @@ import datetime as dt
 from collections.abc import AsyncIterator, Iterable
 
 from inventory.ledger.v1 import (
-    audit_service_pb2,
     availability_pb2,
     channel_policy_pb2,
     movement_pb2,
@@ -39,7 +38,7 @@ from inventory.ledger.v1 import (
 )
 
 from inventory_ledger_client import _requests as build
-from inventory_ledger_client._aio_calls import AsyncLedgerCalls
+from inventory_ledger_client._aio_audit import AsyncAuditCalls
 from inventory_ledger_client._aio_stream import AsyncLedgerStream
 from inventory_ledger_client._core import new_request_id
 from inventory_ledger_client.retry import RetryPolicy
@@ -47,7 +46,7 @@ from inventory_ledger_client.retry import RetryPolicy
 __all__ = ["AsyncLedgerClient", "AsyncLedgerStream"]
 
 
-class AsyncLedgerClient(AsyncLedgerCalls):
+class AsyncLedgerClient(AsyncAuditCalls):
     """Asyncio ledger client (one per event loop and target).
 
     Args:
@@ -433,91 +432,4 @@ class AsyncLedgerClient(AsyncLedgerCalls):
             ),
             correlation_id,
             timeout,
-        )
-
-    # ---- AuditService ------------------------------------------------------------------------
-
-    async def get_position_as_of(
-        self,
-        sku: str,
-        location_id: str,
-        as_of: dt.datetime,
-        *,
-        axis: int | str = "recorded",
-        known_at: dt.datetime | None = None,
-        include_holds: bool = False,
-        correlation_id: str | None = None,
-        timeout: float | None = None,
-    ) -> position_pb2.Position:
-        """The position at ``as_of`` on the ``"recorded"`` or ``"effective"`` axis."""
-        return await self._unary(
-            "AuditService/GetPositionAsOf",
-            self._audit.GetPositionAsOf,
-            build.get_position_as_of(sku, location_id, as_of, axis, known_at, include_holds),
-            correlation_id,
-            timeout,
-        )
-
-    async def list_movements(
-        self,
-        sku: str,
-        location_id: str,
-        *,
-        axis: int | str = "recorded",
-        start: dt.datetime | None = None,
-        end: dt.datetime | None = None,
-        page_size: int = 0,
-        page_token: str = "",
-        correlation_id: str | None = None,
-        timeout: float | None = None,
-    ) -> audit_service_pb2.ListMovementsResponse:
-        """One page of a position's ledger entries with ``start <= time < end``."""
-        return await self._unary(
-            "AuditService/ListMovements",
-            self._audit.ListMovements,
-            build.list_movements(sku, location_id, axis, start, end, page_size, page_token),
-            correlation_id,
-            timeout,
-        )
-
-    def stream_ledger(
-        self,
-        from_position: int = 0,
-        *,
-        follow: bool = False,
-        reconnect: bool | RetryPolicy = False,
-        correlation_id: str | None = None,
-        timeout: float | None = None,
-    ) -> AsyncLedgerStream[audit_service_pb2.LedgerEntry]:
-        """Every entry with ``position > from_position``, in order; ``follow`` tails the ledger
-        (then no deadline unless ``timeout``). With ``reconnect`` a broken stream resumes after
-        the last entry received."""
-        if timeout is None and not follow:
-            timeout = self._stream_timeout
-        return self._stream(
-            "AuditService/StreamLedger",
-            self._audit.StreamLedger,
-            build.stream_ledger(from_position, follow),
-            correlation_id=correlation_id,
-            timeout=timeout,
-            reconnect=reconnect,
-            resume=build.resume_ledger,
-        )
-
-    def verify_ledger(
-        self,
-        *,
-        sku: str = "",
-        location_id: str = "",
-        correlation_id: str | None = None,
-        timeout: float | None = None,
-    ) -> AsyncLedgerStream[audit_service_pb2.VerifyLedgerProgress]:
-        """Check the hash chains (one position, or all): progress, the last with ``done``."""
-        return self._stream(
-            "AuditService/VerifyLedger",
-            self._audit.VerifyLedger,
-            build.verify_ledger(sku, location_id),
-            correlation_id=correlation_id,
-            timeout=timeout if timeout is not None else self._stream_timeout,
-            reconnect=False,
         )
