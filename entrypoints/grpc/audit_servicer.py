@@ -35,15 +35,13 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
     async def GetPositionAsOf(
         self, request: audit_service_pb2.GetPositionAsOfRequest, ctx: CallContext
     ) -> position_pb2.Position:
-        query = convert.validate(
+        query = convert.validate_request(
             inputs.GetPositionAsOfModel,
+            request,
+            "sku location_id axis include_holds",
             {
-                "sku": request.sku,
-                "location_id": request.location_id,
                 "as_of": convert.timestamp(request, "as_of"),
-                "axis": request.axis,
                 "known_at": convert.timestamp(request, "known_at"),
-                "include_holds": request.include_holds,
             },
         )
         view = await asyncio.to_thread(
@@ -61,17 +59,11 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
     async def ListMovements(
         self, request: audit_service_pb2.ListMovementsRequest, ctx: CallContext
     ) -> audit_service_pb2.ListMovementsResponse:
-        query = convert.validate(
+        query = convert.validate_request(
             inputs.ListMovementsModel,
-            {
-                "sku": request.sku,
-                "location_id": request.location_id,
-                "from": convert.timestamp(request, "from"),
-                "to": convert.timestamp(request, "to"),
-                "axis": request.axis,
-                "page_size": request.page_size,
-                "page_token": request.page_token,
-            },
+            request,
+            "sku location_id axis page_size page_token",
+            {"from": convert.timestamp(request, "from"), "to": convert.timestamp(request, "to")},
         )
         listing = {
             "m": "ListMovements",
@@ -101,10 +93,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
     async def StreamLedger(
         self, request: audit_service_pb2.StreamLedgerRequest, ctx: CallContext
     ) -> AsyncGenerator[audit_service_pb2.LedgerEntry, None]:
-        query = convert.validate(
-            inputs.StreamLedgerModel,
-            {"from_position": request.from_position, "follow": request.follow},
-        )
+        query = convert.validate_request(inputs.StreamLedgerModel, request, "from_position follow")
         after = query.from_position
         while True:
             entries = await asyncio.to_thread(self._service.ledger_entries, after, STREAM_BATCH)
@@ -122,9 +111,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
     async def VerifyLedger(
         self, request: audit_service_pb2.VerifyLedgerRequest, ctx: CallContext
     ) -> AsyncGenerator[audit_service_pb2.VerifyLedgerProgress, None]:
-        query = convert.validate(
-            inputs.VerifyLedgerModel, {"sku": request.sku, "location_id": request.location_id}
-        )
+        query = convert.validate_request(inputs.VerifyLedgerModel, request, "sku location_id")
         if query.sku:
             result = await asyncio.to_thread(
                 self._service.verify_position, query.sku, query.location_id

@@ -40,6 +40,16 @@ def validate(model: type[M], values: dict[str, Any]) -> M:
         raise InvalidRequest(field_violations(error)) from None
 
 
+def validate_request(
+    model: type[M], request: Any, fields: str, values: dict[str, Any] | None = None
+) -> M:
+    """``model`` from the request's ``fields`` (space-separated names, the same in both) and
+    the ``values`` converted by the caller (timestamps, repeated fields, ...)."""
+    return validate(
+        model, {**{name: getattr(request, name) for name in fields.split()}, **(values or {})}
+    )
+
+
 def _enum_value(enum_type: Any, number: int, prefix: str) -> str:
     """Proto enum number → the contract's lowercase name ("" for UNSPECIFIED or unknown numbers)."""
     try:

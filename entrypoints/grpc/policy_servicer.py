@@ -24,14 +24,8 @@ class PolicyServicer(policy_service_pb2_grpc.PolicyServiceServicer):
     async def SetSafetyStock(
         self, request: policy_service_pb2.SetSafetyStockRequest, ctx: CallContext
     ) -> position_pb2.Position:
-        model = convert.validate(
-            inputs.SetSafetyStockModel,
-            {
-                "request_id": request.request_id,
-                "sku": request.sku,
-                "location_id": request.location_id,
-                "qty": request.qty,
-            },
+        model = convert.validate_request(
+            inputs.SetSafetyStockModel, request, "request_id sku location_id qty"
         )
         view = await settled(
             self._service.set_safety_stock(
@@ -44,15 +38,8 @@ class PolicyServicer(policy_service_pb2_grpc.PolicyServiceServicer):
     async def SetChannelFence(
         self, request: policy_service_pb2.SetChannelFenceRequest, ctx: CallContext
     ) -> position_pb2.Position:
-        model = convert.validate(
-            inputs.SetChannelFenceModel,
-            {
-                "request_id": request.request_id,
-                "sku": request.sku,
-                "location_id": request.location_id,
-                "channel": request.channel,
-                "qty": request.qty,
-            },
+        model = convert.validate_request(
+            inputs.SetChannelFenceModel, request, "request_id sku location_id channel qty"
         )
         view = await settled(
             self._service.set_channel_fence(
@@ -65,16 +52,11 @@ class PolicyServicer(policy_service_pb2_grpc.PolicyServiceServicer):
     async def SetChannelPolicy(
         self, request: policy_service_pb2.SetChannelPolicyRequest, ctx: CallContext
     ) -> channel_policy_pb2.ChannelPolicy:
-        model = convert.validate(
+        model = convert.validate_request(
             inputs.SetChannelPolicyModel,
-            {
-                "request_id": request.request_id,
-                "channel": request.channel,
-                "eligible_location_ids": list(request.eligible_location_ids),
-                "share_percent": request.share_percent,
-                "buffer": request.buffer,
-                "max_publish": request.max_publish,
-            },
+            request,
+            "request_id channel share_percent buffer max_publish",
+            {"eligible_location_ids": list(request.eligible_location_ids)},
         )
         view = await settled(
             self._service.set_channel_policy(

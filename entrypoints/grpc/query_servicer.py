@@ -43,13 +43,8 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
     async def GetPosition(
         self, request: query_service_pb2.GetPositionRequest, ctx: CallContext
     ) -> position_pb2.Position:
-        query = convert.validate(
-            inputs.GetPositionModel,
-            {
-                "sku": request.sku,
-                "location_id": request.location_id,
-                "include_holds": request.include_holds,
-            },
+        query = convert.validate_request(
+            inputs.GetPositionModel, request, "sku location_id include_holds"
         )
         view = await asyncio.to_thread(
             self._service.get_position,
@@ -63,15 +58,8 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
     async def ListPositions(
         self, request: query_service_pb2.ListPositionsRequest, ctx: CallContext
     ) -> query_service_pb2.ListPositionsResponse:
-        query = convert.validate(
-            inputs.ListPositionsModel,
-            {
-                "sku": request.sku,
-                "location_id": request.location_id,
-                "page_size": request.page_size,
-                "page_token": request.page_token,
-                "include_holds": request.include_holds,
-            },
+        query = convert.validate_request(
+            inputs.ListPositionsModel, request, "sku location_id page_size page_token include_holds"
         )
         listing = {"m": "ListPositions", "sku": query.sku, "loc": query.location_id}
         after = self._tokens.decode(query.page_token, listing) or ["", ""]
@@ -92,15 +80,11 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
     async def GetAvailability(
         self, request: query_service_pb2.GetAvailabilityRequest, ctx: CallContext
     ) -> availability_pb2.Availability:
-        query = convert.validate(
+        query = convert.validate_request(
             inputs.GetAvailabilityModel,
-            {
-                "sku": request.sku,
-                "channel": request.channel,
-                "consistency": request.consistency,
-                "min_position": request.min_position,
-                "horizon": convert.timestamp(request, "horizon"),
-            },
+            request,
+            "sku channel consistency min_position",
+            {"horizon": convert.timestamp(request, "horizon")},
         )
         view = await asyncio.to_thread(
             self._read.availability,
@@ -141,14 +125,8 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
     async def ListInTransit(
         self, request: query_service_pb2.ListInTransitRequest, ctx: CallContext
     ) -> query_service_pb2.ListInTransitResponse:
-        query = convert.validate(
-            inputs.ListInTransitModel,
-            {
-                "sku": request.sku,
-                "to_location_id": request.to_location_id,
-                "page_size": request.page_size,
-                "page_token": request.page_token,
-            },
+        query = convert.validate_request(
+            inputs.ListInTransitModel, request, "sku to_location_id page_size page_token"
         )
         listing = {"m": "ListInTransit", "sku": query.sku, "to": query.to_location_id}
         after = self._tokens.decode(query.page_token, listing)
@@ -176,15 +154,11 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
             if request.type in (availability_pb2.ExceptionType.values())
             else f"<unknown {request.type}>"
         )
-        query = convert.validate(
+        query = convert.validate_request(
             inputs.ListExceptionsModel,
-            {
-                "type": "" if request.type == 0 else type_name.removeprefix(EXCEPTION_TYPE_PREFIX),
-                "sku": request.sku,
-                "location_id": request.location_id,
-                "page_size": request.page_size,
-                "page_token": request.page_token,
-            },
+            request,
+            "sku location_id page_size page_token",
+            {"type": "" if request.type == 0 else type_name.removeprefix(EXCEPTION_TYPE_PREFIX)},
         )
         listing = {"m": "ListExceptions", "t": query.type, "s": query.sku, "l": query.location_id}
         after = self._tokens.decode(query.page_token, listing) or [0, -1]

@@ -30,18 +30,16 @@ class ReservationServicer(reservation_service_pb2_grpc.ReservationServiceService
     async def Reserve(
         self, request: reservation_service_pb2.ReserveRequest, ctx: CallContext
     ) -> reservation_pb2.Reservation:
-        model = convert.validate(
+        model = convert.validate_request(
             inputs.ReserveModel,
+            request,
+            "request_id channel order_ref allow_split",
             {
-                "request_id": request.request_id,
-                "channel": request.channel,
-                "order_ref": request.order_ref,
                 "lines": [
                     {"sku": ln.sku, "location_id": ln.location_id, "qty": ln.qty}
                     for ln in request.lines
                 ],
                 "ttl": convert.duration(request, "ttl"),
-                "allow_split": request.allow_split,
             },
         )
         command = ReserveInput(
@@ -59,9 +57,8 @@ class ReservationServicer(reservation_service_pb2_grpc.ReservationServiceService
     async def GetReservation(
         self, request: reservation_service_pb2.GetReservationRequest, ctx: CallContext
     ) -> reservation_pb2.Reservation:
-        model = convert.validate(
-            inputs.GetReservationModel,
-            {"reservation_id": request.reservation_id, "channel": request.channel},
+        model = convert.validate_request(
+            inputs.GetReservationModel, request, "reservation_id channel"
         )
         view = await asyncio.to_thread(
             self._service.get_reservation, model.reservation_id, model.channel
@@ -94,14 +91,8 @@ class ReservationServicer(reservation_service_pb2_grpc.ReservationServiceService
     async def ListReservations(
         self, request: reservation_service_pb2.ListReservationsRequest, ctx: CallContext
     ) -> reservation_service_pb2.ListReservationsResponse:
-        model = convert.validate(
-            inputs.ListReservationsModel,
-            {
-                "channel": request.channel,
-                "order_ref": request.order_ref,
-                "page_size": request.page_size,
-                "page_token": request.page_token,
-            },
+        model = convert.validate_request(
+            inputs.ListReservationsModel, request, "channel order_ref page_size page_token"
         )
         listing = {"m": "ListReservations", "channel": model.channel, "order": model.order_ref}
         after = self._tokens.decode(model.page_token, listing) or [-1, ""]
@@ -122,11 +113,6 @@ class ReservationServicer(reservation_service_pb2_grpc.ReservationServiceService
     def _action(
         request: reservation_service_pb2.CommitRequest | reservation_service_pb2.ReleaseRequest,
     ) -> inputs.ReservationActionModel:
-        return convert.validate(
-            inputs.ReservationActionModel,
-            {
-                "request_id": request.request_id,
-                "reservation_id": request.reservation_id,
-                "channel": request.channel,
-            },
+        return convert.validate_request(
+            inputs.ReservationActionModel, request, "request_id reservation_id channel"
         )
