@@ -75,6 +75,12 @@ def googleapis_include() -> Path:
 
 def run_protoc(out_dir: Path) -> None:
     """Compile every proto into ``out_dir`` (which must exist); raise when protoc fails."""
+    outputs = [f"--python_out={out_dir}", f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}"]
+    _protoc(outputs, [str(path) for path in proto_files()], "protoc")
+
+
+def _protoc(options: list[str], files: list[str], name: str) -> None:
+    """protoc with the project's include paths (protos/, well-known types, googleapis)."""
     from grpc_tools import protoc  # Imported here: only code generation needs grpcio-tools.
 
     arguments = [
@@ -82,14 +88,12 @@ def run_protoc(out_dir: Path) -> None:
         f"--proto_path={PROTO_ROOT}",
         f"--proto_path={well_known_include()}",
         f"--proto_path={googleapis_include()}",
-        f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        *(str(path) for path in proto_files()),
+        *options,
+        *files,
     ]
     status = protoc.main(arguments)
     if status != 0:
-        raise RuntimeError(f"protoc failed with status {status}")
+        raise RuntimeError(f"{name} failed with status {status}")
 
 
 def owned_files(out_dir: Path) -> set[str]:
@@ -283,21 +287,12 @@ def node_proto_files() -> list[str]:
 
 def run_protoc_node(out_dir: Path, plugin: Path) -> None:
     """Compile the Node protos with ts-proto into ``out_dir``; raise when protoc fails."""
-    from grpc_tools import protoc  # Imported here: only code generation needs grpcio-tools.
-
-    arguments = [
-        "grpc_tools.protoc",
-        f"--proto_path={PROTO_ROOT}",
-        f"--proto_path={well_known_include()}",
-        f"--proto_path={googleapis_include()}",
+    options = [
         f"--plugin=protoc-gen-ts_proto={plugin}",
         f"--ts_proto_out={out_dir}",
         f"--ts_proto_opt={TS_PROTO_OPTIONS}",
-        *node_proto_files(),
     ]
-    status = protoc.main(arguments)
-    if status != 0:
-        raise RuntimeError(f"protoc (ts-proto) failed with status {status}")
+    _protoc(options, node_proto_files(), "protoc (ts-proto)")
 
 
 def node_owned_files(out_dir: Path) -> set[str]:
