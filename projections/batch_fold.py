@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.persistence import Notification
@@ -27,6 +27,8 @@ _POSITION_TOPIC = f"{Position.__module__}:{Position.__qualname__}."
 _POLICY_TOPIC = f"{ChannelPolicy.__module__}:{ChannelPolicy.__qualname__}."
 _OPENED_TOPIC = get_topic(Position.Opened)
 _POLICY_CREATED_TOPIC = get_topic(ChannelPolicy.Created)
+
+S = TypeVar("S")
 
 Loader = Callable[
     [Collection[str], Collection[str]], tuple[dict[str, PositionRow], dict[str, PolicyRow]]
@@ -74,23 +76,15 @@ class FoldedBatch:
                 key = _key(note.originator_id)
                 if topic == _OPENED_TOPIC:
                     created.add(key)
-                elif key not in self.positions:
-                    cached = self.cache.positions.get(key)
-                    if cached is None:
-                        wanted_positions.add(key)
-                    else:
-                        self.positions[key] = cached
+                else:
+                    _start_from(key, self.positions, self.cache.positions, wanted_positions)
                 relevant.append((note, True))
             elif topic.startswith(_POLICY_TOPIC):
                 key = _key(note.originator_id)
                 if topic == _POLICY_CREATED_TOPIC:
                     created.add(key)
-                elif key not in self.policies:
-                    cached_policy = self.cache.policies.get(key)
-                    if cached_policy is None:
-                        wanted_policies.add(key)
-                    else:
-                        self.policies[key] = cached_policy
+                else:
+                    _start_from(key, self.policies, self.cache.policies, wanted_policies)
                 relevant.append((note, False))
         wanted_positions -= created
         wanted_policies -= created
@@ -154,3 +148,15 @@ class FoldedBatch:
 def _key(originator_id: UUID | str) -> str:
     # The ledger's recorders always return UUIDs; the library's type also allows a string.
     return originator_id.hex if isinstance(originator_id, UUID) else UUID(originator_id).hex
+
+
+def _start_from(key: str, folded: dict[str, S], cached: dict[str, S], wanted: set[str]) -> None:
+    """Where a state this batch continues starts: the batch's own, the cache's, or its stored
+    row (``wanted``: loaded for the whole batch in one round trip)."""
+    if key in folded:
+        return
+    state = cached.get(key)
+    if state is None:
+        wanted.add(key)
+    else:
+        folded[key] = state
