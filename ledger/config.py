@@ -21,6 +21,10 @@ DEFAULT_MAX_CALLS_IN_FLIGHT = 1024
 # (ledger.gc_tuning, ledger.gil_tuning explain the figures).
 DEFAULT_GC_THRESHOLDS = (20_000, 50, 20)
 DEFAULT_GIL_SWITCH_MS = 0.25
+# Group commit (ledger.pipeline): how long the writer waits for batch-mates, and how many
+# commands share one transaction.
+DEFAULT_GROUP_COMMIT_LINGER_MS = 1.0
+DEFAULT_GROUP_COMMIT_MAX = 256
 
 
 class ConfigError(ValueError):
@@ -32,15 +36,17 @@ class GroupCommit:
     """How the writer batches commands into one transaction; docs/performance.md explains
     the trade."""
 
-    linger_seconds: float = 0.001
-    max_commands: int = 256
+    linger_seconds: float = DEFAULT_GROUP_COMMIT_LINGER_MS / 1000
+    max_commands: int = DEFAULT_GROUP_COMMIT_MAX
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> GroupCommit:
         """LEDGER_GROUP_COMMIT_LINGER_MS (default 1) and LEDGER_GROUP_COMMIT_MAX (default
         256)."""
-        linger_ms = float(environ.get("LEDGER_GROUP_COMMIT_LINGER_MS", "1"))
-        batch_max = int(environ.get("LEDGER_GROUP_COMMIT_MAX", "256"))
+        linger_ms = float(
+            environ.get("LEDGER_GROUP_COMMIT_LINGER_MS", DEFAULT_GROUP_COMMIT_LINGER_MS)
+        )
+        batch_max = int(environ.get("LEDGER_GROUP_COMMIT_MAX", DEFAULT_GROUP_COMMIT_MAX))
         if not 0 <= linger_ms <= 100 or not 1 <= batch_max <= 10_000:
             raise ValueError(
                 "LEDGER_GROUP_COMMIT_LINGER_MS must be 0-100 and LEDGER_GROUP_COMMIT_MAX 1-10000"

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
 from ledger.application import InventoryLedger
+from ledger.config import DEFAULT_GROUP_COMMIT_LINGER_MS, DEFAULT_GROUP_COMMIT_MAX
 from ledger.domain.errors import ConcurrencyConflict, StoreUnavailable
 from ledger.domain.limits import CONFLICT_RETRIES_MAX
 from ledger.metrics.definitions import BATCH_SIZE, COMMIT_SECONDS, WRITE_CONFLICTS, count_appended
@@ -44,9 +45,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 QUEUE_DEPTH_MAX = 10_000
-# Group commit: how long the writer waits for batch-mates, and how many share a commit.
-DEFAULT_LINGER_SECONDS = 0.001
-DEFAULT_BATCH_MAX = 256
+# Group commit: how long the writer waits for batch-mates, and how many share a commit
+# (the settings' defaults: ledger.config.GroupCommit).
+DEFAULT_LINGER_SECONDS = DEFAULT_GROUP_COMMIT_LINGER_MS / 1000
+DEFAULT_BATCH_MAX = DEFAULT_GROUP_COMMIT_MAX
 # Whole-batch attempts after conflicts with other replicas, before one by one.
 BATCH_CONFLICT_RETRIES = 5
 _CONFLICT = object()
