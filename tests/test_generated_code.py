@@ -61,8 +61,8 @@ def test_every_generated_file_carries_the_header():
 
 
 def test_sync_client_is_generated_from_the_async_one():
-    """client.py, _calls.py and _stream.py are what tools/gen_sync_client.py makes of their
-    asyncio twins, each headed by the do-not-edit line."""
+    """client.py, _audit.py, _calls.py and _stream.py are what tools/gen_sync_client.py makes
+    of their asyncio twins, each headed by the do-not-edit line."""
     diff = gen_sync_client.check()
     assert diff == [], "sync client drifted; run `python -m tools.gen_sync_client`:\n" + "".join(
         diff
