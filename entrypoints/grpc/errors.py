@@ -29,7 +29,9 @@ from ledger.metrics.definitions import RPC_ERRORS
 from ledger.pipeline import PipelineOverloaded
 from projections.queries import ProjectionBehind
 
-log = logging.getLogger(__name__)
+# The logger name its lines had before the edge left ledger/ (ledger/api/), kept for
+# log filters and alerts (docs/decisions.md, issue 18).
+log = logging.getLogger("ledger.api.errors")
 
 ERROR_DOMAIN = "inventory.ledger.v1"
 

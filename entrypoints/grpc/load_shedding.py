@@ -33,7 +33,9 @@ from grpc_status import rpc_status
 from entrypoints.grpc.errors import ServerOverloaded, status_for
 from ledger.metrics.definitions import RPC_ERRORS
 
-log = logging.getLogger(__name__)
+# The logger name its lines had before the edge left ledger/ (ledger/api/), kept for
+# log filters and alerts (docs/decisions.md, issue 18).
+log = logging.getLogger("ledger.api.load_shedding")
 
 WINDOW_SECONDS = 0.25
 # Per window, a remembered capacity keeps this much of itself (half-life about 17 s).

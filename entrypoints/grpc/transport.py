@@ -14,7 +14,9 @@ import grpc
 
 from ledger.config import ConfigError, Settings
 
-log = logging.getLogger(__name__)
+# The logger name its lines had before the edge left ledger/ (ledger/api/), kept for
+# log filters and alerts (docs/decisions.md, issue 18).
+log = logging.getLogger("ledger.api.transport")
 
 
 def listen_host(listen: str) -> str:
