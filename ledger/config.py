@@ -43,12 +43,16 @@ class GroupCommit:
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> GroupCommit:
         """LEDGER_GROUP_COMMIT_LINGER_MS (default 1) and LEDGER_GROUP_COMMIT_MAX (default
         256)."""
-        linger_ms = float(
-            environ.get("LEDGER_GROUP_COMMIT_LINGER_MS", DEFAULT_GROUP_COMMIT_LINGER_MS)
-        )
-        batch_max = int(environ.get("LEDGER_GROUP_COMMIT_MAX", DEFAULT_GROUP_COMMIT_MAX))
+        try:
+            linger_ms = float(
+                environ.get("LEDGER_GROUP_COMMIT_LINGER_MS", DEFAULT_GROUP_COMMIT_LINGER_MS)
+            )
+            batch_max = int(environ.get("LEDGER_GROUP_COMMIT_MAX", DEFAULT_GROUP_COMMIT_MAX))
+        except ValueError:
+            linger_ms, batch_max = -1.0, 0  # reported below, like an out-of-range value
+        # A ConfigError (exit 2, one line) like every other malformed setting.
         if not 0 <= linger_ms <= 100 or not 1 <= batch_max <= 10_000:
-            raise ValueError(
+            raise ConfigError(
                 "LEDGER_GROUP_COMMIT_LINGER_MS must be 0-100 and LEDGER_GROUP_COMMIT_MAX 1-10000"
             )
         return cls(linger_ms / 1000, batch_max)

@@ -16,7 +16,8 @@ from ledger.progress import QUIET, Progress
 from projections.runner import ProjectionRunner
 from projections.store import ReadModelStore
 
-log = logging.getLogger(__name__)
+# The runner's logger, as before the split: operators filter rebuild lines by it.
+log = logging.getLogger("projections.runner")
 
 REBUILD_BATCH_MAX = 10_000
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 
 import grpc
@@ -37,8 +36,6 @@ from ledger.service import LedgerService
 from projections.commit_listener import CommitListener
 from projections.queries import ReadModelQueries
 from projections.watch import WatchHub
-
-log = logging.getLogger(__name__)
 
 SERVICE_NAMES = (
     query_service_pb2.DESCRIPTOR.services_by_name["InventoryQueryService"].full_name,

@@ -36,10 +36,17 @@ def test_group_commit_defaults_and_linger_in_milliseconds() -> None:
 
 
 @pytest.mark.parametrize(
-    "environ", [{"LEDGER_GROUP_COMMIT_LINGER_MS": "101"}, {"LEDGER_GROUP_COMMIT_MAX": "0"}]
+    "environ",
+    [
+        {"LEDGER_GROUP_COMMIT_LINGER_MS": "101"},
+        {"LEDGER_GROUP_COMMIT_MAX": "0"},
+        {"LEDGER_GROUP_COMMIT_LINGER_MS": "soon"},
+        {"LEDGER_GROUP_COMMIT_MAX": "2.5"},
+    ],
 )
 def test_group_commit_out_of_range_is_refused(environ: dict[str, str]) -> None:
-    with pytest.raises(ValueError, match="LEDGER_GROUP_COMMIT_LINGER_MS must be 0-100"):
+    # A ConfigError: one line and exit 2 on the command line, like every malformed setting.
+    with pytest.raises(ConfigError, match="LEDGER_GROUP_COMMIT_LINGER_MS must be 0-100"):
         GroupCommit.from_env(environ)
 
 
