@@ -83,7 +83,8 @@ async def start_api(
     store: ReadModelStore | None = None,
 ) -> Api:
     """Open (or take) the service and read models, then start projections (if in-process),
-    metrics and the gRPC server. Exposure is checked before anything is opened."""
+    metrics and the gRPC server. Exposure is checked before anything is opened. A service or
+    store passed in is handed over: the returned Api owns it and stop_api closes it."""
     from entrypoints.grpc.server import start_server
     from entrypoints.grpc.transport import check_exposure
     from ledger.metrics.endpoint import start_endpoint

@@ -93,6 +93,16 @@ def configure_logging(level: str, log_format: str = DEFAULT_LOG_FORMAT) -> None:
     root.setLevel(level.upper())
 
 
+def redacted(url: str) -> str:
+    """Never log a database password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
 def one_line(error: BaseException) -> str:
     """``Type: message`` on one line (psycopg's messages carry a hint on a second line)."""
     text = " ".join(str(error).split())

@@ -13,7 +13,7 @@ from ledger.config import (
     ProcessTuning,
     Settings,
 )
-from ledger.logs import retry_delay
+from ledger.logs import redacted, retry_delay
 
 log = logging.getLogger("ledger")
 
@@ -252,13 +252,3 @@ def stop_on_signals() -> asyncio.Event:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     return stopping
-
-
-def redacted(url: str) -> str:
-    """Never log a database password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        credentials, host = rest.rsplit("@", 1)
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url

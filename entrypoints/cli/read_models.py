@@ -7,8 +7,8 @@ import json
 import logging
 
 from entrypoints import bootstrap
-from entrypoints.cli.processes import redacted
 from ledger.config import Settings
+from ledger.logs import redacted
 
 log = logging.getLogger("ledger")
 
