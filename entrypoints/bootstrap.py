@@ -44,11 +44,11 @@ def configure_metric_labels(settings: Settings) -> None:
 
 
 def open_service(settings: Settings, group_commit: GroupCommit | None = None) -> LedgerService:
-    """The ledger service on ``settings.database_url``; its group commit is read from the
-    environment as it opens, unless given."""
+    """The ledger service on ``settings.database_url`` with ``settings.group_commit`` (or the
+    one given)."""
     from ledger.service import LedgerService
 
-    group_commit = group_commit or GroupCommit.from_env()
+    group_commit = group_commit or settings.group_commit
     return LedgerService.open(settings.database_url, group_commit=group_commit)
 
 

@@ -43,17 +43,18 @@ class GroupCommit:
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> GroupCommit:
         """LEDGER_GROUP_COMMIT_LINGER_MS (default 1) and LEDGER_GROUP_COMMIT_MAX (default
         256)."""
+        linger_text = environ.get("LEDGER_GROUP_COMMIT_LINGER_MS", "")
+        max_text = environ.get("LEDGER_GROUP_COMMIT_MAX", "")
         try:
-            linger_ms = float(
-                environ.get("LEDGER_GROUP_COMMIT_LINGER_MS", DEFAULT_GROUP_COMMIT_LINGER_MS)
-            )
-            batch_max = int(environ.get("LEDGER_GROUP_COMMIT_MAX", DEFAULT_GROUP_COMMIT_MAX))
+            linger_ms = float(linger_text or DEFAULT_GROUP_COMMIT_LINGER_MS)
+            batch_max = int(max_text or DEFAULT_GROUP_COMMIT_MAX)
         except ValueError:
             linger_ms, batch_max = -1.0, 0  # reported below, like an out-of-range value
         # A ConfigError (exit 2, one line) like every other malformed setting.
         if not 0 <= linger_ms <= 100 or not 1 <= batch_max <= 10_000:
             raise ConfigError(
-                "LEDGER_GROUP_COMMIT_LINGER_MS must be 0-100 and LEDGER_GROUP_COMMIT_MAX 1-10000"
+                "LEDGER_GROUP_COMMIT_LINGER_MS must be 0-100 and LEDGER_GROUP_COMMIT_MAX 1-10000,"
+                f" not {linger_text!r} and {max_text!r}"
             )
         return cls(linger_ms / 1000, batch_max)
 
@@ -106,6 +107,9 @@ class Settings:
     tuning: ProcessTuning = ProcessTuning()
     # `ingest` / `dev`: read by those commands (ingest_ack_wait_from_env) before they connect.
     ingest_ack_wait_seconds: float = DEFAULT_INGEST_ACK_WAIT_SECONDS
+    # The commands that open the ledger service (serve, dev, ingest, export, reconcile): read
+    # by them (GroupCommit.from_env) with the rest of their settings.
+    group_commit: GroupCommit = GroupCommit()
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -26,6 +26,7 @@ from entrypoints.cli.processes import (
 from entrypoints.cli.read_models import projections_status, rebuild_projections
 from entrypoints.cli.tokens import create_token
 from ledger.config import (
+    GroupCommit,
     ProcessTuning,
     Settings,
     debug_from_env,
@@ -83,6 +84,11 @@ def _nats_url(args: argparse.Namespace) -> str:
     return args.nats or nats_url_from_env()
 
 
+def _service_settings(args: argparse.Namespace) -> Settings:
+    """A one-shot command that opens the ledger service (export, reconcile)."""
+    return Settings.from_env(database_url=args.database, group_commit=GroupCommit.from_env())
+
+
 def _run(args: argparse.Namespace) -> int:
     tuning = None
     if args.command in ("serve", "ingest", "projections"):
@@ -94,6 +100,7 @@ def _run(args: argparse.Namespace) -> int:
                 database_url=args.database,
                 projections=args.projections,
                 tuning=tuning,
+                group_commit=GroupCommit.from_env(),
                 metrics_listen=args.metrics_listen,
                 metrics_channels=args.metrics_channels,
                 metrics_sources=args.metrics_sources,
@@ -107,6 +114,7 @@ def _run(args: argparse.Namespace) -> int:
                 listen=args.listen,
                 database_url=args.database,
                 projections="in-process",
+                group_commit=GroupCommit.from_env(),
                 ingest_ack_wait_seconds=ingest_ack_wait_from_env(),
                 metrics_listen=args.metrics_listen,
                 metrics_channels=args.metrics_channels,
@@ -121,6 +129,7 @@ def _run(args: argparse.Namespace) -> int:
             Settings.from_env(
                 database_url=args.database,
                 tuning=tuning,
+                group_commit=GroupCommit.from_env(),
                 ingest_ack_wait_seconds=ingest_ack_wait_from_env(),
                 metrics_listen=args.metrics_listen,
                 metrics_sources=args.metrics_sources,
@@ -137,11 +146,11 @@ def _run(args: argparse.Namespace) -> int:
         if (args.sku is None) != (args.location_id is None):
             log.error("give both --sku and --location-id, or neither")
             return 2
-        return run_export(args, _reachable(Settings.from_env(database_url=args.database)))
+        return run_export(args, _reachable(_service_settings(args)))
     elif args.command == "token":
         return create_token(args)
     elif args.command == "reconcile":
-        return run_reconcile(args, _reachable(Settings.from_env(database_url=args.database)))
+        return run_reconcile(args, _reachable(_service_settings(args)))
     else:
         settings = Settings.from_env(
             database_url=args.database, tuning=tuning, metrics_listen=args.metrics_listen

@@ -142,7 +142,11 @@ def test_a_bad_start_is_one_line_and_exit_2(case: BadStart, tmp_path: Path, busy
 
 @pytest.mark.parametrize(
     "variable, value",
-    [("LEDGER_EXPIRY_SWEEP_SECONDS", "soon"), ("LEDGER_TOKEN_RELOAD_SECONDS", "-1")],
+    [
+        ("LEDGER_EXPIRY_SWEEP_SECONDS", "soon"),
+        ("LEDGER_TOKEN_RELOAD_SECONDS", "-1"),
+        ("LEDGER_GROUP_COMMIT_MAX", "lots"),
+    ],
 )
 def test_a_malformed_seconds_setting_is_one_line_and_exit_2(
     variable: str, value: str, tmp_path: Path
