@@ -4,7 +4,7 @@ next to a plain GetPosition, in the same run.
     python -m tools.bench_as_of [--database URL|postgres] [--events 50000] [--late 0]
                                 [--samples 300] [--warmup 20] [--json PATH]
 
-Starts a real ``ledger serve`` process (tests.support.server.LedgerProcess) and writes one
+Starts a real ``ledger serve`` process (testbed.server.LedgerProcess) and writes one
 position with ``--events`` movements (RecordMovements, up to 500 per request, receipts of 2
 and adjustments of -1 alternating), movement k occurring at ``base + k`` seconds (base: two
 days ago), so every instant maps to a known version.  Requests are cut at the start (1%),
@@ -26,7 +26,7 @@ where it is defined by the instant alone) is checked against what was written: a
 figure makes the exit status 1.
 
 ``--database`` defaults to a SQLite file in a temp dir; ``postgres`` starts a throwaway
-embedded PostgreSQL (tests.support.postgres; ``LEDGER_TEST_POSTGRES_DSN`` is honoured);
+embedded PostgreSQL (testbed.postgres; ``LEDGER_TEST_POSTGRES_DSN`` is honoured);
 anything else is passed to ``ledger serve --database`` as is (use an empty database).
 
 Run from the repository root (it imports the test support package).

@@ -3,7 +3,7 @@
     python -m tools.bench_get_position [--database URL|postgres] [--events 10000]
                                        [--samples 2000] [--json PATH]
 
-Starts a real ``ledger serve`` process (tests.support.server.LedgerProcess), writes one
+Starts a real ``ledger serve`` process (testbed.server.LedgerProcess), writes one
 position with ``--events`` movements (RecordMovements, up to 500 per request, receipts and
 adjustments alternating) and a second position with a single movement, then measures
 GetPosition over one channel: warm-up first, then ``--samples`` calls per position,
@@ -12,7 +12,7 @@ for each and the big/small ratio.  Both are measured in the same run.  The "1st 
 is each position's first read (the server's read cache is cold: snapshot + later events).
 
 ``--database`` defaults to a SQLite file in a temp dir; ``postgres`` starts a throwaway
-embedded PostgreSQL (tests.support.postgres; ``LEDGER_TEST_POSTGRES_DSN`` is honoured);
+embedded PostgreSQL (testbed.postgres; ``LEDGER_TEST_POSTGRES_DSN`` is honoured);
 anything else is passed to ``ledger serve --database`` as is (use an empty database).
 
 Run from the repository root (it imports the test support package).
