@@ -25,10 +25,11 @@ _sym_db = _symbol_database.Default()
 
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from inventory.ledger.v1 import channel_policy_pb2 as inventory_dot_ledger_dot_v1_dot_channel__policy__pb2
+from inventory.ledger.v1 import item_policy_pb2 as inventory_dot_ledger_dot_v1_dot_item__policy__pb2
 from inventory.ledger.v1 import position_pb2 as inventory_dot_ledger_dot_v1_dot_position__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(inventory/ledger/v1/policy_service.proto\x12\x13inventory.ledger.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a(inventory/ledger/v1/channel_policy.proto\x1a\"inventory/ledger/v1/position.proto\"r\n\x15SetSafetyStockRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x03sku\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0blocation_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x03qty\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x02\"\x8a\x01\n\x16SetChannelFenceRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x03sku\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0blocation_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63hannel\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x03qty\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x02\"\xbd\x01\n\x17SetChannelPolicyRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63hannel\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12#\n\x15\x65ligible_location_ids\x18\x03 \x03(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rshare_percent\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x62uffer\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12\x19\n\x0bmax_publish\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x01\x32\xb1\x02\n\rPolicyService\x12[\n\x0eSetSafetyStock\x12*.inventory.ledger.v1.SetSafetyStockRequest\x1a\x1d.inventory.ledger.v1.Position\x12]\n\x0fSetChannelFence\x12+.inventory.ledger.v1.SetChannelFenceRequest\x1a\x1d.inventory.ledger.v1.Position\x12\x64\n\x10SetChannelPolicy\x12,.inventory.ledger.v1.SetChannelPolicyRequest\x1a\".inventory.ledger.v1.ChannelPolicyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(inventory/ledger/v1/policy_service.proto\x12\x13inventory.ledger.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a(inventory/ledger/v1/channel_policy.proto\x1a%inventory/ledger/v1/item_policy.proto\x1a\"inventory/ledger/v1/position.proto\"r\n\x15SetSafetyStockRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x03sku\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0blocation_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x03qty\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x02\"\x8a\x01\n\x16SetChannelFenceRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x03sku\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0blocation_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63hannel\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x03qty\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x02\"\xbd\x01\n\x17SetChannelPolicyRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63hannel\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12#\n\x15\x65ligible_location_ids\x18\x03 \x03(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rshare_percent\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x62uffer\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12\x19\n\x0bmax_publish\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x01\"~\n\x14SetItemPolicyRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x03sku\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x39\n\x08tracking\x18\x03 \x01(\x0e\x32!.inventory.ledger.v1.ItemTrackingB\x04\xe2\x41\x01\x01\")\n\x14GetItemPolicyRequest\x12\x11\n\x03sku\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x32\xeb\x03\n\rPolicyService\x12[\n\x0eSetSafetyStock\x12*.inventory.ledger.v1.SetSafetyStockRequest\x1a\x1d.inventory.ledger.v1.Position\x12]\n\x0fSetChannelFence\x12+.inventory.ledger.v1.SetChannelFenceRequest\x1a\x1d.inventory.ledger.v1.Position\x12\x64\n\x10SetChannelPolicy\x12,.inventory.ledger.v1.SetChannelPolicyRequest\x1a\".inventory.ledger.v1.ChannelPolicy\x12[\n\rSetItemPolicy\x12).inventory.ledger.v1.SetItemPolicyRequest\x1a\x1f.inventory.ledger.v1.ItemPolicy\x12[\n\rGetItemPolicy\x12).inventory.ledger.v1.GetItemPolicyRequest\x1a\x1f.inventory.ledger.v1.ItemPolicyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -65,12 +66,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETCHANNELPOLICYREQUEST'].fields_by_name['buffer']._serialized_options = b'\342A\001\001'
   _globals['_SETCHANNELPOLICYREQUEST'].fields_by_name['max_publish']._loaded_options = None
   _globals['_SETCHANNELPOLICYREQUEST'].fields_by_name['max_publish']._serialized_options = b'\342A\001\001'
-  _globals['_SETSAFETYSTOCKREQUEST']._serialized_start=176
-  _globals['_SETSAFETYSTOCKREQUEST']._serialized_end=290
-  _globals['_SETCHANNELFENCEREQUEST']._serialized_start=293
-  _globals['_SETCHANNELFENCEREQUEST']._serialized_end=431
-  _globals['_SETCHANNELPOLICYREQUEST']._serialized_start=434
-  _globals['_SETCHANNELPOLICYREQUEST']._serialized_end=623
-  _globals['_POLICYSERVICE']._serialized_start=626
-  _globals['_POLICYSERVICE']._serialized_end=931
+  _globals['_SETITEMPOLICYREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_SETITEMPOLICYREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\002'
+  _globals['_SETITEMPOLICYREQUEST'].fields_by_name['sku']._loaded_options = None
+  _globals['_SETITEMPOLICYREQUEST'].fields_by_name['sku']._serialized_options = b'\342A\001\002'
+  _globals['_SETITEMPOLICYREQUEST'].fields_by_name['tracking']._loaded_options = None
+  _globals['_SETITEMPOLICYREQUEST'].fields_by_name['tracking']._serialized_options = b'\342A\001\001'
+  _globals['_GETITEMPOLICYREQUEST'].fields_by_name['sku']._loaded_options = None
+  _globals['_GETITEMPOLICYREQUEST'].fields_by_name['sku']._serialized_options = b'\342A\001\002'
+  _globals['_SETSAFETYSTOCKREQUEST']._serialized_start=215
+  _globals['_SETSAFETYSTOCKREQUEST']._serialized_end=329
+  _globals['_SETCHANNELFENCEREQUEST']._serialized_start=332
+  _globals['_SETCHANNELFENCEREQUEST']._serialized_end=470
+  _globals['_SETCHANNELPOLICYREQUEST']._serialized_start=473
+  _globals['_SETCHANNELPOLICYREQUEST']._serialized_end=662
+  _globals['_SETITEMPOLICYREQUEST']._serialized_start=664
+  _globals['_SETITEMPOLICYREQUEST']._serialized_end=790
+  _globals['_GETITEMPOLICYREQUEST']._serialized_start=792
+  _globals['_GETITEMPOLICYREQUEST']._serialized_end=833
+  _globals['_POLICYSERVICE']._serialized_start=836
+  _globals['_POLICYSERVICE']._serialized_end=1327
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ import grpc
 import warnings
 
 from inventory.ledger.v1 import channel_policy_pb2 as inventory_dot_ledger_dot_v1_dot_channel__policy__pb2
+from inventory.ledger.v1 import item_policy_pb2 as inventory_dot_ledger_dot_v1_dot_item__policy__pb2
 from inventory.ledger.v1 import policy_service_pb2 as inventory_dot_ledger_dot_v1_dot_policy__service__pb2
 from inventory.ledger.v1 import position_pb2 as inventory_dot_ledger_dot_v1_dot_position__pb2
 
@@ -56,6 +57,16 @@ class PolicyServiceStub:
                 request_serializer=inventory_dot_ledger_dot_v1_dot_policy__service__pb2.SetChannelPolicyRequest.SerializeToString,
                 response_deserializer=inventory_dot_ledger_dot_v1_dot_channel__policy__pb2.ChannelPolicy.FromString,
                 _registered_method=True)
+        self.SetItemPolicy = channel.unary_unary(
+                '/inventory.ledger.v1.PolicyService/SetItemPolicy',
+                request_serializer=inventory_dot_ledger_dot_v1_dot_policy__service__pb2.SetItemPolicyRequest.SerializeToString,
+                response_deserializer=inventory_dot_ledger_dot_v1_dot_item__policy__pb2.ItemPolicy.FromString,
+                _registered_method=True)
+        self.GetItemPolicy = channel.unary_unary(
+                '/inventory.ledger.v1.PolicyService/GetItemPolicy',
+                request_serializer=inventory_dot_ledger_dot_v1_dot_policy__service__pb2.GetItemPolicyRequest.SerializeToString,
+                response_deserializer=inventory_dot_ledger_dot_v1_dot_item__policy__pb2.ItemPolicy.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
@@ -88,6 +99,22 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetItemPolicy(self, request, context):
+        """Sets how a SKU is tracked; returns the policy afterwards. Tracking may
+        leave NONE only while the SKU holds no stock anywhere, and never leaves LOT
+        or SERIAL: otherwise FAILED_PRECONDITION (reason ITEM_TRACKING_LOCKED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetItemPolicy(self, request, context):
+        """A SKU's item policy, strongly consistent; an unknown SKU is NONE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +132,16 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.SetChannelPolicy,
                     request_deserializer=inventory_dot_ledger_dot_v1_dot_policy__service__pb2.SetChannelPolicyRequest.FromString,
                     response_serializer=inventory_dot_ledger_dot_v1_dot_channel__policy__pb2.ChannelPolicy.SerializeToString,
+            ),
+            'SetItemPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetItemPolicy,
+                    request_deserializer=inventory_dot_ledger_dot_v1_dot_policy__service__pb2.SetItemPolicyRequest.FromString,
+                    response_serializer=inventory_dot_ledger_dot_v1_dot_item__policy__pb2.ItemPolicy.SerializeToString,
+            ),
+            'GetItemPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetItemPolicy,
+                    request_deserializer=inventory_dot_ledger_dot_v1_dot_policy__service__pb2.GetItemPolicyRequest.FromString,
+                    response_serializer=inventory_dot_ledger_dot_v1_dot_item__policy__pb2.ItemPolicy.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -192,6 +229,60 @@ class PolicyService:
             '/inventory.ledger.v1.PolicyService/SetChannelPolicy',
             inventory_dot_ledger_dot_v1_dot_policy__service__pb2.SetChannelPolicyRequest.SerializeToString,
             inventory_dot_ledger_dot_v1_dot_channel__policy__pb2.ChannelPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetItemPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inventory.ledger.v1.PolicyService/SetItemPolicy',
+            inventory_dot_ledger_dot_v1_dot_policy__service__pb2.SetItemPolicyRequest.SerializeToString,
+            inventory_dot_ledger_dot_v1_dot_item__policy__pb2.ItemPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetItemPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inventory.ledger.v1.PolicyService/GetItemPolicy',
+            inventory_dot_ledger_dot_v1_dot_policy__service__pb2.GetItemPolicyRequest.SerializeToString,
+            inventory_dot_ledger_dot_v1_dot_item__policy__pb2.ItemPolicy.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,6 +20,7 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { ChannelPolicy } from "./channel_policy";
+import { ItemPolicy, ItemTracking, itemTrackingFromJSON, itemTrackingToJSON } from "./item_policy";
 import { Position } from "./position";
 
 export const protobufPackage = "inventory.ledger.v1";
@@ -66,6 +67,22 @@ export interface SetChannelPolicyRequest {
   buffer: number;
   /** Upper bound of the published quantity, in base units; 0 means unlimited. */
   maxPublish: number;
+}
+
+/** Request of PolicyService.SetItemPolicy. */
+export interface SetItemPolicyRequest {
+  /** Idempotency key chosen by the caller (1-128 characters). */
+  requestId: string;
+  /** The SKU (1-128 characters). */
+  sku: string;
+  /** How the SKU is tracked; UNSPECIFIED means NONE. */
+  tracking: ItemTracking;
+}
+
+/** Request of PolicyService.GetItemPolicy. */
+export interface GetItemPolicyRequest {
+  /** The SKU (1-128 characters). */
+  sku: string;
 }
 
 function createBaseSetSafetyStockRequest(): SetSafetyStockRequest {
@@ -499,6 +516,178 @@ export const SetChannelPolicyRequest: MessageFns<SetChannelPolicyRequest> = {
   },
 };
 
+function createBaseSetItemPolicyRequest(): SetItemPolicyRequest {
+  return { requestId: "", sku: "", tracking: 0 };
+}
+
+export const SetItemPolicyRequest: MessageFns<SetItemPolicyRequest> = {
+  encode(message: SetItemPolicyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestId !== "") {
+      writer.uint32(10).string(message.requestId);
+    }
+    if (message.sku !== "") {
+      writer.uint32(18).string(message.sku);
+    }
+    if (message.tracking !== 0) {
+      writer.uint32(24).int32(message.tracking);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetItemPolicyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetItemPolicyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sku = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.tracking = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetItemPolicyRequest {
+    return {
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
+      sku: isSet(object.sku) ? globalThis.String(object.sku) : "",
+      tracking: isSet(object.tracking) ? itemTrackingFromJSON(object.tracking) : 0,
+    };
+  },
+
+  toJSON(message: SetItemPolicyRequest): unknown {
+    const obj: any = {};
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
+    if (message.sku !== "") {
+      obj.sku = message.sku;
+    }
+    if (message.tracking !== 0) {
+      obj.tracking = itemTrackingToJSON(message.tracking);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetItemPolicyRequest>, I>>(base?: I): SetItemPolicyRequest {
+    return SetItemPolicyRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetItemPolicyRequest>, I>>(object: I): SetItemPolicyRequest {
+    const message = createBaseSetItemPolicyRequest();
+    message.requestId = object.requestId ?? "";
+    message.sku = object.sku ?? "";
+    message.tracking = object.tracking ?? 0;
+    return message;
+  },
+};
+
+function createBaseGetItemPolicyRequest(): GetItemPolicyRequest {
+  return { sku: "" };
+}
+
+export const GetItemPolicyRequest: MessageFns<GetItemPolicyRequest> = {
+  encode(message: GetItemPolicyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sku !== "") {
+      writer.uint32(10).string(message.sku);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetItemPolicyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetItemPolicyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sku = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetItemPolicyRequest {
+    return { sku: isSet(object.sku) ? globalThis.String(object.sku) : "" };
+  },
+
+  toJSON(message: GetItemPolicyRequest): unknown {
+    const obj: any = {};
+    if (message.sku !== "") {
+      obj.sku = message.sku;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetItemPolicyRequest>, I>>(base?: I): GetItemPolicyRequest {
+    return GetItemPolicyRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetItemPolicyRequest>, I>>(object: I): GetItemPolicyRequest {
+    const message = createBaseGetItemPolicyRequest();
+    message.sku = object.sku ?? "";
+    return message;
+  },
+};
+
 /**
  * Sets the policies that shape what may be promised. Every request carries a
  * `request_id` (AIP-155): the same key with the same payload returns the first
@@ -544,6 +733,30 @@ export const PolicyServiceService = {
     responseSerialize: (value: ChannelPolicy): Buffer => Buffer.from(ChannelPolicy.encode(value).finish()),
     responseDeserialize: (value: Buffer): ChannelPolicy => ChannelPolicy.decode(value),
   },
+  /**
+   * Sets how a SKU is tracked; returns the policy afterwards. Tracking may
+   * leave NONE only while the SKU holds no stock anywhere, and never leaves LOT
+   * or SERIAL: otherwise FAILED_PRECONDITION (reason ITEM_TRACKING_LOCKED).
+   */
+  setItemPolicy: {
+    path: "/inventory.ledger.v1.PolicyService/SetItemPolicy" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetItemPolicyRequest): Buffer => Buffer.from(SetItemPolicyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetItemPolicyRequest => SetItemPolicyRequest.decode(value),
+    responseSerialize: (value: ItemPolicy): Buffer => Buffer.from(ItemPolicy.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ItemPolicy => ItemPolicy.decode(value),
+  },
+  /** A SKU's item policy, strongly consistent; an unknown SKU is NONE. */
+  getItemPolicy: {
+    path: "/inventory.ledger.v1.PolicyService/GetItemPolicy" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetItemPolicyRequest): Buffer => Buffer.from(GetItemPolicyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetItemPolicyRequest => GetItemPolicyRequest.decode(value),
+    responseSerialize: (value: ItemPolicy): Buffer => Buffer.from(ItemPolicy.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ItemPolicy => ItemPolicy.decode(value),
+  },
 } as const;
 
 export interface PolicyServiceServer extends UntypedServiceImplementation {
@@ -557,6 +770,14 @@ export interface PolicyServiceServer extends UntypedServiceImplementation {
   setChannelFence: handleUnaryCall<SetChannelFenceRequest, Position>;
   /** Replaces a channel's availability policy; returns the policy afterwards. */
   setChannelPolicy: handleUnaryCall<SetChannelPolicyRequest, ChannelPolicy>;
+  /**
+   * Sets how a SKU is tracked; returns the policy afterwards. Tracking may
+   * leave NONE only while the SKU holds no stock anywhere, and never leaves LOT
+   * or SERIAL: otherwise FAILED_PRECONDITION (reason ITEM_TRACKING_LOCKED).
+   */
+  setItemPolicy: handleUnaryCall<SetItemPolicyRequest, ItemPolicy>;
+  /** A SKU's item policy, strongly consistent; an unknown SKU is NONE. */
+  getItemPolicy: handleUnaryCall<GetItemPolicyRequest, ItemPolicy>;
 }
 
 export interface PolicyServiceClient extends Client {
@@ -611,6 +832,42 @@ export interface PolicyServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ChannelPolicy) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sets how a SKU is tracked; returns the policy afterwards. Tracking may
+   * leave NONE only while the SKU holds no stock anywhere, and never leaves LOT
+   * or SERIAL: otherwise FAILED_PRECONDITION (reason ITEM_TRACKING_LOCKED).
+   */
+  setItemPolicy(
+    request: SetItemPolicyRequest,
+    callback: (error: ServiceError | null, response: ItemPolicy) => void,
+  ): ClientUnaryCall;
+  setItemPolicy(
+    request: SetItemPolicyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ItemPolicy) => void,
+  ): ClientUnaryCall;
+  setItemPolicy(
+    request: SetItemPolicyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ItemPolicy) => void,
+  ): ClientUnaryCall;
+  /** A SKU's item policy, strongly consistent; an unknown SKU is NONE. */
+  getItemPolicy(
+    request: GetItemPolicyRequest,
+    callback: (error: ServiceError | null, response: ItemPolicy) => void,
+  ): ClientUnaryCall;
+  getItemPolicy(
+    request: GetItemPolicyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ItemPolicy) => void,
+  ): ClientUnaryCall;
+  getItemPolicy(
+    request: GetItemPolicyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ItemPolicy) => void,
   ): ClientUnaryCall;
 }
 
