@@ -323,6 +323,17 @@ class SetChannelFenceModel(_Strict):
     qty: NonNegativeQuantity
 
 
+class SetItemPolicyModel(_Strict):
+    request_id: RequestId
+    sku: Identifier
+    # Lowercase enum names as the edge converts them; "" (UNSPECIFIED) means none.
+    tracking: Literal["", "none", "lot", "serial"] = ""
+
+
+class GetItemPolicyModel(_Strict):
+    sku: Identifier
+
+
 class SetChannelPolicyModel(_Strict):
     request_id: RequestId
     channel: Channel

@@ -20,6 +20,7 @@ from ledger.audit.as_of import AsOfReader, Axis
 from ledger.audit.entries import LedgerEntryView, decode_event, entry_view, ledger_entries
 from ledger.config import GroupCommit, eventsourcing_env
 from ledger.domain.errors import ReservationNotFound, StoreUnavailable
+from ledger.domain.item_policy import ItemPolicy, Tracking, item_policy_id
 from ledger.domain.movements import Movement
 from ledger.domain.position import Position, position_id
 from ledger.domain.reservation import Reservation, parse_reservation_id
@@ -31,6 +32,7 @@ from ledger.use_cases.context import CallContext
 from ledger.use_cases.reservations import ReserveInput
 from ledger.views import (
     ChannelPolicyView,
+    ItemPolicyView,
     MovementResultView,
     Page,
     PositionView,
@@ -138,7 +140,19 @@ class LedgerService:
             ),
         )
 
+    def set_item_policy(
+        self, ctx: CallContext, request_id: str, sku: str, tracking: Tracking
+    ) -> Future[ItemPolicyView]:
+        return self._submit(ctx, policies.set_item_policy(ctx, request_id, sku, tracking))
+
     # ---- reads (strongly consistent: from the aggregates) -------------------------------------
+
+    def get_item_policy(self, sku: str) -> ItemPolicyView:
+        """The item master's answer for ``sku``: an unknown SKU is tracked NONE."""
+        policy = self.app.find(item_policy_id(sku))
+        if not isinstance(policy, ItemPolicy):
+            return ItemPolicyView(sku=sku)
+        return ItemPolicyView.of(policy)
 
     def get_position(
         self, sku: str, location_id: str, *, include_holds: bool = False

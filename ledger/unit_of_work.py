@@ -19,6 +19,7 @@ from eventsourcing.domain import CanMutateAggregate
 from ledger.application import InventoryLedger
 from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
 from ledger.domain.idempotency import IdempotencyKey
+from ledger.domain.item_policy import ItemPolicy, item_policy_id
 from ledger.domain.position import EventMeta, Position, position_id
 from ledger.domain.reservation import Reservation
 from ledger.store.index_ops import EntryIndexed, EventRange, IndexOp, PositionIndexed, to_micros
@@ -282,6 +283,10 @@ class UnitOfWork:
     def channel_policy(self, channel: str) -> ChannelPolicy | None:
         found = self._load(channel_policy_id(channel))
         return found if isinstance(found, ChannelPolicy) else None
+
+    def item_policy(self, sku: str) -> ItemPolicy | None:
+        found = self._load(item_policy_id(sku))
+        return found if isinstance(found, ItemPolicy) else None
 
     def locations_of(self, sku: str) -> list[str]:
         """Locations holding a position for ``sku``, including ones opened in this unit."""

@@ -8,6 +8,7 @@ from typing import Any, Generic, TypeVar
 
 from ledger.domain import availability
 from ledger.domain.channel_policy import ChannelPolicy
+from ledger.domain.item_policy import ItemPolicy
 from ledger.domain.position import Position
 from ledger.domain.reservation import Reservation
 
@@ -185,6 +186,27 @@ class ChannelPolicyView:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ChannelPolicyView:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ItemPolicyView:
+    sku: str
+    tracking: str = "NONE"
+    version: int = 0
+    # Set on SetItemPolicy answers: the ledger position of the event the call wrote.
+    ledger_position: int = 0
+
+    @classmethod
+    def of(cls, policy: ItemPolicy) -> ItemPolicyView:
+        # The aggregate's version counts its Created event too; the answer counts the sets.
+        return cls(policy.sku, str(policy.tracking), policy.version - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ItemPolicyView:
         return cls(**data)
 
 

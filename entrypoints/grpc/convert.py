@@ -10,6 +10,7 @@ from inventory.ledger.v1 import (
     audit_service_pb2,
     availability_pb2,
     channel_policy_pb2,
+    item_policy_pb2,
     movement_pb2,
     movement_service_pb2,
     position_pb2,
@@ -21,7 +22,13 @@ from entrypoints.grpc.errors import InvalidRequest
 from ledger.audit.entries import LedgerEntryView
 from ledger.domain import chain
 from ledger.inputs import OUT_OF_RANGE_TIMESTAMP, field_violations
-from ledger.views import ChannelPolicyView, MovementResultView, PositionView, ReservationView
+from ledger.views import (
+    ChannelPolicyView,
+    ItemPolicyView,
+    MovementResultView,
+    PositionView,
+    ReservationView,
+)
 from projections.availability import AvailabilityView
 from projections.position_state import LedgerExceptionRecord
 from projections.queries import InTransitView
@@ -189,6 +196,20 @@ def channel_policy_message(view: ChannelPolicyView) -> channel_policy_pb2.Channe
         share_percent=view.share_percent,
         buffer=view.buffer,
         max_publish=view.max_publish,
+        version=view.version,
+        ledger_position=view.ledger_position,
+    )
+
+
+def item_tracking(number: int) -> str:
+    """ItemTracking number -> "" (UNSPECIFIED), "none", "lot", "serial" or "<unknown n>"."""
+    return _enum_value(item_policy_pb2.ItemTracking, number, "ITEM_TRACKING_")
+
+
+def item_policy_message(view: ItemPolicyView) -> item_policy_pb2.ItemPolicy:
+    return item_policy_pb2.ItemPolicy(
+        sku=view.sku,
+        tracking=f"ITEM_TRACKING_{view.tracking}",  # the enum value by its name
         version=view.version,
         ledger_position=view.ledger_position,
     )

@@ -21,6 +21,7 @@ from ledger.domain.errors import (
     IllegalTransition,
     InsufficientAvailability,
     InvalidCommand,
+    ItemTrackingLocked,
     RequestIdReused,
     ReservationNotFound,
     StoreUnavailable,
@@ -239,6 +240,21 @@ def _fence_exceeds_available(
     )
 
 
+def _item_tracking_locked(error: ItemTrackingLocked, correlation_id: str) -> status_pb2.Status:
+    return _status(
+        code_pb2.FAILED_PRECONDITION,
+        str(error),
+        _info(error.reason, sku=error.sku, tracking=error.current, requested=error.requested),
+        error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type="ITEM_TRACKING", subject=error.sku, description=error.why
+                )
+            ]
+        ),
+    )
+
+
 def _projection_behind(error: ProjectionBehind, correlation_id: str) -> status_pb2.Status:
     return _status(
         code_pb2.DEADLINE_EXCEEDED,
@@ -314,6 +330,7 @@ STATUS_BUILDERS: dict[type[BaseException], StatusBuilder] = {
     RequestIdReused: _request_id_reused,
     IllegalTransition: _illegal_transition,
     FenceExceedsAvailable: _fence_exceeds_available,
+    ItemTrackingLocked: _item_tracking_locked,
     ProjectionBehind: _projection_behind,
     ConcurrencyConflict: _concurrency_conflict,
     Unauthenticated: _unauthenticated,

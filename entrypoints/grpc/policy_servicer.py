@@ -1,9 +1,12 @@
-"""PolicyService: safety stock, channel fences and channel publishing policy."""
+"""PolicyService: safety stock, channel fences, channel publishing policy, item tracking."""
 
 from __future__ import annotations
 
+import asyncio
+
 from inventory.ledger.v1 import (
     channel_policy_pb2,
+    item_policy_pb2,
     policy_service_pb2,
     policy_service_pb2_grpc,
     position_pb2,
@@ -12,6 +15,7 @@ from inventory.ledger.v1 import (
 from entrypoints.grpc import convert
 from entrypoints.grpc.rpc import settled, unary
 from ledger import inputs
+from ledger.domain.item_policy import Tracking
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
 
@@ -70,3 +74,27 @@ class PolicyServicer(policy_service_pb2_grpc.PolicyServiceServicer):
             )
         )
         return convert.channel_policy_message(view)
+
+    @unary
+    async def SetItemPolicy(
+        self, request: policy_service_pb2.SetItemPolicyRequest, ctx: CallContext
+    ) -> item_policy_pb2.ItemPolicy:
+        model = convert.validate_request(
+            inputs.SetItemPolicyModel,
+            request,
+            "request_id sku",
+            {"tracking": convert.item_tracking(request.tracking)},
+        )
+        tracking = Tracking((model.tracking or "none").upper())
+        view = await settled(
+            self._service.set_item_policy(ctx, model.request_id, model.sku, tracking)
+        )
+        return convert.item_policy_message(view)
+
+    @unary
+    async def GetItemPolicy(
+        self, request: policy_service_pb2.GetItemPolicyRequest, ctx: CallContext
+    ) -> item_policy_pb2.ItemPolicy:
+        model = convert.validate_request(inputs.GetItemPolicyModel, request, "sku")
+        view = await asyncio.to_thread(self._service.get_item_policy, model.sku)
+        return convert.item_policy_message(view)

@@ -81,6 +81,20 @@ class FenceExceedsAvailable(LedgerError):
 
 
 @dataclass
+class ItemTrackingLocked(LedgerError):
+    """Raised when a SKU's tracking may not change (it holds stock, or is LOT/SERIAL)."""
+
+    sku: str
+    current: str
+    requested: str
+    why: str
+    reason = "ITEM_TRACKING_LOCKED"
+
+    def __str__(self) -> str:
+        return f"cannot set tracking of SKU {self.sku!r} to {self.requested}: {self.why}"
+
+
+@dataclass
 class RequestIdReused(LedgerError):
     """Raised when an idempotency key comes back with a different payload."""
 

@@ -35,6 +35,7 @@ from grpc_status import rpc_status
 from inventory.ledger.v1 import (
     audit_service_pb2,
     availability_pb2,
+    item_policy_pb2,
     movement_pb2,
     movement_service_pb2,
     movement_service_pb2_grpc,
@@ -385,6 +386,12 @@ MALFORMED: dict[str, dict[str, tuple[Bad, ...]]] = {
         "buffer": NON_NEGATIVE,
         "max_publish": NON_NEGATIVE,
     },
+    f"{PKG}.SetItemPolicyRequest": {
+        "request_id": REQUEST_ID,
+        "sku": IDENTIFIER,
+        "tracking": UNKNOWN_ENUM,  # UNSPECIFIED is valid: it means NONE
+    },
+    f"{PKG}.GetItemPolicyRequest": {"sku": IDENTIFIER},
     # ---- AuditService
     f"{PKG}.GetPositionAsOfRequest": {
         "sku": IDENTIFIER,
@@ -528,6 +535,11 @@ BASELINES: dict[str, Callable[[World], message.Message]] = {
         buffer=1,
         max_publish=100,
     ),
+    # A SKU that never holds stock: setting LOT again is always allowed.
+    _p("SetItemPolicy"): lambda w: policy_service_pb2.SetItemPolicyRequest(
+        request_id=_fresh("item"), sku=f"{SKU}-ITEM", tracking=item_policy_pb2.ITEM_TRACKING_LOT
+    ),
+    _p("GetItemPolicy"): lambda w: policy_service_pb2.GetItemPolicyRequest(sku=SKU),
     _a("GetPositionAsOf"): lambda w: audit_service_pb2.GetPositionAsOfRequest(
         sku=SKU,
         location_id=LOC,
