@@ -35,7 +35,13 @@ EXPECTED_METHODS = {
         "ListReservations",
     },
     "MovementService": {"RecordMovements"},
-    "PolicyService": {"SetSafetyStock", "SetChannelFence", "SetChannelPolicy"},
+    "PolicyService": {
+        "SetSafetyStock",
+        "SetChannelFence",
+        "SetChannelPolicy",
+        "SetItemPolicy",
+        "GetItemPolicy",
+    },
 }
 
 

@@ -28,6 +28,7 @@ from inventory.ledger.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
     availability_pb2,
+    item_policy_pb2,
     query_service_pb2_grpc,
     reservation_pb2,
     reservation_service_pb2_grpc,
@@ -303,6 +304,46 @@ def test_policy_and_audit_calls(client: LedgerClient) -> None:
     assert progress.done and progress.ok
     with pytest.raises(ValueError, match="naive"):
         client.get_position_as_of(sku, LOCATION, dt.datetime(2026, 1, 1))
+
+
+def test_item_policy_calls(client: LedgerClient) -> None:
+    sku = new_sku("PCI")
+    unknown = client.get_item_policy(sku)
+    assert (unknown.sku, unknown.tracking, unknown.version) == (
+        sku,
+        item_policy_pb2.ITEM_TRACKING_NONE,
+        0,
+    )
+    request_id = str(uuid.uuid4())
+    policy = client.set_item_policy(sku, "lot", request_id=request_id)
+    assert (policy.tracking, policy.version) == (item_policy_pb2.ITEM_TRACKING_LOT, 1)
+    assert policy.ledger_position > 0
+    assert client.set_item_policy(sku, "ITEM_TRACKING_LOT", request_id=request_id) == policy
+    assert client.get_item_policy(sku).tracking == item_policy_pb2.ITEM_TRACKING_LOT
+    with pytest.raises(FailedPrecondition) as caught:
+        client.set_item_policy(sku, item_policy_pb2.ITEM_TRACKING_NONE)
+    assert caught.value.reason == "ITEM_TRACKING_LOCKED"
+    assert [v.subject for v in caught.value.violations] == [sku]
+
+    stocked = new_sku("PCI")
+    receive(client, stocked, 1)
+    with pytest.raises(FailedPrecondition, match="holds no stock"):
+        client.set_item_policy(stocked, "serial")
+
+
+def test_item_policy_calls_async(ledger_server: LedgerProcess) -> None:
+    async def scenario() -> tuple[int, int]:
+        async with AsyncLedgerClient(ledger_server.address) as ledger:
+            sku = new_sku("PCIA")
+            await ledger.set_item_policy(sku, "serial")
+            return (await ledger.get_item_policy(sku)).tracking, (
+                await ledger.get_item_policy(new_sku("PCIA"))
+            ).tracking
+
+    assert asyncio.run(scenario()) == (
+        item_policy_pb2.ITEM_TRACKING_SERIAL,
+        item_policy_pb2.ITEM_TRACKING_NONE,
+    )
 
 
 # ---- token and TLS -------------------------------------------------------------------------------

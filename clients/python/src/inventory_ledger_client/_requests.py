@@ -10,6 +10,7 @@ from typing import Any
 from inventory.ledger.v1 import (
     audit_service_pb2,
     availability_pb2,
+    item_policy_pb2,
     movement_pb2,
     movement_service_pb2,
     policy_service_pb2,
@@ -239,6 +240,20 @@ def set_channel_policy(
         buffer=buffer,
         max_publish=max_publish,
     )
+
+
+def set_item_policy(
+    request_id: str, sku: str, tracking: int | str
+) -> policy_service_pb2.SetItemPolicyRequest:
+    return policy_service_pb2.SetItemPolicyRequest(
+        request_id=request_id,
+        sku=sku,
+        tracking=enum_value(tracking, "ITEM_TRACKING_", item_policy_pb2.ItemTracking),
+    )
+
+
+def get_item_policy(sku: str) -> policy_service_pb2.GetItemPolicyRequest:
+    return policy_service_pb2.GetItemPolicyRequest(sku=sku)
 
 
 # ---- AuditService ----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Iterable
 from inventory.ledger.v1 import (
     availability_pb2,
     channel_policy_pb2,
+    item_policy_pb2,
     movement_pb2,
     movement_service_pb2,
     position_pb2,
@@ -430,6 +431,42 @@ class AsyncLedgerClient(AsyncAuditCalls):
                 buffer,
                 max_publish,
             ),
+            correlation_id,
+            timeout,
+        )
+
+    async def set_item_policy(
+        self,
+        sku: str,
+        tracking: int | str,
+        *,
+        request_id: str | None = None,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> item_policy_pb2.ItemPolicy:
+        """``tracking`` is ``"none"``, ``"lot"``, ``"serial"`` (or the enum value). Leaving
+        NONE while the SKU holds stock, or leaving LOT/SERIAL, raises ``FailedPrecondition``
+        (reason ``ITEM_TRACKING_LOCKED``)."""
+        return await self._unary(
+            "PolicyService/SetItemPolicy",
+            self._policy.SetItemPolicy,
+            build.set_item_policy(request_id or new_request_id(), sku, tracking),
+            correlation_id,
+            timeout,
+        )
+
+    async def get_item_policy(
+        self,
+        sku: str,
+        *,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> item_policy_pb2.ItemPolicy:
+        """Strongly consistent; an unknown SKU is tracked NONE, version 0."""
+        return await self._unary(
+            "PolicyService/GetItemPolicy",
+            self._policy.GetItemPolicy,
+            build.get_item_policy(sku),
             correlation_id,
             timeout,
         )

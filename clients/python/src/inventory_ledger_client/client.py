@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from inventory.ledger.v1 import (
     availability_pb2,
     channel_policy_pb2,
+    item_policy_pb2,
     movement_pb2,
     movement_service_pb2,
     position_pb2,
@@ -425,6 +426,42 @@ class LedgerClient(AuditCalls):
                 buffer,
                 max_publish,
             ),
+            correlation_id,
+            timeout,
+        )
+
+    def set_item_policy(
+        self,
+        sku: str,
+        tracking: int | str,
+        *,
+        request_id: str | None = None,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> item_policy_pb2.ItemPolicy:
+        """``tracking`` is ``"none"``, ``"lot"``, ``"serial"`` (or the enum value). Leaving
+        NONE while the SKU holds stock, or leaving LOT/SERIAL, raises ``FailedPrecondition``
+        (reason ``ITEM_TRACKING_LOCKED``)."""
+        return self._unary(
+            "PolicyService/SetItemPolicy",
+            self._policy.SetItemPolicy,
+            build.set_item_policy(request_id or new_request_id(), sku, tracking),
+            correlation_id,
+            timeout,
+        )
+
+    def get_item_policy(
+        self,
+        sku: str,
+        *,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> item_policy_pb2.ItemPolicy:
+        """Strongly consistent; an unknown SKU is tracked NONE, version 0."""
+        return self._unary(
+            "PolicyService/GetItemPolicy",
+            self._policy.GetItemPolicy,
+            build.get_item_policy(sku),
             correlation_id,
             timeout,
         )
