@@ -35,6 +35,7 @@ import {
 import { Status } from "./gen/google/rpc/status";
 import { Availability, Consistency } from "./gen/inventory/ledger/v1/availability";
 import { ChannelPolicy } from "./gen/inventory/ledger/v1/channel_policy";
+import { ItemPolicy, ItemTracking } from "./gen/inventory/ledger/v1/item_policy";
 import { Movement } from "./gen/inventory/ledger/v1/movement";
 import {
   MovementServiceClient,
@@ -42,9 +43,11 @@ import {
   RecordMovementsResponse,
 } from "./gen/inventory/ledger/v1/movement_service";
 import {
+  GetItemPolicyRequest,
   PolicyServiceClient,
   SetChannelFenceRequest,
   SetChannelPolicyRequest,
+  SetItemPolicyRequest,
   SetSafetyStockRequest,
 } from "./gen/inventory/ledger/v1/policy_service";
 import { Position } from "./gen/inventory/ledger/v1/position";
@@ -182,6 +185,12 @@ export interface ChannelPolicyInput {
   buffer?: number;
   /** Upper bound of the published quantity; omitted or 0: unlimited. */
   maxPublish?: number;
+}
+
+export interface ItemPolicyInput {
+  sku: string;
+  /** How the SKU is tracked; ITEM_TRACKING_UNSPECIFIED means NONE. */
+  tracking: ItemTracking;
 }
 
 /** A movement: the required fields, and any others of {@link Movement}. */
@@ -474,6 +483,22 @@ export class LedgerClient {
       ...input,
     });
     return this.call(this.stubs.policies, this.stubs.policies.setChannelPolicy, request, options);
+  }
+
+  /** Set how a SKU is tracked (FAILED_PRECONDITION, reason ITEM_TRACKING_LOCKED, when it
+   * leaves NONE while the SKU holds stock, or leaves LOT/SERIAL); carries `ledgerPosition`. */
+  setItemPolicy(input: ItemPolicyInput, options: WriteOptions = {}): Promise<ItemPolicy> {
+    const request = SetItemPolicyRequest.fromPartial({
+      requestId: options.requestId ?? randomUUID(),
+      ...input,
+    });
+    return this.call(this.stubs.policies, this.stubs.policies.setItemPolicy, request, options);
+  }
+
+  /** A SKU's item policy, read from the ledger; an unknown SKU is NONE, version 0. */
+  getItemPolicy(sku: string, options: CallOptions = {}): Promise<ItemPolicy> {
+    const request = GetItemPolicyRequest.fromPartial({ sku });
+    return this.call(this.stubs.policies, this.stubs.policies.getItemPolicy, request, options);
   }
 
   /** Close the channel; calls in flight fail with CANCELLED or UNAVAILABLE. */

@@ -11,6 +11,7 @@ export {
   LocationAvailability,
 } from "./gen/inventory/ledger/v1/availability";
 export { ChannelPolicy } from "./gen/inventory/ledger/v1/channel_policy";
+export { ItemPolicy, ItemTracking } from "./gen/inventory/ledger/v1/item_policy";
 export {
   Disposition,
   FromBucket,
@@ -32,6 +33,7 @@ export {
 export * as auditService from "./gen/inventory/ledger/v1/audit_service";
 export * as availability from "./gen/inventory/ledger/v1/availability";
 export * as channelPolicy from "./gen/inventory/ledger/v1/channel_policy";
+export * as itemPolicy from "./gen/inventory/ledger/v1/item_policy";
 export * as movement from "./gen/inventory/ledger/v1/movement";
 export * as movementService from "./gen/inventory/ledger/v1/movement_service";
 export * as policyService from "./gen/inventory/ledger/v1/policy_service";

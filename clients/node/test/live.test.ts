@@ -17,6 +17,7 @@ import * as grpc from "@grpc/grpc-js";
 
 import {
   Consistency,
+  ItemTracking,
   LedgerClient,
   LedgerError,
   MovementOutcome,
@@ -165,6 +166,27 @@ test("policy answers carry ledgerPosition: minPosition reads them back", async (
   });
   assert.ok(after.projectionPosition >= policy.ledgerPosition);
   assert.equal(after.channelAvailable, 7);
+});
+
+test("item policy: set, replay, read, and a locked change", async () => {
+  const itemSku = `${sku}-ITEM`;
+  const unknown = await ledger.getItemPolicy(itemSku);
+  assert.equal(unknown.tracking, ItemTracking.ITEM_TRACKING_NONE);
+  assert.equal(unknown.version, 0);
+  const requestId = randomUUID();
+  const input = { sku: itemSku, tracking: ItemTracking.ITEM_TRACKING_LOT };
+  const set = await ledger.setItemPolicy(input, { requestId });
+  assert.equal(set.tracking, ItemTracking.ITEM_TRACKING_LOT);
+  assert.ok(set.ledgerPosition > 0);
+  const replayed = await ledger.setItemPolicy(input, { requestId });
+  assert.equal(replayed.ledgerPosition, set.ledgerPosition);
+  assert.equal((await ledger.getItemPolicy(itemSku)).tracking, ItemTracking.ITEM_TRACKING_LOT);
+  const error = await ledger
+    .setItemPolicy({ sku: itemSku, tracking: ItemTracking.ITEM_TRACKING_NONE })
+    .catch((caught: unknown) => caught);
+  assert.ok(error instanceof LedgerError, String(error));
+  assert.equal(error.code, grpc.status.FAILED_PRECONDITION);
+  assert.equal(error.reason, "ITEM_TRACKING_LOCKED");
 });
 
 test("a short reservation is a LedgerError with INSUFFICIENT_AVAILABILITY", async () => {
