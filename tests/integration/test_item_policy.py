@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from inventory.ledger.v1 import item_policy_pb2, policy_service_pb2
+from inventory.ledger.v1 import (
+    audit_service_pb2,
+    audit_service_pb2_grpc,
+    item_policy_pb2,
+    policy_service_pb2,
+    query_service_pb2,
+)
 
-from testbed.server import LedgerProcess
+from testbed.projections import ProjectionsProcess
+from testbed.server import LedgerProcess, stub
 from tests.integration.test_grpc_ledger import (
     DOMAIN,
     RECORDED,
@@ -130,3 +137,33 @@ def test_bad_input_names_the_field(client: Client) -> None:
     assert_invalid(failure(set_policy, client, "ip-31", "SKU-IP-4", 99), "tracking")
     assert_invalid(failure(get_policy, client, ""), "sku")
     assert get_policy(client, "SKU-IP-4").version == 0  # nothing was written
+
+
+def test_policy_events_pass_the_projection_and_the_audit(
+    ledger: LedgerProcess, client: Client, database_url: str
+) -> None:
+    """Item-policy events sit in the global ledger beside the positions' events: the
+    projection reads past them and the hash chain of the positions still verifies."""
+    # On PostgreSQL `ledger serve` leaves the projections to their own process.
+    external = database_url.startswith("postgresql")
+    projections = ProjectionsProcess(database_url).start() if external else None
+    try:
+        sku = "SKU-IP-5"
+        record(client, "receipt", sku, "DC-1", qty=2)
+        record(client, "shipment", sku, "DC-1", qty=2)
+        written = set_policy(client, "ip-40", sku, LOT)
+        seen = client.query.GetAvailability(
+            query_service_pb2.GetAvailabilityRequest(
+                sku=sku, channel="web", min_position=written.ledger_position
+            ),
+            timeout=20,
+        )
+        assert seen.projection_position >= written.ledger_position
+        assert seen.channel_available == 0
+        audit = stub(ledger, audit_service_pb2_grpc.AuditServiceStub)
+        progress = list(audit.VerifyLedger(audit_service_pb2.VerifyLedgerRequest(), timeout=60))
+        assert progress[-1].done and progress[-1].ok
+    finally:
+        if projections is not None:
+            assert projections.stop() == 0, projections.log_text()
+            assert "Traceback" not in projections.log_text(), projections.log_text()
