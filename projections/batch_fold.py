@@ -15,16 +15,18 @@ from eventsourcing.utils import get_topic
 
 from ledger.application import InventoryLedger
 from ledger.domain.channel_policy import ChannelPolicy
+from ledger.domain.item_policy import ItemPolicy, Tracking
 from ledger.domain.position import Position
 from projections.availability import PolicyTerms
 from projections.position_state import LedgerExceptionRecord, ProjectedPosition
-from projections.rows import PolicyRow, PositionRow
+from projections.rows import ItemRow, PolicyRow, PositionRow
 
 # Folded states kept between batches (saves loading and parsing rows the runner wrote
 # itself); dropped whenever the runner's position moves other than by its own commit.
 STATE_CACHE_MAX = 100_000
 _POSITION_TOPIC = f"{Position.__module__}:{Position.__qualname__}."
 _POLICY_TOPIC = f"{ChannelPolicy.__module__}:{ChannelPolicy.__qualname__}."
+_ITEM_TOPIC = f"{ItemPolicy.__module__}:{ItemPolicy.__qualname__}."
 _OPENED_TOPIC = get_topic(Position.Opened)
 _POLICY_CREATED_TOPIC = get_topic(ChannelPolicy.Created)
 
@@ -63,6 +65,9 @@ class FoldedBatch:
         self.positions: dict[str, ProjectedPosition] = {}
         self.policies: dict[str, tuple[str, PolicyTerms]] = {}
         self.exceptions: list[LedgerExceptionRecord] = []
+        # Item-master rows need no load: each event carries the whole new value, and a Set
+        # updates the row its Created (this batch or earlier) inserted.
+        self.items: dict[str, ItemRow] = {}
 
     def add_all(self, app: InventoryLedger, notes: Sequence[Notification], load: Loader) -> None:
         """Fold ``notes``; the stored rows they continue are loaded in one round trip."""
@@ -86,6 +91,8 @@ class FoldedBatch:
                 else:
                     _start_from(key, self.policies, self.cache.policies, wanted_policies)
                 relevant.append((note, False))
+            elif topic.startswith(_ITEM_TOPIC):
+                self._item(app.mapper.to_domain_event(note), note.id)
         wanted_positions -= created
         wanted_policies -= created
         if wanted_positions or wanted_policies:
@@ -132,6 +139,21 @@ class FoldedBatch:
                 max_publish=event.max_publish,
             ),
         )
+
+    def _item(self, event: Any, ledger_position: int) -> None:
+        key = event.originator_id.hex
+        sku: str | None
+        if isinstance(event, ItemPolicy.Created):
+            sku, tracking = event.sku, str(Tracking.NONE)
+        else:
+            earlier = self.items.get(key)
+            sku, tracking = (earlier.sku if earlier else None), event.tracking
+        # Versions count the sets, as GetItemPolicy answers (the Created event is not one).
+        version = event.originator_version - 1
+        self.items[key] = ItemRow(key, sku, tracking, version, ledger_position)
+
+    def item_rows(self) -> list[ItemRow]:
+        return list(self.items.values())
 
     def position_rows(self) -> list[PositionRow]:
         return [

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from projections.generations import Generations, GenerationTables
 from projections.position_state import LedgerExceptionRecord
-from projections.rows import PolicyRow, PositionRow
+from projections.rows import ItemRow, PolicyRow, PositionRow
 from projections.sql_transaction import ReadModelDatabase, Transaction, is_missing_table
 
 IN_CHUNK = 5_000  # keys per IN (...) list on SQLite (its variable limit is 32,766)
@@ -31,6 +31,13 @@ _POSITION_COLUMNS = [
     ("state", "text"),
 ]
 _POLICY_COLUMNS = [("policy_id", "text"), ("channel", "text"), ("terms", "text")]
+_ITEM_COLUMNS = [
+    ("item_id", "text"),
+    ("sku", "text"),
+    ("tracking", "text"),
+    ("version", "bigint"),
+    ("ledger_position", "bigint"),
+]
 _EXCEPTION_COLUMNS = [
     ("ledger_position", "bigint"),
     ("seq", "integer"),
@@ -65,6 +72,7 @@ class BatchRows:
     positions: list[PositionRow]
     policies: list[PolicyRow]
     exceptions: list[LedgerExceptionRecord]
+    items: list[ItemRow] = field(default_factory=list)
 
 
 class BatchWriter:
@@ -159,6 +167,7 @@ class BatchWriter:
             "ON CONFLICT (policy_id) DO UPDATE SET terms = excluded.terms",
         )
         tx.insert(tables.exceptions, _EXCEPTION_COLUMNS, _exception_rows(batch.exceptions))
+        _write_items(tx, tables, batch.items)
 
     @contextmanager
     def activation(self, generation: int) -> Iterator[Activation]:
@@ -199,9 +208,29 @@ class Activation:
         positions: list[PositionRow],
         policies: list[PolicyRow],
         exceptions: list[LedgerExceptionRecord],
+        items: list[ItemRow] | None = None,
     ) -> None:
-        batch = BatchRows(from_position, to_position, positions, policies, exceptions)
+        batch = BatchRows(from_position, to_position, positions, policies, exceptions, items or [])
         self._writer.write(self._tx, self._tables, batch)
+
+
+def _write_items(tx: Transaction, tables: GenerationTables, items: Sequence[ItemRow]) -> None:
+    """Rows created in the batch are upserted; a Set of an earlier-created item updates its
+    row by id (the Set event does not carry the SKU)."""
+    tx.insert(
+        tables.items,
+        _ITEM_COLUMNS,
+        [(i.item_id, i.sku, i.tracking, i.version, i.ledger_position) for i in items if i.sku],
+        "ON CONFLICT (item_id) DO UPDATE SET tracking = excluded.tracking,"
+        " version = excluded.version, ledger_position = excluded.ledger_position",
+    )
+    for item in items:
+        if item.sku is None:
+            tx(
+                f"UPDATE {tables.items} SET tracking = %s, version = %s, ledger_position = %s"
+                " WHERE item_id = %s",
+                (item.tracking, item.version, item.ledger_position, item.item_id),
+            )
 
 
 def _exception_rows(exceptions: Iterable[LedgerExceptionRecord]) -> list[tuple[object, ...]]:

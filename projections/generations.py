@@ -21,7 +21,7 @@ from projections.sql_transaction import ReadModelDatabase, Transaction, is_busy
 
 FIRST_GENERATION = 1
 INIT_ATTEMPTS = 5
-GENERATION_TABLES = ("tracking", "positions", "policies", "exceptions")
+GENERATION_TABLES = ("tracking", "positions", "policies", "exceptions", "items")
 
 _CONTROL_TABLE = (
     "CREATE TABLE IF NOT EXISTS {active} (name TEXT PRIMARY KEY,"
@@ -43,6 +43,11 @@ _GENERATION_DDL = [
     " detail TEXT NOT NULL, source TEXT NOT NULL, message_id TEXT NOT NULL,"
     " occurred_at TEXT NOT NULL, recorded_at TEXT NOT NULL,"
     " PRIMARY KEY (ledger_position, seq))",
+    # The item master: one row per SKU with an ItemPolicy (keyed by the aggregate id, since
+    # its Set events do not repeat the SKU); a SKU without a row is tracked NONE.
+    "CREATE TABLE IF NOT EXISTS {items} (item_id TEXT PRIMARY KEY, sku TEXT {c} NOT NULL,"
+    " tracking TEXT NOT NULL, version BIGINT NOT NULL, ledger_position BIGINT NOT NULL)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS {g}_items_by_sku ON {items} (sku)",
 ]
 
 
@@ -61,6 +66,7 @@ class GenerationTables:
         self.positions = db.qualify(f"{self.base}_positions")
         self.policies = db.qualify(f"{self.base}_policies")
         self.exceptions = db.qualify(f"{self.base}_exceptions")
+        self.items = db.qualify(f"{self.base}_items")
 
     def ddl(self, collate: str) -> list[str]:
         return [
@@ -69,6 +75,7 @@ class GenerationTables:
                 positions=self.positions,
                 policies=self.policies,
                 exceptions=self.exceptions,
+                items=self.items,
                 g=self.base,
                 c=collate,
             )
@@ -191,7 +198,8 @@ class Generations:
         one table's lock while waiting for another's (no deadlock with readers that have
         not yet noticed the switch)."""
         tables = self.tables(generation)
-        for name in (tables.positions, tables.policies, tables.exceptions, tables.tracking):
+        names = (tables.positions, tables.policies, tables.exceptions, tables.items)
+        for name in (*names, tables.tracking):
             with self.db.transaction() as tx:
                 tx(f"DROP TABLE IF EXISTS {name}")
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
 from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
+from ledger.domain.item_policy import Tracking
 from ledger.domain.position import Position, inbound_outstanding, position_id
 from ledger.service import LedgerService
 from projections.availability import AvailabilityView, PolicyTerms, compute_availability
@@ -116,6 +118,15 @@ class ReadModelQueries:
             if time.monotonic() >= deadline:
                 raise ProjectionBehind(position, applied)
             time.sleep(WAIT_POLL_SECONDS)
+
+    # ---- item master -----------------------------------------------------------------------------
+
+    def tracking_of(self, skus: Collection[str], *, min_position: int = 0) -> dict[str, Tracking]:
+        """Each SKU's item tracking from the item-master read model (one read for the whole
+        batch; a SKU without an item policy is NONE), after ``min_position`` is applied."""
+        if min_position:
+            self.wait_for(min_position, 5.0)
+        return self.store.tracking_of(skus)
 
     # ---- in transit, exceptions, status --------------------------------------------------------
 

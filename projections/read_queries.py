@@ -3,10 +3,12 @@ transaction, and reads everything it returns from that one generation and snapsh
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any, TypeVar
 
+from ledger.domain.item_policy import Tracking
+from projections.batch_writes import IN_CHUNK
 from projections.generations import Generations, GenerationTables
 from projections.position_state import LedgerExceptionRecord
 from projections.rows import PolicyRow, PositionRow, ReadModelRows
@@ -102,6 +104,22 @@ class ReadQueries:
         )
         return rows[0][0] if rows else None
 
+    def tracking_of(self, skus: Collection[str]) -> dict[str, Tracking]:
+        """Each SKU's item tracking, in one read; a SKU without an item policy is NONE."""
+        answer = dict.fromkeys(skus, Tracking.NONE)
+        if not answer:
+            return answer
+
+        def body(tx: Transaction, t: GenerationTables) -> list[tuple[Any, ...]]:
+            found: list[tuple[Any, ...]] = []
+            for chunk in _chunks(sorted(answer)):
+                clause, params = self.db.in_clause(chunk)
+                found += tx.rows(f"SELECT sku, tracking FROM {t.items} WHERE sku {clause}", params)
+            return found
+
+        answer.update((sku, Tracking(tracking)) for sku, tracking in self.read(body))
+        return answer
+
     def exceptions(
         self,
         *,
@@ -139,6 +157,10 @@ class ReadQueries:
             return _all_rows(tx, self.generations.tables(generation))
 
 
+def _chunks(keys: list[str]) -> list[list[str]]:
+    return [keys[start : start + IN_CHUNK] for start in range(0, len(keys), IN_CHUNK)]
+
+
 def _positions_of_sku(tx: Transaction, t: GenerationTables, sku: str) -> list[PositionRow]:
     rows = tx.rows(
         "SELECT position_id, sku, location_id, state"
@@ -158,6 +180,10 @@ def _all_rows(tx: Transaction, t: GenerationTables) -> ReadModelRows:
         policies=tx.rows(f"SELECT policy_id, channel, terms FROM {t.policies} ORDER BY policy_id"),
         exceptions=tx.rows(
             f"SELECT {_EXCEPTION_COLUMNS} FROM {t.exceptions} ORDER BY ledger_position, seq"
+        ),
+        items=tx.rows(
+            f"SELECT item_id, sku, tracking, version, ledger_position FROM {t.items}"
+            " ORDER BY item_id"
         ),
     )
 

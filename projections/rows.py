@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -22,6 +22,17 @@ class PolicyRow:
 
 
 @dataclass(frozen=True)
+class ItemRow:
+    """An item-master change: ``sku`` is None for a Set whose row already exists."""
+
+    item_id: str
+    sku: str | None
+    tracking: str
+    version: int
+    ledger_position: int
+
+
+@dataclass(frozen=True)
 class ReadModelRows:
     """Every row of one generation, in key order (comparisons, tests, benchmarks)."""
 
@@ -30,3 +41,4 @@ class ReadModelRows:
     positions: list[tuple[Any, ...]]
     policies: list[tuple[Any, ...]]
     exceptions: list[tuple[Any, ...]]
+    items: list[tuple[Any, ...]] = field(default_factory=list)

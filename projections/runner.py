@@ -231,6 +231,7 @@ class ProjectionRunner:
                 positions=batch.position_rows(),
                 policies=batch.policy_rows(),
                 exceptions=batch.exceptions,
+                items=batch.item_rows(),
             )
         except BaseException:
             self._cache.clear()  # the batch folded into cached states: they are now ahead
@@ -291,6 +292,7 @@ class ProjectionRunner:
                 positions=batch.position_rows(),
                 policies=batch.policy_rows(),
                 exceptions=batch.exceptions,
+                items=batch.item_rows(),
             )
         self._cache.clear()  # the generation is active now; followers take it from here
         with self._changed:

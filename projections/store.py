@@ -17,6 +17,7 @@ import re
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
+from ledger.domain.item_policy import Tracking
 from projections.batch_writes import (
     Activation,
     BatchRows,
@@ -27,7 +28,7 @@ from projections.batch_writes import (
 from projections.generations import Generations, RebuildInProgress
 from projections.position_state import LedgerExceptionRecord
 from projections.read_queries import ReadQueries
-from projections.rows import PolicyRow, PositionRow, ReadModelRows
+from projections.rows import ItemRow, PolicyRow, PositionRow, ReadModelRows
 from projections.sql_transaction import ReadModelDatabase
 
 # The store's API: these are the types its methods take, return and raise.
@@ -137,6 +138,7 @@ class ReadModelStore:
         positions: list[PositionRow],
         policies: list[PolicyRow],
         exceptions: list[LedgerExceptionRecord],
+        items: list[ItemRow] | None = None,
         generation: int | None = None,
         require_active: bool = True,
     ) -> None:
@@ -145,7 +147,7 @@ class ReadModelStore:
 
         ``require_active`` (followers): fail with GenerationChanged unless ``generation`` is
         still the active one; a rebuild writes its generation before it is active."""
-        batch = BatchRows(from_position, to_position, positions, policies, exceptions)
+        batch = BatchRows(from_position, to_position, positions, policies, exceptions, items or [])
         self._writer.commit(batch, generation, require_active)
 
     # ---- reads (the active generation, resolved per read) ---------------------------------------
@@ -178,6 +180,10 @@ class ReadModelStore:
 
     def policy_terms(self, channel: str) -> str | None:
         return self._queries.policy_terms(channel)
+
+    def tracking_of(self, skus: Collection[str]) -> dict[str, Tracking]:
+        """Each SKU's item tracking (``NONE`` when it has no item policy), one query."""
+        return self._queries.tracking_of(skus)
 
     def exceptions(
         self,

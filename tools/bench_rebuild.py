@@ -166,7 +166,7 @@ def differences(actual: ReadModelRows, expected: ReadModelRows) -> list[str]:
     found = []
     if actual.position != expected.position:
         found.append(f"tracking position {actual.position} != {expected.position}")
-    for table in ("positions", "policies", "exceptions"):
+    for table in ("positions", "policies", "exceptions", "items"):
         got, want = getattr(actual, table), getattr(expected, table)
         if len(got) != len(want):
             found.append(f"{table}: {len(got)} rows, not {len(want)}")

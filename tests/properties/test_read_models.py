@@ -20,7 +20,13 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.domain.errors import FenceExceedsAvailable, IllegalTransition, InsufficientAvailability
+from ledger.domain.errors import (
+    FenceExceedsAvailable,
+    IllegalTransition,
+    InsufficientAvailability,
+    ItemTrackingLocked,
+)
+from ledger.domain.item_policy import Tracking
 from ledger.domain.movements import Disposition, Movement, MovementType
 from ledger.domain.position import Position, inbound_outstanding, position_id
 from ledger.service import LedgerService
@@ -75,6 +81,8 @@ other_step = st.one_of(
         st.integers(0, 20),
     ),
     st.tuples(st.just("advance"), st.integers(1, 90)),
+    # "I" never holds stock, so its tracking can leave NONE (A and B usually cannot).
+    st.tuples(st.just("item"), st.sampled_from((*SKUS, "I")), st.sampled_from(list(Tracking))),
 )
 receipt_step = st.tuples(st.just("receipt"), sku, loc, qty, st.just(False))
 # Receipts weigh more, so most histories hold stock for policies and reservations to act on.
@@ -200,9 +208,16 @@ def _apply(service: LedgerService, clock: Clock, step: tuple, reservations: list
             service.set_channel_policy(
                 CTX, message_id, channel, sorted(eligible), share, buffer, cap
             ).result()
+        elif kind == "item":
+            service.set_item_policy(CTX, message_id, step[1], step[2]).result()
         elif kind == "advance":
             clock.now += timedelta(minutes=step[1])
-    except (InsufficientAvailability, IllegalTransition, FenceExceedsAvailable):
+    except (
+        InsufficientAvailability,
+        IllegalTransition,
+        FenceExceedsAvailable,
+        ItemTrackingLocked,
+    ):
         pass  # refused commands change nothing; the comparison below still runs
 
 
@@ -249,6 +264,10 @@ def _assert_read_models_match(
     ]
     key = lambda r: (r.ledger_position, r.type, r.bucket)  # noqa: E731
     assert sorted(served_exceptions, key=key) == sorted(expected_exceptions, key=key)
+    # The item master answers every SKU's tracking as the aggregates do ("Z" has no policy).
+    wanted = (*SKUS, "I", "Z")
+    expected_tracking = {s: Tracking(service.get_item_policy(s).tracking) for s in wanted}
+    assert queries.tracking_of(wanted) == expected_tracking
 
 
 @settings(
