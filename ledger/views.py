@@ -25,6 +25,22 @@ class HoldView:
 
 
 @dataclass(frozen=True)
+class LotView:
+    """One lot's buckets at a position (LOT SKUs); ``available`` is its lot_available(now)."""
+
+    lot_id: str
+    expires_at: datetime | None = None
+    on_hand: int = 0
+    receiving: int = 0
+    quarantine: int = 0
+    damaged: int = 0
+    in_transit_inbound: int = 0
+    reserved: int = 0
+    allocated: int = 0
+    available: int = 0
+
+
+@dataclass(frozen=True)
 class PositionView:
     sku: str
     location_id: str
@@ -43,6 +59,10 @@ class PositionView:
     holds: list[HoldView] = field(default_factory=list)
     # Set on policy answers only: the ledger position of the event the call wrote.
     ledger_position: int = 0
+    # LOT SKUs: units of expired lots no longer promised, and each lot with a non-zero
+    # bucket or hold, in lot_id order.
+    expired: int = 0
+    lots: list[LotView] = field(default_factory=list)
 
     @classmethod
     def of(cls, position: Position, now: datetime, *, include_holds: bool) -> PositionView:
@@ -84,7 +104,22 @@ class PositionView:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PositionView:
-        return cls(**{**data, "holds": [HoldView(**h) for h in data.get("holds", [])]})
+        return cls(
+            **{
+                **data,
+                "holds": [HoldView(**h) for h in data.get("holds", [])],
+                "lots": [LotView(**lot) for lot in data.get("lots", [])],
+            }
+        )
+
+
+@dataclass(frozen=True)
+class LotHoldView:
+    """The part of a reservation line bound to one lot (LOT SKUs)."""
+
+    lot_id: str
+    qty: int
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +128,7 @@ class ReservationLineView:
     location_id: str
     qty: int
     shipped: int
+    lots: list[LotHoldView] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -132,15 +168,7 @@ class ReservationView:
             "channel": self.channel,
             "order_ref": self.order_ref,
             "status": self.status,
-            "lines": [
-                {
-                    "sku": ln.sku,
-                    "location_id": ln.location_id,
-                    "qty": ln.qty,
-                    "shipped": ln.shipped,
-                }
-                for ln in self.lines
-            ],
+            "lines": [_line_dict(ln) for ln in self.lines],
             "expires_at": self.expires_at,
             "created_at": self.created_at,
             "ledger_position": self.ledger_position,
@@ -148,7 +176,36 @@ class ReservationView:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReservationView:
-        return cls(**{**data, "lines": [ReservationLineView(**ln) for ln in data["lines"]]})
+        return cls(
+            **{
+                **data,
+                "lines": [
+                    ReservationLineView(
+                        **{
+                            **ln,
+                            "lots": [LotHoldView(**lot) for lot in ln.get("lots", [])],
+                        }
+                    )
+                    for ln in data["lines"]
+                ],
+            }
+        )
+
+
+def _line_dict(line: ReservationLineView) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "sku": line.sku,
+        "location_id": line.location_id,
+        "qty": line.qty,
+        "shipped": line.shipped,
+    }
+    # Only lot-bound lines carry lots: an untracked result is remembered as before.
+    if line.lots:
+        data["lots"] = [
+            {"lot_id": lot.lot_id, "qty": lot.qty, "expires_at": lot.expires_at}
+            for lot in line.lots
+        ]
+    return data
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,9 @@ class FromBucket(StrEnum):
     QUARANTINE = "quarantine"
 
 
+TRACKING_FIELDS = ("lot_id", "expires_at", "serial_numbers")
+
+
 @dataclass(frozen=True)
 class Movement:
     """A validated movement in base units. Field presence follows the movement type.
@@ -59,10 +62,24 @@ class Movement:
     final: bool = False
     expected_at: datetime | None = None
     from_bucket: FromBucket | None = None
+    # Item tracking (contract §2 "Lots, serials and expiry"): a LOT SKU's movement names its
+    # lot; a receipt or return may state the lot's expiry; a SERIAL SKU's movement lists its
+    # units. Untracked SKUs carry none of them.
+    lot_id: str | None = None
+    expires_at: datetime | None = None
+    serial_numbers: tuple[str, ...] = ()
 
     def fingerprint_fields(self) -> dict[str, Any]:
-        """Every field that defines the fact, as JSON-friendly values (for idempotency)."""
+        """Every field that defines the fact, as JSON-friendly values (for idempotency).
+
+        The tracking fields appear only when set, so an untracked movement's fingerprint is
+        the one it had before they existed (a redelivery after an upgrade stays DUPLICATE)."""
         fields = asdict(self)
+        for name in TRACKING_FIELDS:
+            if not fields[name]:
+                del fields[name]
+        if "serial_numbers" in fields:
+            fields["serial_numbers"] = list(fields["serial_numbers"])
         for name, value in fields.items():
             if isinstance(value, datetime):
                 fields[name] = value.isoformat()

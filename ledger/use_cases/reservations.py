@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -35,6 +35,10 @@ class ReserveLine:
     sku: str
     location_id: str  # "" lets the service choose
     qty: int
+    # LOT SKUs only (contract §4.2): bind only lots expiring strictly after this instant,
+    # or exactly this one lot.
+    min_expires_at: datetime | None = None
+    lot_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,14 @@ class ReserveInput:
     def payload(self) -> dict[str, Any]:
         data = asdict(self)
         data["ttl"] = self.ttl.total_seconds()
+        # Lot terms appear only when given: an untracked request keeps the fingerprint it had
+        # before they existed, so its replay after an upgrade is still a replay.
+        for line in data["lines"]:
+            for name in ("min_expires_at", "lot_id"):
+                if line[name] is None:
+                    del line[name]
+            if "min_expires_at" in line:
+                line["min_expires_at"] = line["min_expires_at"].isoformat()
         return data
 
 
