@@ -193,19 +193,16 @@ class ReservationView:
 
 
 def _line_dict(line: ReservationLineView) -> dict[str, Any]:
-    data: dict[str, Any] = {
+    return {
         "sku": line.sku,
         "location_id": line.location_id,
         "qty": line.qty,
         "shipped": line.shipped,
-    }
-    # Only lot-bound lines carry lots: an untracked result is remembered as before.
-    if line.lots:
-        data["lots"] = [
+        "lots": [
             {"lot_id": lot.lot_id, "qty": lot.qty, "expires_at": lot.expires_at}
             for lot in line.lots
-        ]
-    return data
+        ],
+    }
 
 
 @dataclass(frozen=True)
