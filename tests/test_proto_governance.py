@@ -151,19 +151,21 @@ def test_no_breaking_change_since_previous_commit():
 
 # --- breaking: which changes are caught ------------------------------------------------------
 
-POSITION_TAIL = "  int64 ledger_position = 16;\n}\n"
+POSITION_TAIL = "  repeated LotBuckets lots = 18;\n}\n"
+# Position.damaged with its comment (LotBuckets has a damaged = 6 of its own).
+POSITION_DAMAGED = "  // Damaged, not sellable, awaiting write-off.\n  int64 damaged = 6;\n"
 
 BREAKING_CHANGES = {
     "remove a field": (
         "position.proto",
-        "  // Damaged, not sellable, awaiting write-off.\n  int64 damaged = 6;\n",
+        POSITION_DAMAGED,
         "",
         "FIELD_NO_DELETE",
     ),
     "renumber a field": (
         "position.proto",
         "int64 version = 13;",
-        "int64 version = 17;",
+        "int64 version = 99;",
         "FIELD_NO_DELETE",
     ),
     "change a field's type": (
@@ -228,7 +230,7 @@ NON_BREAKING_CHANGES = {
     "add a field": (
         "position.proto",
         POSITION_TAIL,
-        POSITION_TAIL.replace("}", "  // A note.\n  string note = 17;\n}"),
+        POSITION_TAIL.replace("}", "  // A note.\n  string note = 19;\n}"),
     ),
     "add an enum value": (
         "reservation.proto",
@@ -276,7 +278,7 @@ def repo_with_protos(tmp_path) -> Path:
 
 def test_ci_dry_run_catches_a_breaking_commit(repo_with_protos):
     """Last commit removes a v1 field: the default command (HEAD~1) fails naming the rule."""
-    edit(repo_with_protos / "protos", "position.proto", "  int64 damaged = 6;\n", "")
+    edit(repo_with_protos / "protos", "position.proto", POSITION_DAMAGED, "")
     git(repo_with_protos, "commit", "-q", "-am", "remove Position.damaged")
     result = run_cli("breaking", "--repo", str(repo_with_protos))
     assert result.returncode == 1, result.stdout + result.stderr
@@ -290,7 +292,7 @@ def test_ci_dry_run_passes_a_compatible_commit(repo_with_protos):
         repo_with_protos / "protos",
         "position.proto",
         POSITION_TAIL,
-        POSITION_TAIL.replace("}", "  // A note.\n  string note = 17;\n}"),
+        POSITION_TAIL.replace("}", "  // A note.\n  string note = 19;\n}"),
     )
     git(repo_with_protos, "commit", "-q", "-am", "add Position.note")
     result = run_cli("breaking", "--repo", str(repo_with_protos))
@@ -322,7 +324,7 @@ def test_previous_commit_without_protos_has_nothing_to_compare(tmp_path):
 def test_ci_catches_a_breaking_commit_with_another_commit_on_top(repo_with_protos):
     """Must show 7 (issue 17): a breaking commit followed by an unrelated one still fails the
     default command, through the released baseline; HEAD~1 alone (the old gate) passes it."""
-    edit(repo_with_protos / "protos", "position.proto", "  int64 damaged = 6;\n", "")
+    edit(repo_with_protos / "protos", "position.proto", POSITION_DAMAGED, "")
     git(repo_with_protos, "commit", "-q", "-am", "remove Position.damaged")
     (repo_with_protos / "NOTES.md").write_text("an unrelated change\n", encoding="utf-8")
     git(repo_with_protos, "add", "NOTES.md")

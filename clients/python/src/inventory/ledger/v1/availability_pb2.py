@@ -26,17 +26,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&inventory/ledger/v1/availability.proto\x12\x13inventory.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x01\n\x0c\x41vailability\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x19\n\x11\x63hannel_available\x18\x03 \x01(\x03\x12\x19\n\x11network_available\x18\x04 \x01(\x03\x12<\n\tlocations\x18\x05 \x03(\x0b\x32).inventory.ledger.v1.LocationAvailability\x12\x1b\n\x13projection_position\x18\x06 \x01(\x03\x12\x1b\n\x13projected_available\x18\x07 \x01(\x03\"p\n\x14LocationAvailability\x12\x13\n\x0blocation_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61vailable_to\x18\x02 \x01(\x03\x12\x10\n\x08\x65ligible\x18\x03 \x01(\x08\x12\x1b\n\x13projected_available\x18\x04 \x01(\x03\"\xcf\x01\n\x12\x41vailabilityChange\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x19\n\x11\x63hannel_available\x18\x03 \x01(\x03\x12\"\n\x1aprevious_channel_available\x18\x04 \x01(\x03\x12\x1b\n\x13projection_position\x18\x05 \x01(\x03\x12.\n\nchanged_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07initial\x18\x07 \x01(\x08\"\xf1\x01\n\x11InTransitTransfer\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x18\n\x10\x66rom_location_id\x18\x03 \x01(\t\x12\x16\n\x0eto_location_id\x18\x04 \x01(\t\x12\x12\n\ndispatched\x18\x05 \x01(\x03\x12\x10\n\x08received\x18\x06 \x01(\x03\x12\x31\n\rdispatched_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpected_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb6\x02\n\x0fLedgerException\x12\x17\n\x0fledger_position\x18\x01 \x01(\x03\x12\x30\n\x04type\x18\x02 \x01(\x0e\x32\".inventory.ledger.v1.ExceptionType\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12\x13\n\x0blocation_id\x18\x04 \x01(\t\x12\x0e\n\x06\x62ucket\x18\x05 \x01(\t\x12\x10\n\x08quantity\x18\x06 \x01(\x03\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12\x0e\n\x06source\x18\x08 \x01(\t\x12\x12\n\nmessage_id\x18\t \x01(\t\x12/\n\x0boccurred_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x10ProjectionStatus\x12\x15\n\rhead_position\x18\x01 \x01(\x03\x12\x18\n\x10\x61pplied_position\x18\x02 \x01(\x03\x12\x0b\n\x03lag\x18\x03 \x01(\x03*\\\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONSISTENCY_EVENTUAL\x10\x01\x12\x16\n\x12\x43ONSISTENCY_STRONG\x10\x02*\xc1\x01\n\rExceptionType\x12\x1e\n\x1a\x45XCEPTION_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1e\x45XCEPTION_TYPE_NEGATIVE_BUCKET\x10\x01\x12\x1e\n\x1a\x45XCEPTION_TYPE_STALE_COUNT\x10\x02\x12$\n EXCEPTION_TYPE_TRANSFER_SHORTAGE\x10\x03\x12&\n\"EXCEPTION_TYPE_UNKNOWN_RESERVATION\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&inventory/ledger/v1/availability.proto\x12\x13inventory.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x01\n\x0c\x41vailability\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x19\n\x11\x63hannel_available\x18\x03 \x01(\x03\x12\x19\n\x11network_available\x18\x04 \x01(\x03\x12<\n\tlocations\x18\x05 \x03(\x0b\x32).inventory.ledger.v1.LocationAvailability\x12\x1b\n\x13projection_position\x18\x06 \x01(\x03\x12\x1b\n\x13projected_available\x18\x07 \x01(\x03\"p\n\x14LocationAvailability\x12\x13\n\x0blocation_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61vailable_to\x18\x02 \x01(\x03\x12\x10\n\x08\x65ligible\x18\x03 \x01(\x08\x12\x1b\n\x13projected_available\x18\x04 \x01(\x03\"\xcf\x01\n\x12\x41vailabilityChange\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x19\n\x11\x63hannel_available\x18\x03 \x01(\x03\x12\"\n\x1aprevious_channel_available\x18\x04 \x01(\x03\x12\x1b\n\x13projection_position\x18\x05 \x01(\x03\x12.\n\nchanged_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07initial\x18\x07 \x01(\x08\"\x81\x02\n\x11InTransitTransfer\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x18\n\x10\x66rom_location_id\x18\x03 \x01(\t\x12\x16\n\x0eto_location_id\x18\x04 \x01(\t\x12\x12\n\ndispatched\x18\x05 \x01(\x03\x12\x10\n\x08received\x18\x06 \x01(\x03\x12\x31\n\rdispatched_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpected_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06lot_id\x18\t \x01(\t\"\xb6\x02\n\x0fLedgerException\x12\x17\n\x0fledger_position\x18\x01 \x01(\x03\x12\x30\n\x04type\x18\x02 \x01(\x0e\x32\".inventory.ledger.v1.ExceptionType\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12\x13\n\x0blocation_id\x18\x04 \x01(\t\x12\x0e\n\x06\x62ucket\x18\x05 \x01(\t\x12\x10\n\x08quantity\x18\x06 \x01(\x03\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12\x0e\n\x06source\x18\x08 \x01(\t\x12\x12\n\nmessage_id\x18\t \x01(\t\x12/\n\x0boccurred_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x10ProjectionStatus\x12\x15\n\rhead_position\x18\x01 \x01(\x03\x12\x18\n\x10\x61pplied_position\x18\x02 \x01(\x03\x12\x0b\n\x03lag\x18\x03 \x01(\x03*\\\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONSISTENCY_EVENTUAL\x10\x01\x12\x16\n\x12\x43ONSISTENCY_STRONG\x10\x02*\xc1\x01\n\rExceptionType\x12\x1e\n\x1a\x45XCEPTION_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1e\x45XCEPTION_TYPE_NEGATIVE_BUCKET\x10\x01\x12\x1e\n\x1a\x45XCEPTION_TYPE_STALE_COUNT\x10\x02\x12$\n EXCEPTION_TYPE_TRANSFER_SHORTAGE\x10\x03\x12&\n\"EXCEPTION_TYPE_UNKNOWN_RESERVATION\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'inventory.ledger.v1.availability_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSISTENCY']._serialized_start=1280
-  _globals['_CONSISTENCY']._serialized_end=1372
-  _globals['_EXCEPTIONTYPE']._serialized_start=1375
-  _globals['_EXCEPTIONTYPE']._serialized_end=1568
+  _globals['_CONSISTENCY']._serialized_start=1296
+  _globals['_CONSISTENCY']._serialized_end=1388
+  _globals['_EXCEPTIONTYPE']._serialized_start=1391
+  _globals['_EXCEPTIONTYPE']._serialized_end=1584
   _globals['_AVAILABILITY']._serialized_start=97
   _globals['_AVAILABILITY']._serialized_end=315
   _globals['_LOCATIONAVAILABILITY']._serialized_start=317
@@ -44,9 +44,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AVAILABILITYCHANGE']._serialized_start=432
   _globals['_AVAILABILITYCHANGE']._serialized_end=639
   _globals['_INTRANSITTRANSFER']._serialized_start=642
-  _globals['_INTRANSITTRANSFER']._serialized_end=883
-  _globals['_LEDGEREXCEPTION']._serialized_start=886
-  _globals['_LEDGEREXCEPTION']._serialized_end=1196
-  _globals['_PROJECTIONSTATUS']._serialized_start=1198
-  _globals['_PROJECTIONSTATUS']._serialized_end=1278
+  _globals['_INTRANSITTRANSFER']._serialized_end=899
+  _globals['_LEDGEREXCEPTION']._serialized_start=902
+  _globals['_LEDGEREXCEPTION']._serialized_end=1212
+  _globals['_PROJECTIONSTATUS']._serialized_start=1214
+  _globals['_PROJECTIONSTATUS']._serialized_end=1294
 # @@protoc_insertion_point(module_scope)

@@ -82,7 +82,7 @@ class AvailabilityChange(_message.Message):
     def __init__(self, sku: _Optional[str] = ..., channel: _Optional[str] = ..., channel_available: _Optional[int] = ..., previous_channel_available: _Optional[int] = ..., projection_position: _Optional[int] = ..., changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., initial: _Optional[bool] = ...) -> None: ...
 
 class InTransitTransfer(_message.Message):
-    __slots__ = ("transfer_id", "sku", "from_location_id", "to_location_id", "dispatched", "received", "dispatched_at", "expected_at")
+    __slots__ = ("transfer_id", "sku", "from_location_id", "to_location_id", "dispatched", "received", "dispatched_at", "expected_at", "lot_id")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     SKU_FIELD_NUMBER: _ClassVar[int]
     FROM_LOCATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,7 @@ class InTransitTransfer(_message.Message):
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     DISPATCHED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     sku: str
     from_location_id: str
@@ -99,7 +100,8 @@ class InTransitTransfer(_message.Message):
     received: int
     dispatched_at: _timestamp_pb2.Timestamp
     expected_at: _timestamp_pb2.Timestamp
-    def __init__(self, transfer_id: _Optional[str] = ..., sku: _Optional[str] = ..., from_location_id: _Optional[str] = ..., to_location_id: _Optional[str] = ..., dispatched: _Optional[int] = ..., received: _Optional[int] = ..., dispatched_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    lot_id: str
+    def __init__(self, transfer_id: _Optional[str] = ..., sku: _Optional[str] = ..., from_location_id: _Optional[str] = ..., to_location_id: _Optional[str] = ..., dispatched: _Optional[int] = ..., received: _Optional[int] = ..., dispatched_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lot_id: _Optional[str] = ...) -> None: ...
 
 class LedgerException(_message.Message):
     __slots__ = ("ledger_position", "type", "sku", "location_id", "bucket", "quantity", "detail", "source", "message_id", "occurred_at", "recorded_at")

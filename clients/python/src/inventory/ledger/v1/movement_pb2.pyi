@@ -3,10 +3,11 @@ import datetime
 
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -61,7 +62,7 @@ FROM_BUCKET_ON_HAND: FromBucket
 FROM_BUCKET_QUARANTINE: FromBucket
 
 class Movement(_message.Message):
-    __slots__ = ("message_id", "source", "type", "sku", "location_id", "qty", "uom", "occurred_at", "reservation_id", "transfer_id", "to_location_id", "delta", "counted", "reason", "disposition", "putaway_pending", "final", "expected_at", "from_bucket")
+    __slots__ = ("message_id", "source", "type", "sku", "location_id", "qty", "uom", "occurred_at", "reservation_id", "transfer_id", "to_location_id", "delta", "counted", "reason", "disposition", "putaway_pending", "final", "expected_at", "from_bucket", "lot_id", "expires_at", "serial_numbers")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +82,9 @@ class Movement(_message.Message):
     FINAL_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_AT_FIELD_NUMBER: _ClassVar[int]
     FROM_BUCKET_FIELD_NUMBER: _ClassVar[int]
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_NUMBERS_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     source: str
     type: MovementType
@@ -100,4 +104,7 @@ class Movement(_message.Message):
     final: bool
     expected_at: _timestamp_pb2.Timestamp
     from_bucket: FromBucket
-    def __init__(self, message_id: _Optional[str] = ..., source: _Optional[str] = ..., type: _Optional[_Union[MovementType, str]] = ..., sku: _Optional[str] = ..., location_id: _Optional[str] = ..., qty: _Optional[int] = ..., uom: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reservation_id: _Optional[str] = ..., transfer_id: _Optional[str] = ..., to_location_id: _Optional[str] = ..., delta: _Optional[int] = ..., counted: _Optional[int] = ..., reason: _Optional[str] = ..., disposition: _Optional[_Union[Disposition, str]] = ..., putaway_pending: _Optional[bool] = ..., final: _Optional[bool] = ..., expected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., from_bucket: _Optional[_Union[FromBucket, str]] = ...) -> None: ...
+    lot_id: str
+    expires_at: _timestamp_pb2.Timestamp
+    serial_numbers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, message_id: _Optional[str] = ..., source: _Optional[str] = ..., type: _Optional[_Union[MovementType, str]] = ..., sku: _Optional[str] = ..., location_id: _Optional[str] = ..., qty: _Optional[int] = ..., uom: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reservation_id: _Optional[str] = ..., transfer_id: _Optional[str] = ..., to_location_id: _Optional[str] = ..., delta: _Optional[int] = ..., counted: _Optional[int] = ..., reason: _Optional[str] = ..., disposition: _Optional[_Union[Disposition, str]] = ..., putaway_pending: _Optional[bool] = ..., final: _Optional[bool] = ..., expected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., from_bucket: _Optional[_Union[FromBucket, str]] = ..., lot_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., serial_numbers: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from inventory.ledger.v1 import reservation_pb2 as inventory_dot_ledger_dot_v1_dot_reservation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"inventory/ledger/v1/position.proto\x12\x13inventory.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%inventory/ledger/v1/reservation.proto\"\xcd\x03\n\x08Position\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x13\n\x0blocation_id\x18\x02 \x01(\t\x12\x0f\n\x07on_hand\x18\x03 \x01(\x03\x12\x11\n\treceiving\x18\x04 \x01(\x03\x12\x12\n\nquarantine\x18\x05 \x01(\x03\x12\x0f\n\x07\x64\x61maged\x18\x06 \x01(\x03\x12\x1a\n\x12in_transit_inbound\x18\x07 \x01(\x03\x12\x10\n\x08reserved\x18\x08 \x01(\x03\x12\x11\n\tallocated\x18\t \x01(\x03\x12\x14\n\x0csafety_stock\x18\n \x01(\x03\x12\x11\n\tavailable\x18\x0b \x01(\x03\x12\x39\n\x06\x66\x65nces\x18\x0c \x03(\x0b\x32).inventory.ledger.v1.Position.FencesEntry\x12\x0f\n\x07version\x18\r \x01(\x03\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x05holds\x18\x0f \x03(\x0b\x32\x19.inventory.ledger.v1.Hold\x12\x17\n\x0fledger_position\x18\x10 \x01(\x03\x1a-\n\x0b\x46\x65ncesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xc8\x01\n\x04Hold\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x11\n\torder_ref\x18\x03 \x01(\t\x12\x36\n\x06status\x18\x04 \x01(\x0e\x32&.inventory.ledger.v1.ReservationStatus\x12\x0b\n\x03qty\x18\x05 \x01(\x03\x12\x0f\n\x07shipped\x18\x06 \x01(\x03\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"inventory/ledger/v1/position.proto\x12\x13inventory.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%inventory/ledger/v1/reservation.proto\"\x8d\x04\n\x08Position\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x13\n\x0blocation_id\x18\x02 \x01(\t\x12\x0f\n\x07on_hand\x18\x03 \x01(\x03\x12\x11\n\treceiving\x18\x04 \x01(\x03\x12\x12\n\nquarantine\x18\x05 \x01(\x03\x12\x0f\n\x07\x64\x61maged\x18\x06 \x01(\x03\x12\x1a\n\x12in_transit_inbound\x18\x07 \x01(\x03\x12\x10\n\x08reserved\x18\x08 \x01(\x03\x12\x11\n\tallocated\x18\t \x01(\x03\x12\x14\n\x0csafety_stock\x18\n \x01(\x03\x12\x11\n\tavailable\x18\x0b \x01(\x03\x12\x39\n\x06\x66\x65nces\x18\x0c \x03(\x0b\x32).inventory.ledger.v1.Position.FencesEntry\x12\x0f\n\x07version\x18\r \x01(\x03\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x05holds\x18\x0f \x03(\x0b\x32\x19.inventory.ledger.v1.Hold\x12\x17\n\x0fledger_position\x18\x10 \x01(\x03\x12\x0f\n\x07\x65xpired\x18\x11 \x01(\x03\x12-\n\x04lots\x18\x12 \x03(\x0b\x32\x1f.inventory.ledger.v1.LotBuckets\x1a-\n\x0b\x46\x65ncesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xe9\x01\n\nLotBuckets\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07on_hand\x18\x03 \x01(\x03\x12\x11\n\treceiving\x18\x04 \x01(\x03\x12\x12\n\nquarantine\x18\x05 \x01(\x03\x12\x0f\n\x07\x64\x61maged\x18\x06 \x01(\x03\x12\x1a\n\x12in_transit_inbound\x18\x07 \x01(\x03\x12\x10\n\x08reserved\x18\x08 \x01(\x03\x12\x11\n\tallocated\x18\t \x01(\x03\x12\x11\n\tavailable\x18\n \x01(\x03\"\xc8\x01\n\x04Hold\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x11\n\torder_ref\x18\x03 \x01(\t\x12\x36\n\x06status\x18\x04 \x01(\x0e\x32&.inventory.ledger.v1.ReservationStatus\x12\x0b\n\x03qty\x18\x05 \x01(\x03\x12\x0f\n\x07shipped\x18\x06 \x01(\x03\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,9 +37,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POSITION_FENCESENTRY']._loaded_options = None
   _globals['_POSITION_FENCESENTRY']._serialized_options = b'8\001'
   _globals['_POSITION']._serialized_start=132
-  _globals['_POSITION']._serialized_end=593
-  _globals['_POSITION_FENCESENTRY']._serialized_start=548
-  _globals['_POSITION_FENCESENTRY']._serialized_end=593
-  _globals['_HOLD']._serialized_start=596
-  _globals['_HOLD']._serialized_end=796
+  _globals['_POSITION']._serialized_end=657
+  _globals['_POSITION_FENCESENTRY']._serialized_start=612
+  _globals['_POSITION_FENCESENTRY']._serialized_end=657
+  _globals['_LOTBUCKETS']._serialized_start=660
+  _globals['_LOTBUCKETS']._serialized_end=893
+  _globals['_HOLD']._serialized_start=896
+  _globals['_HOLD']._serialized_end=1096
 # @@protoc_insertion_point(module_scope)

@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Position(_message.Message):
-    __slots__ = ("sku", "location_id", "on_hand", "receiving", "quarantine", "damaged", "in_transit_inbound", "reserved", "allocated", "safety_stock", "available", "fences", "version", "updated_at", "holds", "ledger_position")
+    __slots__ = ("sku", "location_id", "on_hand", "receiving", "quarantine", "damaged", "in_transit_inbound", "reserved", "allocated", "safety_stock", "available", "fences", "version", "updated_at", "holds", "ledger_position", "expired", "lots")
     class FencesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,8 @@ class Position(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     HOLDS_FIELD_NUMBER: _ClassVar[int]
     LEDGER_POSITION_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    LOTS_FIELD_NUMBER: _ClassVar[int]
     sku: str
     location_id: str
     on_hand: int
@@ -52,7 +54,33 @@ class Position(_message.Message):
     updated_at: _timestamp_pb2.Timestamp
     holds: _containers.RepeatedCompositeFieldContainer[Hold]
     ledger_position: int
-    def __init__(self, sku: _Optional[str] = ..., location_id: _Optional[str] = ..., on_hand: _Optional[int] = ..., receiving: _Optional[int] = ..., quarantine: _Optional[int] = ..., damaged: _Optional[int] = ..., in_transit_inbound: _Optional[int] = ..., reserved: _Optional[int] = ..., allocated: _Optional[int] = ..., safety_stock: _Optional[int] = ..., available: _Optional[int] = ..., fences: _Optional[_Mapping[str, int]] = ..., version: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., holds: _Optional[_Iterable[_Union[Hold, _Mapping]]] = ..., ledger_position: _Optional[int] = ...) -> None: ...
+    expired: int
+    lots: _containers.RepeatedCompositeFieldContainer[LotBuckets]
+    def __init__(self, sku: _Optional[str] = ..., location_id: _Optional[str] = ..., on_hand: _Optional[int] = ..., receiving: _Optional[int] = ..., quarantine: _Optional[int] = ..., damaged: _Optional[int] = ..., in_transit_inbound: _Optional[int] = ..., reserved: _Optional[int] = ..., allocated: _Optional[int] = ..., safety_stock: _Optional[int] = ..., available: _Optional[int] = ..., fences: _Optional[_Mapping[str, int]] = ..., version: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., holds: _Optional[_Iterable[_Union[Hold, _Mapping]]] = ..., ledger_position: _Optional[int] = ..., expired: _Optional[int] = ..., lots: _Optional[_Iterable[_Union[LotBuckets, _Mapping]]] = ...) -> None: ...
+
+class LotBuckets(_message.Message):
+    __slots__ = ("lot_id", "expires_at", "on_hand", "receiving", "quarantine", "damaged", "in_transit_inbound", "reserved", "allocated", "available")
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ON_HAND_FIELD_NUMBER: _ClassVar[int]
+    RECEIVING_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINE_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_FIELD_NUMBER: _ClassVar[int]
+    IN_TRANSIT_INBOUND_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATED_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    lot_id: str
+    expires_at: _timestamp_pb2.Timestamp
+    on_hand: int
+    receiving: int
+    quarantine: int
+    damaged: int
+    in_transit_inbound: int
+    reserved: int
+    allocated: int
+    available: int
+    def __init__(self, lot_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., on_hand: _Optional[int] = ..., receiving: _Optional[int] = ..., quarantine: _Optional[int] = ..., damaged: _Optional[int] = ..., in_transit_inbound: _Optional[int] = ..., reserved: _Optional[int] = ..., allocated: _Optional[int] = ..., available: _Optional[int] = ...) -> None: ...
 
 class Hold(_message.Message):
     __slots__ = ("reservation_id", "channel", "order_ref", "status", "qty", "shipped", "expires_at")

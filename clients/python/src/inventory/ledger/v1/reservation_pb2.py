@@ -26,17 +26,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%inventory/ledger/v1/reservation.proto\x12\x13inventory.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaf\x02\n\x0bReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x11\n\torder_ref\x18\x03 \x01(\t\x12\x36\n\x06status\x18\x04 \x01(\x0e\x32&.inventory.ledger.v1.ReservationStatus\x12\x33\n\x05lines\x18\x05 \x03(\x0b\x32$.inventory.ledger.v1.ReservationLine\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fledger_position\x18\x08 \x01(\x03\"Q\n\x0fReservationLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x13\n\x0blocation_id\x18\x02 \x01(\t\x12\x0b\n\x03qty\x18\x03 \x01(\x03\x12\x0f\n\x07shipped\x18\x04 \x01(\x03*\xdb\x01\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESERVATION_STATUS_ACTIVE\x10\x01\x12 \n\x1cRESERVATION_STATUS_COMMITTED\x10\x02\x12 \n\x1cRESERVATION_STATUS_FULFILLED\x10\x03\x12\x1f\n\x1bRESERVATION_STATUS_RELEASED\x10\x04\x12\x1e\n\x1aRESERVATION_STATUS_EXPIRED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%inventory/ledger/v1/reservation.proto\x12\x13inventory.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaf\x02\n\x0bReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x11\n\torder_ref\x18\x03 \x01(\t\x12\x36\n\x06status\x18\x04 \x01(\x0e\x32&.inventory.ledger.v1.ReservationStatus\x12\x33\n\x05lines\x18\x05 \x03(\x0b\x32$.inventory.ledger.v1.ReservationLine\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fledger_position\x18\x08 \x01(\x03\"}\n\x0fReservationLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x13\n\x0blocation_id\x18\x02 \x01(\t\x12\x0b\n\x03qty\x18\x03 \x01(\x03\x12\x0f\n\x07shipped\x18\x04 \x01(\x03\x12*\n\x04lots\x18\x05 \x03(\x0b\x32\x1c.inventory.ledger.v1.LotHold\"V\n\x07LotHold\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\x12\x0b\n\x03qty\x18\x02 \x01(\x03\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xdb\x01\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESERVATION_STATUS_ACTIVE\x10\x01\x12 \n\x1cRESERVATION_STATUS_COMMITTED\x10\x02\x12 \n\x1cRESERVATION_STATUS_FULFILLED\x10\x03\x12\x1f\n\x1bRESERVATION_STATUS_RELEASED\x10\x04\x12\x1e\n\x1aRESERVATION_STATUS_EXPIRED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'inventory.ledger.v1.reservation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESERVATIONSTATUS']._serialized_start=485
-  _globals['_RESERVATIONSTATUS']._serialized_end=704
+  _globals['_RESERVATIONSTATUS']._serialized_start=617
+  _globals['_RESERVATIONSTATUS']._serialized_end=836
   _globals['_RESERVATION']._serialized_start=96
   _globals['_RESERVATION']._serialized_end=399
   _globals['_RESERVATIONLINE']._serialized_start=401
-  _globals['_RESERVATIONLINE']._serialized_end=482
+  _globals['_RESERVATIONLINE']._serialized_end=526
+  _globals['_LOTHOLD']._serialized_start=528
+  _globals['_LOTHOLD']._serialized_end=614
 # @@protoc_insertion_point(module_scope)

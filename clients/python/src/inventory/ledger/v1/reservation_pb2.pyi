@@ -47,13 +47,25 @@ class Reservation(_message.Message):
     def __init__(self, reservation_id: _Optional[str] = ..., channel: _Optional[str] = ..., order_ref: _Optional[str] = ..., status: _Optional[_Union[ReservationStatus, str]] = ..., lines: _Optional[_Iterable[_Union[ReservationLine, _Mapping]]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ledger_position: _Optional[int] = ...) -> None: ...
 
 class ReservationLine(_message.Message):
-    __slots__ = ("sku", "location_id", "qty", "shipped")
+    __slots__ = ("sku", "location_id", "qty", "shipped", "lots")
     SKU_FIELD_NUMBER: _ClassVar[int]
     LOCATION_ID_FIELD_NUMBER: _ClassVar[int]
     QTY_FIELD_NUMBER: _ClassVar[int]
     SHIPPED_FIELD_NUMBER: _ClassVar[int]
+    LOTS_FIELD_NUMBER: _ClassVar[int]
     sku: str
     location_id: str
     qty: int
     shipped: int
-    def __init__(self, sku: _Optional[str] = ..., location_id: _Optional[str] = ..., qty: _Optional[int] = ..., shipped: _Optional[int] = ...) -> None: ...
+    lots: _containers.RepeatedCompositeFieldContainer[LotHold]
+    def __init__(self, sku: _Optional[str] = ..., location_id: _Optional[str] = ..., qty: _Optional[int] = ..., shipped: _Optional[int] = ..., lots: _Optional[_Iterable[_Union[LotHold, _Mapping]]] = ...) -> None: ...
+
+class LotHold(_message.Message):
+    __slots__ = ("lot_id", "qty", "expires_at")
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    QTY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    lot_id: str
+    qty: int
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, lot_id: _Optional[str] = ..., qty: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -25,10 +25,11 @@ _sym_db = _symbol_database.Default()
 
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from inventory.ledger.v1 import reservation_pb2 as inventory_dot_ledger_dot_v1_dot_reservation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-inventory/ledger/v1/reservation_service.proto\x12\x13inventory.ledger.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a%inventory/ledger/v1/reservation.proto\"\xda\x01\n\x0eReserveRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63hannel\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\torder_ref\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x05lines\x18\x04 \x03(\x0b\x32 .inventory.ledger.v1.ReserveLineB\x04\xe2\x41\x01\x02\x12,\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x61llow_split\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x01\"N\n\x0bReserveLine\x12\x11\n\x03sku\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0blocation_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x11\n\x03qty\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02\"L\n\x15GetReservationRequest\x12\x1c\n\x0ereservation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63hannel\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"^\n\rCommitRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0ereservation_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63hannel\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"_\n\x0eReleaseRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0ereservation_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63hannel\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"|\n\x17ListReservationsRequest\x12\x15\n\x07\x63hannel\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\torder_ref\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"k\n\x18ListReservationsResponse\x12\x36\n\x0creservations\x18\x01 \x03(\x0b\x32 .inventory.ledger.v1.Reservation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xd9\x03\n\x12ReservationService\x12P\n\x07Reserve\x12#.inventory.ledger.v1.ReserveRequest\x1a .inventory.ledger.v1.Reservation\x12^\n\x0eGetReservation\x12*.inventory.ledger.v1.GetReservationRequest\x1a .inventory.ledger.v1.Reservation\x12N\n\x06\x43ommit\x12\".inventory.ledger.v1.CommitRequest\x1a .inventory.ledger.v1.Reservation\x12P\n\x07Release\x12#.inventory.ledger.v1.ReleaseRequest\x1a .inventory.ledger.v1.Reservation\x12o\n\x10ListReservations\x12,.inventory.ledger.v1.ListReservationsRequest\x1a-.inventory.ledger.v1.ListReservationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-inventory/ledger/v1/reservation_service.proto\x12\x13inventory.ledger.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%inventory/ledger/v1/reservation.proto\"\xda\x01\n\x0eReserveRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63hannel\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\torder_ref\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x05lines\x18\x04 \x03(\x0b\x32 .inventory.ledger.v1.ReserveLineB\x04\xe2\x41\x01\x02\x12,\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x61llow_split\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x01\"\x9e\x01\n\x0bReserveLine\x12\x11\n\x03sku\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0blocation_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x11\n\x03qty\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x38\n\x0emin_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x14\n\x06lot_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\"L\n\x15GetReservationRequest\x12\x1c\n\x0ereservation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63hannel\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"^\n\rCommitRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0ereservation_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63hannel\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"_\n\x0eReleaseRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0ereservation_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63hannel\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"|\n\x17ListReservationsRequest\x12\x15\n\x07\x63hannel\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\torder_ref\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"k\n\x18ListReservationsResponse\x12\x36\n\x0creservations\x18\x01 \x03(\x0b\x32 .inventory.ledger.v1.Reservation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xd9\x03\n\x12ReservationService\x12P\n\x07Reserve\x12#.inventory.ledger.v1.ReserveRequest\x1a .inventory.ledger.v1.Reservation\x12^\n\x0eGetReservation\x12*.inventory.ledger.v1.GetReservationRequest\x1a .inventory.ledger.v1.Reservation\x12N\n\x06\x43ommit\x12\".inventory.ledger.v1.CommitRequest\x1a .inventory.ledger.v1.Reservation\x12P\n\x07Release\x12#.inventory.ledger.v1.ReleaseRequest\x1a .inventory.ledger.v1.Reservation\x12o\n\x10ListReservations\x12,.inventory.ledger.v1.ListReservationsRequest\x1a-.inventory.ledger.v1.ListReservationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,6 +54,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESERVELINE'].fields_by_name['location_id']._serialized_options = b'\342A\001\001'
   _globals['_RESERVELINE'].fields_by_name['qty']._loaded_options = None
   _globals['_RESERVELINE'].fields_by_name['qty']._serialized_options = b'\342A\001\002'
+  _globals['_RESERVELINE'].fields_by_name['min_expires_at']._loaded_options = None
+  _globals['_RESERVELINE'].fields_by_name['min_expires_at']._serialized_options = b'\342A\001\001'
+  _globals['_RESERVELINE'].fields_by_name['lot_id']._loaded_options = None
+  _globals['_RESERVELINE'].fields_by_name['lot_id']._serialized_options = b'\342A\001\001'
   _globals['_GETRESERVATIONREQUEST'].fields_by_name['reservation_id']._loaded_options = None
   _globals['_GETRESERVATIONREQUEST'].fields_by_name['reservation_id']._serialized_options = b'\342A\001\002'
   _globals['_GETRESERVATIONREQUEST'].fields_by_name['channel']._loaded_options = None
@@ -77,20 +82,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTRESERVATIONSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
   _globals['_LISTRESERVATIONSREQUEST'].fields_by_name['page_token']._loaded_options = None
   _globals['_LISTRESERVATIONSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
-  _globals['_RESERVEREQUEST']._serialized_start=175
-  _globals['_RESERVEREQUEST']._serialized_end=393
-  _globals['_RESERVELINE']._serialized_start=395
-  _globals['_RESERVELINE']._serialized_end=473
-  _globals['_GETRESERVATIONREQUEST']._serialized_start=475
-  _globals['_GETRESERVATIONREQUEST']._serialized_end=551
-  _globals['_COMMITREQUEST']._serialized_start=553
-  _globals['_COMMITREQUEST']._serialized_end=647
-  _globals['_RELEASEREQUEST']._serialized_start=649
-  _globals['_RELEASEREQUEST']._serialized_end=744
-  _globals['_LISTRESERVATIONSREQUEST']._serialized_start=746
-  _globals['_LISTRESERVATIONSREQUEST']._serialized_end=870
-  _globals['_LISTRESERVATIONSRESPONSE']._serialized_start=872
-  _globals['_LISTRESERVATIONSRESPONSE']._serialized_end=979
-  _globals['_RESERVATIONSERVICE']._serialized_start=982
-  _globals['_RESERVATIONSERVICE']._serialized_end=1455
+  _globals['_RESERVEREQUEST']._serialized_start=208
+  _globals['_RESERVEREQUEST']._serialized_end=426
+  _globals['_RESERVELINE']._serialized_start=429
+  _globals['_RESERVELINE']._serialized_end=587
+  _globals['_GETRESERVATIONREQUEST']._serialized_start=589
+  _globals['_GETRESERVATIONREQUEST']._serialized_end=665
+  _globals['_COMMITREQUEST']._serialized_start=667
+  _globals['_COMMITREQUEST']._serialized_end=761
+  _globals['_RELEASEREQUEST']._serialized_start=763
+  _globals['_RELEASEREQUEST']._serialized_end=858
+  _globals['_LISTRESERVATIONSREQUEST']._serialized_start=860
+  _globals['_LISTRESERVATIONSREQUEST']._serialized_end=984
+  _globals['_LISTRESERVATIONSRESPONSE']._serialized_start=986
+  _globals['_LISTRESERVATIONSRESPONSE']._serialized_end=1093
+  _globals['_RESERVATIONSERVICE']._serialized_start=1096
+  _globals['_RESERVATIONSERVICE']._serialized_end=1569
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@ import datetime
 
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from inventory.ledger.v1 import reservation_pb2 as _reservation_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -29,14 +30,18 @@ class ReserveRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., channel: _Optional[str] = ..., order_ref: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[ReserveLine, _Mapping]]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., allow_split: _Optional[bool] = ...) -> None: ...
 
 class ReserveLine(_message.Message):
-    __slots__ = ("sku", "location_id", "qty")
+    __slots__ = ("sku", "location_id", "qty", "min_expires_at", "lot_id")
     SKU_FIELD_NUMBER: _ClassVar[int]
     LOCATION_ID_FIELD_NUMBER: _ClassVar[int]
     QTY_FIELD_NUMBER: _ClassVar[int]
+    MIN_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
     sku: str
     location_id: str
     qty: int
-    def __init__(self, sku: _Optional[str] = ..., location_id: _Optional[str] = ..., qty: _Optional[int] = ...) -> None: ...
+    min_expires_at: _timestamp_pb2.Timestamp
+    lot_id: str
+    def __init__(self, sku: _Optional[str] = ..., location_id: _Optional[str] = ..., qty: _Optional[int] = ..., min_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lot_id: _Optional[str] = ...) -> None: ...
 
 class GetReservationRequest(_message.Message):
     __slots__ = ("reservation_id", "channel")

@@ -194,7 +194,14 @@ export interface InTransitTransfer {
     | Date
     | undefined;
   /** Expected arrival (ETA), if the sender gave one. */
-  expectedAt: Date | undefined;
+  expectedAt:
+    | Date
+    | undefined;
+  /**
+   * LOT SKUs: the lot in transit (it lands in the same lot at the
+   * destination); empty for other SKUs.
+   */
+  lotId: string;
 }
 
 /** One exception, kept queryable. */
@@ -757,6 +764,7 @@ function createBaseInTransitTransfer(): InTransitTransfer {
     received: 0,
     dispatchedAt: undefined,
     expectedAt: undefined,
+    lotId: "",
   };
 }
 
@@ -785,6 +793,9 @@ export const InTransitTransfer: MessageFns<InTransitTransfer> = {
     }
     if (message.expectedAt !== undefined) {
       Timestamp.encode(toTimestamp(message.expectedAt), writer.uint32(66).fork()).join();
+    }
+    if (message.lotId !== "") {
+      writer.uint32(74).string(message.lotId);
     }
     return writer;
   },
@@ -866,6 +877,14 @@ export const InTransitTransfer: MessageFns<InTransitTransfer> = {
             message.expectedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.lotId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -908,6 +927,11 @@ export const InTransitTransfer: MessageFns<InTransitTransfer> = {
         : isSet(object.expected_at)
         ? fromJsonTimestamp(object.expected_at)
         : undefined,
+      lotId: isSet(object.lotId)
+        ? globalThis.String(object.lotId)
+        : isSet(object.lot_id)
+        ? globalThis.String(object.lot_id)
+        : "",
     };
   },
 
@@ -937,6 +961,9 @@ export const InTransitTransfer: MessageFns<InTransitTransfer> = {
     if (message.expectedAt !== undefined) {
       obj.expectedAt = message.expectedAt.toISOString();
     }
+    if (message.lotId !== "") {
+      obj.lotId = message.lotId;
+    }
     return obj;
   },
 
@@ -953,6 +980,7 @@ export const InTransitTransfer: MessageFns<InTransitTransfer> = {
     message.received = object.received ?? 0;
     message.dispatchedAt = object.dispatchedAt ?? undefined;
     message.expectedAt = object.expectedAt ?? undefined;
+    message.lotId = object.lotId ?? "";
     return message;
   },
 };

@@ -296,6 +296,28 @@ export interface Movement {
     | undefined;
   /** damage: the bucket the units come from; unset means on_hand. */
   fromBucket: FromBucket;
+  /**
+   * LOT SKUs: the lot the units belong to (1-128 characters, the rules of
+   * `sku`); required for a LOT SKU, must be empty for any other. A lot id
+   * means something only together with its SKU.
+   */
+  lotId: string;
+  /**
+   * receipt, return_receipt of a LOT SKU (with `lot_id`): the lot's expiry.
+   * The first receipt or return of the SKU and lot in ledger order that
+   * states one fixes it; a later, different one is recorded but not used
+   * (LOT_EXPIRY_CONFLICT). Unset: says nothing about the expiry.
+   */
+  expiresAt:
+    | Date
+    | undefined;
+  /**
+   * SERIAL SKUs: the units moved, distinct, 1-128 characters each; exactly
+   * `qty` of them, `|delta|` for adjustment (in when positive, out when
+   * negative), `counted` for cycle_count. Must be empty for any other SKU,
+   * and never given together with `lot_id`.
+   */
+  serialNumbers: string[];
 }
 
 function createBaseMovement(): Movement {
@@ -319,6 +341,9 @@ function createBaseMovement(): Movement {
     final: false,
     expectedAt: undefined,
     fromBucket: 0,
+    lotId: "",
+    expiresAt: undefined,
+    serialNumbers: [],
   };
 }
 
@@ -380,6 +405,15 @@ export const Movement: MessageFns<Movement> = {
     }
     if (message.fromBucket !== 0) {
       writer.uint32(152).int32(message.fromBucket);
+    }
+    if (message.lotId !== "") {
+      writer.uint32(162).string(message.lotId);
+    }
+    if (message.expiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.expiresAt), writer.uint32(170).fork()).join();
+    }
+    for (const v of message.serialNumbers) {
+      writer.uint32(178).string(v!);
     }
     return writer;
   },
@@ -549,6 +583,30 @@ export const Movement: MessageFns<Movement> = {
             message.fromBucket = reader.int32() as any;
             continue;
           }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.lotId = reader.string();
+            continue;
+          }
+          case 21: {
+            if (tag !== 170) {
+              break;
+            }
+
+            message.expiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 22: {
+            if (tag !== 178) {
+              break;
+            }
+
+            message.serialNumbers.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -618,6 +676,21 @@ export const Movement: MessageFns<Movement> = {
         : isSet(object.from_bucket)
         ? fromBucketFromJSON(object.from_bucket)
         : 0,
+      lotId: isSet(object.lotId)
+        ? globalThis.String(object.lotId)
+        : isSet(object.lot_id)
+        ? globalThis.String(object.lot_id)
+        : "",
+      expiresAt: isSet(object.expiresAt)
+        ? fromJsonTimestamp(object.expiresAt)
+        : isSet(object.expires_at)
+        ? fromJsonTimestamp(object.expires_at)
+        : undefined,
+      serialNumbers: globalThis.Array.isArray(object?.serialNumbers)
+        ? object.serialNumbers.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.serial_numbers)
+        ? object.serial_numbers.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -680,6 +753,15 @@ export const Movement: MessageFns<Movement> = {
     if (message.fromBucket !== 0) {
       obj.fromBucket = fromBucketToJSON(message.fromBucket);
     }
+    if (message.lotId !== "") {
+      obj.lotId = message.lotId;
+    }
+    if (message.expiresAt !== undefined) {
+      obj.expiresAt = message.expiresAt.toISOString();
+    }
+    if (message.serialNumbers?.length) {
+      obj.serialNumbers = message.serialNumbers;
+    }
     return obj;
   },
 
@@ -707,6 +789,9 @@ export const Movement: MessageFns<Movement> = {
     message.final = object.final ?? false;
     message.expectedAt = object.expectedAt ?? undefined;
     message.fromBucket = object.fromBucket ?? 0;
+    message.lotId = object.lotId ?? "";
+    message.expiresAt = object.expiresAt ?? undefined;
+    message.serialNumbers = object.serialNumbers?.map((e) => e) || [];
     return message;
   },
 };

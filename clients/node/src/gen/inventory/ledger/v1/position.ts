@@ -67,11 +67,56 @@ export interface Position {
    * projection. 0 in every other answer.
    */
   ledgerPosition: number;
+  /**
+   * LOT SKUs: units on hand in lots expired at the instant the read evaluates
+   * (now, or the as-of instant), where the lot's on_hand - reserved -
+   * allocated is positive; they are not in `available`. 0 for other SKUs.
+   */
+  expired: number;
+  /**
+   * LOT SKUs: one entry per lot with a non-zero bucket or hold, in the order
+   * the service gives (by lot_id); the position's buckets are their sums.
+   * Empty for other SKUs.
+   */
+  lots: LotBuckets[];
 }
 
 export interface Position_FencesEntry {
   key: string;
   value: number;
+}
+
+/** One lot's share of a position (LOT SKUs); every quantity in base units. */
+export interface LotBuckets {
+  /** The lot, stored verbatim (1-128 characters). */
+  lotId: string;
+  /**
+   * When the lot expires (fixed by its first receipt or return stating one);
+   * unset: the lot never expires.
+   */
+  expiresAt:
+    | Date
+    | undefined;
+  /** The lot's sellable physical stock, put away. */
+  onHand: number;
+  /** The lot's units received at the dock, not yet put away. */
+  receiving: number;
+  /** The lot's units on hold. */
+  quarantine: number;
+  /** The lot's damaged units, awaiting write-off. */
+  damaged: number;
+  /** The lot's units dispatched towards this location, not yet received. */
+  inTransitInbound: number;
+  /** ACTIVE, unexpired reservation quantity bound to this lot here. */
+  reserved: number;
+  /** COMMITTED reservation quantity bound to this lot here, not yet shipped. */
+  allocated: number;
+  /**
+   * The lot's contribution to the position's `available`: x = on_hand -
+   * reserved - allocated when x < 0 or the lot is not expired, 0 when x >= 0
+   * and the lot is expired (judged at the instant the read evaluates).
+   */
+  available: number;
 }
 
 /** The part of one reservation held at a position. */
@@ -113,6 +158,8 @@ function createBasePosition(): Position {
     updatedAt: undefined,
     holds: [],
     ledgerPosition: 0,
+    expired: 0,
+    lots: [],
   };
 }
 
@@ -165,6 +212,12 @@ export const Position: MessageFns<Position> = {
     }
     if (message.ledgerPosition !== 0) {
       writer.uint32(128).int64(message.ledgerPosition);
+    }
+    if (message.expired !== 0) {
+      writer.uint32(136).int64(message.expired);
+    }
+    for (const v of message.lots) {
+      LotBuckets.encode(v!, writer.uint32(146).fork()).join();
     }
     return writer;
   },
@@ -313,6 +366,22 @@ export const Position: MessageFns<Position> = {
             message.ledgerPosition = longToNumber(reader.int64());
             continue;
           }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.expired = longToNumber(reader.int64());
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.lots.push(LotBuckets.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -382,6 +451,10 @@ export const Position: MessageFns<Position> = {
         : isSet(object.ledger_position)
         ? globalThis.Number(object.ledger_position)
         : 0,
+      expired: isSet(object.expired) ? globalThis.Number(object.expired) : 0,
+      lots: globalThis.Array.isArray(object?.lots)
+        ? object.lots.map((e: any) => LotBuckets.fromJSON(e))
+        : [],
     };
   },
 
@@ -441,6 +514,12 @@ export const Position: MessageFns<Position> = {
     if (message.ledgerPosition !== 0) {
       obj.ledgerPosition = Math.round(message.ledgerPosition);
     }
+    if (message.expired !== 0) {
+      obj.expired = Math.round(message.expired);
+    }
+    if (message.lots?.length) {
+      obj.lots = message.lots.map((e) => LotBuckets.toJSON(e));
+    }
     return obj;
   },
 
@@ -473,6 +552,8 @@ export const Position: MessageFns<Position> = {
     message.updatedAt = object.updatedAt ?? undefined;
     message.holds = object.holds?.map((e) => Hold.fromPartial(e)) || [];
     message.ledgerPosition = object.ledgerPosition ?? 0;
+    message.expired = object.expired ?? 0;
+    message.lots = object.lots?.map((e) => LotBuckets.fromPartial(e)) || [];
     return message;
   },
 };
@@ -558,6 +639,246 @@ export const Position_FencesEntry: MessageFns<Position_FencesEntry> = {
     const message = createBasePosition_FencesEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? 0;
+    return message;
+  },
+};
+
+function createBaseLotBuckets(): LotBuckets {
+  return {
+    lotId: "",
+    expiresAt: undefined,
+    onHand: 0,
+    receiving: 0,
+    quarantine: 0,
+    damaged: 0,
+    inTransitInbound: 0,
+    reserved: 0,
+    allocated: 0,
+    available: 0,
+  };
+}
+
+export const LotBuckets: MessageFns<LotBuckets> = {
+  encode(message: LotBuckets, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.lotId !== "") {
+      writer.uint32(10).string(message.lotId);
+    }
+    if (message.expiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.expiresAt), writer.uint32(18).fork()).join();
+    }
+    if (message.onHand !== 0) {
+      writer.uint32(24).int64(message.onHand);
+    }
+    if (message.receiving !== 0) {
+      writer.uint32(32).int64(message.receiving);
+    }
+    if (message.quarantine !== 0) {
+      writer.uint32(40).int64(message.quarantine);
+    }
+    if (message.damaged !== 0) {
+      writer.uint32(48).int64(message.damaged);
+    }
+    if (message.inTransitInbound !== 0) {
+      writer.uint32(56).int64(message.inTransitInbound);
+    }
+    if (message.reserved !== 0) {
+      writer.uint32(64).int64(message.reserved);
+    }
+    if (message.allocated !== 0) {
+      writer.uint32(72).int64(message.allocated);
+    }
+    if (message.available !== 0) {
+      writer.uint32(80).int64(message.available);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LotBuckets {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLotBuckets();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.lotId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.expiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.onHand = longToNumber(reader.int64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.receiving = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.quarantine = longToNumber(reader.int64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.damaged = longToNumber(reader.int64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.inTransitInbound = longToNumber(reader.int64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.reserved = longToNumber(reader.int64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.allocated = longToNumber(reader.int64());
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.available = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LotBuckets {
+    return {
+      lotId: isSet(object.lotId)
+        ? globalThis.String(object.lotId)
+        : isSet(object.lot_id)
+        ? globalThis.String(object.lot_id)
+        : "",
+      expiresAt: isSet(object.expiresAt)
+        ? fromJsonTimestamp(object.expiresAt)
+        : isSet(object.expires_at)
+        ? fromJsonTimestamp(object.expires_at)
+        : undefined,
+      onHand: isSet(object.onHand)
+        ? globalThis.Number(object.onHand)
+        : isSet(object.on_hand)
+        ? globalThis.Number(object.on_hand)
+        : 0,
+      receiving: isSet(object.receiving) ? globalThis.Number(object.receiving) : 0,
+      quarantine: isSet(object.quarantine) ? globalThis.Number(object.quarantine) : 0,
+      damaged: isSet(object.damaged) ? globalThis.Number(object.damaged) : 0,
+      inTransitInbound: isSet(object.inTransitInbound)
+        ? globalThis.Number(object.inTransitInbound)
+        : isSet(object.in_transit_inbound)
+        ? globalThis.Number(object.in_transit_inbound)
+        : 0,
+      reserved: isSet(object.reserved) ? globalThis.Number(object.reserved) : 0,
+      allocated: isSet(object.allocated) ? globalThis.Number(object.allocated) : 0,
+      available: isSet(object.available) ? globalThis.Number(object.available) : 0,
+    };
+  },
+
+  toJSON(message: LotBuckets): unknown {
+    const obj: any = {};
+    if (message.lotId !== "") {
+      obj.lotId = message.lotId;
+    }
+    if (message.expiresAt !== undefined) {
+      obj.expiresAt = message.expiresAt.toISOString();
+    }
+    if (message.onHand !== 0) {
+      obj.onHand = Math.round(message.onHand);
+    }
+    if (message.receiving !== 0) {
+      obj.receiving = Math.round(message.receiving);
+    }
+    if (message.quarantine !== 0) {
+      obj.quarantine = Math.round(message.quarantine);
+    }
+    if (message.damaged !== 0) {
+      obj.damaged = Math.round(message.damaged);
+    }
+    if (message.inTransitInbound !== 0) {
+      obj.inTransitInbound = Math.round(message.inTransitInbound);
+    }
+    if (message.reserved !== 0) {
+      obj.reserved = Math.round(message.reserved);
+    }
+    if (message.allocated !== 0) {
+      obj.allocated = Math.round(message.allocated);
+    }
+    if (message.available !== 0) {
+      obj.available = Math.round(message.available);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LotBuckets>, I>>(base?: I): LotBuckets {
+    return LotBuckets.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LotBuckets>, I>>(object: I): LotBuckets {
+    const message = createBaseLotBuckets();
+    message.lotId = object.lotId ?? "";
+    message.expiresAt = object.expiresAt ?? undefined;
+    message.onHand = object.onHand ?? 0;
+    message.receiving = object.receiving ?? 0;
+    message.quarantine = object.quarantine ?? 0;
+    message.damaged = object.damaged ?? 0;
+    message.inTransitInbound = object.inTransitInbound ?? 0;
+    message.reserved = object.reserved ?? 0;
+    message.allocated = object.allocated ?? 0;
+    message.available = object.available ?? 0;
     return message;
   },
 };

@@ -123,6 +123,22 @@ export interface ReservationLine {
   qty: number;
   /** Quantity of this line already shipped, in base units (0 <= shipped <= qty). */
   shipped: number;
+  /**
+   * LOT SKUs: the lots holding this line, bound when it was reserved (earliest
+   * expiry first, or the line's named lot); their quantities add up to `qty`.
+   * Empty for other SKUs.
+   */
+  lots: LotHold[];
+}
+
+/** The part of a reservation line bound to one lot (LOT SKUs). */
+export interface LotHold {
+  /** The lot, stored verbatim (1-128 characters). */
+  lotId: string;
+  /** Quantity of the line bound to this lot, in base units; at least 1. */
+  qty: number;
+  /** The lot's expiry; unset: the lot never expires. */
+  expiresAt: Date | undefined;
 }
 
 function createBaseReservation(): Reservation {
@@ -336,7 +352,7 @@ export const Reservation: MessageFns<Reservation> = {
 };
 
 function createBaseReservationLine(): ReservationLine {
-  return { sku: "", locationId: "", qty: 0, shipped: 0 };
+  return { sku: "", locationId: "", qty: 0, shipped: 0, lots: [] };
 }
 
 export const ReservationLine: MessageFns<ReservationLine> = {
@@ -352,6 +368,9 @@ export const ReservationLine: MessageFns<ReservationLine> = {
     }
     if (message.shipped !== 0) {
       writer.uint32(32).int64(message.shipped);
+    }
+    for (const v of message.lots) {
+      LotHold.encode(v!, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -401,6 +420,14 @@ export const ReservationLine: MessageFns<ReservationLine> = {
             message.shipped = longToNumber(reader.int64());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.lots.push(LotHold.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -423,6 +450,7 @@ export const ReservationLine: MessageFns<ReservationLine> = {
         : "",
       qty: isSet(object.qty) ? globalThis.Number(object.qty) : 0,
       shipped: isSet(object.shipped) ? globalThis.Number(object.shipped) : 0,
+      lots: globalThis.Array.isArray(object?.lots) ? object.lots.map((e: any) => LotHold.fromJSON(e)) : [],
     };
   },
 
@@ -440,6 +468,9 @@ export const ReservationLine: MessageFns<ReservationLine> = {
     if (message.shipped !== 0) {
       obj.shipped = Math.round(message.shipped);
     }
+    if (message.lots?.length) {
+      obj.lots = message.lots.map((e) => LotHold.toJSON(e));
+    }
     return obj;
   },
 
@@ -452,6 +483,116 @@ export const ReservationLine: MessageFns<ReservationLine> = {
     message.locationId = object.locationId ?? "";
     message.qty = object.qty ?? 0;
     message.shipped = object.shipped ?? 0;
+    message.lots = object.lots?.map((e) => LotHold.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseLotHold(): LotHold {
+  return { lotId: "", qty: 0, expiresAt: undefined };
+}
+
+export const LotHold: MessageFns<LotHold> = {
+  encode(message: LotHold, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.lotId !== "") {
+      writer.uint32(10).string(message.lotId);
+    }
+    if (message.qty !== 0) {
+      writer.uint32(16).int64(message.qty);
+    }
+    if (message.expiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.expiresAt), writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LotHold {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLotHold();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.lotId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.qty = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.expiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LotHold {
+    return {
+      lotId: isSet(object.lotId)
+        ? globalThis.String(object.lotId)
+        : isSet(object.lot_id)
+        ? globalThis.String(object.lot_id)
+        : "",
+      qty: isSet(object.qty) ? globalThis.Number(object.qty) : 0,
+      expiresAt: isSet(object.expiresAt)
+        ? fromJsonTimestamp(object.expiresAt)
+        : isSet(object.expires_at)
+        ? fromJsonTimestamp(object.expires_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: LotHold): unknown {
+    const obj: any = {};
+    if (message.lotId !== "") {
+      obj.lotId = message.lotId;
+    }
+    if (message.qty !== 0) {
+      obj.qty = Math.round(message.qty);
+    }
+    if (message.expiresAt !== undefined) {
+      obj.expiresAt = message.expiresAt.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LotHold>, I>>(base?: I): LotHold {
+    return LotHold.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LotHold>, I>>(object: I): LotHold {
+    const message = createBaseLotHold();
+    message.lotId = object.lotId ?? "";
+    message.qty = object.qty ?? 0;
+    message.expiresAt = object.expiresAt ?? undefined;
     return message;
   },
 };

@@ -20,6 +20,7 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Duration } from "../../../google/protobuf/duration";
+import { Timestamp } from "../../../google/protobuf/timestamp";
 import { Reservation } from "./reservation";
 
 export const protobufPackage = "inventory.ledger.v1";
@@ -65,6 +66,19 @@ export interface ReserveLine {
   locationId: string;
   /** Quantity to reserve, in base units ("each"); at least 1. */
   qty: number;
+  /**
+   * LOT SKUs: bind only lots that expire strictly after this instant (a lot
+   * without an expiry always qualifies). Unset: any lot not yet expired.
+   */
+  minExpiresAt:
+    | Date
+    | undefined;
+  /**
+   * LOT SKUs: bind exactly this lot (1-128 characters); it must be eligible
+   * and cover the whole line by itself. Empty: the eligible lots, earliest
+   * expiry first (lots without an expiry last, ties by lot_id).
+   */
+  lotId: string;
 }
 
 /** Request of ReservationService.GetReservation. */
@@ -296,7 +310,7 @@ export const ReserveRequest: MessageFns<ReserveRequest> = {
 };
 
 function createBaseReserveLine(): ReserveLine {
-  return { sku: "", locationId: "", qty: 0 };
+  return { sku: "", locationId: "", qty: 0, minExpiresAt: undefined, lotId: "" };
 }
 
 export const ReserveLine: MessageFns<ReserveLine> = {
@@ -309,6 +323,12 @@ export const ReserveLine: MessageFns<ReserveLine> = {
     }
     if (message.qty !== 0) {
       writer.uint32(24).int64(message.qty);
+    }
+    if (message.minExpiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.minExpiresAt), writer.uint32(34).fork()).join();
+    }
+    if (message.lotId !== "") {
+      writer.uint32(42).string(message.lotId);
     }
     return writer;
   },
@@ -350,6 +370,22 @@ export const ReserveLine: MessageFns<ReserveLine> = {
             message.qty = longToNumber(reader.int64());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.minExpiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.lotId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -371,6 +407,16 @@ export const ReserveLine: MessageFns<ReserveLine> = {
         ? globalThis.String(object.location_id)
         : "",
       qty: isSet(object.qty) ? globalThis.Number(object.qty) : 0,
+      minExpiresAt: isSet(object.minExpiresAt)
+        ? fromJsonTimestamp(object.minExpiresAt)
+        : isSet(object.min_expires_at)
+        ? fromJsonTimestamp(object.min_expires_at)
+        : undefined,
+      lotId: isSet(object.lotId)
+        ? globalThis.String(object.lotId)
+        : isSet(object.lot_id)
+        ? globalThis.String(object.lot_id)
+        : "",
     };
   },
 
@@ -385,6 +431,12 @@ export const ReserveLine: MessageFns<ReserveLine> = {
     if (message.qty !== 0) {
       obj.qty = Math.round(message.qty);
     }
+    if (message.minExpiresAt !== undefined) {
+      obj.minExpiresAt = message.minExpiresAt.toISOString();
+    }
+    if (message.lotId !== "") {
+      obj.lotId = message.lotId;
+    }
     return obj;
   },
 
@@ -396,6 +448,8 @@ export const ReserveLine: MessageFns<ReserveLine> = {
     message.sku = object.sku ?? "";
     message.locationId = object.locationId ?? "";
     message.qty = object.qty ?? 0;
+    message.minExpiresAt = object.minExpiresAt ?? undefined;
+    message.lotId = object.lotId ?? "";
     return message;
   },
 };
@@ -1115,6 +1169,28 @@ export type DeepPartial<T> = T extends Builtin ? T
 type KeysOfUnion<T> = T extends T ? keyof T : never;
 export type Exact<P, I extends P> = P extends Builtin ? P
   : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
+function toTimestamp(date: Date): Timestamp {
+  const seconds = Math.trunc(date.getTime() / 1_000);
+  const nanos = (date.getTime() % 1_000) * 1_000_000;
+  return { seconds, nanos };
+}
+
+function fromTimestamp(t: Timestamp): Date {
+  let millis = (t.seconds || 0) * 1_000;
+  millis += (t.nanos || 0) / 1_000_000;
+  return new globalThis.Date(millis);
+}
+
+function fromJsonTimestamp(o: any): Date {
+  if (o instanceof globalThis.Date) {
+    return o;
+  } else if (typeof o === "string") {
+    return new globalThis.Date(o);
+  } else {
+    return fromTimestamp(Timestamp.fromJSON(o));
+  }
+}
 
 function longToNumber(int64: { toString(): string }): number {
   const num = globalThis.Number(int64.toString());
