@@ -20,6 +20,7 @@ from ledger.application import InventoryLedger
 from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
 from ledger.domain.idempotency import IdempotencyKey
 from ledger.domain.item_policy import ItemPolicy, item_policy_id
+from ledger.domain.lot_record import LotRecord, lot_record_id
 from ledger.domain.position import EventMeta, Position, position_id
 from ledger.domain.reservation import Reservation
 from ledger.store.index_ops import EntryIndexed, EventRange, IndexOp, PositionIndexed, to_micros
@@ -287,6 +288,10 @@ class UnitOfWork:
     def item_policy(self, sku: str) -> ItemPolicy | None:
         found = self._load(item_policy_id(sku))
         return found if isinstance(found, ItemPolicy) else None
+
+    def lot_record(self, sku: str, lot_id: str) -> LotRecord | None:
+        found = self._load(lot_record_id(sku, lot_id))
+        return found if isinstance(found, LotRecord) else None
 
     def locations_of(self, sku: str) -> list[str]:
         """Locations holding a position for ``sku``, including ones opened in this unit."""

@@ -6,8 +6,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from ledger.domain import availability
+from ledger.domain import availability, lots
 from ledger.domain.channel_policy import ChannelPolicy
+from ledger.domain.hold_book import book_of
 from ledger.domain.item_policy import ItemPolicy
 from ledger.domain.position import Position
 from ledger.domain.reservation import Reservation
@@ -97,6 +98,8 @@ class PositionView:
             version=position.version,
             updated_at=position.updated_at,
             holds=holds,
+            expired=lots.expired_quantity(position, now),
+            lots=lot_views(position, now),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,6 +114,30 @@ class PositionView:
                 "lots": [LotView(**lot) for lot in data.get("lots", [])],
             }
         )
+
+
+def lot_views(position: Any, now: datetime) -> list[LotView]:
+    """The lots ``Position.lots[]`` reports: any non-zero bucket or hold, by lot_id."""
+    book = book_of(position)
+    found = []
+    for lot_id, lot in sorted(lots.lots_of(position).items()):
+        if not lots.is_visible(position, lot_id):
+            continue
+        found.append(
+            LotView(
+                lot_id=lot_id,
+                expires_at=lot["expires_at"],
+                on_hand=lot["on_hand"],
+                receiving=lot["receiving"],
+                quarantine=lot["quarantine"],
+                damaged=lot["damaged"],
+                in_transit_inbound=lot["in_transit_inbound"],
+                reserved=book.lot_reserved(lot_id, now),
+                allocated=book.lot_allocated(lot_id),
+                available=lots.lot_available(position, lot_id, now),
+            )
+        )
+    return found
 
 
 @dataclass(frozen=True)
@@ -152,7 +179,13 @@ class ReservationView:
             order_ref=reservation.order_ref,
             status=reservation.effective_status(now).value,
             lines=[
-                ReservationLineView(ln["sku"], ln["location_id"], ln["qty"], ln["shipped"])
+                ReservationLineView(
+                    ln["sku"],
+                    ln["location_id"],
+                    ln["qty"],
+                    ln["shipped"],
+                    [LotHoldView(**lot) for lot in ln.get("lots", ())],
+                )
                 for ln in reservation.lines
             ],
             expires_at=reservation.expires_at,
@@ -209,8 +242,11 @@ def _line_dict(line: ReservationLineView) -> dict[str, Any]:
 class MovementResultView:
     source: str
     message_id: str
-    outcome: str  # "RECORDED" | "DUPLICATE"
+    outcome: str  # "RECORDED" | "DUPLICATE" (ingest also: "REUSED", "INVALID")
     ledger_position: int
+    # INVALID only: the field at fault and why (the dead letter's field and description).
+    field: str = ""
+    description: str = ""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from ledger.domain import availability
+from ledger.domain.inbound_transfers import inbound_key
+from ledger.domain.lots import lot_of, lots_of
 from ledger.domain.position import Position, inbound_outstanding
 from ledger.domain.position_state import PositionState, is_stale_count
 
@@ -22,6 +24,7 @@ NEGATIVE_BUCKET = "NEGATIVE_BUCKET"
 STALE_COUNT = "STALE_COUNT"
 TRANSFER_SHORTAGE = "TRANSFER_SHORTAGE"
 UNKNOWN_RESERVATION = "UNKNOWN_RESERVATION"
+LOT_EXPIRY_CONFLICT = "LOT_EXPIRY_CONFLICT"
 
 
 @dataclass(frozen=True)
@@ -56,11 +59,25 @@ class ProjectedPosition(PositionState):
             return []
         found = self._exceptions_before(event)
         before = {bucket: getattr(self, bucket) for bucket in BUCKETS}
+        lot_id = event.lot_id
+        lot_before = dict(lots_of(self).get(lot_id) or lot_of(self, lot_id)) if lot_id else None
         event.apply(self)
         for bucket in BUCKETS:
             after = getattr(self, bucket)
             if after < 0 and after < before[bucket]:
                 found.append((NEGATIVE_BUCKET, bucket, after, f"{bucket} fell to {after}"))
+            elif lot_before is not None:
+                # A lot can go below zero while the position's sum stays positive.
+                lot_after = lots_of(self)[lot_id][bucket]
+                if lot_after < 0 and lot_after < lot_before[bucket]:
+                    found.append(
+                        (
+                            NEGATIVE_BUCKET,
+                            bucket,
+                            lot_after,
+                            f"{bucket} of lot {lot_id} fell to {lot_after}",
+                        )
+                    )
         return [
             LedgerExceptionRecord(
                 ledger_position=ledger_position,
@@ -80,9 +97,26 @@ class ProjectedPosition(PositionState):
 
     def _exceptions_before(self, event: Any) -> list[tuple[str, str, int, str]]:
         found: list[tuple[str, str, int, str]] = []
-        if isinstance(event, Position.Counted) and is_stale_count(self, event.occurred_at):
+        lot = lots_of(self).get(event.lot_id) if event.lot_id else None
+        if isinstance(event, Position.Counted) and is_stale_count(self, event.occurred_at, lot):
+            of_lot = f" of lot {event.lot_id}" if event.lot_id else ""
             found.append(
-                (STALE_COUNT, "on_hand", event.counted, "count older than the newest count")
+                (
+                    STALE_COUNT,
+                    "on_hand",
+                    event.counted,
+                    f"count older than the newest count{of_lot}",
+                )
+            )
+        if event.stated_expires_at is not None:
+            found.append(
+                (
+                    LOT_EXPIRY_CONFLICT,
+                    "",
+                    event.qty,
+                    f"lot {event.lot_id} expires {event.lot_expires_at.isoformat()};"
+                    f" stated {event.stated_expires_at.isoformat()} ignored",
+                )
             )
         if isinstance(event, Position.Shipped) and event.reservation_id:
             hold = self.holds.get(event.reservation_id)
@@ -96,7 +130,7 @@ class ProjectedPosition(PositionState):
                     )
                 )
         if isinstance(event, Position.TransferReceived) and event.final:
-            transfer = self.inbound.get(event.transfer_id)
+            transfer = self.inbound.get(inbound_key(event.transfer_id, event.lot_id))
             outstanding = inbound_outstanding(transfer) if transfer else 0
             short = max(0, outstanding - event.qty)
             if short:
@@ -113,8 +147,11 @@ class ProjectedPosition(PositionState):
     # ---- rows ---------------------------------------------------------------------------------
 
     def to_json(self) -> str:
+        # Lots only when there are some: an untracked row is stored exactly as before.
+        lots = {"lots": self.lots} if lots_of(self) else {}
         return json.dumps(
             {
+                **lots,
                 "version": self.version,
                 "on_hand": self.on_hand,
                 "receiving": self.receiving,

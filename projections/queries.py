@@ -41,6 +41,7 @@ class InTransitView:
     received: int
     dispatched_at: datetime | None
     expected_at: datetime | None
+    lot_id: str = ""  # LOT SKUs: a transfer is listed once per lot it carries
 
 
 @dataclass(frozen=True)
@@ -140,12 +141,13 @@ class ReadModelQueries:
         found = []
         for row in rows:
             state = _state(row)
-            for transfer_id, transfer in sorted(state.inbound.items()):
+            for key, transfer in sorted(state.inbound.items()):
                 if inbound_outstanding(transfer) <= 0:
                     continue
                 found.append(
                     InTransitView(
-                        transfer_id=transfer_id,
+                        transfer_id=transfer.get("transfer_id", key),
+                        lot_id=transfer.get("lot_id", ""),
                         sku=row.sku,
                         from_location_id=transfer["from_location_id"],
                         to_location_id=row.location_id,

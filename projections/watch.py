@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from ledger.domain.hold_book import book_of
+from ledger.domain import availability
 from projections.availability import PolicyTerms, compute_availability
 from projections.position_state import ProjectedPosition
 from projections.runner import ALL_SKUS
@@ -407,7 +407,7 @@ class WatchHub:
         upcoming = [
             expiry
             for state in states
-            if (expiry := book_of(state).next_expiry_after(now)) is not None
+            if (expiry := availability.next_change_after(state, now)) is not None
         ]
         if not upcoming:
             self._expiry.pop(sku, None)

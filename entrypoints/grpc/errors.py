@@ -25,6 +25,7 @@ from ledger.domain.errors import (
     RequestIdReused,
     ReservationNotFound,
     StoreUnavailable,
+    TrackingMismatch,
 )
 from ledger.metrics.definitions import RPC_ERRORS
 from ledger.pipeline import PipelineOverloaded
@@ -325,6 +326,7 @@ def _store_unavailable(error: Exception, correlation_id: str) -> status_pb2.Stat
 STATUS_BUILDERS: dict[type[BaseException], StatusBuilder] = {
     InvalidRequest: _invalid_request,
     InvalidCommand: _invalid_command,
+    TrackingMismatch: _invalid_command,
     InsufficientAvailability: _insufficient_availability,
     ReservationNotFound: _reservation_not_found,
     RequestIdReused: _request_id_reused,

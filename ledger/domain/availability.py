@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
+from ledger.domain import lots
 from ledger.domain.hold_book import HOLD_ACTIVE, HOLD_COMMITTED, Hold, book_of, open_qty
 
 __all__ = ["HOLD_ACTIVE", "HOLD_COMMITTED"]
@@ -48,7 +49,10 @@ def allocated(position: PositionState) -> int:
 
 
 def available(position: PositionState, now: datetime) -> int:
-    """ATP: on_hand - reserved - allocated - safety_stock (may be negative)."""
+    """ATP: on_hand - reserved - allocated - safety_stock (may be negative). For a LOT SKU:
+    Σ lot_available - safety_stock, so expired lots stop counting (ledger.domain.lots)."""
+    if lots.is_lot_tracked(position):
+        return lots.lots_available(position, now) - position.safety_stock
     return position.on_hand - reserved(position, now) - allocated(position) - position.safety_stock
 
 
@@ -64,14 +68,17 @@ def unused_fences(position: PositionState, now: datetime) -> dict[str, int]:
     }
 
 
-def available_to(position: PositionState, channel: str, now: datetime, inbound: int = 0) -> int:
+def available_to(
+    position: PositionState, channel: str, now: datetime, base: int | None = None
+) -> int:
     """What ``channel`` may still reserve: ATP less the other channels' unused ring-fences.
 
-    ``inbound`` units count as if already on hand (dated ATP); fences and holds are unchanged,
+    ``base`` replaces ATP (dated ATP passes its projection); fences and holds are unchanged,
     so they still take their share of it.
     """
     others = sum(qty for c, qty in unused_fences(position, now).items() if c != channel)
-    return max(0, available(position, now) + inbound - others)
+    atp = available(position, now) if base is None else base
+    return max(0, atp - others)
 
 
 def fence_raise_allowed(
@@ -101,11 +108,17 @@ def inbound_outstanding(transfer: dict[str, Any]) -> int:
 def inbound_due(position: InboundState, horizon: datetime) -> int:
     """Inbound quantity still in transit whose ETA is at or before ``horizon``; a transfer
     without ``expected_at`` never counts."""
-    return sum(
-        inbound_outstanding(t)
-        for t in position.inbound.values()
-        if t["expected_at"] is not None and t["expected_at"] <= horizon
-    )
+    return sum(inbound_due_by_lot(position, horizon).values())
+
+
+def inbound_due_by_lot(position: InboundState, horizon: datetime) -> dict[str, int]:
+    """:func:`inbound_due` per lot (untracked transfers under the empty lot id)."""
+    due: dict[str, int] = {}
+    for t in position.inbound.values():
+        if t["expected_at"] is not None and t["expected_at"] <= horizon:
+            lot_id = t.get("lot_id", "")
+            due[lot_id] = due.get(lot_id, 0) + inbound_outstanding(t)
+    return due
 
 
 def projected_available_to(
@@ -117,4 +130,22 @@ def projected_available_to(
     oversold holds absorb them first (available -2, 4 due -> 2, not 4). Holds are judged
     at ``now``: the horizon projects arrivals, not releases.
     """
-    return available_to(position, channel, now, inbound_due(position, horizon))
+    if lots.is_lot_tracked(position):
+        due = inbound_due_by_lot(position, horizon)
+        base = lots.projected_lots_available(position, now, due, horizon) - position.safety_stock
+    else:
+        base = available(position, now) + inbound_due(position, horizon)
+    return available_to(position, channel, now, base)
+
+
+def next_change_after(position: PositionState, now: datetime) -> datetime | None:
+    """The next instant availability changes with no event: a hold or a lot expiring."""
+    moments = [
+        moment
+        for moment in (
+            book_of(position).next_expiry_after(now),
+            lots.next_expiry_after(position, now),
+        )
+        if moment is not None
+    ]
+    return min(moments, default=None)

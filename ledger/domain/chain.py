@@ -35,6 +35,7 @@ ENTRY_TYPES: dict[str, str] = {
     "HoldPlaced": "hold_placed",
     "HoldCommitted": "hold_committed",
     "HoldReleased": "hold_released",
+    "LotExpiryFixed": "lot_expiry_fixed",
 }
 
 META_FIELDS = (

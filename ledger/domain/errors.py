@@ -118,6 +118,15 @@ class InvalidCommand(LedgerError):
 
 
 @dataclass
+class TrackingMismatch(InvalidCommand):
+    """A movement's tracking fields do not fit its SKU's item policy (contract §2): a LOT
+    SKU's movement without ``lot_id``, a SERIAL SKU's without ``serial_numbers``, or an
+    untracked SKU's with either. Invalid input, poison on ingest."""
+
+    reason_code = "TRACKING_MISMATCH"
+
+
+@dataclass
 class ConcurrencyConflict(LedgerError):
     """Raised when optimistic-concurrency retries are exhausted."""
 

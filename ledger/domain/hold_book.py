@@ -23,7 +23,7 @@ import bisect
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Protocol, TypedDict
+from typing import Any, NotRequired, Protocol, TypedDict
 
 HOLD_ACTIVE = "ACTIVE"
 HOLD_COMMITTED = "COMMITTED"
@@ -39,10 +39,18 @@ class Hold(TypedDict):
     qty: int
     shipped: int
     expires_at: datetime
+    # LOT SKUs only: lot_id -> open quantity bound to that lot, in binding (FEFO) order; the
+    # claims add up to the hold's open quantity. Absent on untracked holds, whose stored
+    # form is unchanged.
+    lots: NotRequired[dict[str, int]]
 
 
 def open_qty(hold: Hold) -> int:
     return int(hold["qty"]) - int(hold["shipped"])
+
+
+def lot_claims(hold: Hold) -> dict[str, int]:
+    return hold.get("lots") or {}
 
 
 class HoldBook(dict[str, Hold]):
@@ -52,6 +60,9 @@ class HoldBook(dict[str, Hold]):
         self.committed_by_channel: defaultdict[str, int] = defaultdict(int)
         self.active_total = 0
         self.active_by_channel: defaultdict[str, int] = defaultdict(int)
+        # Lot claims of COMMITTED and of ACTIVE holds, per lot (LOT SKUs).
+        self.committed_by_lot: defaultdict[str, int] = defaultdict(int)
+        self.active_by_lot: defaultdict[str, int] = defaultdict(int)
         # (expires_at, reservation id) of every ACTIVE hold, in order.
         self._expiries: list[tuple[datetime, str]] = []
         items = holds.items() if isinstance(holds, dict) else holds
@@ -77,6 +88,25 @@ class HoldBook(dict[str, Hold]):
         hold = self[reservation_id]
         self._count(reservation_id, hold, -1)
         hold["shipped"] += qty
+        if open_qty(hold) == 0:
+            dict.__delitem__(self, reservation_id)
+        else:
+            self._count(reservation_id, hold, +1)
+
+    def ship_lot(self, reservation_id: str, qty: int, lot_id: str) -> None:
+        """``qty`` more of a lot-bound hold shipped from ``lot_id``: the claim on that lot
+        falls first, then the claims on the hold's other lots in binding order."""
+        hold = self[reservation_id]
+        self._count(reservation_id, hold, -1)
+        hold["shipped"] += qty
+        claims = dict(lot_claims(hold))
+        remaining = qty
+        for lot in [lot_id, *(other for other in claims if other != lot_id)]:
+            take = min(remaining, claims.get(lot, 0))
+            if take:
+                claims[lot] -= take
+                remaining -= take
+        hold["lots"] = {lot: claim for lot, claim in claims.items() if claim > 0}
         if open_qty(hold) == 0:
             dict.__delitem__(self, reservation_id)
         else:
@@ -110,9 +140,13 @@ class HoldBook(dict[str, Hold]):
         if hold["status"] == HOLD_COMMITTED:
             self.committed_total += qty
             self.committed_by_channel[hold["channel"]] += qty
+            for lot, claim in lot_claims(hold).items():
+                self.committed_by_lot[lot] += sign * claim
         elif hold["status"] == HOLD_ACTIVE:
             self.active_total += qty
             self.active_by_channel[hold["channel"]] += qty
+            for lot, claim in lot_claims(hold).items():
+                self.active_by_lot[lot] += sign * claim
             key = (hold["expires_at"], reservation_id)
             if sign > 0:
                 bisect.insort(self._expiries, key)
@@ -139,6 +173,14 @@ class HoldBook(dict[str, Hold]):
         return (
             self.committed_by_channel.get(channel, 0) + self.active_by_channel.get(channel, 0) - due
         )
+
+    def lot_reserved(self, lot_id: str, now: datetime) -> int:
+        """Claims on ``lot_id`` of ACTIVE holds not yet expired at ``now``."""
+        due = sum(lot_claims(h).get(lot_id, 0) for h in self._due(now)) if self._expiries else 0
+        return self.active_by_lot.get(lot_id, 0) - due
+
+    def lot_allocated(self, lot_id: str) -> int:
+        return self.committed_by_lot.get(lot_id, 0)
 
     def next_expiry_after(self, now: datetime) -> datetime | None:
         index = bisect.bisect_right(self._expiries, (now, "\U0010ffff"))

@@ -12,8 +12,15 @@ from ledger.domain.availability import inbound_outstanding
 TRANSFER_RETENTION = timedelta(days=30)
 
 
-def inbound_transfer(position: Any, transfer_id: str) -> dict[str, Any]:
-    transfer = position.inbound.get(transfer_id)
+def inbound_key(transfer_id: str, lot_id: str | None) -> str:
+    """A LOT SKU's transfer is kept per (transfer_id, lot): one truck may carry several lots.
+    Identifiers hold no control characters, so the separator cannot be ambiguous."""
+    return f"{transfer_id}\x1f{lot_id}" if lot_id else transfer_id
+
+
+def inbound_transfer(position: Any, transfer_id: str, lot_id: str | None = None) -> dict[str, Any]:
+    key = inbound_key(transfer_id, lot_id)
+    transfer = position.inbound.get(key)
     if transfer is None:
         transfer = {
             "from_location_id": "",
@@ -24,7 +31,11 @@ def inbound_transfer(position: Any, transfer_id: str) -> dict[str, Any]:
             "dispatched_at": None,
             "last_at": None,
         }
-        position.inbound[transfer_id] = transfer
+        if lot_id:
+            # Untracked records keep exactly the fields they always had.
+            transfer["transfer_id"] = transfer_id
+            transfer["lot_id"] = lot_id
+        position.inbound[key] = transfer
     return transfer
 
 

@@ -8,7 +8,7 @@ whatever order a replay takes (contract §3 effective axis).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid5
@@ -17,10 +17,16 @@ from eventsourcing.domain import Aggregate
 
 from ledger.domain import availability, chain
 from ledger.domain.availability import HOLD_ACTIVE, inbound_outstanding
-from ledger.domain.hold_book import book_of
-from ledger.domain.inbound_transfers import inbound_transfer, prune_settled_transfers
+from ledger.domain.hold_book import Hold, book_of
+from ledger.domain.inbound_transfers import inbound_key, inbound_transfer, prune_settled_transfers
+from ledger.domain.lots import Lot, lot_of
 from ledger.domain.movements import Disposition, FromBucket, Movement, MovementType
 from ledger.domain.position_state import PositionFigures, init_state, is_stale_count
+
+# Event fields of item tracking. Set only on tracked SKUs' events: unset, they are removed
+# from the event, so an untracked event's stored form and hashed body stay what they were
+# before lots existed (and old events read them as None from the class defaults).
+TRACKING_EVENT_FIELDS = ("lot_id", "lot_expires_at", "stated_expires_at", "serial_numbers")
 
 POSITION_NAMESPACE = UUID("6f1c1e6e-3f0b-4a51-9d43-5b9a4f7c2a10")
 
@@ -54,6 +60,14 @@ class EventMeta:
         }
 
 
+def _move(position: Any, lot: Lot | None, changes: dict[str, int]) -> None:
+    """Change the position's buckets and, for a LOT SKU, the same buckets of the lot."""
+    for bucket, delta in changes.items():
+        setattr(position, bucket, getattr(position, bucket) + delta)
+        if lot is not None:
+            lot[bucket] += delta
+
+
 def _check(condition: bool, message: str) -> None:
     # Explicit raise: `python -O` strips assert statements.
     if not condition:
@@ -73,6 +87,19 @@ class Position(Aggregate, PositionFigures):
         actor: str
         # Chain link (ledger.domain.chain): set by trigger_event, never by callers.
         hash: str
+        # LOT SKUs: the lot moved, its ledger-wide expiry when known at write time, and a
+        # receipt's stated expiry when it differs from that (LOT_EXPIRY_CONFLICT).
+        lot_id: str | None = field(default=None, kw_only=True)
+        lot_expires_at: datetime | None = field(default=None, kw_only=True)
+        stated_expires_at: datetime | None = field(default=None, kw_only=True)
+        # SERIAL SKUs: the units moved.
+        serial_numbers: list[str] | None = field(default=None, kw_only=True)
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            for name in TRACKING_EVENT_FIELDS:
+                if getattr(self, name) is None:
+                    object.__delattr__(self, name)
 
         def apply(self, aggregate: Any) -> None:
             aggregate.updated_at = self.recorded_at
@@ -80,6 +107,15 @@ class Position(Aggregate, PositionFigures):
             latest = aggregate.max_occurred_at
             if latest is None or self.occurred_at > latest:
                 aggregate.max_occurred_at = self.occurred_at
+
+        def lot(self, aggregate: Any) -> Lot | None:
+            """The named lot's record at the position (LOT SKUs), its expiry brought in."""
+            if self.lot_id is None:
+                return None
+            lot = lot_of(aggregate, self.lot_id)
+            if self.lot_expires_at is not None:
+                lot["expires_at"] = self.lot_expires_at
+            return lot
 
     class Opened(Event, Aggregate.Created):
         sku: str
@@ -135,18 +171,15 @@ class Position(Aggregate, PositionFigures):
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            if self.putaway_pending:
-                aggregate.receiving += self.qty
-            else:
-                aggregate.on_hand += self.qty
+            bucket = "receiving" if self.putaway_pending else "on_hand"
+            _move(aggregate, self.lot(aggregate), {bucket: self.qty})
 
     class PutAway(Event):
         qty: int
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            aggregate.receiving -= self.qty
-            aggregate.on_hand += self.qty
+            _move(aggregate, self.lot(aggregate), {"receiving": -self.qty, "on_hand": self.qty})
 
     class Shipped(Event):
         qty: int
@@ -154,7 +187,7 @@ class Position(Aggregate, PositionFigures):
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            aggregate.on_hand -= self.qty
+            _move(aggregate, self.lot(aggregate), {"on_hand": -self.qty})
             reservation_id = self.reservation_id
             hold = aggregate.holds.get(reservation_id) if reservation_id else None
             # An expired ACTIVE hold no longer holds anything: the shipment cannot consume it.
@@ -164,9 +197,11 @@ class Position(Aggregate, PositionFigures):
                 and availability.hold_blocks(hold, self.recorded_at)
             ):
                 # Fully shipped, the hold goes away.
-                book_of(aggregate).ship(
-                    reservation_id, min(self.qty, availability.hold_open_qty(hold))
-                )
+                take = min(self.qty, availability.hold_open_qty(hold))
+                if "lots" in hold and self.lot_id is not None:
+                    book_of(aggregate).ship_lot(reservation_id, take, self.lot_id)
+                else:
+                    book_of(aggregate).ship(reservation_id, take)
 
     class Adjusted(Event):
         delta: int
@@ -174,7 +209,7 @@ class Position(Aggregate, PositionFigures):
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            aggregate.on_hand += self.delta
+            _move(aggregate, self.lot(aggregate), {"on_hand": self.delta})
 
     class Counted(Event):
         counted: int
@@ -184,26 +219,31 @@ class Position(Aggregate, PositionFigures):
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            if is_stale_count(aggregate, self.occurred_at):
+            lot = self.lot(aggregate)
+            if is_stale_count(aggregate, self.occurred_at, lot):
                 return
-            aggregate.on_hand = self.counted
-            aggregate.last_count_at = self.occurred_at
+            if lot is None:
+                aggregate.on_hand = self.counted
+                aggregate.last_count_at = self.occurred_at
+                return
+            # A lot count sets that lot alone; the position keeps the sum of its lots.
+            aggregate.on_hand += self.counted - lot["on_hand"]
+            lot["on_hand"] = self.counted
+            lot["last_count_at"] = self.occurred_at
 
     class Quarantined(Event):
         qty: int
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            aggregate.on_hand -= self.qty
-            aggregate.quarantine += self.qty
+            _move(aggregate, self.lot(aggregate), {"on_hand": -self.qty, "quarantine": self.qty})
 
     class QuarantineReleased(Event):
         qty: int
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            aggregate.quarantine -= self.qty
-            aggregate.on_hand += self.qty
+            _move(aggregate, self.lot(aggregate), {"quarantine": -self.qty, "on_hand": self.qty})
 
     class Damaged(Event):
         qty: int
@@ -211,18 +251,15 @@ class Position(Aggregate, PositionFigures):
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            if self.from_bucket == FromBucket.QUARANTINE:
-                aggregate.quarantine -= self.qty
-            else:
-                aggregate.on_hand -= self.qty
-            aggregate.damaged += self.qty
+            source = "quarantine" if self.from_bucket == FromBucket.QUARANTINE else "on_hand"
+            _move(aggregate, self.lot(aggregate), {source: -self.qty, "damaged": self.qty})
 
     class WrittenOff(Event):
         qty: int
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            aggregate.damaged -= self.qty
+            _move(aggregate, self.lot(aggregate), {"damaged": -self.qty})
 
     class TransferDispatched(Event):
         """Source leg: stock leaves on_hand towards ``to_location_id``."""
@@ -234,7 +271,7 @@ class Position(Aggregate, PositionFigures):
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            aggregate.on_hand -= self.qty
+            _move(aggregate, self.lot(aggregate), {"on_hand": -self.qty})
 
     class TransferInbound(Event):
         """Destination leg of a dispatch, written in the same transaction as the source leg."""
@@ -246,18 +283,20 @@ class Position(Aggregate, PositionFigures):
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            previous = aggregate.inbound.get(self.transfer_id)
+            lot = self.lot(aggregate)
+            key = inbound_key(self.transfer_id, self.lot_id)
+            previous = aggregate.inbound.get(key)
             if previous is not None and previous["closed"]:
                 # A dispatch after `final=true` starts a new leg under the same id.
-                del aggregate.inbound[self.transfer_id]
-            transfer = inbound_transfer(aggregate, self.transfer_id)
+                del aggregate.inbound[key]
+            transfer = inbound_transfer(aggregate, self.transfer_id, self.lot_id)
             before = inbound_outstanding(transfer)
             transfer["dispatched"] += self.qty
             transfer["from_location_id"] = self.from_location_id
             transfer["expected_at"] = self.expected_at
             transfer["dispatched_at"] = transfer["dispatched_at"] or self.occurred_at
             transfer["last_at"] = self.recorded_at
-            aggregate.in_transit_inbound += inbound_outstanding(transfer) - before
+            _move(aggregate, lot, {"in_transit_inbound": inbound_outstanding(transfer) - before})
             prune_settled_transfers(aggregate, self.recorded_at)
 
     class TransferReceived(Event):
@@ -267,14 +306,15 @@ class Position(Aggregate, PositionFigures):
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            transfer = inbound_transfer(aggregate, self.transfer_id)
+            lot = self.lot(aggregate)
+            transfer = inbound_transfer(aggregate, self.transfer_id, self.lot_id)
             before = inbound_outstanding(transfer)
             transfer["received"] += self.qty
             if self.final:
                 transfer["closed"] = True
             transfer["last_at"] = self.recorded_at
-            aggregate.in_transit_inbound += inbound_outstanding(transfer) - before
-            aggregate.on_hand += self.qty
+            in_transit = inbound_outstanding(transfer) - before
+            _move(aggregate, lot, {"in_transit_inbound": in_transit, "on_hand": self.qty})
             prune_settled_transfers(aggregate, self.recorded_at)
 
     class ReturnReceived(Event):
@@ -284,11 +324,20 @@ class Position(Aggregate, PositionFigures):
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
             if self.disposition == Disposition.QUARANTINE:
-                aggregate.quarantine += self.qty
+                bucket = "quarantine"
             elif self.disposition == Disposition.DAMAGED:
-                aggregate.damaged += self.qty
+                bucket = "damaged"
             else:
-                aggregate.on_hand += self.qty
+                bucket = "on_hand"
+            _move(aggregate, self.lot(aggregate), {bucket: self.qty})
+
+    class LotExpiryFixed(Event):
+        """A lot this position holds got its ledger-wide expiry from a receipt elsewhere
+        (``lot_id``, ``lot_expires_at``): its units here expire with it."""
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            self.lot(aggregate)
 
     # ---- policies ---------------------------------------------------------------------------
 
@@ -318,21 +367,28 @@ class Position(Aggregate, PositionFigures):
         order_ref: str
         qty: int
         expires_at: datetime
+        # LOT SKUs: [[lot_id, qty], ...] the hold is bound to, in binding (FEFO) order.
+        lots: list[list[Any]] | None = field(default=None, kw_only=True)
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.lots is None:
+                object.__delattr__(self, "lots")
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
             _check(self.reservation_id not in aggregate.holds, "hold placed twice")
-            book_of(aggregate).place(
-                self.reservation_id,
-                {
-                    "channel": self.channel,
-                    "order_ref": self.order_ref,
-                    "status": HOLD_ACTIVE,
-                    "qty": self.qty,
-                    "shipped": 0,
-                    "expires_at": self.expires_at,
-                },
-            )
+            hold: Hold = {
+                "channel": self.channel,
+                "order_ref": self.order_ref,
+                "status": HOLD_ACTIVE,
+                "qty": self.qty,
+                "shipped": 0,
+                "expires_at": self.expires_at,
+            }
+            if self.lots is not None:
+                hold["lots"] = {str(lot_id): int(qty) for lot_id, qty in self.lots}
+            book_of(aggregate).place(self.reservation_id, hold)
 
     class HoldCommitted(Event):
         reservation_id: str
@@ -353,40 +409,46 @@ class Position(Aggregate, PositionFigures):
 
     # ---- commands (validate first, then trigger: a rejected command changes nothing) -------
 
-    def record(self, movement: Movement, meta: EventMeta) -> None:
-        """Record a fact at this position. Facts are never refused for lack of stock."""
+    def record(
+        self, movement: Movement, meta: EventMeta, lot_expires_at: datetime | None = None
+    ) -> None:
+        """Record a fact at this position. Facts are never refused for lack of stock.
+
+        ``lot_expires_at``: the lot's ledger-wide expiry as the writer knows it (LOT SKUs).
+        """
         kind = movement.type
         qty = movement.qty or 0
+        fields = {**meta.fields(), **tracking_fields(movement, lot_expires_at)}
         if kind is MovementType.RECEIPT:
             self.trigger_event(
-                self.Received, qty=qty, putaway_pending=movement.putaway_pending, **meta.fields()
+                self.Received, qty=qty, putaway_pending=movement.putaway_pending, **fields
             )
         elif kind is MovementType.PUTAWAY:
-            self.trigger_event(self.PutAway, qty=qty, **meta.fields())
+            self.trigger_event(self.PutAway, qty=qty, **fields)
         elif kind is MovementType.SHIPMENT:
             self.trigger_event(
-                self.Shipped, qty=qty, reservation_id=movement.reservation_id, **meta.fields()
+                self.Shipped, qty=qty, reservation_id=movement.reservation_id, **fields
             )
         elif kind is MovementType.ADJUSTMENT:
             self.trigger_event(
-                self.Adjusted, delta=movement.delta, reason=movement.reason or "", **meta.fields()
+                self.Adjusted, delta=movement.delta, reason=movement.reason or "", **fields
             )
         elif kind is MovementType.CYCLE_COUNT:
             self.trigger_event(
                 self.Counted,
                 counted=movement.counted,
                 reason=movement.reason or "",
-                **meta.fields(),
+                **fields,
             )
         elif kind is MovementType.QUARANTINE:
-            self.trigger_event(self.Quarantined, qty=qty, **meta.fields())
+            self.trigger_event(self.Quarantined, qty=qty, **fields)
         elif kind is MovementType.QUARANTINE_RELEASE:
-            self.trigger_event(self.QuarantineReleased, qty=qty, **meta.fields())
+            self.trigger_event(self.QuarantineReleased, qty=qty, **fields)
         elif kind is MovementType.DAMAGE:
             from_bucket = (movement.from_bucket or FromBucket.ON_HAND).value
-            self.trigger_event(self.Damaged, qty=qty, from_bucket=from_bucket, **meta.fields())
+            self.trigger_event(self.Damaged, qty=qty, from_bucket=from_bucket, **fields)
         elif kind is MovementType.WRITE_OFF:
-            self.trigger_event(self.WrittenOff, qty=qty, **meta.fields())
+            self.trigger_event(self.WrittenOff, qty=qty, **fields)
         elif kind is MovementType.TRANSFER_DISPATCH:
             self.trigger_event(
                 self.TransferDispatched,
@@ -394,7 +456,7 @@ class Position(Aggregate, PositionFigures):
                 transfer_id=movement.transfer_id,
                 to_location_id=movement.to_location_id,
                 expected_at=movement.expected_at,
-                **meta.fields(),
+                **fields,
             )
         elif kind is MovementType.TRANSFER_RECEIPT:
             self.trigger_event(
@@ -402,17 +464,17 @@ class Position(Aggregate, PositionFigures):
                 qty=qty,
                 transfer_id=movement.transfer_id,
                 final=movement.final,
-                **meta.fields(),
+                **fields,
             )
         elif kind is MovementType.RETURN_RECEIPT:
             disposition = (movement.disposition or Disposition.RESTOCK).value
-            self.trigger_event(
-                self.ReturnReceived, qty=qty, disposition=disposition, **meta.fields()
-            )
+            self.trigger_event(self.ReturnReceived, qty=qty, disposition=disposition, **fields)
         else:  # pragma: no cover - MovementType is closed
             raise AssertionError(f"unhandled movement type {kind}")
 
-    def record_inbound_transfer(self, movement: Movement, meta: EventMeta) -> None:
+    def record_inbound_transfer(
+        self, movement: Movement, meta: EventMeta, lot_expires_at: datetime | None = None
+    ) -> None:
         """The destination leg of ``transfer_dispatch`` (this position is the destination)."""
         _check(movement.type is MovementType.TRANSFER_DISPATCH, "not a dispatch")
         self.trigger_event(
@@ -422,6 +484,13 @@ class Position(Aggregate, PositionFigures):
             from_location_id=movement.location_id,
             expected_at=movement.expected_at,
             **meta.fields(),
+            **tracking_fields(movement, lot_expires_at),
+        )
+
+    def fix_lot_expiry(self, lot_id: str, expires_at: datetime, meta: EventMeta) -> None:
+        """The lot's expiry was fixed by a receipt at another location."""
+        self.trigger_event(
+            self.LotExpiryFixed, lot_id=lot_id, lot_expires_at=expires_at, **meta.fields()
         )
 
     def set_safety_stock(self, qty: int, meta: EventMeta) -> None:
@@ -441,9 +510,15 @@ class Position(Aggregate, PositionFigures):
         qty: int,
         expires_at: datetime,
         meta: EventMeta,
+        lots: list[tuple[str, int]] | None = None,
     ) -> None:
-        """Caller checks ``qty <= available_to(channel)`` across all lines first."""
+        """Caller checks ``qty <= available_to(channel)`` across all lines first, and for a
+        LOT SKU binds the lots (``lots``, in binding order, adding up to ``qty``)."""
         _check(qty > 0, "hold quantity must be positive")
+        extra: dict[str, Any] = {}
+        if lots is not None:
+            _check(sum(q for _, q in lots) == qty, "lot claims must add up to the hold")
+            extra["lots"] = [[lot_id, q] for lot_id, q in lots]
         self.trigger_event(
             self.HoldPlaced,
             reservation_id=reservation_id,
@@ -452,6 +527,7 @@ class Position(Aggregate, PositionFigures):
             qty=qty,
             expires_at=expires_at,
             **meta.fields(),
+            **extra,
         )
 
     def commit_hold(self, reservation_id: str, meta: EventMeta) -> None:
@@ -461,3 +537,18 @@ class Position(Aggregate, PositionFigures):
         self.trigger_event(
             self.HoldReleased, reservation_id=reservation_id, reason=reason, **meta.fields()
         )
+
+
+def tracking_fields(movement: Movement, lot_expires_at: datetime | None) -> dict[str, Any]:
+    """The tracking fields a movement's event carries (none for an untracked SKU)."""
+    fields: dict[str, Any] = {}
+    if movement.lot_id is not None:
+        fields["lot_id"] = movement.lot_id
+        if lot_expires_at is not None:
+            fields["lot_expires_at"] = lot_expires_at
+        stated = movement.expires_at
+        if stated is not None and stated != lot_expires_at:
+            fields["stated_expires_at"] = stated
+    if movement.serial_numbers:
+        fields["serial_numbers"] = list(movement.serial_numbers)
+    return fields

@@ -9,6 +9,7 @@ from typing import Any
 
 from ledger.domain import availability, chain
 from ledger.domain.hold_book import Hold, HoldBook
+from ledger.domain.lots import Lot
 
 
 class PositionFigures:
@@ -25,6 +26,7 @@ class PositionFigures:
     fences: dict[str, int]
     holds: dict[str, Hold]  # a HoldBook once used; a plain dict fresh from a snapshot or row
     inbound: dict[str, dict[str, Any]]  # transfer_id -> {dispatched, received, closed, ...}
+    lots: dict[str, Lot]
     last_count_at: datetime | None
     updated_at: datetime | None
     last_hash: str
@@ -68,6 +70,7 @@ def init_state(target: Any) -> None:
     target.fences = {}
     target.holds = HoldBook()
     target.inbound = {}
+    target.lots = {}  # LOT SKUs: lot_id -> the lot's buckets (ledger.domain.lots)
     target.last_count_at = None
     target.updated_at = None
     target.last_hash = chain.GENESIS
@@ -75,6 +78,8 @@ def init_state(target: Any) -> None:
     target.max_occurred_at = None
 
 
-def is_stale_count(position: Any, occurred_at: datetime) -> bool:
-    """A count older than the newest applied count changes nothing (STALE_COUNT)."""
-    return position.last_count_at is not None and occurred_at < position.last_count_at
+def is_stale_count(position: Any, occurred_at: datetime, lot: Any = None) -> bool:
+    """A count older than the newest applied count changes nothing (STALE_COUNT); a lot
+    count is judged against the newest count of the same lot."""
+    last = position.last_count_at if lot is None else lot["last_count_at"]
+    return last is not None and occurred_at < last

@@ -86,16 +86,14 @@ class Reservation(Aggregate):
         expires_at: datetime,
         meta: EventMeta,
     ) -> Reservation:
-        """``lines``: ``[{"sku", "location_id", "qty"}]`` with locations already chosen."""
+        """``lines``: ``[{"sku", "location_id", "qty"}]`` with locations already chosen, and
+        for LOT SKUs ``"lots": [{"lot_id", "qty", "expires_at"}]`` already bound."""
         return cls._create(
             cls.Created,
             id=reservation_id,
             channel=channel,
             order_ref=order_ref,
-            lines=[
-                {"sku": ln["sku"], "location_id": ln["location_id"], "qty": ln["qty"]}
-                for ln in lines
-            ],
+            lines=[_line_fields(ln) for ln in lines],
             expires_at=expires_at,
             **meta.fields(),
         )
@@ -180,3 +178,10 @@ class Reservation(Aggregate):
         self.trigger_event(
             self.LinesShipped, sku=sku, location_id=location_id, qty=qty, **meta.fields()
         )
+
+
+def _line_fields(line: dict[str, Any]) -> dict[str, Any]:
+    fields = {"sku": line["sku"], "location_id": line["location_id"], "qty": line["qty"]}
+    if "lots" in line:  # LOT SKUs only: untracked lines are stored as before
+        fields["lots"] = [dict(lot) for lot in line["lots"]]
+    return fields

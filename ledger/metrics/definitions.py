@@ -243,7 +243,14 @@ def count_dead_letter(source: str | None, reason: str) -> None:
 
 # ---- ledger exceptions (ingest/exceptions.py) ------------------------------------------------
 
-EXCEPTION_TYPES = ("NEGATIVE_BUCKET", "STALE_COUNT", "TRANSFER_SHORTAGE", "UNKNOWN_RESERVATION")
+EXCEPTION_TYPES = (
+    "NEGATIVE_BUCKET",
+    "STALE_COUNT",
+    "TRANSFER_SHORTAGE",
+    "UNKNOWN_RESERVATION",
+    "LOT_EXPIRY_CONFLICT",
+    "SERIAL_CONFLICT",
+)
 EXCEPTIONS_PUBLISHED = Counter(
     "ledger_exceptions_published",
     "Ledger exceptions (raised by the projection runner into the exceptions read model)"

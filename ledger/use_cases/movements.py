@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
 from eventsourcing.application import Recording
 
 from ledger.domain import availability
-from ledger.domain.errors import RequestIdReused
+from ledger.domain.errors import RequestIdReused, TrackingMismatch
 from ledger.domain.idempotency import IdempotencyKey, fingerprint, movement_key_id
+from ledger.domain.item_policy import Tracking, item_policy_id
+from ledger.domain.lot_record import LotRecord, expiry_stated_by, lot_record_id
+from ledger.domain.lots import lots_of
 from ledger.domain.movements import Movement, MovementType
 from ledger.domain.position import EventMeta, Position, position_id
 from ledger.unit_of_work import (
@@ -30,6 +34,8 @@ RECORDED = "RECORDED"
 DUPLICATE = "DUPLICATE"
 # Only with reject_reused=False (ingest): this message id came with another payload before.
 REUSED = "REUSED"
+# Only with reject_reused=False (ingest): the movement does not fit its SKU's tracking.
+INVALID = "INVALID"
 
 
 def record_movements(
@@ -43,7 +49,8 @@ def record_movements(
         # Per movement: its outcome, and either its ledger position (an earlier request's
         # duplicate) or the events this commit writes for it.
         outcomes: list[tuple[Movement, str, int, list[EventRef]]] = []
-        for movement in movements:
+        invalid: dict[int, TrackingMismatch] = {}
+        for index, movement in enumerate(movements):
             key_id = movement_key_id(movement.source, movement.message_id)
             digest = fingerprint("movement", movement.fingerprint_fields())
             stored = uow.idempotency_key(key_id)
@@ -56,6 +63,16 @@ def record_movements(
                 events = [(hex_id, version) for hex_id, version in stored.result["events"]]
                 known = 0 if uow.is_pending_key(key_id) else recorded_position(uow.app, events)
                 outcomes.append((movement, DUPLICATE, known, events))
+                continue
+            try:
+                check_tracking(uow, movement)
+            except TrackingMismatch as error:
+                if reject_reused:
+                    raise TrackingMismatch(
+                        f"movements[{index}].{error.field_path}", error.description
+                    ) from None
+                invalid[len(outcomes)] = error
+                outcomes.append((movement, INVALID, 0, []))
                 continue
             mark = uow.mark()
             apply_movement(uow, ctx, movement)
@@ -78,15 +95,53 @@ def record_movements(
                     movement.message_id,
                     outcome,
                     known or (position_of(recordings, events) if events else 0),
+                    *((invalid[i].field_path, invalid[i].description) if i in invalid else ()),
                 )
-                for movement, outcome, known, events in outcomes
+                for i, (movement, outcome, known, events) in enumerate(outcomes)
             ]
 
         return finish
 
     keys = tuple(movement_key_id(m.source, m.message_id) for m in movements)
-    positions = tuple(position_id(m.sku, m.location_id) for m in movements)
-    return declare_reads(command, Reads(keys=keys, aggregates=positions))
+    aggregates = [position_id(m.sku, m.location_id) for m in movements]
+    # The item master of every SKU (absent for most: remembered as absent, no read each time)
+    # and the ledger-wide record of every lot named.
+    aggregates.extend(item_policy_id(m.sku) for m in movements)
+    aggregates.extend(lot_record_id(m.sku, m.lot_id) for m in movements if m.lot_id)
+    return declare_reads(command, Reads(keys=keys, aggregates=tuple(aggregates)))
+
+
+def check_tracking(uow: UnitOfWork, movement: Movement) -> None:
+    """A movement must carry exactly what its SKU's tracking needs (contract §2)."""
+    policy = uow.item_policy(movement.sku)
+    tracking = policy.tracking if policy is not None else Tracking.NONE
+    if tracking is Tracking.LOT:
+        if movement.lot_id is None:
+            raise TrackingMismatch("lot_id", f"SKU {movement.sku!r} is lot-tracked: name the lot")
+        if movement.serial_numbers:
+            raise TrackingMismatch(
+                "serial_numbers", f"SKU {movement.sku!r} is lot-tracked, not serial-tracked"
+            )
+    elif tracking is Tracking.SERIAL:
+        if movement.lot_id is not None or movement.expires_at is not None:
+            raise TrackingMismatch(
+                "lot_id", f"SKU {movement.sku!r} is serial-tracked: it has no lots"
+            )
+        if not movement.serial_numbers and not _counts_nothing(movement):
+            raise TrackingMismatch(
+                "serial_numbers", f"SKU {movement.sku!r} is serial-tracked: list the units"
+            )
+    else:
+        for name in ("lot_id", "expires_at", "serial_numbers"):
+            if getattr(movement, name):
+                raise TrackingMismatch(
+                    name, f"SKU {movement.sku!r} is not tracked by lot or serial"
+                )
+
+
+def _counts_nothing(movement: Movement) -> bool:
+    """A count of zero lists no units."""
+    return movement.type is MovementType.CYCLE_COUNT and movement.counted == 0
 
 
 def apply_movement(uow: UnitOfWork, ctx: CallContext, movement: Movement) -> None:
@@ -97,13 +152,34 @@ def apply_movement(uow: UnitOfWork, ctx: CallContext, movement: Movement) -> Non
         occurred_at=movement.occurred_at,
     )
     position = uow.position(movement.sku, movement.location_id, meta)
+    lot_expires_at = _lot_expiry(uow, movement, meta) if movement.lot_id is not None else None
     if movement.type is MovementType.SHIPMENT and movement.reservation_id:
         _ship_against_reservation(uow, position, movement, meta)
-    position.record(movement, meta)
+    position.record(movement, meta, lot_expires_at)
     if movement.type is MovementType.TRANSFER_DISPATCH:
         # Both legs in the same unit of work, hence the same transaction.
         destination = uow.position(movement.sku, movement.to_location_id or "", meta)
-        destination.record_inbound_transfer(movement, meta)
+        destination.record_inbound_transfer(movement, meta, lot_expires_at)
+
+
+def _lot_expiry(uow: UnitOfWork, movement: Movement, meta: EventMeta) -> datetime | None:
+    """The lot's ledger-wide expiry after this movement: the first receipt or return that
+    states one fixes it. Units of the lot already at other positions are told in the same
+    transaction (``Position.LotExpiryFixed``), so every position's fold knows its expiry."""
+    sku, lot_id = movement.sku, movement.lot_id or ""
+    stated = movement.expires_at if expiry_stated_by(movement.type.value) else None
+    record = uow.lot_record(sku, lot_id)
+    if record is None:
+        uow.add(LotRecord.first_seen(sku, lot_id, stated, movement.location_id, uow.now))
+        return stated
+    if record.expires_at is not None or stated is None:
+        return record.expires_at
+    record.fix_expiry(stated, movement.location_id, uow.now)
+    for location_id in uow.locations_of(sku):
+        other = uow.find_position(sku, location_id) if location_id != movement.location_id else None
+        if other is not None and lot_id in lots_of(other):
+            other.fix_lot_expiry(lot_id, stated, meta)
+    return stated
 
 
 def _ship_against_reservation(

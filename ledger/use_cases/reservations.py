@@ -11,9 +11,16 @@ from uuid import UUID
 
 from eventsourcing.application import Recording
 
+from ledger.domain import lots
 from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
-from ledger.domain.errors import InsufficientAvailability, ReservationNotFound, ShortLine
-from ledger.domain.position import EventMeta, position_id
+from ledger.domain.errors import (
+    InsufficientAvailability,
+    ReservationNotFound,
+    ShortLine,
+    TrackingMismatch,
+)
+from ledger.domain.item_policy import Tracking, item_policy_id
+from ledger.domain.position import EventMeta, Position, position_id
 from ledger.domain.reservation import Reservation, parse_reservation_id
 from ledger.ids import new_uuid4
 from ledger.metrics.definitions import count_reservation
@@ -92,14 +99,26 @@ def index_op(reservation: Reservation) -> ReservationIndexed:
 # ---- Reserve ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Part:
+    """A planned share of a line: a location and, for a LOT SKU, the lots bound to it."""
+
+    sku: str
+    location_id: str
+    qty: int
+    lots: tuple[tuple[str, int], ...] | None = None
+
+
 class _Planner:
-    """Chooses locations line by line, counting what earlier lines of the same request took."""
+    """Chooses locations (and, for LOT SKUs, lots) line by line, counting what earlier lines
+    of the same request took."""
 
     def __init__(self, uow: UnitOfWork, channel: str, policy: ChannelPolicy | None) -> None:
         self.uow = uow
         self.channel = channel
         self.policy = policy
         self.taken: dict[tuple[str, str], int] = defaultdict(int)
+        self.taken_lots: dict[tuple[str, str, str], int] = defaultdict(int)
 
     def headroom(self, sku: str, location_id: str) -> int:
         if self.policy is not None and not self.policy.is_eligible(location_id):
@@ -110,39 +129,94 @@ class _Planner:
         free = position.available_to(self.channel, self.uow.now)
         return max(0, free - self.taken[(sku, location_id)])
 
+    def lot_room(self, line: ReserveLine, location_id: str) -> list[tuple[str, int]]:
+        """(lot, what this request may still bind of it) of the line's eligible lots at the
+        location, in FEFO order; only the named lot when the line names one."""
+        position = self.uow.find_position(line.sku, location_id)
+        if position is None:
+            return []
+        room = []
+        for lot_id, free in lots.eligible_lots(position, self.uow.now, line.min_expires_at):
+            if line.lot_id is not None and lot_id != line.lot_id:
+                continue
+            left = free - self.taken_lots[(line.sku, location_id, lot_id)]
+            if left > 0:
+                room.append((lot_id, left))
+        return room
+
+    def capacity(self, line: ReserveLine, location_id: str, lot_tracked: bool) -> int:
+        free = self.headroom(line.sku, location_id)
+        if not lot_tracked or free == 0:
+            return free
+        room = self.lot_room(line, location_id)
+        if line.lot_id is not None:
+            # A named lot must cover the whole line by itself.
+            return min(free, room[0][1]) if room else 0
+        return min(free, sum(left for _, left in room))
+
     def plan(
-        self, index: int, line: ReserveLine, allow_split: bool
-    ) -> list[ReserveLine] | ShortLine:
+        self, index: int, line: ReserveLine, allow_split: bool, lot_tracked: bool
+    ) -> list[_Part] | ShortLine:
         if line.location_id:
-            free = self.headroom(line.sku, line.location_id)
+            free = self.capacity(line, line.location_id, lot_tracked)
             if line.qty > free:
                 return ShortLine(index, line.sku, line.location_id, line.qty, free)
-            return self._take([ReserveLine(line.sku, line.location_id, line.qty)])
+            return self._take(line, [(line.location_id, line.qty)], lot_tracked)
         # Greatest headroom first; ties go to the smallest location_id.
         ranked = sorted(
-            ((self.headroom(line.sku, loc), loc) for loc in self.uow.locations_of(line.sku)),
+            (
+                (self.capacity(line, loc, lot_tracked), loc)
+                for loc in self.uow.locations_of(line.sku)
+            ),
             key=lambda pair: (-pair[0], pair[1]),
         )
         ranked = [(free, loc) for free, loc in ranked if free > 0]
         if ranked and ranked[0][0] >= line.qty:
-            return self._take([ReserveLine(line.sku, ranked[0][1], line.qty)])
+            return self._take(line, [(ranked[0][1], line.qty)], lot_tracked)
         total = sum(free for free, _ in ranked)
         if not allow_split or total < line.qty:
             best = total if allow_split else (ranked[0][0] if ranked else 0)
             return ShortLine(index, line.sku, "", line.qty, best)
-        parts, remaining = [], line.qty
+        shares, remaining = [], line.qty
         for free, loc in ranked:
             take = min(free, remaining)
-            parts.append(ReserveLine(line.sku, loc, take))
+            shares.append((loc, take))
             remaining -= take
             if remaining == 0:
                 break
-        return self._take(parts)
+        return self._take(line, shares, lot_tracked)
 
-    def _take(self, parts: list[ReserveLine]) -> list[ReserveLine]:
-        for part in parts:
-            self.taken[(part.sku, part.location_id)] += part.qty
+    def _take(
+        self, line: ReserveLine, shares: list[tuple[str, int]], lot_tracked: bool
+    ) -> list[_Part]:
+        parts = []
+        for location_id, qty in shares:
+            self.taken[(line.sku, location_id)] += qty
+            bound = self._bind(line, location_id, qty) if lot_tracked else None
+            parts.append(_Part(line.sku, location_id, qty, bound))
         return parts
+
+    def _bind(self, line: ReserveLine, location_id: str, qty: int) -> tuple[tuple[str, int], ...]:
+        """First expiry first out: each eligible lot up to what it has left."""
+        bound, remaining = [], qty
+        for lot_id, left in self.lot_room(line, location_id):
+            take = min(left, remaining)
+            bound.append((lot_id, take))
+            self.taken_lots[(line.sku, location_id, lot_id)] += take
+            remaining -= take
+            if remaining == 0:
+                break
+        return tuple(bound)
+
+
+def _check_lot_terms(index: int, line: ReserveLine, lot_tracked: bool) -> None:
+    if lot_tracked:
+        return
+    for name in ("lot_id", "min_expires_at"):
+        if getattr(line, name) is not None:
+            raise TrackingMismatch(
+                f"lines[{index}].{name}", f"SKU {line.sku!r} is not tracked by lot"
+            )
 
 
 def reserve(ctx: CallContext, request: ReserveInput) -> Command[ReservationView]:
@@ -154,10 +228,13 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Command[ReservationView]
             return replayed(stored, ReservationView.from_dict)
         mark = uow.mark()
         planner = _Planner(uow, request.channel, uow.channel_policy(request.channel))
-        planned: list[ReserveLine] = []
+        planned: list[_Part] = []
         short: list[ShortLine] = []
         for index, line in enumerate(request.lines):
-            outcome = planner.plan(index, line, request.allow_split)
+            policy = uow.item_policy(line.sku)
+            lot_tracked = policy is not None and policy.tracking is Tracking.LOT
+            _check_lot_terms(index, line, lot_tracked)
+            outcome = planner.plan(index, line, request.allow_split, lot_tracked)
             if isinstance(outcome, ShortLine):
                 short.append(outcome)
             else:
@@ -172,18 +249,29 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Command[ReservationView]
             new_uuid4(),
             request.channel,
             request.order_ref,
-            [asdict(part) for part in planned],
+            [_line_of(uow, part) for part in planned],
             expires_at,
             meta,
         )
         uow.add(reservation)
         per_position: dict[tuple[str, str], int] = defaultdict(int)
+        per_lot: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
         for part in planned:
             per_position[(part.sku, part.location_id)] += part.qty
+            for lot_id, qty in part.lots or ():
+                bound = per_lot[(part.sku, part.location_id)]
+                bound[lot_id] = bound.get(lot_id, 0) + qty
         for (sku, location_id), qty in sorted(per_position.items()):
             position = uow.position(sku, location_id, meta)
+            claims = per_lot.get((sku, location_id))
             position.place_hold(
-                str(reservation.id), request.channel, request.order_ref, qty, expires_at, meta
+                str(reservation.id),
+                request.channel,
+                request.order_ref,
+                qty,
+                expires_at,
+                meta,
+                _in_fefo_order(position, claims) if claims is not None else None,
             )
         uow.index_ops.append(index_op(reservation))
         return _counted(
@@ -193,8 +281,30 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Command[ReservationView]
         )
 
     named = tuple(position_id(ln.sku, ln.location_id) for ln in request.lines if ln.location_id)
+    items = tuple(item_policy_id(ln.sku) for ln in request.lines)
     return declare_reads(
-        command, Reads(keys=(key.key_id,), aggregates=(channel_policy_id(request.channel), *named))
+        command,
+        Reads(keys=(key.key_id,), aggregates=(channel_policy_id(request.channel), *named, *items)),
+    )
+
+
+def _line_of(uow: UnitOfWork, part: _Part) -> dict[str, Any]:
+    line: dict[str, Any] = {"sku": part.sku, "location_id": part.location_id, "qty": part.qty}
+    if part.lots is not None:
+        position = uow.find_position(part.sku, part.location_id)
+        expiries = lots.lots_of(position) if position is not None else {}
+        line["lots"] = [
+            {"lot_id": lot_id, "qty": qty, "expires_at": expiries[lot_id]["expires_at"]}
+            for lot_id, qty in part.lots
+        ]
+    return line
+
+
+def _in_fefo_order(position: Position, claims: dict[str, int]) -> list[tuple[str, int]]:
+    """A hold's lot claims in binding order (lines of one request may interleave lots)."""
+    expiries = lots.lots_of(position)
+    return sorted(
+        claims.items(), key=lambda pair: lots.fefo_key(pair[0], expiries[pair[0]]["expires_at"])
     )
 
 

@@ -34,6 +34,7 @@ from ledger.domain.errors import (
     ReservationNotFound,
     ShortLine,
     StoreUnavailable,
+    TrackingMismatch,
 )
 from ledger.pipeline import PipelineOverloaded
 from projections.queries import ProjectionBehind
@@ -42,6 +43,11 @@ from projections.queries import ProjectionBehind
 SAMPLES: list[tuple[BaseException, int, str]] = [
     (InvalidRequest([("lines[0].sku", "required")]), code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
     (InvalidCommand("lines[0].qty", "too big"), code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+    (
+        TrackingMismatch("movements[0].lot_id", "SKU 'S' is lot-tracked: name the lot"),
+        code_pb2.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    ),
     (
         InsufficientAvailability("web", [ShortLine(0, "S", "L", 5, 2)]),
         code_pb2.FAILED_PRECONDITION,
