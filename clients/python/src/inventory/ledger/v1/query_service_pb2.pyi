@@ -5,6 +5,7 @@ from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from inventory.ledger.v1 import availability_pb2 as _availability_pb2
 from inventory.ledger.v1 import position_pb2 as _position_pb2
+from inventory.ledger.v1 import serial_pb2 as _serial_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -112,3 +113,11 @@ class ListExceptionsResponse(_message.Message):
 class GetProjectionStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class GetSerialRequest(_message.Message):
+    __slots__ = ("sku", "serial_number")
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    sku: str
+    serial_number: str
+    def __init__(self, sku: _Optional[str] = ..., serial_number: _Optional[str] = ...) -> None: ...

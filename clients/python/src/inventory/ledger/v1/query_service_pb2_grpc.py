@@ -7,6 +7,7 @@ import warnings
 from inventory.ledger.v1 import availability_pb2 as inventory_dot_ledger_dot_v1_dot_availability__pb2
 from inventory.ledger.v1 import position_pb2 as inventory_dot_ledger_dot_v1_dot_position__pb2
 from inventory.ledger.v1 import query_service_pb2 as inventory_dot_ledger_dot_v1_dot_query__service__pb2
+from inventory.ledger.v1 import serial_pb2 as inventory_dot_ledger_dot_v1_dot_serial__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -73,6 +74,11 @@ class InventoryQueryServiceStub:
                 request_serializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.GetProjectionStatusRequest.SerializeToString,
                 response_deserializer=inventory_dot_ledger_dot_v1_dot_availability__pb2.ProjectionStatus.FromString,
                 _registered_method=True)
+        self.GetSerial = channel.unary_unary(
+                '/inventory.ledger.v1.InventoryQueryService/GetSerial',
+                request_serializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.GetSerialRequest.SerializeToString,
+                response_deserializer=inventory_dot_ledger_dot_v1_dot_serial__pb2.SerialUnit.FromString,
+                _registered_method=True)
 
 
 class InventoryQueryServiceServicer:
@@ -131,6 +137,14 @@ class InventoryQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSerial(self, request, context):
+        """Where one unit of a SERIAL SKU is, and its history, strongly consistent
+        (read from the serial index). A serial never seen: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InventoryQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +182,11 @@ def add_InventoryQueryServiceServicer_to_server(servicer, server):
                     servicer.GetProjectionStatus,
                     request_deserializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.GetProjectionStatusRequest.FromString,
                     response_serializer=inventory_dot_ledger_dot_v1_dot_availability__pb2.ProjectionStatus.SerializeToString,
+            ),
+            'GetSerial': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSerial,
+                    request_deserializer=inventory_dot_ledger_dot_v1_dot_query__service__pb2.GetSerialRequest.FromString,
+                    response_serializer=inventory_dot_ledger_dot_v1_dot_serial__pb2.SerialUnit.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +379,33 @@ class InventoryQueryService:
             '/inventory.ledger.v1.InventoryQueryService/GetProjectionStatus',
             inventory_dot_ledger_dot_v1_dot_query__service__pb2.GetProjectionStatusRequest.SerializeToString,
             inventory_dot_ledger_dot_v1_dot_availability__pb2.ProjectionStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSerial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inventory.ledger.v1.InventoryQueryService/GetSerial',
+            inventory_dot_ledger_dot_v1_dot_query__service__pb2.GetSerialRequest.SerializeToString,
+            inventory_dot_ledger_dot_v1_dot_serial__pb2.SerialUnit.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,6 +36,7 @@ import {
   ProjectionStatus,
 } from "./availability";
 import { Position } from "./position";
+import { SerialUnit } from "./serial";
 
 export const protobufPackage = "inventory.ledger.v1";
 
@@ -157,6 +158,14 @@ export interface ListExceptionsResponse {
 
 /** Request of InventoryQueryService.GetProjectionStatus. */
 export interface GetProjectionStatusRequest {
+}
+
+/** Request of InventoryQueryService.GetSerial. */
+export interface GetSerialRequest {
+  /** The SKU (1-128 characters). */
+  sku: string;
+  /** The unit's serial number (1-128 characters). */
+  serialNumber: string;
 }
 
 function createBaseGetPositionRequest(): GetPositionRequest {
@@ -1238,6 +1247,95 @@ export const GetProjectionStatusRequest: MessageFns<GetProjectionStatusRequest> 
   },
 };
 
+function createBaseGetSerialRequest(): GetSerialRequest {
+  return { sku: "", serialNumber: "" };
+}
+
+export const GetSerialRequest: MessageFns<GetSerialRequest> = {
+  encode(message: GetSerialRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sku !== "") {
+      writer.uint32(10).string(message.sku);
+    }
+    if (message.serialNumber !== "") {
+      writer.uint32(18).string(message.serialNumber);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSerialRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSerialRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sku = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.serialNumber = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSerialRequest {
+    return {
+      sku: isSet(object.sku) ? globalThis.String(object.sku) : "",
+      serialNumber: isSet(object.serialNumber)
+        ? globalThis.String(object.serialNumber)
+        : isSet(object.serial_number)
+        ? globalThis.String(object.serial_number)
+        : "",
+    };
+  },
+
+  toJSON(message: GetSerialRequest): unknown {
+    const obj: any = {};
+    if (message.sku !== "") {
+      obj.sku = message.sku;
+    }
+    if (message.serialNumber !== "") {
+      obj.serialNumber = message.serialNumber;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSerialRequest>, I>>(base?: I): GetSerialRequest {
+    return GetSerialRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSerialRequest>, I>>(object: I): GetSerialRequest {
+    const message = createBaseGetSerialRequest();
+    message.sku = object.sku ?? "";
+    message.serialNumber = object.serialNumber ?? "";
+    return message;
+  },
+};
+
 /** Reads stock positions. */
 export type InventoryQueryServiceService = typeof InventoryQueryServiceService;
 export const InventoryQueryServiceService = {
@@ -1327,6 +1425,19 @@ export const InventoryQueryServiceService = {
     responseSerialize: (value: ProjectionStatus): Buffer => Buffer.from(ProjectionStatus.encode(value).finish()),
     responseDeserialize: (value: Buffer): ProjectionStatus => ProjectionStatus.decode(value),
   },
+  /**
+   * Where one unit of a SERIAL SKU is, and its history, strongly consistent
+   * (read from the serial index). A serial never seen: NOT_FOUND.
+   */
+  getSerial: {
+    path: "/inventory.ledger.v1.InventoryQueryService/GetSerial" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetSerialRequest): Buffer => Buffer.from(GetSerialRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetSerialRequest => GetSerialRequest.decode(value),
+    responseSerialize: (value: SerialUnit): Buffer => Buffer.from(SerialUnit.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SerialUnit => SerialUnit.decode(value),
+  },
 } as const;
 
 export interface InventoryQueryServiceServer extends UntypedServiceImplementation {
@@ -1353,6 +1464,11 @@ export interface InventoryQueryServiceServer extends UntypedServiceImplementatio
   listExceptions: handleUnaryCall<ListExceptionsRequest, ListExceptionsResponse>;
   /** How far the read models are behind the ledger. */
   getProjectionStatus: handleUnaryCall<GetProjectionStatusRequest, ProjectionStatus>;
+  /**
+   * Where one unit of a SERIAL SKU is, and its history, strongly consistent
+   * (read from the serial index). A serial never seen: NOT_FOUND.
+   */
+  getSerial: handleUnaryCall<GetSerialRequest, SerialUnit>;
 }
 
 export interface InventoryQueryServiceClient extends Client {
@@ -1470,6 +1586,25 @@ export interface InventoryQueryServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ProjectionStatus) => void,
+  ): ClientUnaryCall;
+  /**
+   * Where one unit of a SERIAL SKU is, and its history, strongly consistent
+   * (read from the serial index). A serial never seen: NOT_FOUND.
+   */
+  getSerial(
+    request: GetSerialRequest,
+    callback: (error: ServiceError | null, response: SerialUnit) => void,
+  ): ClientUnaryCall;
+  getSerial(
+    request: GetSerialRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SerialUnit) => void,
+  ): ClientUnaryCall;
+  getSerial(
+    request: GetSerialRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SerialUnit) => void,
   ): ClientUnaryCall;
 }
 
