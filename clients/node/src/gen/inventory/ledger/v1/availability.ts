@@ -68,6 +68,10 @@ export enum ExceptionType {
   EXCEPTION_TYPE_TRANSFER_SHORTAGE = 3,
   /** EXCEPTION_TYPE_UNKNOWN_RESERVATION - A shipment named a reservation with no open hold at its position. */
   EXCEPTION_TYPE_UNKNOWN_RESERVATION = 4,
+  /** EXCEPTION_TYPE_LOT_EXPIRY_CONFLICT - A receipt or return stated another expiry than the lot's (contract §2). */
+  EXCEPTION_TYPE_LOT_EXPIRY_CONFLICT = 5,
+  /** EXCEPTION_TYPE_SERIAL_CONFLICT - A movement listed serials the serial index could not accept (contract §2). */
+  EXCEPTION_TYPE_SERIAL_CONFLICT = 6,
   UNRECOGNIZED = -1,
 }
 
@@ -88,6 +92,12 @@ export function exceptionTypeFromJSON(object: any): ExceptionType {
     case 4:
     case "EXCEPTION_TYPE_UNKNOWN_RESERVATION":
       return ExceptionType.EXCEPTION_TYPE_UNKNOWN_RESERVATION;
+    case 5:
+    case "EXCEPTION_TYPE_LOT_EXPIRY_CONFLICT":
+      return ExceptionType.EXCEPTION_TYPE_LOT_EXPIRY_CONFLICT;
+    case 6:
+    case "EXCEPTION_TYPE_SERIAL_CONFLICT":
+      return ExceptionType.EXCEPTION_TYPE_SERIAL_CONFLICT;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -107,6 +117,10 @@ export function exceptionTypeToJSON(object: ExceptionType): string {
       return "EXCEPTION_TYPE_TRANSFER_SHORTAGE";
     case ExceptionType.EXCEPTION_TYPE_UNKNOWN_RESERVATION:
       return "EXCEPTION_TYPE_UNKNOWN_RESERVATION";
+    case ExceptionType.EXCEPTION_TYPE_LOT_EXPIRY_CONFLICT:
+      return "EXCEPTION_TYPE_LOT_EXPIRY_CONFLICT";
+    case ExceptionType.EXCEPTION_TYPE_SERIAL_CONFLICT:
+      return "EXCEPTION_TYPE_SERIAL_CONFLICT";
     case ExceptionType.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
