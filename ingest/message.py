@@ -58,7 +58,7 @@ PAYLOAD = ""
 
 IDENTIFIER_FIELDS = frozenset(
     {"message_id", "source", "sku", "location_id", "reservation_id", "transfer_id"}
-    | {"to_location_id"}
+    | {"to_location_id", "lot_id", "serial_numbers"}
 )
 
 # pydantic error type -> reason code.
@@ -68,6 +68,7 @@ _REASONS = {
     "int_type": "WRONG_TYPE",
     "string_type": "WRONG_TYPE",
     "bool_type": "WRONG_TYPE",
+    "list_type": "WRONG_TYPE",
     "timestamp_type": "WRONG_TYPE",
     "greater_than_equal": "OUT_OF_RANGE",
     "less_than_equal": "OUT_OF_RANGE",
@@ -148,6 +149,14 @@ class CanonicalMessage(BaseModel):
     final: bool | None = None
     expected_at: Timestamp | None = None
     from_bucket: Annotated[FromBucket, Field(strict=False)] | None = None
+    # Item tracking (contract §2, §5): which of them a SKU needs is checked against its item
+    # policy when the movement is recorded; the shape rules are MovementModel's.
+    lot_id: OptionalIdentifier | None = None
+    expires_at: Timestamp | None = None
+    # Distinct (MovementModel enforces it; the schema states it for producers).
+    serial_numbers: (
+        Annotated[list[Identifier], Field(json_schema_extra={"uniqueItems": True})] | None
+    ) = None
 
 
 # ---- bytes and JSON ----
@@ -193,6 +202,10 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise InvalidMessage("DUPLICATE_KEY", key, f"key {key!r} appears more than once")
         if isinstance(value, str):
             _check_string(value, key)
+        elif isinstance(value, list):  # serial_numbers: its entries are strings too
+            for index, item in enumerate(value):
+                if isinstance(item, str):
+                    _check_string(item, f"{key}[{index}]")
         result[key] = value
     return result
 
@@ -241,11 +254,15 @@ def decode_json(raw: bytes | bytearray | memoryview) -> Any:
 
 def _first_error(error: ValidationError) -> InvalidMessage:
     item = error.errors()[0]
-    field = ".".join(str(part) for part in item["loc"] if part != "")
+    field = "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"] if part != ""
+    ).removeprefix(".")
     kind = item["type"]
     reason = _REASONS.get(kind)
     if reason is None and kind in _STRING_ERRORS:
-        reason = "BAD_IDENTIFIER" if field in IDENTIFIER_FIELDS else "BAD_STRING"
+        # An entry of a list (serial_numbers[2]) follows its list's rule.
+        named = field.partition("[")[0]
+        reason = "BAD_IDENTIFIER" if named in IDENTIFIER_FIELDS else "BAD_STRING"
     message = item["msg"].removeprefix("Value error, ")
     return InvalidMessage(reason or "SCHEMA_VIOLATION", field, message)
 
@@ -294,6 +311,9 @@ def parse_message(raw: bytes | bytearray | memoryview, units: UnitTable | None =
             final=bool(message.final),
             expected_at=message.expected_at,
             from_bucket=message.from_bucket,
+            lot_id=message.lot_id or "",
+            expires_at=message.expires_at,
+            serial_numbers=tuple(message.serial_numbers or ()),
         )
     except ValidationError as error:
         reason = _REASONS.get(error.errors()[0]["type"], "TYPE_RULE")

@@ -9,6 +9,7 @@ field rules and limits of every edge cannot drift. A pydantic error location suc
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, get_args
 
@@ -75,6 +76,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A field a model validator may name: ``qty``, or an entry of a repeated one, ``serial_numbers[2]``.
+_FIELD_REFERENCE = re.compile(r"[A-Za-z_]\w*(\[\d+\])*")
+
+
 def field_violations(error: ValidationError) -> list[tuple[str, str]]:
     """(field path, description) pairs from a pydantic error."""
     violations = []
@@ -88,7 +93,7 @@ def field_violations(error: ValidationError) -> list[tuple[str, str]]:
         message = item["msg"].removeprefix("Value error, ")
         # Cross-field rules raise "field: problem" from a model validator; point at the field.
         field, sep, rest = message.partition(": ")
-        if item["type"] == "value_error" and sep and field.isidentifier():
+        if item["type"] == "value_error" and sep and _FIELD_REFERENCE.fullmatch(field):
             path = f"{path}.{field}" if path else field
             message = rest
         violations.append((path or "request", message))
@@ -131,8 +136,13 @@ class MovementModel(_Strict):
     final: bool = False
     expected_at: datetime | None = None
     from_bucket: FromBucket | None = None
+    # Item tracking (contract §2): shapes only here; whether the SKU's tracking wants them is
+    # the writer's check, against the item master.
+    lot_id: OptionalIdentifier = ""
+    expires_at: datetime | None = None
+    serial_numbers: tuple[Identifier, ...] = ()
 
-    @field_validator("occurred_at", "expected_at", mode="before")
+    @field_validator("occurred_at", "expected_at", "expires_at", mode="before")
     @classmethod
     def _timestamp_in_range(cls, value: Any) -> Any:
         if value is OUT_OF_RANGE_TIMESTAMP:
@@ -173,6 +183,9 @@ def movement_of(model: MovementModel) -> Movement:
         final=model.final,
         expected_at=_utc(model.expected_at),
         from_bucket=model.from_bucket,
+        lot_id=model.lot_id or None,
+        expires_at=_utc(model.expires_at),
+        serial_numbers=model.serial_numbers,
     )
 
 
@@ -228,6 +241,49 @@ def _type_rules(m: MovementModel) -> Any:
         yield "to_location_id", f"not used by {kind.value}"
     if m.expected_at is not None and kind is not MovementType.TRANSFER_DISPATCH:
         yield "expected_at", f"not used by {kind.value}"
+    yield from _tracking_rules(m)
+
+
+# Types that may state a lot's expiry: the ones that bring units in from outside (contract §2).
+_EXPIRY_TYPES = (MovementType.RECEIPT, MovementType.RETURN_RECEIPT)
+
+
+def _tracking_rules(m: MovementModel) -> Any:
+    """Yield (field, problem) for tracking fields of the wrong shape for the movement."""
+    kind = m.type
+    if m.expires_at is not None:
+        if kind not in _EXPIRY_TYPES:
+            yield "expires_at", f"not used by {kind.value} (only receipt and return_receipt)"
+        elif not m.lot_id:
+            yield "expires_at", "only together with lot_id"
+    if not m.serial_numbers:
+        return
+    if m.lot_id:
+        yield "serial_numbers", "not together with lot_id: a SKU is tracked by lot or by serial"
+    first_at: dict[str, int] = {}
+    for index, serial in enumerate(m.serial_numbers):
+        if serial in first_at:
+            yield f"serial_numbers[{index}]", f"repeats serial_numbers[{first_at[serial]}]"
+        first_at.setdefault(serial, index)
+    basis, units = _units_moved(m)
+    if units is not None and len(m.serial_numbers) != units:
+        yield (
+            "serial_numbers",
+            (
+                f"lists {len(m.serial_numbers)} serial numbers; must list {units}, one per unit"
+                f" ({basis}, in base units)"
+            ),
+        )
+
+
+def _units_moved(m: MovementModel) -> tuple[str, int | None]:
+    """The field that says how many serial numbers the movement lists, and its size in base
+    units (None when missing: that is reported on the field itself)."""
+    if m.type is MovementType.ADJUSTMENT:
+        return "|delta|", None if m.delta is None else abs(m.delta)
+    if m.type is MovementType.CYCLE_COUNT:
+        return "counted", m.counted
+    return "qty", m.qty
 
 
 class RecordMovementsModel(_Strict):
@@ -243,6 +299,16 @@ class ReserveLineModel(_Strict):
     sku: Identifier
     location_id: OptionalIdentifier = ""
     qty: Quantity
+    # LOT SKUs (contract §4.2); shapes only, like the movement's tracking fields.
+    min_expires_at: datetime | None = None
+    lot_id: OptionalIdentifier = ""
+
+    @field_validator("min_expires_at", mode="before")
+    @classmethod
+    def _timestamp_in_range(cls, value: Any) -> Any:
+        if value is OUT_OF_RANGE_TIMESTAMP:
+            raise ValueError("timestamp out of range")
+        return value
 
 
 class ReserveModel(_Strict):

@@ -108,6 +108,10 @@ def movement_values(m: movement_pb2.Movement) -> dict[str, Any]:
         "final": m.final,
         "occurred_at": timestamp(m, "occurred_at"),
         "expected_at": timestamp(m, "expected_at"),
+        # proto3 cannot tell "" or [] from unset: both mean absent, as on ingest.
+        "lot_id": m.lot_id,
+        "expires_at": timestamp(m, "expires_at"),
+        "serial_numbers": list(m.serial_numbers),
     }
     for name in ("qty", "delta", "counted"):
         if m.HasField(name):
@@ -159,6 +163,22 @@ def position_message(view: PositionView) -> position_pb2.Position:
             for h in view.holds
         ],
         ledger_position=view.ledger_position,
+        expired=view.expired,
+        lots=[
+            position_pb2.LotBuckets(
+                lot_id=lot.lot_id,
+                expires_at=to_timestamp(lot.expires_at),
+                on_hand=lot.on_hand,
+                receiving=lot.receiving,
+                quarantine=lot.quarantine,
+                damaged=lot.damaged,
+                in_transit_inbound=lot.in_transit_inbound,
+                reserved=lot.reserved,
+                allocated=lot.allocated,
+                available=lot.available,
+            )
+            for lot in view.lots
+        ],
     )
 
 
@@ -170,7 +190,16 @@ def reservation_message(view: ReservationView) -> reservation_pb2.Reservation:
         status=f"RESERVATION_STATUS_{view.status}",
         lines=[
             reservation_pb2.ReservationLine(
-                sku=ln.sku, location_id=ln.location_id, qty=ln.qty, shipped=ln.shipped
+                sku=ln.sku,
+                location_id=ln.location_id,
+                qty=ln.qty,
+                shipped=ln.shipped,
+                lots=[
+                    reservation_pb2.LotHold(
+                        lot_id=lot.lot_id, qty=lot.qty, expires_at=to_timestamp(lot.expires_at)
+                    )
+                    for lot in ln.lots
+                ],
             )
             for ln in view.lines
         ],

@@ -36,7 +36,13 @@ class ReservationServicer(reservation_service_pb2_grpc.ReservationServiceService
             "request_id channel order_ref allow_split",
             {
                 "lines": [
-                    {"sku": ln.sku, "location_id": ln.location_id, "qty": ln.qty}
+                    {
+                        "sku": ln.sku,
+                        "location_id": ln.location_id,
+                        "qty": ln.qty,
+                        "min_expires_at": convert.timestamp(ln, "min_expires_at"),
+                        "lot_id": ln.lot_id,  # "" (unset) means no lot named
+                    }
                     for ln in request.lines
                 ],
                 "ttl": convert.duration(request, "ttl"),
@@ -46,7 +52,16 @@ class ReservationServicer(reservation_service_pb2_grpc.ReservationServiceService
             request_id=model.request_id,
             channel=model.channel,
             order_ref=model.order_ref,
-            lines=tuple(ReserveLine(ln.sku, ln.location_id, ln.qty) for ln in model.lines),
+            lines=tuple(
+                ReserveLine(
+                    ln.sku,
+                    ln.location_id,
+                    ln.qty,
+                    min_expires_at=ln.min_expires_at,
+                    lot_id=ln.lot_id or None,
+                )
+                for ln in model.lines
+            ),
             ttl=model.ttl or RESERVATION_TTL_DEFAULT,
             allow_split=model.allow_split,
         )

@@ -40,6 +40,7 @@ from inventory.ledger.v1 import (
     movement_service_pb2,
     movement_service_pb2_grpc,
     policy_service_pb2,
+    policy_service_pb2_grpc,
     query_service_pb2,
     reservation_service_pb2,
     reservation_service_pb2_grpc,
@@ -62,6 +63,10 @@ SKU = "SKU-MATRIX"
 LOC = "DC-MATRIX"
 LOC_B = "DC-MATRIX-B"
 MOVE_SKU = "SKU-MATRIX-MOVES"  # movement baselines write here, away from the reserved stock
+# Tracked SKUs (item policy set by the `world` fixture) for the variants that carry lots or
+# serial numbers: their baselines stay valid once the writer checks tracking against the SKU.
+LOT_SKU = "SKU-MATRIX-LOT"
+SERIAL_SKU = "SKU-MATRIX-SERIAL"
 CHANNEL = "web"
 POLICY_CHANNEL = "matrix"
 
@@ -147,6 +152,46 @@ def damage(request: movement_service_pb2.RecordMovementsRequest) -> None:
     m.from_bucket = movement_pb2.FROM_BUCKET_QUARANTINE
 
 
+def lot_receipt(request: movement_service_pb2.RecordMovementsRequest) -> None:
+    m = _movement(request)
+    m.sku = LOT_SKU
+    m.lot_id = "LOT-MATRIX"
+    m.expires_at.CopyFrom(ts(NOW + timedelta(days=90)))
+
+
+def lot_shipment(request: movement_service_pb2.RecordMovementsRequest) -> None:
+    lot_receipt(request)
+    m = _movement(request)
+    m.type = movement_pb2.MOVEMENT_TYPE_SHIPMENT
+    m.ClearField("expires_at")
+
+
+def _serials(count: int) -> list[str]:
+    # Fresh per call: a baseline is recorded, and a serial is in stock at most once.
+    return [f"SN-{uuid.uuid4().hex[:12]}" for _ in range(count)]
+
+
+def serial_receipt(request: movement_service_pb2.RecordMovementsRequest) -> None:
+    m = _movement(request)
+    m.sku = SERIAL_SKU
+    m.serial_numbers.extend(_serials(m.qty))
+
+
+def serial_adjustment(request: movement_service_pb2.RecordMovementsRequest) -> None:
+    adjustment(request)
+    m = _movement(request)
+    m.sku = SERIAL_SKU
+    m.delta = 2  # units coming in: no serial has to be in stock already
+    m.serial_numbers.extend(_serials(2))
+
+
+def serial_cycle_count(request: movement_service_pb2.RecordMovementsRequest) -> None:
+    cycle_count(request)
+    m = _movement(request)
+    m.sku = SERIAL_SKU
+    m.serial_numbers.extend(_serials(m.counted))
+
+
 def recorded_axis(request: audit_service_pb2.GetPositionAsOfRequest) -> None:
     request.axis = audit_service_pb2.AXIS_RECORDED
     request.ClearField("known_at")
@@ -196,6 +241,16 @@ TIMESTAMP = (
     Bad("nanos-overflow", timestamp_pb2.Timestamp(seconds=0, nanos=1_000_000_000)),
 )
 UNKNOWN_ENUM = (Bad("unknown-999", 999), Bad("negative", -1))
+# serial_numbers of a 3-unit serial receipt with one bad entry (the baseline's qty is 3).
+SERIAL_ENTRIES = (
+    Bad("empty-entry", ["SN-a", "", "SN-c"], at="[1]", base=serial_receipt),
+    Bad("129-char-entry", ["SN-a", "SN-b", LONG], at="[2]", base=serial_receipt),
+    *(
+        Bad(f"{b.label}-entry", ["SN-a", b.value, "SN-c"], at="[1]", base=serial_receipt)
+        for b in CONTROL_VALUES
+    ),
+    Bad("duplicate-entry", ["SN-a", "SN-b", "SN-a"], at="[2]", base=serial_receipt),
+)
 REQUIRED_ENUM = (Bad("unspecified", 0), *UNKNOWN_ENUM)
 
 
@@ -279,6 +334,8 @@ MALFORMED: dict[str, dict[str, tuple[Bad, ...]]] = {
         "sku": IDENTIFIER,
         "location_id": OPTIONAL_IDENTIFIER,  # empty: the service chooses
         "qty": QTY,
+        "min_expires_at": TIMESTAMP,
+        "lot_id": OPTIONAL_IDENTIFIER,  # empty: no lot named
     },
     f"{PKG}.GetReservationRequest": {"reservation_id": IDENTIFIER, "channel": OPTIONAL_CHANNEL},
     f"{PKG}.CommitRequest": {
@@ -362,6 +419,21 @@ MALFORMED: dict[str, dict[str, tuple[Bad, ...]]] = {
         "from_bucket": (
             *(Bad(b.label, b.value, base=damage) for b in UNKNOWN_ENUM),
             Bad("on-receipt", movement_pb2.FROM_BUCKET_QUARANTINE),
+        ),
+        # Tracking fields: shape rules only (which SKU needs them is the writer's check).
+        "lot_id": tuple(Bad(b.label, b.value, base=lot_receipt) for b in OPTIONAL_IDENTIFIER),
+        "expires_at": (
+            *(Bad(b.label, b.value, base=lot_receipt) for b in TIMESTAMP),
+            Bad("without-lot-id", ts(NOW + timedelta(days=90))),
+            Bad("on-shipment", ts(NOW + timedelta(days=90)), base=lot_shipment),
+        ),
+        "serial_numbers": (
+            *SERIAL_ENTRIES,
+            Bad("fewer-than-qty", ["SN-a", "SN-b"], base=serial_receipt),
+            Bad("more-than-qty", ["SN-a", "SN-b", "SN-c", "SN-d"], base=serial_receipt),
+            Bad("not-abs-delta", ["SN-a"], base=serial_adjustment),
+            Bad("not-counted", ["SN-a"], base=serial_cycle_count),
+            Bad("with-lot-id", ["SN-a", "SN-b", "SN-c"], base=lot_receipt),
         ),
     },
     # ---- PolicyService
@@ -710,6 +782,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LedgerProcess]:
 
 @pytest.fixture(scope="module")
 def world(server: LedgerProcess) -> World:
+    policies = stub(server, policy_service_pb2_grpc.PolicyServiceStub)
+    for sku, tracking in (
+        (LOT_SKU, item_policy_pb2.ITEM_TRACKING_LOT),
+        (SERIAL_SKU, item_policy_pb2.ITEM_TRACKING_SERIAL),
+    ):
+        policies.SetItemPolicy(
+            policy_service_pb2.SetItemPolicyRequest(
+                request_id=_fresh("seed-item"), sku=sku, tracking=tracking
+            ),
+            timeout=CALL_TIMEOUT,
+        )
     movements = stub(server, movement_service_pb2_grpc.MovementServiceStub)
     movements.RecordMovements(
         movement_service_pb2.RecordMovementsRequest(

@@ -44,6 +44,8 @@ UNITS = UnitTable.from_dict(
 )
 
 _DROP = object()
+# Changes that turn EXAMPLE (a shipment) into a receipt.
+RECEIPT: dict[str, Any] = {"type": "receipt", "reservation_id": None}
 
 
 def payload(**changes: Any) -> bytes:
@@ -106,6 +108,36 @@ def test_each_type_parses(changes: dict[str, Any], expected: dict[str, Any]) -> 
     movement = parse_message(payload(**changes))
     for name, value in expected.items():
         assert getattr(movement, name) == value
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({**RECEIPT, "lot_id": "L7", "expires_at": "2027-01-10T02:00:00+02:00"},
+         {"lot_id": "L7", "expires_at": datetime(2027, 1, 10, tzinfo=UTC),
+          "serial_numbers": ()}),
+        ({"type": "return_receipt", "reservation_id": None, "disposition": "restock",
+          "lot_id": "L7", "expires_at": "2027-01-10T00:00:00Z"},
+         {"lot_id": "L7", "expires_at": datetime(2027, 1, 10, tzinfo=UTC)}),
+        ({"lot_id": "L7"}, {"lot_id": "L7", "expires_at": None, "reservation_id": "res-42"}),
+        ({"serial_numbers": ["SN-3", "SN-1", "SN-2"]},
+         {"serial_numbers": ("SN-3", "SN-1", "SN-2"), "lot_id": None}),
+        ({"type": "adjustment", "qty": None, "reservation_id": None, "delta": -2, "reason": "r",
+          "serial_numbers": ["SN-1", "SN-2"]}, {"serial_numbers": ("SN-1", "SN-2")}),
+        # A serial per base unit: 1 CASE of SKU-2 is 6 units.
+        ({"sku": "SKU-2", "uom": "CASE", "qty": 1,
+          "serial_numbers": [f"SN-{i}" for i in range(6)]},
+         {"qty": 6, "serial_numbers": tuple(f"SN-{i}" for i in range(6))}),
+        # null, "" and [] are absent, as for the other optional fields.
+        ({"lot_id": None, "expires_at": None, "serial_numbers": None},
+         {"lot_id": None, "expires_at": None, "serial_numbers": ()}),
+        ({"lot_id": "", "serial_numbers": []}, {"lot_id": None, "serial_numbers": ()}),
+    ],
+)  # fmt: skip
+def test_tracked_messages_parse(changes: dict[str, Any], expected: dict[str, Any]) -> None:
+    movement = parse_message(payload(**changes), UNITS)
+    for name, value in expected.items():
+        assert getattr(movement, name) == value, name
 
 
 # (name, raw payload, reason code, field); "" is the whole payload.
@@ -196,6 +228,47 @@ POISON: list[tuple[str, bytes, str, str]] = [
      "TYPE_RULE", "disposition"),
     ("receipt with reservation", payload(type="receipt"), "TYPE_RULE", "reservation_id"),
     ("from_bucket on shipment", payload(from_bucket="on_hand"), "TYPE_RULE", "from_bucket"),
+    # Tracking fields (issue 19): shapes only; a SKU's tracking is checked by the writer.
+    ("lot_id a number", payload(lot_id=7), "WRONG_TYPE", "lot_id"),
+    ("lot_id 129 chars", payload(lot_id="L" * 129), "BAD_IDENTIFIER", "lot_id"),
+    ("lot_id newline", payload(lot_id="L\n7"), "BAD_IDENTIFIER", "lot_id"),
+    ("lot_id C1 control", payload(lot_id="L\x857"), "BAD_IDENTIFIER", "lot_id"),
+    ("lot_id lone surrogate", payload(lot_id="\ud800"), "BAD_STRING", "lot_id"),
+    ("naive expires_at", payload(**RECEIPT, lot_id="L7", expires_at="2027-01-10T00:00:00"),
+     "NAIVE_TIMESTAMP", "expires_at"),
+    ("date-only expires_at", payload(**RECEIPT, lot_id="L7", expires_at="2027-01-10"),
+     "BAD_TIMESTAMP", "expires_at"),
+    ("expires_at without lot_id", payload(**RECEIPT, expires_at="2027-01-10T00:00:00Z"),
+     "TYPE_RULE", "expires_at"),
+    ("expires_at on shipment", payload(lot_id="L7", expires_at="2027-01-10T00:00:00Z"),
+     "TYPE_RULE", "expires_at"),
+    ("serial_numbers a string", payload(serial_numbers="SN-1"), "WRONG_TYPE", "serial_numbers"),
+    ("serial number an integer", payload(serial_numbers=["a", 2, "c"]), "WRONG_TYPE",
+     "serial_numbers[1]"),
+    ("empty serial number", payload(serial_numbers=["a", "", "c"]), "BAD_IDENTIFIER",
+     "serial_numbers[1]"),
+    ("serial number 129 chars", payload(serial_numbers=["a", "b", "c" * 129]), "BAD_IDENTIFIER",
+     "serial_numbers[2]"),
+    ("serial number tab", payload(serial_numbers=["a\tb", "b", "c"]), "BAD_IDENTIFIER",
+     "serial_numbers[0]"),
+    ("serial number lone surrogate", payload(serial_numbers=["a", "\ud800", "c"]), "BAD_STRING",
+     "serial_numbers[1]"),
+    ("repeated serial number", payload(serial_numbers=["a", "b", "a"]), "TYPE_RULE",
+     "serial_numbers[2]"),
+    ("fewer serials than qty", payload(serial_numbers=["a", "b"]), "TYPE_RULE",
+     "serial_numbers"),
+    ("more serials than qty", payload(serial_numbers=["a", "b", "c", "d"]), "TYPE_RULE",
+     "serial_numbers"),
+    ("serials not |delta|", payload(type="adjustment", qty=None, reservation_id=None, delta=-2,
+                                    reason="r", serial_numbers=["a"]), "TYPE_RULE",
+     "serial_numbers"),
+    ("serials not counted", payload(type="cycle_count", qty=None, reservation_id=None,
+                                    counted=2, serial_numbers=["a"]), "TYPE_RULE",
+     "serial_numbers"),
+    ("serials not base units", payload(uom="CASE", qty=1, serial_numbers=["a"]), "TYPE_RULE",
+     "serial_numbers"),
+    ("lot_id and serials", payload(lot_id="L7", serial_numbers=["a", "b", "c"]), "TYPE_RULE",
+     "serial_numbers"),
 ]  # fmt: skip
 
 
