@@ -532,3 +532,13 @@ class VerifyLedgerModel(_Strict):
         if self.location_id and not self.sku:
             raise ValueError("sku: give both sku and location_id, or neither")
         return self
+
+
+class TraceLotModel(_Strict):
+    sku: Identifier
+    lot_id: Identifier
+    as_of: datetime | None = None
+    page_size: PageSize = 0
+    page_token: str = ""
+
+    _times = field_validator("as_of", mode="before")(_in_range)

@@ -15,7 +15,7 @@ from typing import TypeVar
 from eventsourcing.persistence import InterfaceError, OperationalError
 
 from ledger.application import InventoryLedger
-from ledger.audit import verify
+from ledger.audit import trace, verify
 from ledger.audit.as_of import AsOfReader, Axis
 from ledger.audit.entries import LedgerEntryView, decode_event, entry_view, ledger_entries
 from ledger.config import GroupCommit, eventsourcing_env
@@ -245,6 +245,28 @@ class LedgerService:
             time_us = last.recorded_at_us if axis is Axis.RECORDED else last.occurred_at_us
             next_after = (time_us, last.version)
         return Page(items, next_after)
+
+    def trace_lot(
+        self,
+        sku: str,
+        lot_id: str,
+        *,
+        as_of: datetime | None = None,
+        after_position: int = 0,
+        page_size: int = 100,
+    ) -> trace.LotTrace:
+        """The recall trace of one lot (contract §2): its entries in ledger order, paged by
+        global position, and its buckets per location (now, or as of ``as_of``)."""
+        return trace.trace_lot(
+            self.app,
+            self.as_of,
+            sku,
+            lot_id,
+            now=self.clock(),
+            as_of=as_of,
+            after_position=after_position,
+            page_size=page_size,
+        )
 
     def ledger_entries(self, after_position: int, limit: int) -> list[LedgerEntryView]:
         return list(ledger_entries(self.app, after_position=after_position, limit=limit))

@@ -1,4 +1,5 @@
-"""AuditService: as-of replay, movement listings, the ledger stream, chain verification."""
+"""AuditService: as-of replay, movement listings, the ledger stream, chain verification,
+the recall trace of a lot."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ledger.audit.tail import LedgerTail
 from ledger.audit.verify import VerifyProgress
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
+from ledger.views import LotView
 
 STREAM_BATCH = 500
 _AXES: dict[int, Axis] = {
@@ -107,6 +109,44 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
                 return
             await self._tail.wait()
 
+    @unary
+    async def TraceLot(
+        self, request: audit_service_pb2.TraceLotRequest, ctx: CallContext
+    ) -> audit_service_pb2.TraceLotResponse:
+        query = convert.validate_request(
+            inputs.TraceLotModel,
+            request,
+            "sku lot_id page_size page_token",
+            {"as_of": convert.timestamp(request, "as_of")},
+        )
+        listing = {
+            "m": "TraceLot",
+            "sku": query.sku,
+            "lot": query.lot_id,
+            "as_of": query.as_of.isoformat() if query.as_of else "",
+        }
+        after = self._tokens.decode(query.page_token, listing) or [0]
+        trace = await asyncio.to_thread(
+            self._service.trace_lot,
+            query.sku,
+            query.lot_id,
+            as_of=query.as_of,
+            after_position=int(after[0]),
+            page_size=page_size_of(query.page_size),
+        )
+        page = trace.entries
+        token = self._tokens.encode(listing, [page.next_after]) if page.next_after else ""
+        entries = []
+        for traced in page.items:
+            message = convert.ledger_entry_message(traced.entry)
+            message.order_ref = traced.order_ref
+            entries.append(message)
+        return audit_service_pb2.TraceLotResponse(
+            entries=entries,
+            locations=[_lot_location(location_id, lot) for location_id, lot in trace.locations],
+            next_page_token=token,
+        )
+
     @server_stream
     async def VerifyLedger(
         self, request: audit_service_pb2.VerifyLedgerRequest, ctx: CallContext
@@ -125,6 +165,24 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
             if step is sentinel:
                 return
             yield _progress_message(step)
+
+
+def _lot_location(location_id: str, lot: LotView) -> audit_service_pb2.LotLocation:
+    return audit_service_pb2.LotLocation(
+        location_id=location_id,
+        buckets=position_pb2.LotBuckets(
+            lot_id=lot.lot_id,
+            expires_at=convert.to_timestamp(lot.expires_at),
+            on_hand=lot.on_hand,
+            receiving=lot.receiving,
+            quarantine=lot.quarantine,
+            damaged=lot.damaged,
+            in_transit_inbound=lot.in_transit_inbound,
+            reserved=lot.reserved,
+            allocated=lot.allocated,
+            available=lot.available,
+        ),
+    )
 
 
 def _progress_message(progress: VerifyProgress) -> audit_service_pb2.VerifyLedgerProgress:

@@ -342,6 +342,14 @@ def ledger_entry_message(entry: LedgerEntryView) -> audit_service_pb2.LedgerEntr
         expires_at=to_timestamp(data.get("expires_at")),
         null_fields=_null_fields(entry),
         data_fields=sorted(data),
+        lot_id=data.get("lot_id") or "",
+        serial_numbers=data.get("serial_numbers") or (),
+        lot_expires_at=to_timestamp(data.get("lot_expires_at")),
+        stated_expires_at=to_timestamp(data.get("stated_expires_at")),
+        lots=[
+            audit_service_pb2.LedgerEntryLot(lot_id=lot_id, qty=qty)
+            for lot_id, qty in data.get("lots") or ()
+        ],
     )
 
 

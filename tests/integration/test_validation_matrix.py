@@ -487,6 +487,13 @@ MALFORMED: dict[str, dict[str, tuple[Bad, ...]]] = {
         "sku": (Bad("empty-with-location", ""), *OPTIONAL_IDENTIFIER),
         "location_id": (Bad("empty-with-sku", ""), *OPTIONAL_IDENTIFIER),
     },
+    f"{PKG}.TraceLotRequest": {
+        "sku": IDENTIFIER,
+        "lot_id": IDENTIFIER,
+        "as_of": TIMESTAMP,
+        "page_size": PAGE_SIZE,
+        "page_token": PAGE_TOKEN,
+    },
 }
 
 # Fields that have no malformed value on the wire: every value they can carry is a valid request.
@@ -631,6 +638,9 @@ BASELINES: dict[str, Callable[[World], message.Message]] = {
         from_position=1, follow=True
     ),
     _a("VerifyLedger"): lambda w: audit_service_pb2.VerifyLedgerRequest(sku=SKU, location_id=LOC),
+    _a("TraceLot"): lambda w: audit_service_pb2.TraceLotRequest(
+        sku=SKU, lot_id="L-MATRIX", as_of=ts(NOW), page_size=10
+    ),
 }
 
 

@@ -195,7 +195,7 @@ def test_every_rpc_has_its_scope_and_the_docs_list_them() -> None:
         "PolicyService": "policy",
         "AuditService": "audit",
     }
-    assert len(scopes) == 22  # 7 query, 5 reservation, 1 movement, 5 policy, 4 audit
+    assert len(scopes) == 24  # 8 query, 5 reservation, 1 movement, 5 policy, 5 audit
     for method, scope in scopes.items():
         service = method.split("/")[1].rsplit(".", 1)[1]
         assert scope == expected_by_service[service], method

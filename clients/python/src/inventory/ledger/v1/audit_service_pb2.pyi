@@ -42,6 +42,7 @@ class EntryType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENTRY_TYPE_HOLD_PLACED: _ClassVar[EntryType]
     ENTRY_TYPE_HOLD_COMMITTED: _ClassVar[EntryType]
     ENTRY_TYPE_HOLD_RELEASED: _ClassVar[EntryType]
+    ENTRY_TYPE_LOT_EXPIRY_FIXED: _ClassVar[EntryType]
 AXIS_UNSPECIFIED: Axis
 AXIS_RECORDED: Axis
 AXIS_EFFECTIVE: Axis
@@ -65,6 +66,7 @@ ENTRY_TYPE_CHANNEL_FENCE_SET: EntryType
 ENTRY_TYPE_HOLD_PLACED: EntryType
 ENTRY_TYPE_HOLD_COMMITTED: EntryType
 ENTRY_TYPE_HOLD_RELEASED: EntryType
+ENTRY_TYPE_LOT_EXPIRY_FIXED: EntryType
 
 class GetPositionAsOfRequest(_message.Message):
     __slots__ = ("sku", "location_id", "as_of", "axis", "known_at", "include_holds")
@@ -116,7 +118,7 @@ class StreamLedgerRequest(_message.Message):
     def __init__(self, from_position: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
 
 class LedgerEntry(_message.Message):
-    __slots__ = ("position", "ledger_position", "sku", "location_id", "version", "type", "qty", "delta", "counted", "occurred_at", "recorded_at", "source", "message_id", "request_id", "correlation_id", "actor", "hash", "reservation_id", "transfer_id", "to_location_id", "from_location_id", "expected_at", "reason", "disposition", "from_bucket", "putaway_pending", "final", "channel", "order_ref", "expires_at", "null_fields", "data_fields")
+    __slots__ = ("position", "ledger_position", "sku", "location_id", "version", "type", "qty", "delta", "counted", "occurred_at", "recorded_at", "source", "message_id", "request_id", "correlation_id", "actor", "hash", "reservation_id", "transfer_id", "to_location_id", "from_location_id", "expected_at", "reason", "disposition", "from_bucket", "putaway_pending", "final", "channel", "order_ref", "expires_at", "null_fields", "data_fields", "lot_id", "serial_numbers", "lot_expires_at", "stated_expires_at", "lots")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     LEDGER_POSITION_FIELD_NUMBER: _ClassVar[int]
     SKU_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +151,11 @@ class LedgerEntry(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     NULL_FIELDS_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_NUMBERS_FIELD_NUMBER: _ClassVar[int]
+    LOT_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    STATED_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    LOTS_FIELD_NUMBER: _ClassVar[int]
     position: int
     ledger_position: int
     sku: str
@@ -181,7 +188,52 @@ class LedgerEntry(_message.Message):
     expires_at: _timestamp_pb2.Timestamp
     null_fields: _containers.RepeatedScalarFieldContainer[str]
     data_fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, position: _Optional[int] = ..., ledger_position: _Optional[int] = ..., sku: _Optional[str] = ..., location_id: _Optional[str] = ..., version: _Optional[int] = ..., type: _Optional[_Union[EntryType, str]] = ..., qty: _Optional[int] = ..., delta: _Optional[int] = ..., counted: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., message_id: _Optional[str] = ..., request_id: _Optional[str] = ..., correlation_id: _Optional[str] = ..., actor: _Optional[str] = ..., hash: _Optional[str] = ..., reservation_id: _Optional[str] = ..., transfer_id: _Optional[str] = ..., to_location_id: _Optional[str] = ..., from_location_id: _Optional[str] = ..., expected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., disposition: _Optional[_Union[_movement_pb2.Disposition, str]] = ..., from_bucket: _Optional[_Union[_movement_pb2.FromBucket, str]] = ..., putaway_pending: _Optional[bool] = ..., final: _Optional[bool] = ..., channel: _Optional[str] = ..., order_ref: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., null_fields: _Optional[_Iterable[str]] = ..., data_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    lot_id: str
+    serial_numbers: _containers.RepeatedScalarFieldContainer[str]
+    lot_expires_at: _timestamp_pb2.Timestamp
+    stated_expires_at: _timestamp_pb2.Timestamp
+    lots: _containers.RepeatedCompositeFieldContainer[LedgerEntryLot]
+    def __init__(self, position: _Optional[int] = ..., ledger_position: _Optional[int] = ..., sku: _Optional[str] = ..., location_id: _Optional[str] = ..., version: _Optional[int] = ..., type: _Optional[_Union[EntryType, str]] = ..., qty: _Optional[int] = ..., delta: _Optional[int] = ..., counted: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., message_id: _Optional[str] = ..., request_id: _Optional[str] = ..., correlation_id: _Optional[str] = ..., actor: _Optional[str] = ..., hash: _Optional[str] = ..., reservation_id: _Optional[str] = ..., transfer_id: _Optional[str] = ..., to_location_id: _Optional[str] = ..., from_location_id: _Optional[str] = ..., expected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., disposition: _Optional[_Union[_movement_pb2.Disposition, str]] = ..., from_bucket: _Optional[_Union[_movement_pb2.FromBucket, str]] = ..., putaway_pending: _Optional[bool] = ..., final: _Optional[bool] = ..., channel: _Optional[str] = ..., order_ref: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., null_fields: _Optional[_Iterable[str]] = ..., data_fields: _Optional[_Iterable[str]] = ..., lot_id: _Optional[str] = ..., serial_numbers: _Optional[_Iterable[str]] = ..., lot_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stated_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lots: _Optional[_Iterable[_Union[LedgerEntryLot, _Mapping]]] = ...) -> None: ...
+
+class LedgerEntryLot(_message.Message):
+    __slots__ = ("lot_id", "qty")
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    QTY_FIELD_NUMBER: _ClassVar[int]
+    lot_id: str
+    qty: int
+    def __init__(self, lot_id: _Optional[str] = ..., qty: _Optional[int] = ...) -> None: ...
+
+class TraceLotRequest(_message.Message):
+    __slots__ = ("sku", "lot_id", "as_of", "page_size", "page_token")
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    sku: str
+    lot_id: str
+    as_of: _timestamp_pb2.Timestamp
+    page_size: int
+    page_token: str
+    def __init__(self, sku: _Optional[str] = ..., lot_id: _Optional[str] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class TraceLotResponse(_message.Message):
+    __slots__ = ("entries", "locations", "next_page_token")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    LOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[LedgerEntry]
+    locations: _containers.RepeatedCompositeFieldContainer[LotLocation]
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[LedgerEntry, _Mapping]]] = ..., locations: _Optional[_Iterable[_Union[LotLocation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class LotLocation(_message.Message):
+    __slots__ = ("location_id", "buckets")
+    LOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    location_id: str
+    buckets: _position_pb2.LotBuckets
+    def __init__(self, location_id: _Optional[str] = ..., buckets: _Optional[_Union[_position_pb2.LotBuckets, _Mapping]] = ...) -> None: ...
 
 class VerifyLedgerRequest(_message.Message):
     __slots__ = ("sku", "location_id")

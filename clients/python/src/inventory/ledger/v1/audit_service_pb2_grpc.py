@@ -59,6 +59,11 @@ class AuditServiceStub:
                 request_serializer=inventory_dot_ledger_dot_v1_dot_audit__service__pb2.VerifyLedgerRequest.SerializeToString,
                 response_deserializer=inventory_dot_ledger_dot_v1_dot_audit__service__pb2.VerifyLedgerProgress.FromString,
                 _registered_method=True)
+        self.TraceLot = channel.unary_unary(
+                '/inventory.ledger.v1.AuditService/TraceLot',
+                request_serializer=inventory_dot_ledger_dot_v1_dot_audit__service__pb2.TraceLotRequest.SerializeToString,
+                response_deserializer=inventory_dot_ledger_dot_v1_dot_audit__service__pb2.TraceLotResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -99,6 +104,15 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TraceLot(self, request, context):
+        """The recall trace of one lot of a LOT SKU (contract §2): every entry of
+        the SKU's positions that names the lot, in ledger order, and the lot's
+        buckets per location; paged. An unknown SKU or lot answers empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +135,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.VerifyLedger,
                     request_deserializer=inventory_dot_ledger_dot_v1_dot_audit__service__pb2.VerifyLedgerRequest.FromString,
                     response_serializer=inventory_dot_ledger_dot_v1_dot_audit__service__pb2.VerifyLedgerProgress.SerializeToString,
+            ),
+            'TraceLot': grpc.unary_unary_rpc_method_handler(
+                    servicer.TraceLot,
+                    request_deserializer=inventory_dot_ledger_dot_v1_dot_audit__service__pb2.TraceLotRequest.FromString,
+                    response_serializer=inventory_dot_ledger_dot_v1_dot_audit__service__pb2.TraceLotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -234,6 +253,33 @@ class AuditService:
             '/inventory.ledger.v1.AuditService/VerifyLedger',
             inventory_dot_ledger_dot_v1_dot_audit__service__pb2.VerifyLedgerRequest.SerializeToString,
             inventory_dot_ledger_dot_v1_dot_audit__service__pb2.VerifyLedgerProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TraceLot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inventory.ledger.v1.AuditService/TraceLot',
+            inventory_dot_ledger_dot_v1_dot_audit__service__pb2.TraceLotRequest.SerializeToString,
+            inventory_dot_ledger_dot_v1_dot_audit__service__pb2.TraceLotResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -30,7 +30,7 @@ import {
   fromBucketFromJSON,
   fromBucketToJSON,
 } from "./movement";
-import { Position } from "./position";
+import { LotBuckets, Position } from "./position";
 
 export const protobufPackage = "inventory.ledger.v1";
 
@@ -127,6 +127,11 @@ export enum EntryType {
   ENTRY_TYPE_HOLD_COMMITTED = 18,
   /** ENTRY_TYPE_HOLD_RELEASED - A hold was released or expired. */
   ENTRY_TYPE_HOLD_RELEASED = 19,
+  /**
+   * ENTRY_TYPE_LOT_EXPIRY_FIXED - A lot this position holds got its ledger-wide expiry from a receipt
+   * elsewhere (LOT SKUs; `lot_id`, `lot_expires_at`).
+   */
+  ENTRY_TYPE_LOT_EXPIRY_FIXED = 20,
   UNRECOGNIZED = -1,
 }
 
@@ -192,6 +197,9 @@ export function entryTypeFromJSON(object: any): EntryType {
     case 19:
     case "ENTRY_TYPE_HOLD_RELEASED":
       return EntryType.ENTRY_TYPE_HOLD_RELEASED;
+    case 20:
+    case "ENTRY_TYPE_LOT_EXPIRY_FIXED":
+      return EntryType.ENTRY_TYPE_LOT_EXPIRY_FIXED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -241,6 +249,8 @@ export function entryTypeToJSON(object: EntryType): string {
       return "ENTRY_TYPE_HOLD_COMMITTED";
     case EntryType.ENTRY_TYPE_HOLD_RELEASED:
       return "ENTRY_TYPE_HOLD_RELEASED";
+    case EntryType.ENTRY_TYPE_LOT_EXPIRY_FIXED:
+      return "ENTRY_TYPE_LOT_EXPIRY_FIXED";
     case EntryType.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -395,6 +405,82 @@ export interface LedgerEntry {
    * fields as stored (a cycle count recorded before `reason` existed has none).
    */
   dataFields: string[];
+  /**
+   * LOT SKUs: the lot a movement moved (both legs of a transfer), or whose
+   * expiry a lot_expiry_fixed entry fixes.
+   */
+  lotId: string;
+  /** SERIAL SKUs: the units a movement moved. */
+  serialNumbers: string[];
+  /** LOT SKUs: the lot's ledger-wide expiry as the writer knew it. */
+  lotExpiresAt:
+    | Date
+    | undefined;
+  /**
+   * LOT SKUs: a receipt's stated expiry when it differs from the lot's
+   * (LOT_EXPIRY_CONFLICT).
+   */
+  statedExpiresAt:
+    | Date
+    | undefined;
+  /** LOT SKUs: the lots a hold_placed entry binds, in binding (FEFO) order. */
+  lots: LedgerEntryLot[];
+}
+
+/** One lot a hold is bound to, as a hold_placed entry stores it. */
+export interface LedgerEntryLot {
+  /** The lot. */
+  lotId: string;
+  /** Quantity of the hold bound to it. */
+  qty: number;
+}
+
+/** Request of AuditService.TraceLot. */
+export interface TraceLotRequest {
+  /** SKU (1-128 characters). */
+  sku: string;
+  /** The lot (1-128 characters). */
+  lotId: string;
+  /**
+   * Answer as the ledger knew it at this instant (recorded axis): entries
+   * recorded by then, buckets folded from them. Unset: now.
+   */
+  asOf:
+    | Date
+    | undefined;
+  /**
+   * Maximum number of entries to return; 0 means the default (100), at most
+   * 1000.
+   */
+  pageSize: number;
+  /** `next_page_token` of the previous page; the other fields must not change. */
+  pageToken: string;
+}
+
+/** Response of AuditService.TraceLot. */
+export interface TraceLotResponse {
+  /**
+   * The entries of this page that name the lot, in ledger order. order_ref
+   * is also filled on hold_committed, hold_released and shipment entries
+   * from the reservation's hold (not hashed: not in data_fields).
+   */
+  entries: LedgerEntry[];
+  /**
+   * The lot's buckets per location where it has a non-zero bucket or hold,
+   * by location_id; on every page, read when that page was answered (with
+   * as_of: as of as_of).
+   */
+  locations: LotLocation[];
+  /** Token of the next page; empty on the last page. */
+  nextPageToken: string;
+}
+
+/** One lot's buckets at one location. */
+export interface LotLocation {
+  /** The location. */
+  locationId: string;
+  /** The lot's buckets there (Position.lots of that position). */
+  buckets: LotBuckets | undefined;
 }
 
 /**
@@ -999,6 +1085,11 @@ function createBaseLedgerEntry(): LedgerEntry {
     expiresAt: undefined,
     nullFields: [],
     dataFields: [],
+    lotId: "",
+    serialNumbers: [],
+    lotExpiresAt: undefined,
+    statedExpiresAt: undefined,
+    lots: [],
   };
 }
 
@@ -1099,6 +1190,21 @@ export const LedgerEntry: MessageFns<LedgerEntry> = {
     }
     for (const v of message.dataFields) {
       writer.uint32(258).string(v!);
+    }
+    if (message.lotId !== "") {
+      writer.uint32(266).string(message.lotId);
+    }
+    for (const v of message.serialNumbers) {
+      writer.uint32(274).string(v!);
+    }
+    if (message.lotExpiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.lotExpiresAt), writer.uint32(282).fork()).join();
+    }
+    if (message.statedExpiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.statedExpiresAt), writer.uint32(290).fork()).join();
+    }
+    for (const v of message.lots) {
+      LedgerEntryLot.encode(v!, writer.uint32(298).fork()).join();
     }
     return writer;
   },
@@ -1372,6 +1478,46 @@ export const LedgerEntry: MessageFns<LedgerEntry> = {
             message.dataFields.push(reader.string());
             continue;
           }
+          case 33: {
+            if (tag !== 266) {
+              break;
+            }
+
+            message.lotId = reader.string();
+            continue;
+          }
+          case 34: {
+            if (tag !== 274) {
+              break;
+            }
+
+            message.serialNumbers.push(reader.string());
+            continue;
+          }
+          case 35: {
+            if (tag !== 282) {
+              break;
+            }
+
+            message.lotExpiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 36: {
+            if (tag !== 290) {
+              break;
+            }
+
+            message.statedExpiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 37: {
+            if (tag !== 298) {
+              break;
+            }
+
+            message.lots.push(LedgerEntryLot.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1490,6 +1636,29 @@ export const LedgerEntry: MessageFns<LedgerEntry> = {
         : globalThis.Array.isArray(object?.data_fields)
         ? object.data_fields.map((e: any) => globalThis.String(e))
         : [],
+      lotId: isSet(object.lotId)
+        ? globalThis.String(object.lotId)
+        : isSet(object.lot_id)
+        ? globalThis.String(object.lot_id)
+        : "",
+      serialNumbers: globalThis.Array.isArray(object?.serialNumbers)
+        ? object.serialNumbers.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.serial_numbers)
+        ? object.serial_numbers.map((e: any) => globalThis.String(e))
+        : [],
+      lotExpiresAt: isSet(object.lotExpiresAt)
+        ? fromJsonTimestamp(object.lotExpiresAt)
+        : isSet(object.lot_expires_at)
+        ? fromJsonTimestamp(object.lot_expires_at)
+        : undefined,
+      statedExpiresAt: isSet(object.statedExpiresAt)
+        ? fromJsonTimestamp(object.statedExpiresAt)
+        : isSet(object.stated_expires_at)
+        ? fromJsonTimestamp(object.stated_expires_at)
+        : undefined,
+      lots: globalThis.Array.isArray(object?.lots)
+        ? object.lots.map((e: any) => LedgerEntryLot.fromJSON(e))
+        : [],
     };
   },
 
@@ -1591,6 +1760,21 @@ export const LedgerEntry: MessageFns<LedgerEntry> = {
     if (message.dataFields?.length) {
       obj.dataFields = message.dataFields;
     }
+    if (message.lotId !== "") {
+      obj.lotId = message.lotId;
+    }
+    if (message.serialNumbers?.length) {
+      obj.serialNumbers = message.serialNumbers;
+    }
+    if (message.lotExpiresAt !== undefined) {
+      obj.lotExpiresAt = message.lotExpiresAt.toISOString();
+    }
+    if (message.statedExpiresAt !== undefined) {
+      obj.statedExpiresAt = message.statedExpiresAt.toISOString();
+    }
+    if (message.lots?.length) {
+      obj.lots = message.lots.map((e) => LedgerEntryLot.toJSON(e));
+    }
     return obj;
   },
 
@@ -1631,6 +1815,447 @@ export const LedgerEntry: MessageFns<LedgerEntry> = {
     message.expiresAt = object.expiresAt ?? undefined;
     message.nullFields = object.nullFields?.map((e) => e) || [];
     message.dataFields = object.dataFields?.map((e) => e) || [];
+    message.lotId = object.lotId ?? "";
+    message.serialNumbers = object.serialNumbers?.map((e) => e) || [];
+    message.lotExpiresAt = object.lotExpiresAt ?? undefined;
+    message.statedExpiresAt = object.statedExpiresAt ?? undefined;
+    message.lots = object.lots?.map((e) => LedgerEntryLot.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseLedgerEntryLot(): LedgerEntryLot {
+  return { lotId: "", qty: 0 };
+}
+
+export const LedgerEntryLot: MessageFns<LedgerEntryLot> = {
+  encode(message: LedgerEntryLot, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.lotId !== "") {
+      writer.uint32(10).string(message.lotId);
+    }
+    if (message.qty !== 0) {
+      writer.uint32(16).int64(message.qty);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LedgerEntryLot {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLedgerEntryLot();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.lotId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.qty = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LedgerEntryLot {
+    return {
+      lotId: isSet(object.lotId)
+        ? globalThis.String(object.lotId)
+        : isSet(object.lot_id)
+        ? globalThis.String(object.lot_id)
+        : "",
+      qty: isSet(object.qty) ? globalThis.Number(object.qty) : 0,
+    };
+  },
+
+  toJSON(message: LedgerEntryLot): unknown {
+    const obj: any = {};
+    if (message.lotId !== "") {
+      obj.lotId = message.lotId;
+    }
+    if (message.qty !== 0) {
+      obj.qty = Math.round(message.qty);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LedgerEntryLot>, I>>(base?: I): LedgerEntryLot {
+    return LedgerEntryLot.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LedgerEntryLot>, I>>(object: I): LedgerEntryLot {
+    const message = createBaseLedgerEntryLot();
+    message.lotId = object.lotId ?? "";
+    message.qty = object.qty ?? 0;
+    return message;
+  },
+};
+
+function createBaseTraceLotRequest(): TraceLotRequest {
+  return { sku: "", lotId: "", asOf: undefined, pageSize: 0, pageToken: "" };
+}
+
+export const TraceLotRequest: MessageFns<TraceLotRequest> = {
+  encode(message: TraceLotRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sku !== "") {
+      writer.uint32(10).string(message.sku);
+    }
+    if (message.lotId !== "") {
+      writer.uint32(18).string(message.lotId);
+    }
+    if (message.asOf !== undefined) {
+      Timestamp.encode(toTimestamp(message.asOf), writer.uint32(26).fork()).join();
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(32).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(42).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TraceLotRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTraceLotRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sku = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.lotId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.asOf = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TraceLotRequest {
+    return {
+      sku: isSet(object.sku) ? globalThis.String(object.sku) : "",
+      lotId: isSet(object.lotId)
+        ? globalThis.String(object.lotId)
+        : isSet(object.lot_id)
+        ? globalThis.String(object.lot_id)
+        : "",
+      asOf: isSet(object.asOf)
+        ? fromJsonTimestamp(object.asOf)
+        : isSet(object.as_of)
+        ? fromJsonTimestamp(object.as_of)
+        : undefined,
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: TraceLotRequest): unknown {
+    const obj: any = {};
+    if (message.sku !== "") {
+      obj.sku = message.sku;
+    }
+    if (message.lotId !== "") {
+      obj.lotId = message.lotId;
+    }
+    if (message.asOf !== undefined) {
+      obj.asOf = message.asOf.toISOString();
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TraceLotRequest>, I>>(base?: I): TraceLotRequest {
+    return TraceLotRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TraceLotRequest>, I>>(object: I): TraceLotRequest {
+    const message = createBaseTraceLotRequest();
+    message.sku = object.sku ?? "";
+    message.lotId = object.lotId ?? "";
+    message.asOf = object.asOf ?? undefined;
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseTraceLotResponse(): TraceLotResponse {
+  return { entries: [], locations: [], nextPageToken: "" };
+}
+
+export const TraceLotResponse: MessageFns<TraceLotResponse> = {
+  encode(message: TraceLotResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.entries) {
+      LedgerEntry.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.locations) {
+      LotLocation.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(26).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TraceLotResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTraceLotResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.entries.push(LedgerEntry.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.locations.push(LotLocation.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TraceLotResponse {
+    return {
+      entries: globalThis.Array.isArray(object?.entries) ? object.entries.map((e: any) => LedgerEntry.fromJSON(e)) : [],
+      locations: globalThis.Array.isArray(object?.locations)
+        ? object.locations.map((e: any) => LotLocation.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: TraceLotResponse): unknown {
+    const obj: any = {};
+    if (message.entries?.length) {
+      obj.entries = message.entries.map((e) => LedgerEntry.toJSON(e));
+    }
+    if (message.locations?.length) {
+      obj.locations = message.locations.map((e) => LotLocation.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TraceLotResponse>, I>>(base?: I): TraceLotResponse {
+    return TraceLotResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TraceLotResponse>, I>>(object: I): TraceLotResponse {
+    const message = createBaseTraceLotResponse();
+    message.entries = object.entries?.map((e) => LedgerEntry.fromPartial(e)) || [];
+    message.locations = object.locations?.map((e) => LotLocation.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseLotLocation(): LotLocation {
+  return { locationId: "", buckets: undefined };
+}
+
+export const LotLocation: MessageFns<LotLocation> = {
+  encode(message: LotLocation, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.locationId !== "") {
+      writer.uint32(10).string(message.locationId);
+    }
+    if (message.buckets !== undefined) {
+      LotBuckets.encode(message.buckets, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LotLocation {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLotLocation();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.locationId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.buckets = LotBuckets.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LotLocation {
+    return {
+      locationId: isSet(object.locationId)
+        ? globalThis.String(object.locationId)
+        : isSet(object.location_id)
+        ? globalThis.String(object.location_id)
+        : "",
+      buckets: isSet(object.buckets) ? LotBuckets.fromJSON(object.buckets) : undefined,
+    };
+  },
+
+  toJSON(message: LotLocation): unknown {
+    const obj: any = {};
+    if (message.locationId !== "") {
+      obj.locationId = message.locationId;
+    }
+    if (message.buckets !== undefined) {
+      obj.buckets = LotBuckets.toJSON(message.buckets);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LotLocation>, I>>(base?: I): LotLocation {
+    return LotLocation.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LotLocation>, I>>(object: I): LotLocation {
+    const message = createBaseLotLocation();
+    message.locationId = object.locationId ?? "";
+    message.buckets = (object.buckets !== undefined && object.buckets !== null)
+      ? LotBuckets.fromPartial(object.buckets)
+      : undefined;
     return message;
   },
 };
@@ -2122,6 +2747,20 @@ export const AuditServiceService = {
       Buffer.from(VerifyLedgerProgress.encode(value).finish()),
     responseDeserialize: (value: Buffer): VerifyLedgerProgress => VerifyLedgerProgress.decode(value),
   },
+  /**
+   * The recall trace of one lot of a LOT SKU (contract §2): every entry of
+   * the SKU's positions that names the lot, in ledger order, and the lot's
+   * buckets per location; paged. An unknown SKU or lot answers empty.
+   */
+  traceLot: {
+    path: "/inventory.ledger.v1.AuditService/TraceLot" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: TraceLotRequest): Buffer => Buffer.from(TraceLotRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): TraceLotRequest => TraceLotRequest.decode(value),
+    responseSerialize: (value: TraceLotResponse): Buffer => Buffer.from(TraceLotResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): TraceLotResponse => TraceLotResponse.decode(value),
+  },
 } as const;
 
 export interface AuditServiceServer extends UntypedServiceImplementation {
@@ -2143,6 +2782,12 @@ export interface AuditServiceServer extends UntypedServiceImplementation {
    * has `done` set.
    */
   verifyLedger: handleServerStreamingCall<VerifyLedgerRequest, VerifyLedgerProgress>;
+  /**
+   * The recall trace of one lot of a LOT SKU (contract §2): every entry of
+   * the SKU's positions that names the lot, in ledger order, and the lot's
+   * buckets per location; paged. An unknown SKU or lot answers empty.
+   */
+  traceLot: handleUnaryCall<TraceLotRequest, TraceLotResponse>;
 }
 
 export interface AuditServiceClient extends Client {
@@ -2205,6 +2850,26 @@ export interface AuditServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<VerifyLedgerProgress>;
+  /**
+   * The recall trace of one lot of a LOT SKU (contract §2): every entry of
+   * the SKU's positions that names the lot, in ledger order, and the lot's
+   * buckets per location; paged. An unknown SKU or lot answers empty.
+   */
+  traceLot(
+    request: TraceLotRequest,
+    callback: (error: ServiceError | null, response: TraceLotResponse) => void,
+  ): ClientUnaryCall;
+  traceLot(
+    request: TraceLotRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: TraceLotResponse) => void,
+  ): ClientUnaryCall;
+  traceLot(
+    request: TraceLotRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: TraceLotResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const AuditServiceClient = makeGenericClientConstructor(
