@@ -360,6 +360,11 @@ class GetPositionModel(_Strict):
     include_holds: bool = False
 
 
+class GetSerialModel(_Strict):
+    sku: Identifier
+    serial_number: Identifier
+
+
 class ListPositionsModel(_Strict):
     sku: OptionalIdentifier = ""
     location_id: OptionalIdentifier = ""

@@ -19,11 +19,12 @@ from ledger.audit import trace, verify
 from ledger.audit.as_of import AsOfReader, Axis
 from ledger.audit.entries import LedgerEntryView, decode_event, entry_view, ledger_entries
 from ledger.config import GroupCommit, eventsourcing_env
-from ledger.domain.errors import ReservationNotFound, StoreUnavailable
+from ledger.domain.errors import ReservationNotFound, SerialNotFound, StoreUnavailable
 from ledger.domain.item_policy import ItemPolicy, Tracking, item_policy_id
 from ledger.domain.movements import Movement
 from ledger.domain.position import Position, position_id
 from ledger.domain.reservation import Reservation, parse_reservation_id
+from ledger.domain.serial_unit import SerialUnit, serial_unit_id
 from ledger.pipeline import CommandPipeline
 from ledger.store.index_ops import to_micros
 from ledger.unit_of_work import Command
@@ -37,6 +38,7 @@ from ledger.views import (
     Page,
     PositionView,
     ReservationView,
+    SerialUnitView,
 )
 
 log = logging.getLogger(__name__)
@@ -153,6 +155,13 @@ class LedgerService:
         if not isinstance(policy, ItemPolicy):
             return ItemPolicyView(sku=sku)
         return ItemPolicyView.of(policy)
+
+    def get_serial(self, sku: str, serial_number: str) -> SerialUnitView:
+        """Where one unit is, and its history, from the serial index's aggregate."""
+        unit = self.app.find(serial_unit_id(sku, serial_number))
+        if not isinstance(unit, SerialUnit) or unit.state is None:
+            raise SerialNotFound(sku, serial_number)
+        return SerialUnitView.of(unit)
 
     def get_position(
         self, sku: str, location_id: str, *, include_holds: bool = False

@@ -23,6 +23,7 @@ from ledger.domain.item_policy import ItemPolicy, item_policy_id
 from ledger.domain.lot_record import LotRecord, lot_record_id
 from ledger.domain.position import EventMeta, Position, position_id
 from ledger.domain.reservation import Reservation
+from ledger.domain.serial_unit import SerialUnit, serial_unit_id
 from ledger.store.index_ops import EntryIndexed, EventRange, IndexOp, PositionIndexed, to_micros
 
 _ABSENT = object()  # cached: this aggregate had no events when last looked up
@@ -292,6 +293,10 @@ class UnitOfWork:
     def lot_record(self, sku: str, lot_id: str) -> LotRecord | None:
         found = self._load(lot_record_id(sku, lot_id))
         return found if isinstance(found, LotRecord) else None
+
+    def serial_unit(self, sku: str, serial_number: str) -> SerialUnit | None:
+        found = self._load(serial_unit_id(sku, serial_number))
+        return found if isinstance(found, SerialUnit) else None
 
     def locations_of(self, sku: str) -> list[str]:
         """Locations holding a position for ``sku``, including ones opened in this unit."""

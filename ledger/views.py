@@ -12,6 +12,7 @@ from ledger.domain.hold_book import book_of
 from ledger.domain.item_policy import ItemPolicy
 from ledger.domain.position import Position
 from ledger.domain.reservation import Reservation
+from ledger.domain.serial_unit import SerialUnit
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,44 @@ class ItemPolicyView:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ItemPolicyView:
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class SerialStepView:
+    """One step of a unit's history: the movement, and the unit's state after it."""
+
+    type: str
+    location_id: str
+    bucket: str
+    status: str
+    order_ref: str
+    source: str
+    message_id: str
+    occurred_at: datetime
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class SerialUnitView:
+    sku: str
+    serial_number: str
+    location_id: str
+    bucket: str
+    status: str  # IN_STOCK | IN_TRANSIT | SHIPPED | WRITTEN_OFF
+    order_ref: str
+    history: list[SerialStepView]
+
+    @classmethod
+    def of(cls, unit: SerialUnit) -> SerialUnitView:
+        return cls(
+            sku=unit.sku,
+            serial_number=unit.serial_number,
+            location_id=unit.location_id,
+            bucket=unit.bucket,
+            status=unit.status,
+            order_ref=unit.order_ref,
+            history=[SerialStepView(**step) for step in unit.history],
+        )
 
 
 T = TypeVar("T")

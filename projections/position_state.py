@@ -25,6 +25,7 @@ STALE_COUNT = "STALE_COUNT"
 TRANSFER_SHORTAGE = "TRANSFER_SHORTAGE"
 UNKNOWN_RESERVATION = "UNKNOWN_RESERVATION"
 LOT_EXPIRY_CONFLICT = "LOT_EXPIRY_CONFLICT"
+SERIAL_CONFLICT = "SERIAL_CONFLICT"
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,15 @@ class ProjectedPosition(PositionState):
                     event.qty,
                     f"lot {event.lot_id} expires {event.lot_expires_at.isoformat()};"
                     f" stated {event.stated_expires_at.isoformat()} ignored",
+                )
+            )
+        if event.serial_conflicts:
+            found.append(
+                (
+                    SERIAL_CONFLICT,
+                    "",
+                    len(event.serial_conflicts),
+                    "serial index kept its entry for " + ", ".join(event.serial_conflicts),
                 )
             )
         if isinstance(event, Position.Shipped) and event.reservation_id:

@@ -15,6 +15,7 @@ from inventory.ledger.v1 import (
     movement_service_pb2,
     position_pb2,
     reservation_pb2,
+    serial_pb2,
 )
 from pydantic import BaseModel, ValidationError
 
@@ -28,6 +29,7 @@ from ledger.views import (
     MovementResultView,
     PositionView,
     ReservationView,
+    SerialUnitView,
 )
 from projections.availability import AvailabilityView
 from projections.position_state import LedgerExceptionRecord
@@ -241,6 +243,31 @@ def item_policy_message(view: ItemPolicyView) -> item_policy_pb2.ItemPolicy:
         tracking=f"ITEM_TRACKING_{view.tracking}",  # the enum value by its name
         version=view.version,
         ledger_position=view.ledger_position,
+    )
+
+
+def serial_unit_message(view: SerialUnitView) -> serial_pb2.SerialUnit:
+    return serial_pb2.SerialUnit(
+        sku=view.sku,
+        serial_number=view.serial_number,
+        location_id=view.location_id,
+        bucket=view.bucket,
+        status=f"SERIAL_STATUS_{view.status}",  # the enum value by its name
+        order_ref=view.order_ref,
+        history=[
+            serial_pb2.SerialStep(
+                type=step.type,
+                location_id=step.location_id,
+                bucket=step.bucket,
+                status=f"SERIAL_STATUS_{step.status}",
+                order_ref=step.order_ref,
+                source=step.source,
+                message_id=step.message_id,
+                occurred_at=to_timestamp(step.occurred_at),
+                recorded_at=to_timestamp(step.recorded_at),
+            )
+            for step in view.history
+        ],
     )
 
 

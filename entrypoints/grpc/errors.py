@@ -24,6 +24,7 @@ from ledger.domain.errors import (
     ItemTrackingLocked,
     RequestIdReused,
     ReservationNotFound,
+    SerialNotFound,
     StoreUnavailable,
     TrackingMismatch,
 )
@@ -210,6 +211,19 @@ def _reservation_not_found(error: ReservationNotFound, correlation_id: str) -> s
     )
 
 
+def _serial_not_found(error: SerialNotFound, correlation_id: str) -> status_pb2.Status:
+    return _status(
+        code_pb2.NOT_FOUND,
+        str(error),
+        _info(error.reason, sku=error.sku, serialNumber=error.serial_number),
+        error_details_pb2.ResourceInfo(
+            resource_type="inventory.ledger.v1.SerialUnit",
+            resource_name=f"{error.sku}/{error.serial_number}",
+            description="the serial index has no entry for this unit",
+        ),
+    )
+
+
 def _request_id_reused(error: RequestIdReused, correlation_id: str) -> status_pb2.Status:
     return _status(code_pb2.ALREADY_EXISTS, str(error), _info(error.reason, requestId=error.key))
 
@@ -329,6 +343,7 @@ STATUS_BUILDERS: dict[type[BaseException], StatusBuilder] = {
     TrackingMismatch: _invalid_command,
     InsufficientAvailability: _insufficient_availability,
     ReservationNotFound: _reservation_not_found,
+    SerialNotFound: _serial_not_found,
     RequestIdReused: _request_id_reused,
     IllegalTransition: _illegal_transition,
     FenceExceedsAvailable: _fence_exceeds_available,

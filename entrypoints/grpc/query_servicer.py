@@ -10,6 +10,7 @@ from inventory.ledger.v1 import (
     position_pb2,
     query_service_pb2,
     query_service_pb2_grpc,
+    serial_pb2,
 )
 
 from entrypoints.grpc import convert
@@ -53,6 +54,14 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
             include_holds=query.include_holds,
         )
         return convert.position_message(view)
+
+    @unary
+    async def GetSerial(
+        self, request: query_service_pb2.GetSerialRequest, ctx: CallContext
+    ) -> serial_pb2.SerialUnit:
+        query = convert.validate_request(inputs.GetSerialModel, request, "sku serial_number")
+        view = await asyncio.to_thread(self._service.get_serial, query.sku, query.serial_number)
+        return convert.serial_unit_message(view)
 
     @unary
     async def ListPositions(

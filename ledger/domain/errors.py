@@ -47,6 +47,19 @@ class ReservationNotFound(LedgerError):
 
 
 @dataclass
+class SerialNotFound(LedgerError):
+    """Raised when the serial index has no entry for a unit (never seen, or seen only in
+    movements it could not accept)."""
+
+    sku: str
+    serial_number: str
+    reason = "SERIAL_NOT_FOUND"
+
+    def __str__(self) -> str:
+        return f"serial {self.serial_number!r} of SKU {self.sku!r} not found"
+
+
+@dataclass
 class IllegalTransition(LedgerError):
     """Raised when a reservation is asked to move to a state its lifecycle forbids."""
 

@@ -26,7 +26,13 @@ from ledger.domain.position_state import PositionFigures, init_state, is_stale_c
 # Event fields of item tracking. Set only on tracked SKUs' events: unset, they are removed
 # from the event, so an untracked event's stored form and hashed body stay what they were
 # before lots existed (and old events read them as None from the class defaults).
-TRACKING_EVENT_FIELDS = ("lot_id", "lot_expires_at", "stated_expires_at", "serial_numbers")
+TRACKING_EVENT_FIELDS = (
+    "lot_id",
+    "lot_expires_at",
+    "stated_expires_at",
+    "serial_numbers",
+    "serial_conflicts",
+)
 
 POSITION_NAMESPACE = UUID("6f1c1e6e-3f0b-4a51-9d43-5b9a4f7c2a10")
 
@@ -92,8 +98,10 @@ class Position(Aggregate, PositionFigures):
         lot_id: str | None = field(default=None, kw_only=True)
         lot_expires_at: datetime | None = field(default=None, kw_only=True)
         stated_expires_at: datetime | None = field(default=None, kw_only=True)
-        # SERIAL SKUs: the units moved.
+        # SERIAL SKUs: the units moved, and those of them the serial index could not accept
+        # (SERIAL_CONFLICT: recorded all the same, the unit's index entry left as it was).
         serial_numbers: list[str] | None = field(default=None, kw_only=True)
+        serial_conflicts: list[str] | None = field(default=None, kw_only=True)
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -410,15 +418,23 @@ class Position(Aggregate, PositionFigures):
     # ---- commands (validate first, then trigger: a rejected command changes nothing) -------
 
     def record(
-        self, movement: Movement, meta: EventMeta, lot_expires_at: datetime | None = None
+        self,
+        movement: Movement,
+        meta: EventMeta,
+        lot_expires_at: datetime | None = None,
+        *,
+        serial_conflicts: list[str] | None = None,
     ) -> None:
         """Record a fact at this position. Facts are never refused for lack of stock.
 
         ``lot_expires_at``: the lot's ledger-wide expiry as the writer knows it (LOT SKUs).
+        ``serial_conflicts``: listed units the serial index could not accept (SERIAL SKUs).
         """
         kind = movement.type
         qty = movement.qty or 0
         fields = {**meta.fields(), **tracking_fields(movement, lot_expires_at)}
+        if serial_conflicts:
+            fields["serial_conflicts"] = list(serial_conflicts)
         if kind is MovementType.RECEIPT:
             self.trigger_event(
                 self.Received, qty=qty, putaway_pending=movement.putaway_pending, **fields

@@ -16,6 +16,7 @@ from ledger.domain.lot_record import LotRecord, expiry_stated_by, lot_record_id
 from ledger.domain.lots import lots_of
 from ledger.domain.movements import Movement, MovementType
 from ledger.domain.position import EventMeta, Position, position_id
+from ledger.domain.serial_unit import SerialUnit, serial_after, serial_unit_id
 from ledger.unit_of_work import (
     Command,
     EventRef,
@@ -108,6 +109,8 @@ def record_movements(
     # and the ledger-wide record of every lot named.
     aggregates.extend(item_policy_id(m.sku) for m in movements)
     aggregates.extend(lot_record_id(m.sku, m.lot_id) for m in movements if m.lot_id)
+    # The serial index entry of every unit listed.
+    aggregates.extend(serial_unit_id(m.sku, s) for m in movements for s in m.serial_numbers)
     return declare_reads(command, Reads(keys=keys, aggregates=tuple(aggregates)))
 
 
@@ -153,13 +156,59 @@ def apply_movement(uow: UnitOfWork, ctx: CallContext, movement: Movement) -> Non
     )
     position = uow.position(movement.sku, movement.location_id, meta)
     lot_expires_at = _lot_expiry(uow, movement, meta) if movement.lot_id is not None else None
+    # Before the shipment consumes the hold that names the order.
+    conflicts = _move_serials(uow, position, movement, meta) if movement.serial_numbers else []
     if movement.type is MovementType.SHIPMENT and movement.reservation_id:
         _ship_against_reservation(uow, position, movement, meta)
-    position.record(movement, meta, lot_expires_at)
+    position.record(movement, meta, lot_expires_at, serial_conflicts=conflicts)
     if movement.type is MovementType.TRANSFER_DISPATCH:
         # Both legs in the same unit of work, hence the same transaction.
         destination = uow.position(movement.sku, movement.to_location_id or "", meta)
         destination.record_inbound_transfer(movement, meta, lot_expires_at)
+
+
+def _move_serials(
+    uow: UnitOfWork, position: Position, movement: Movement, meta: EventMeta
+) -> list[str]:
+    """Step each listed unit's index entry in this unit of work (contract §2 "Serials");
+    returns the units the index cannot accept, whose entries are left as they were."""
+    order_ref = _order_ref(uow, position, movement)
+    conflicts: list[str] = []
+    for serial_number in movement.serial_numbers:
+        unit = uow.serial_unit(movement.sku, serial_number)
+        current = unit.state if unit is not None else None
+        after = serial_after(movement, current, order_ref)
+        if after is None:
+            conflicts.append(serial_number)
+            continue
+        if after == current:
+            continue  # counted where it already is
+        if unit is None:
+            unit = SerialUnit.first_seen(movement.sku, serial_number)
+            uow.add(unit)
+        unit.step(
+            movement.type.value,
+            after,
+            source=meta.source,
+            message_id=meta.message_id,
+            occurred_at=meta.occurred_at,
+            recorded_at=meta.recorded_at,
+        )
+    return conflicts
+
+
+def _order_ref(uow: UnitOfWork, position: Position, movement: Movement) -> str:
+    """A shipment's order: from its reservation's hold here, else the reservation itself."""
+    if movement.type is not MovementType.SHIPMENT or not movement.reservation_id:
+        return ""
+    hold = position.holds.get(movement.reservation_id)
+    if hold is not None:
+        return str(hold["order_ref"])
+    try:
+        reservation = uow.reservation(uuid.UUID(movement.reservation_id))
+    except ValueError:
+        return ""
+    return reservation.order_ref if reservation is not None else ""
 
 
 def _lot_expiry(uow: UnitOfWork, movement: Movement, meta: EventMeta) -> datetime | None:
