@@ -346,6 +346,34 @@ def test_item_policy_calls_async(ledger_server: LedgerProcess) -> None:
     )
 
 
+def test_trace_lot_calls(ledger_server: LedgerProcess) -> None:
+    """trace_lot pages a lot's recall trace (issue 19), sync and async alike."""
+    sku = new_sku("PCL")
+    with LedgerClient(ledger_server.address) as client:
+        client.set_item_policy(sku, "lot")
+        for kind, qty in (("receipt", 5), ("shipment", 2)):
+            client.record_movements(
+                [movement(kind, source="client-tests", sku=sku, location_id=LOCATION, qty=qty,
+                          lot_id="L1")]
+            )  # fmt: skip
+        first = client.trace_lot(sku, "L1", page_size=1)
+        second = client.trace_lot(sku, "L1", page_size=1, page_token=first.next_page_token)
+    assert [e.type for e in (*first.entries, *second.entries)] == [
+        audit_service_pb2.ENTRY_TYPE_RECEIPT,
+        audit_service_pb2.ENTRY_TYPE_SHIPMENT,
+    ]
+    assert second.next_page_token == ""
+    assert [(loc.location_id, loc.buckets.on_hand) for loc in first.locations] == [(LOCATION, 3)]
+
+    async def scenario() -> tuple[int, int]:
+        async with AsyncLedgerClient(ledger_server.address) as ledger:
+            whole = await ledger.trace_lot(sku, "L1")
+            before = await ledger.trace_lot(sku, "L1", as_of=dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
+            return len(whole.entries), len(before.entries)
+
+    assert asyncio.run(scenario()) == (2, 0)
+
+
 # ---- token and TLS -------------------------------------------------------------------------------
 
 

@@ -61,6 +61,27 @@ class AuditCalls(LedgerCalls):
             timeout,
         )
 
+    def trace_lot(
+        self,
+        sku: str,
+        lot_id: str,
+        *,
+        as_of: dt.datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> audit_service_pb2.TraceLotResponse:
+        """One page of a lot's recall trace: the entries naming the lot in ledger order, and
+        the lot's buckets per location (on every page); ``as_of`` on the recorded axis."""
+        return self._unary(
+            "AuditService/TraceLot",
+            self._audit.TraceLot,
+            build.trace_lot(sku, lot_id, as_of, page_size, page_token),
+            correlation_id,
+            timeout,
+        )
+
     def stream_ledger(
         self,
         from_position: int = 0,

@@ -302,6 +302,18 @@ def list_movements(
     return request
 
 
+def trace_lot(
+    sku: str, lot_id: str, as_of: dt.datetime | None, page_size: int, page_token: str
+) -> audit_service_pb2.TraceLotRequest:
+    return audit_service_pb2.TraceLotRequest(
+        sku=sku,
+        lot_id=lot_id,
+        as_of=timestamp(as_of),
+        page_size=page_size,
+        page_token=page_token,
+    )
+
+
 def stream_ledger(from_position: int, follow: bool) -> audit_service_pb2.StreamLedgerRequest:
     return audit_service_pb2.StreamLedgerRequest(from_position=from_position, follow=follow)
 
