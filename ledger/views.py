@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -172,8 +173,21 @@ class ReservationView:
 
     @classmethod
     def of(
-        cls, reservation: Reservation, now: datetime, ledger_position: int = 0
+        cls,
+        reservation: Reservation,
+        now: datetime,
+        ledger_position: int = 0,
+        expiry_of: Callable[[str, str], datetime | None] | None = None,
     ) -> ReservationView:
+        """``expiry_of(sku, lot_id)``: a lot's ledger-wide expiry now, for lots bound while
+        they had none (a later receipt may have stated one); without it, as bound."""
+
+        def lot_view(sku: str, lot: dict[str, Any]) -> LotHoldView:
+            expires_at = lot["expires_at"]
+            if expires_at is None and expiry_of is not None:
+                expires_at = expiry_of(sku, lot["lot_id"])
+            return LotHoldView(lot["lot_id"], lot["qty"], expires_at)
+
         return cls(
             reservation_id=str(reservation.id),
             channel=reservation.channel,
@@ -185,7 +199,7 @@ class ReservationView:
                     ln["location_id"],
                     ln["qty"],
                     ln["shipped"],
-                    [LotHoldView(**lot) for lot in ln.get("lots", ())],
+                    [lot_view(ln["sku"], lot) for lot in ln.get("lots", ())],
                 )
                 for ln in reservation.lines
             ],

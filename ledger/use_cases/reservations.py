@@ -277,7 +277,7 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Command[ReservationView]
         return _counted(
             "reserved",
             request.channel,
-            written(uow, key, ReservationView.of(reservation, uow.now), mark),
+            written(uow, key, _view(uow, reservation), mark),
         )
 
     named = tuple(position_id(ln.sku, ln.location_id) for ln in request.lines if ln.location_id)
@@ -286,6 +286,16 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Command[ReservationView]
         command,
         Reads(keys=(key.key_id,), aggregates=(channel_policy_id(request.channel), *named, *items)),
     )
+
+
+def _view(uow: UnitOfWork, reservation: Reservation) -> ReservationView:
+    """The answer, with the current expiry of lots bound before they had one."""
+
+    def expiry_of(sku: str, lot_id: str) -> datetime | None:
+        record = uow.lot_record(sku, lot_id)
+        return record.expires_at if record is not None else None
+
+    return ReservationView.of(reservation, uow.now, expiry_of=expiry_of)
 
 
 def _line_of(uow: UnitOfWork, part: _Part) -> dict[str, Any]:
@@ -349,7 +359,7 @@ def _transition(
         return _counted(
             _OUTCOME_OF[kind],
             reservation.channel,
-            written(uow, key, ReservationView.of(reservation, uow.now), mark),
+            written(uow, key, _view(uow, reservation), mark),
         )
 
     try:
