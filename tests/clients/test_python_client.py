@@ -212,6 +212,34 @@ def test_invalid_argument_names_the_field(client: LedgerClient) -> None:
     assert caught.value.fields == ["channel"]
 
 
+def test_tracking_fields_are_sent_and_checked(client: LedgerClient) -> None:
+    """The helpers carry the lot and serial fields (issue 19); their shape is checked by the
+    server and a violation names the entry."""
+    expiry = dt.datetime(2027, 1, 10, 2, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    built = line("YOG-1", 4, lot_id="L7", min_expires_at=expiry)
+    assert (built.lot_id, built.min_expires_at.ToDatetime(tzinfo=dt.UTC)) == (
+        "L7",
+        dt.datetime(2027, 1, 10, tzinfo=dt.UTC),
+    )
+    assert not line("YOG-1", 4).HasField("min_expires_at")
+    lot = movement(
+        "receipt", source="client-tests", sku="YOG-1", location_id=LOCATION, qty=2,
+        lot_id="L7", expires_at=expiry,
+    )  # fmt: skip
+    assert (lot.lot_id, lot.expires_at.ToDatetime(tzinfo=dt.UTC)) == (
+        "L7",
+        dt.datetime(2027, 1, 10, tzinfo=dt.UTC),
+    )
+    serial = movement(
+        "receipt", source="client-tests", sku=new_sku("PCS"), location_id=LOCATION, qty=2,
+        serial_numbers=["SN-1", "SN-1"],
+    )  # fmt: skip
+    assert list(serial.serial_numbers) == ["SN-1", "SN-1"]
+    with pytest.raises(InvalidArgument) as caught:
+        client.record_movements([serial])
+    assert caught.value.fields == ["movements[0].serial_numbers[1]"]
+
+
 def test_not_found_and_already_exists(client: LedgerClient) -> None:
     missing = str(uuid.uuid4())
     with pytest.raises(NotFound) as caught:

@@ -34,6 +34,11 @@ import {
 } from "./gen/google/rpc/error_details";
 import { Status } from "./gen/google/rpc/status";
 import { Availability, Consistency } from "./gen/inventory/ledger/v1/availability";
+import {
+  AuditServiceClient,
+  TraceLotRequest,
+  TraceLotResponse,
+} from "./gen/inventory/ledger/v1/audit_service";
 import { ChannelPolicy } from "./gen/inventory/ledger/v1/channel_policy";
 import { ItemPolicy, ItemTracking } from "./gen/inventory/ledger/v1/item_policy";
 import { Movement } from "./gen/inventory/ledger/v1/movement";
@@ -128,6 +133,11 @@ export interface ReserveLineInput {
   qty: number;
   /** Omit to let the ledger pick the location (contract §4.2). */
   locationId?: string;
+  /** LOT SKUs: bind exactly this lot; it must cover the whole line. Omit: earliest expiry
+   * first. */
+  lotId?: string;
+  /** LOT SKUs: bind only lots expiring strictly after this instant (or never). */
+  minExpiresAt?: Date;
 }
 
 export interface ReserveInput {
@@ -193,7 +203,17 @@ export interface ItemPolicyInput {
   tracking: ItemTracking;
 }
 
-/** A movement: the required fields, and any others of {@link Movement}. */
+/** A recall trace request: the SKU and lot, optionally an instant and paging. */
+export interface TraceLotInput {
+  sku: string;
+  lotId: string;
+  asOf?: Date;
+  pageSize?: number;
+  pageToken?: string;
+}
+
+/** A movement: the required fields, and any others of {@link Movement} (a tracked SKU's
+ * `lotId`, `expiresAt` or `serialNumbers` among them). */
 export type MovementInput = Pick<Movement, "messageId" | "source" | "type" | "sku" | "locationId"> &
   Partial<Movement>;
 
@@ -328,6 +348,7 @@ export interface LedgerStubs {
   queries: InventoryQueryServiceClient;
   movements: MovementServiceClient;
   policies: PolicyServiceClient;
+  audits: AuditServiceClient;
 }
 
 export class LedgerClient {
@@ -363,6 +384,7 @@ export class LedgerClient {
       queries: new InventoryQueryServiceClient(options.address, credentials, shared),
       movements: new MovementServiceClient(options.address, credentials, shared),
       policies: new PolicyServiceClient(options.address, credentials, shared),
+      audits: new AuditServiceClient(options.address, credentials, shared),
     };
     this.token = options.token;
     this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
@@ -381,6 +403,8 @@ export class LedgerClient {
         sku: line.sku,
         qty: line.qty,
         locationId: line.locationId ?? "",
+        lotId: line.lotId ?? "",
+        minExpiresAt: line.minExpiresAt,
       })),
       ttl: input.ttlSeconds === undefined ? undefined : durationOf(input.ttlSeconds),
       allowSplit: input.allowSplit ?? false,
@@ -501,12 +525,21 @@ export class LedgerClient {
     return this.call(this.stubs.policies, this.stubs.policies.getItemPolicy, request, options);
   }
 
+  /** One page of a lot's recall trace (contract §2): the ledger entries naming the lot in
+   * ledger order, and the lot's buckets per location on every page; `asOf` answers as the
+   * ledger knew it then. Follow `nextPageToken` for the rest. Scope `audit`. */
+  traceLot(input: TraceLotInput, options: CallOptions = {}): Promise<TraceLotResponse> {
+    const request = TraceLotRequest.fromPartial(input);
+    return this.call(this.stubs.audits, this.stubs.audits.traceLot, request, options);
+  }
+
   /** Close the channel; calls in flight fail with CANCELLED or UNAVAILABLE. */
   close(): void {
     this.stubs.reservations.close();
     this.stubs.queries.close();
     this.stubs.movements.close();
     this.stubs.policies.close();
+    this.stubs.audits.close();
     this.channel.close();
   }
 

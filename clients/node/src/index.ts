@@ -23,8 +23,9 @@ export {
   MovementResult,
   RecordMovementsResponse,
 } from "./gen/inventory/ledger/v1/movement_service";
-export { Hold, Position } from "./gen/inventory/ledger/v1/position";
+export { Hold, LotBuckets, Position } from "./gen/inventory/ledger/v1/position";
 export {
+  LotHold,
   Reservation,
   ReservationLine,
   ReservationStatus,

@@ -71,7 +71,14 @@ const fake: ReservationServiceServer = {
           reservationId: "r-1",
           channel: call.request.channel,
           status: ReservationStatus.RESERVATION_STATUS_ACTIVE,
-          lines: call.request.lines.map((line) => ({ ...line, locationId: "DC-1", shipped: 0 })),
+          lines: call.request.lines.map(({ sku, qty, lotId, minExpiresAt }) => ({
+            sku,
+            qty,
+            locationId: "DC-1",
+            shipped: 0,
+            // The lot terms come back as the line's lot: a test sees both directions.
+            lots: lotId ? [{ lotId, qty, expiresAt: minExpiresAt }] : [],
+          })),
           ledgerPosition: 42,
         }),
       );
@@ -154,6 +161,24 @@ test("retries UNAVAILABLE and ABORTED with the same request_id and correlation i
       attempts.map((entry) => entry.authorization),
       ["Bearer t0k3n", "Bearer t0k3n", "Bearer t0k3n"],
     );
+  } finally {
+    ledger.close();
+  }
+});
+
+test("reserve sends a line's lot terms and decodes the line's lots", async () => {
+  const ledger = client();
+  try {
+    const floor = new Date("2027-01-10T00:00:00Z");
+    const reservation = await ledger.reserve({
+      channel: "web",
+      lines: [
+        { sku: "YOG-1", qty: 3, lotId: "L7", minExpiresAt: floor },
+        { sku: "SKU-1", qty: 1 },
+      ],
+    });
+    assert.deepEqual(reservation.lines[0].lots, [{ lotId: "L7", qty: 3, expiresAt: floor }]);
+    assert.deepEqual(reservation.lines[1].lots, []);
   } finally {
     ledger.close();
   }

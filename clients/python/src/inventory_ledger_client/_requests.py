@@ -23,9 +23,26 @@ from inventory_ledger_client._core import duration, enum_value, timestamp
 LineSpec = reservation_service_pb2.ReserveLine | tuple[str, int] | tuple[str, str, int]
 
 
-def line(sku: str, qty: int, location_id: str = "") -> reservation_service_pb2.ReserveLine:
-    """One reservation line; an empty ``location_id`` lets the service choose."""
-    return reservation_service_pb2.ReserveLine(sku=sku, location_id=location_id, qty=qty)
+def line(
+    sku: str,
+    qty: int,
+    location_id: str = "",
+    *,
+    lot_id: str = "",
+    min_expires_at: dt.datetime | None = None,
+) -> reservation_service_pb2.ReserveLine:
+    """One reservation line; an empty ``location_id`` lets the service choose.
+
+    LOT SKUs: ``lot_id`` binds exactly that lot, ``min_expires_at`` (timezone-aware) only lots
+    expiring strictly after it; without them the earliest-expiring lots are taken.
+    """
+    return reservation_service_pb2.ReserveLine(
+        sku=sku,
+        location_id=location_id,
+        qty=qty,
+        lot_id=lot_id,
+        min_expires_at=timestamp(min_expires_at),
+    )
 
 
 def _line(spec: LineSpec) -> reservation_service_pb2.ReserveLine:
@@ -47,6 +64,7 @@ def movement(
     message_id: str | None = None,
     occurred_at: dt.datetime | None = None,
     expected_at: dt.datetime | None = None,
+    expires_at: dt.datetime | None = None,
     **fields: Any,
 ) -> movement_pb2.Movement:
     """A ``Movement``: ``movement("receipt", source="wms-east", sku=..., location_id=..., qty=12)``.
@@ -55,6 +73,8 @@ def movement(
     ``message_id`` a UUID is used: the message is idempotent on ``(source, message_id)``, so pass
     the id of the fact in your own system when the same fact may be sent twice.
     ``disposition`` and ``from_bucket`` take names too (``disposition="restock"``).
+    Tracked SKUs: ``lot_id="L7"`` (with ``expires_at`` on a receipt or return) or
+    ``serial_numbers=[...]``, one per unit.
     """
     if "disposition" in fields and isinstance(fields["disposition"], str):
         fields["disposition"] = enum_value(
@@ -72,6 +92,7 @@ def movement(
         message_id=message_id or uuid.uuid4().hex,
         occurred_at=timestamp(occurred_at),
         expected_at=timestamp(expected_at),
+        expires_at=timestamp(expires_at),
         **fields,
     )
 

@@ -85,8 +85,9 @@ class AsyncLedgerClient(AsyncAuditCalls):
         correlation_id: str | None = None,
         timeout: float | None = None,
     ) -> reservation_pb2.Reservation:
-        """Reserve every line or none. ``lines``: ``ReserveLine`` messages, ``(sku, qty)`` (the
-        service picks the location) or ``(sku, location_id, qty)``. ``ttl`` in seconds or a
+        """Reserve every line or none. ``lines``: ``ReserveLine`` messages (:func:`line` builds
+        them, with a LOT SKU's ``lot_id`` / ``min_expires_at``), ``(sku, qty)`` (the service
+        picks the location) or ``(sku, location_id, qty)``. ``ttl`` in seconds or a
         ``timedelta`` (server default 15 min). Raises :class:`InsufficientAvailability`."""
         request = build.reserve(
             request_id or new_request_id(),
