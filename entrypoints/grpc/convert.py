@@ -371,6 +371,7 @@ def ledger_entry_message(entry: LedgerEntryView) -> audit_service_pb2.LedgerEntr
         data_fields=sorted(data),
         lot_id=data.get("lot_id") or "",
         serial_numbers=data.get("serial_numbers") or (),
+        serial_conflicts=data.get("serial_conflicts") or (),
         lot_expires_at=to_timestamp(data.get("lot_expires_at")),
         stated_expires_at=to_timestamp(data.get("stated_expires_at")),
         lots=[

@@ -58,6 +58,10 @@ def rebuild(entry: audit_service_pb2.LedgerEntry) -> dict[str, Any]:
         if name in ENUM_PREFIXES:
             enum = entry.DESCRIPTOR.fields_by_name[name].enum_type
             return enum.values_by_number[raw].name.removeprefix(ENUM_PREFIXES[name]).lower()
+        if name == "lots":
+            return [[lot.lot_id, lot.qty] for lot in raw]
+        if entry.DESCRIPTOR.fields_by_name[name].is_repeated:
+            return list(raw)  # serial_numbers, serial_conflicts: arrays of strings
         return raw
 
     kind = audit_service_pb2.EntryType.Name(entry.type).removeprefix("ENTRY_TYPE_").lower()

@@ -11,6 +11,8 @@ from typing import Any
 import grpc
 import pytest
 from inventory.ledger.v1 import (
+    audit_service_pb2,
+    audit_service_pb2_grpc,
     availability_pb2,
     item_policy_pb2,
     policy_service_pb2,
@@ -19,7 +21,8 @@ from inventory.ledger.v1 import (
 )
 
 from testbed.projections import ProjectionsProcess
-from testbed.server import LedgerProcess
+from testbed.server import LedgerProcess, stub
+from tests.integration.test_audit_encoding import chain
 from tests.integration.test_grpc_ledger import (
     DOMAIN,
     RECORDED,
@@ -183,6 +186,13 @@ def test_a_conflicting_fact_is_recorded_and_raised_and_the_index_keeps_its_entry
         assert [(e.location_id, e.quantity) for e in raised] == [("DC2", 1), ("DC2", 1)]
         assert "X" in raised[0].detail and "Y" not in raised[0].detail
         assert "Z" in raised[1].detail
+        # The conflicts are hashed with the entry: the stream carries them, and an auditor
+        # rebuilds every hash from the stream alone (docs/audit.md).
+        audit = stub(client.process, audit_service_pb2_grpc.AuditServiceStub)
+        stream = audit.StreamLedger(audit_service_pb2.StreamLedgerRequest(), timeout=30)
+        entries = [e for e in stream if e.sku == sku]
+        assert [list(e.serial_conflicts) for e in entries if e.serial_conflicts] == [["X"], ["Z"]]
+        assert list(chain(entries)) == [e.hash for e in entries]
 
 
 @pytest.mark.postgres

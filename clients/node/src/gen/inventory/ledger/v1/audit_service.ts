@@ -425,6 +425,11 @@ export interface LedgerEntry {
     | undefined;
   /** LOT SKUs: the lots a hold_placed entry binds, in binding (FEFO) order. */
   lots: LedgerEntryLot[];
+  /**
+   * SERIAL SKUs: the listed units the serial index could not accept
+   * (SERIAL_CONFLICT); the entry was recorded all the same.
+   */
+  serialConflicts: string[];
 }
 
 /** One lot a hold is bound to, as a hold_placed entry stores it. */
@@ -1090,6 +1095,7 @@ function createBaseLedgerEntry(): LedgerEntry {
     lotExpiresAt: undefined,
     statedExpiresAt: undefined,
     lots: [],
+    serialConflicts: [],
   };
 }
 
@@ -1205,6 +1211,9 @@ export const LedgerEntry: MessageFns<LedgerEntry> = {
     }
     for (const v of message.lots) {
       LedgerEntryLot.encode(v!, writer.uint32(298).fork()).join();
+    }
+    for (const v of message.serialConflicts) {
+      writer.uint32(306).string(v!);
     }
     return writer;
   },
@@ -1518,6 +1527,14 @@ export const LedgerEntry: MessageFns<LedgerEntry> = {
             message.lots.push(LedgerEntryLot.decode(reader, reader.uint32()));
             continue;
           }
+          case 38: {
+            if (tag !== 306) {
+              break;
+            }
+
+            message.serialConflicts.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1659,6 +1676,11 @@ export const LedgerEntry: MessageFns<LedgerEntry> = {
       lots: globalThis.Array.isArray(object?.lots)
         ? object.lots.map((e: any) => LedgerEntryLot.fromJSON(e))
         : [],
+      serialConflicts: globalThis.Array.isArray(object?.serialConflicts)
+        ? object.serialConflicts.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.serial_conflicts)
+        ? object.serial_conflicts.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -1775,6 +1797,9 @@ export const LedgerEntry: MessageFns<LedgerEntry> = {
     if (message.lots?.length) {
       obj.lots = message.lots.map((e) => LedgerEntryLot.toJSON(e));
     }
+    if (message.serialConflicts?.length) {
+      obj.serialConflicts = message.serialConflicts;
+    }
     return obj;
   },
 
@@ -1820,6 +1845,7 @@ export const LedgerEntry: MessageFns<LedgerEntry> = {
     message.lotExpiresAt = object.lotExpiresAt ?? undefined;
     message.statedExpiresAt = object.statedExpiresAt ?? undefined;
     message.lots = object.lots?.map((e) => LedgerEntryLot.fromPartial(e)) || [];
+    message.serialConflicts = object.serialConflicts?.map((e) => e) || [];
     return message;
   },
 };
