@@ -97,7 +97,10 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Led
         tokens = tmp_path / "tokens.json"
         entries = [
             principal_entry(
-                "node-client", NODE_TOKEN, ["query", "reserve", "record", "policy"], ["web"]
+                "node-client",
+                NODE_TOKEN,
+                ["query", "reserve", "record", "policy", "audit"],  # audit: traceLot
+                ["web"],
             ),
             principal_entry("admin", ADMIN_TOKEN, ["admin"], rate_per_second=0),
         ]

@@ -6,6 +6,12 @@
 export * from "./client";
 
 export {
+  EntryType,
+  LedgerEntry,
+  LotLocation,
+  TraceLotResponse,
+} from "./gen/inventory/ledger/v1/audit_service";
+export {
   Availability,
   Consistency,
   LocationAvailability,

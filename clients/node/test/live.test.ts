@@ -17,6 +17,7 @@ import * as grpc from "@grpc/grpc-js";
 
 import {
   Consistency,
+  EntryType,
   ItemTracking,
   LedgerClient,
   LedgerError,
@@ -187,6 +188,41 @@ test("item policy: set, replay, read, and a locked change", async () => {
   assert.ok(error instanceof LedgerError, String(error));
   assert.equal(error.code, grpc.status.FAILED_PRECONDITION);
   assert.equal(error.reason, "ITEM_TRACKING_LOCKED");
+});
+
+test("traceLot: a lot's entries in ledger order, paged, and its buckets", async () => {
+  const lotSku = `${sku}-LOT`;
+  await ledger.setItemPolicy({ sku: lotSku, tracking: ItemTracking.ITEM_TRACKING_LOT });
+  for (const [type, qty] of [
+    [MovementType.MOVEMENT_TYPE_RECEIPT, 7],
+    [MovementType.MOVEMENT_TYPE_SHIPMENT, 3],
+  ] as const) {
+    const moved = await ledger.recordMovements([
+      { messageId: randomUUID(), source: "node-client-test", type, sku: lotSku, locationId, qty, lotId: "L1" },
+    ]);
+    assert.equal(moved.results[0].outcome, MovementOutcome.MOVEMENT_OUTCOME_RECORDED);
+  }
+  const first = await ledger.traceLot({ sku: lotSku, lotId: "L1", pageSize: 1 });
+  const second = await ledger.traceLot({
+    sku: lotSku,
+    lotId: "L1",
+    pageSize: 1,
+    pageToken: first.nextPageToken,
+  });
+  assert.deepEqual(
+    [...first.entries, ...second.entries].map((e) => [e.type, e.lotId]),
+    [
+      [EntryType.ENTRY_TYPE_RECEIPT, "L1"],
+      [EntryType.ENTRY_TYPE_SHIPMENT, "L1"],
+    ],
+  );
+  assert.equal(second.nextPageToken, "");
+  assert.deepEqual(
+    first.locations.map((l) => [l.locationId, l.buckets?.onHand]),
+    [[locationId, 4]],
+  );
+  const before = await ledger.traceLot({ sku: lotSku, lotId: "L1", asOf: new Date("2020-01-01T00:00:00Z") });
+  assert.deepEqual([before.entries.length, before.locations.length], [0, 0]);
 });
 
 test("a short reservation is a LedgerError with INSUFFICIENT_AVAILABILITY", async () => {
