@@ -86,8 +86,9 @@ def test_set_get_and_idempotent_replay(client: Client) -> None:
     # Same key, other payload: ALREADY_EXISTS.
     reused = failure(set_policy, client, "ip-1", sku, SERIAL)
     assert reused.code() == grpc.StatusCode.ALREADY_EXISTS
-    # Setting the tracking it has is allowed (and written) even with stock.
-    record(client, "receipt", sku, "DC-1", qty=3)
+    # Setting the tracking it has is allowed (and written) even with stock (a LOT SKU's
+    # receipt names its lot).
+    record(client, "receipt", sku, "DC-1", qty=3, lot_id="L-1")
     again = set_policy(client, "ip-2", sku, LOT)
     assert (again.tracking, again.version) == (LOT, 2)
     assert again.ledger_position > first.ledger_position
