@@ -15,7 +15,8 @@ bulk batch. Each fetched batch is handled as follows:
 3. after the call returned (the transaction committed) RECORDED and DUPLICATE messages are
    acked (each RECORDED one observed in ``ledger_movement_lag_seconds``: from its JetStream
    stream timestamp to now) and REUSED ones (same ``source``/``message_id``, other payload)
-   are dead-lettered with reason ``MESSAGE_ID_REUSED``;
+   are dead-lettered with reason ``MESSAGE_ID_REUSED``, INVALID ones (the movement does not
+   fit its SKU's item tracking, which only the writer knows) with ``TRACKING_MISMATCH``;
 4. if the store fails (``StoreUnavailable`` or anything else), every valid message of the
    batch is ``nak(delay=...)``-ed with exponential back-off and never dead-lettered: nothing
    was committed, and the ledger's ``(source, message_id)`` dedupe makes redelivery safe.
@@ -45,11 +46,12 @@ from ingest.streams import (
     lane_durable,
 )
 from ingest.units import UnitTable
+from ledger.domain.errors import TrackingMismatch
 from ledger.domain.movements import Movement
 from ledger.logs import one_line
 from ledger.metrics import definitions as metrics
 from ledger.use_cases.context import CallContext
-from ledger.use_cases.movements import DUPLICATE, RECORDED, REUSED
+from ledger.use_cases.movements import DUPLICATE, INVALID, RECORDED, REUSED
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ HEADER_SEQUENCE = "Ledger-Original-Sequence"
 HEADER_MSG_ID = "Ledger-Original-Msg-Id"
 MSG_ID = "Nats-Msg-Id"
 REASON_REUSED = "MESSAGE_ID_REUSED"
+REASON_TRACKING = TrackingMismatch.reason_code
 HEADER_VALUE_MAX = 1024
 # How long a fetch waits on a lane the bridge expects to find empty, when the other lane may
 # have work: short, so neither lane waits on the other's idle long-poll.
@@ -277,6 +280,12 @@ class IngestBridge:
         self._consecutive_failures = 0
         # Committed: now (and only now) acknowledge.
         for (msg, movement), result in zip(valid, results, strict=True):
+            if result.outcome == INVALID:
+                # Only the writer knows the SKU's tracking: poison like a schema violation.
+                await self._dead_letter(
+                    msg, REASON_TRACKING, result.field, result.description, lane
+                )
+                continue
             if result.outcome == REUSED:
                 await self._dead_letter(
                     msg,
