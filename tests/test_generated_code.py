@@ -26,6 +26,7 @@ EXPECTED_METHODS = {
         "ListInTransit",
         "ListExceptions",
         "GetProjectionStatus",
+        "GetSerial",
     },
     "ReservationService": {
         "Reserve",

@@ -32,6 +32,7 @@ from inventory.ledger.v1 import (
     query_service_pb2_grpc,
     reservation_pb2,
     reservation_service_pb2_grpc,
+    serial_pb2,
 )
 from inventory_ledger_client import (
     AlreadyExists,
@@ -372,6 +373,33 @@ def test_item_policy_calls_async(ledger_server: LedgerProcess) -> None:
         item_policy_pb2.ITEM_TRACKING_SERIAL,
         item_policy_pb2.ITEM_TRACKING_NONE,
     )
+
+
+def test_get_serial_calls(ledger_server: LedgerProcess) -> None:
+    """get_serial answers a unit's status and history (issue 19), sync and async alike."""
+    sku = new_sku("PCS")
+    with LedgerClient(ledger_server.address) as client:
+        client.set_item_policy(sku, "serial")
+        client.record_movements(
+            [movement("receipt", source="client-tests", sku=sku, location_id=LOCATION, qty=1,
+                      serial_numbers=["SN-1"])]
+        )  # fmt: skip
+        unit = client.get_serial(sku, "SN-1")
+        with pytest.raises(NotFound) as caught:
+            client.get_serial(sku, "SN-2")
+    assert (unit.status, unit.location_id, unit.bucket) == (
+        serial_pb2.SERIAL_STATUS_IN_STOCK,
+        LOCATION,
+        "on_hand",
+    )
+    assert [step.type for step in unit.history] == ["receipt"]
+    assert caught.value.reason == "SERIAL_NOT_FOUND"
+
+    async def scenario() -> int:
+        async with AsyncLedgerClient(ledger_server.address) as ledger:
+            return (await ledger.get_serial(sku, "SN-1")).status
+
+    assert asyncio.run(scenario()) == serial_pb2.SERIAL_STATUS_IN_STOCK
 
 
 def test_trace_lot_calls(ledger_server: LedgerProcess) -> None:

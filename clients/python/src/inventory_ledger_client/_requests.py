@@ -162,6 +162,10 @@ def get_position(
     )
 
 
+def get_serial(sku: str, serial_number: str) -> query_service_pb2.GetSerialRequest:
+    return query_service_pb2.GetSerialRequest(sku=sku, serial_number=serial_number)
+
+
 def list_positions(
     sku: str, location_id: str, include_holds: bool, page_size: int, page_token: str
 ) -> query_service_pb2.ListPositionsRequest:

@@ -36,6 +36,7 @@ from inventory.ledger.v1 import (
     query_service_pb2,
     reservation_pb2,
     reservation_service_pb2,
+    serial_pb2,
 )
 
 from inventory_ledger_client import _requests as build
@@ -206,6 +207,24 @@ class AsyncLedgerClient(AsyncAuditCalls):
             "InventoryQueryService/GetPosition",
             self._query.GetPosition,
             build.get_position(sku, location_id, include_holds),
+            correlation_id,
+            timeout,
+        )
+
+    async def get_serial(
+        self,
+        sku: str,
+        serial_number: str,
+        *,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> serial_pb2.SerialUnit:
+        """Where one unit of a SERIAL SKU is, and its history (strongly consistent); a
+        serial never seen raises ``NotFound`` (reason ``SERIAL_NOT_FOUND``)."""
+        return await self._unary(
+            "InventoryQueryService/GetSerial",
+            self._query.GetSerial,
+            build.get_serial(sku, serial_number),
             correlation_id,
             timeout,
         )
