@@ -301,6 +301,7 @@ def in_transit_message(view: InTransitView) -> availability_pb2.InTransitTransfe
         received=view.received,
         dispatched_at=to_timestamp(view.dispatched_at),
         expected_at=to_timestamp(view.expected_at),
+        lot_id=view.lot_id,
     )
 
 

@@ -24,6 +24,7 @@ from ledger.inputs import (
     movement_of,
 )
 from ledger.views import LotHoldView, LotView, PositionView, ReservationLineView, ReservationView
+from projections.queries import InTransitView
 
 EXPIRY = datetime(2027, 1, 10, tzinfo=UTC)
 
@@ -263,3 +264,18 @@ def test_reservation_message_carries_line_lots() -> None:
     assert lots[0].expires_at.ToDatetime(tzinfo=UTC) == EXPIRY
     assert not lots[1].HasField("expires_at")
     assert len(message.lines[1].lots) == 0
+
+
+def test_in_transit_message_carries_the_lot() -> None:
+    view = InTransitView(
+        transfer_id="T-5",
+        sku="YOG-1",
+        from_location_id="DC-EAST",
+        to_location_id="STORE-9",
+        dispatched=30,
+        received=0,
+        dispatched_at=EXPIRY - timedelta(days=30),
+        expected_at=None,
+        lot_id="L7",
+    )
+    assert convert.in_transit_message(view).lot_id == "L7"
