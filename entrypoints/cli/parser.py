@@ -239,7 +239,7 @@ def _import_parsers(commands: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="NAME=HEADER",
-        help="read column NAME (warehouse, item, on_hand_qty, uom, snapshot_time) from HEADER",
+        help="read column NAME (warehouse, item, on_hand_qty, uom, snapshot_time, lot) from HEADER",
     )
     wms = commands.add_parser(
         "import-wms",

@@ -10,13 +10,23 @@ ignored; ``columns`` maps a logical name to a different header)::
   (a whole number >= 0, in ``uom``);
 - ``uom`` (optional column; empty = ``EA``) is passed through, the bridge converts it;
 - ``snapshot_time`` (ISO-8601 with a time zone) -> ``occurred_at``; the column may be left out
-  (or a cell empty) when the operator gives ``as_of`` for the file.
+  (or a cell empty) when the operator gives ``as_of`` for the file;
+- ``lot`` (optional column) -> ``lot_id``: a lot-level snapshot (contract §2 "Lots, serials
+  and expiry"), each row the count of one lot at one warehouse, which the ledger applies as
+  a count of that lot only.
 
-Cells are trimmed. One row per (item, warehouse): a file at bin or lot level must be summed
-first. A later row for a position already seen is an error for that row, whether or not the
-first one was valid (the file is ambiguous about that position).
+Cells are trimmed. One row per (item, warehouse, lot) (lot empty without the column): a file
+at bin level must be summed first. A later row for a key already seen is an error for that
+row, whether or not the first one was valid (the file is ambiguous about that count).
 
-``message_id`` = ``<source>-<snapshot time, UTC, compact>-<sha256(item, warehouse)[:16]>``:
+The adapter does not know which items are lot-tracked (only the ledger's item master does):
+a row without a lot cell is sent as a count of the whole position, one with a lot cell as a
+count of that lot, and the ledger dead-letters whichever does not fit the item's tracking
+(``TRACKING_MISMATCH``, field ``lot_id``), the rest of the file applying.
+
+``message_id`` = ``<source>-<snapshot time, UTC, compact>-<sha256(item, warehouse)[:16]>``,
+or sha256(item, warehouse, lot) for a row with a lot cell (ids of rows without one, and so of
+files without the column, are unchanged):
 re-importing the same file yields the same ids with the same payloads, which the ledger
 answers DUPLICATE (the broker already drops them within its 2-minute window); a new
 snapshot has a new time and so new ids, and is recorded even if no count changed (it
@@ -49,14 +59,15 @@ from ingest.adapters.base import (
 from ingest.message import UOM_LENGTH_MAX
 from ingest.streams import Lane
 
-ITEM, WAREHOUSE, QTY, UOM, SNAPSHOT_TIME = (
+ITEM, WAREHOUSE, QTY, UOM, SNAPSHOT_TIME, LOT = (
     "item",
     "warehouse",
     "on_hand_qty",
     "uom",
     "snapshot_time",
+    "lot",
 )
-COLUMNS = (WAREHOUSE, ITEM, QTY, UOM, SNAPSHOT_TIME)
+COLUMNS = (WAREHOUSE, ITEM, QTY, UOM, SNAPSHOT_TIME, LOT)
 # Key of a row's surplus cells in Record.data (never a logical column name).
 OVERFLOW = "_overflow"
 DIGEST_LENGTH = 16
@@ -77,21 +88,25 @@ def parse_column_mapping(pairs: list[str]) -> dict[str, str]:
     return mapping
 
 
-def snapshot_message_id(source: str, snapshot_time: datetime, sku: str, location_id: str) -> str:
-    """Deterministic id of one position's count in one snapshot (see the module docstring).
+def snapshot_message_id(
+    source: str, snapshot_time: datetime, sku: str, location_id: str, lot_id: str | None = None
+) -> str:
+    """Deterministic id of one position's (or lot's) count in one snapshot (see the module
+    docstring).
 
     At most 64 + 1 + 23 + 1 + 16 = 105 characters, inside the 128 of contract §2."""
     snapshot_time = snapshot_time.astimezone(UTC)  # one instant, one id, whatever the offset
     stamp = snapshot_time.strftime("%Y%m%dT%H%M%S")
     if snapshot_time.microsecond:
         stamp += f".{snapshot_time.microsecond:06d}"
-    # JSON of the pair: unambiguous whatever characters the identifiers hold.
-    key = json.dumps([sku, location_id], ensure_ascii=False).encode()
+    # JSON of the pair (triple with a lot): unambiguous whatever characters they hold.
+    parts = [sku, location_id] if lot_id is None else [sku, location_id, lot_id]
+    key = json.dumps(parts, ensure_ascii=False).encode()
     return f"{source}-{stamp}Z-{hashlib.sha256(key).hexdigest()[:DIGEST_LENGTH]}"
 
 
 class ThreePLSnapshotAdapter:
-    """One instance per file: it remembers the positions already seen."""
+    """One instance per file: it remembers the (position, lot) keys already seen."""
 
     lane = Lane.BULK
     ordered = False  # one message per position: order within the file does not matter
@@ -110,7 +125,7 @@ class ThreePLSnapshotAdapter:
         if unknown:
             raise ValueError(f"unknown columns in mapping: {sorted(unknown)}")
         self.headers = {name: (columns or {}).get(name, name) for name in COLUMNS}
-        self._seen: dict[tuple[str, str], int] = {}
+        self._seen: dict[tuple[str, str, str | None], int] = {}
 
     # ---- file -> rows ----
 
@@ -178,11 +193,12 @@ class ThreePLSnapshotAdapter:
             )
         sku = identifier(row.get(ITEM, "").strip(), line, self.headers[ITEM])
         location = identifier(row.get(WAREHOUSE, "").strip(), line, self.headers[WAREHOUSE])
-        first = self._seen.setdefault((sku, location), line)
+        lot_cell = row.get(LOT, "").strip()
+        lot = identifier(lot_cell, line, self.headers[LOT]) if lot_cell else None
+        first = self._seen.setdefault((sku, location, lot), line)
         if first != line:
-            raise AdapterError(
-                line, self.headers[ITEM], f"{sku!r} at {location!r} already counted on line {first}"
-            )
+            what = f"{sku!r} at {location!r}" + ("" if lot is None else f" lot {lot!r}")
+            raise AdapterError(line, self.headers[ITEM], f"{what} already counted on line {first}")
         counted = integer(row.get(QTY, ""), line, self.headers[QTY], minimum=0)
         uom = row.get(UOM, "").strip()
         if len(uom) > UOM_LENGTH_MAX:
@@ -195,7 +211,7 @@ class ThreePLSnapshotAdapter:
         else:
             raise AdapterError(line, self.headers[SNAPSHOT_TIME], "missing (and no as_of given)")
         message: CanonicalPayload = {
-            "message_id": snapshot_message_id(self.source, at, sku, location),
+            "message_id": snapshot_message_id(self.source, at, sku, location, lot),
             "source": self.source,
             "type": "cycle_count",
             "sku": sku,
@@ -203,6 +219,8 @@ class ThreePLSnapshotAdapter:
             "counted": counted,
             "occurred_at": rfc3339(at),
         }
+        if lot is not None:
+            message["lot_id"] = lot
         if uom:
             message["uom"] = uom
         return [message]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import io
 import json
 from datetime import UTC, datetime, timedelta, timezone
@@ -220,6 +221,78 @@ def test_snapshot_ids_are_deterministic_and_distinct() -> None:
     assert _snapshot(file) == _snapshot(file)
     next_day = {m["message_id"] for m in _snapshot(file.replace("22T", "23T"))[0]}
     assert next_day.isdisjoint(m["message_id"] for m in _snapshot(file)[0])
+
+
+LOT_HEADER = "warehouse,item,lot,on_hand_qty,snapshot_time\n"
+AT0 = datetime(2026, 11, 22, 6, tzinfo=UTC)
+
+
+def test_lot_rows_become_lot_counts_with_ids_of_their_own() -> None:
+    messages, errors = _snapshot(
+        LOT_HEADER + f"DC-1,MILK,L-1,7,{T0}\nDC-1,MILK,L-2,0,{T0}\nDC-1,BOLT,,40,{T0}\n"
+    )
+    assert errors == []
+    assert [(m["sku"], m.get("lot_id"), m["counted"]) for m in messages] == [
+        ("MILK", "L-1", 7),
+        ("MILK", "L-2", 0),
+        ("BOLT", None, 40),  # no lot cell: a count of the whole position, as without the column
+    ]
+    assert messages[0]["message_id"] == snapshot_message_id(SOURCE, AT0, "MILK", "DC-1", "L-1")
+    # A row without a lot keeps the id it has in a file without the column.
+    assert messages[2]["message_id"] == snapshot_message_id(SOURCE, AT0, "BOLT", "DC-1")
+    assert len({m["message_id"] for m in messages}) == 3
+    movements = [_accepted(m) for m in messages]
+    assert [(m.type, m.lot_id, m.counted) for m in movements] == [
+        (MovementType.CYCLE_COUNT, "L-1", 7),
+        (MovementType.CYCLE_COUNT, "L-2", 0),
+        (MovementType.CYCLE_COUNT, None, 40),
+    ]
+
+
+def test_ids_without_a_lot_column_are_pinned() -> None:
+    # The ids files without a lot column always had: re-imports must stay DUPLICATE.
+    assert snapshot_message_id(SOURCE, AT0, "SKU-1", "DC-EAST") == (
+        "3pl-acme-20261122T060000Z-" + hashlib.sha256(b'["SKU-1", "DC-EAST"]').hexdigest()[:16]
+    )
+    with_lot = snapshot_message_id(SOURCE, AT0, "SKU-1", "DC-EAST", "L-1")
+    assert with_lot == (
+        "3pl-acme-20261122T060000Z-"
+        + hashlib.sha256(b'["SKU-1", "DC-EAST", "L-1"]').hexdigest()[:16]
+    )
+    # A lot id that looks like a continuation of the location cannot collide.
+    assert snapshot_message_id(SOURCE, AT0, "A", "L", "x") != snapshot_message_id(
+        SOURCE, AT0, "A", "L-x"
+    )
+    longest = snapshot_message_id(
+        "s" * 64, AT0.replace(microsecond=1), "S" * 128, "L" * 128, "X" * 128
+    )
+    assert len(longest) <= MESSAGE_ID_LENGTH_MAX
+
+
+def test_a_repeated_item_warehouse_lot_row_is_refused_other_lots_are_not() -> None:
+    messages, errors = _snapshot(
+        LOT_HEADER
+        + f"DC-1,MILK,L-1,7,{T0}\nDC-1,MILK,L-2,3,{T0}\nDC-1,MILK,L-1,9,{T0}\n"
+        + f"DC-2,MILK,L-1,1,{T0}\nDC-1,MILK,,5,{T0}\nDC-1,MILK,,6,{T0}\n"
+    )
+    assert [(e.line, e.field) for e in errors] == [(4, "item"), (7, "item")]
+    assert "lot 'L-1' already counted on line 2" in errors[0].description
+    assert "already counted on line 6" in errors[1].description
+    assert [(m["location_id"], m.get("lot_id"), m["counted"]) for m in messages] == [
+        ("DC-1", "L-1", 7),
+        ("DC-1", "L-2", 3),
+        ("DC-2", "L-1", 1),
+        ("DC-1", None, 5),
+    ]
+
+
+def test_the_lot_column_is_mapped_and_checked_like_the_others() -> None:
+    text = f"Site,Sku,Batch,Qty\nDC-1,MILK,B-9,4\nDC-1,MILK,{'x' * 129},4\n"
+    mapping = parse_column_mapping(["warehouse=Site", "item=Sku", "lot=Batch", "on_hand_qty=Qty"])
+    messages, errors = _snapshot(text, columns=mapping, as_of=AT0)
+    assert [m["lot_id"] for m in messages] == ["B-9"]
+    assert [(e.line, e.field) for e in errors] == [(3, "Batch")]
+    assert "longer than" in errors[0].description
 
 
 _identifier = st.text(
