@@ -61,9 +61,11 @@ import {
   SetSafetyStockRequest,
 } from "./gen/inventory/ledger/v1/policy_service";
 import { Position } from "./gen/inventory/ledger/v1/position";
+import { SerialUnit } from "./gen/inventory/ledger/v1/serial";
 import {
   GetAvailabilityRequest,
   GetPositionRequest,
+  GetSerialRequest,
   InventoryQueryServiceClient,
 } from "./gen/inventory/ledger/v1/query_service";
 import { Reservation } from "./gen/inventory/ledger/v1/reservation";
@@ -483,6 +485,13 @@ export class LedgerClient {
       includeHolds: input.includeHolds ?? false,
     });
     return this.call(this.stubs.queries, this.stubs.queries.getPosition, request, options);
+  }
+
+  /** Where one unit of a SERIAL SKU is, and its history; strongly consistent. A serial
+   * never seen rejects with a LedgerError NOT_FOUND, reason SERIAL_NOT_FOUND. Scope `query`. */
+  getSerial(sku: string, serialNumber: string, options: CallOptions = {}): Promise<SerialUnit> {
+    const request = GetSerialRequest.fromPartial({ sku, serialNumber });
+    return this.call(this.stubs.queries, this.stubs.queries.getSerial, request, options);
   }
 
   /** Record movements; each is idempotent on (source, messageId), so retries are safe. */

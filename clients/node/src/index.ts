@@ -36,6 +36,7 @@ export {
   ReservationLine,
   ReservationStatus,
 } from "./gen/inventory/ledger/v1/reservation";
+export { SerialStatus, SerialStep, SerialUnit } from "./gen/inventory/ledger/v1/serial";
 
 export * as auditService from "./gen/inventory/ledger/v1/audit_service";
 export * as availability from "./gen/inventory/ledger/v1/availability";
@@ -48,5 +49,6 @@ export * as position from "./gen/inventory/ledger/v1/position";
 export * as queryService from "./gen/inventory/ledger/v1/query_service";
 export * as reservation from "./gen/inventory/ledger/v1/reservation";
 export * as reservationService from "./gen/inventory/ledger/v1/reservation_service";
+export * as serial from "./gen/inventory/ledger/v1/serial";
 export * as errorDetails from "./gen/google/rpc/error_details";
 export * as rpcStatus from "./gen/google/rpc/status";

@@ -25,6 +25,7 @@ import {
   MovementType,
   Reservation,
   ReservationStatus,
+  SerialStatus,
 } from "../src/index";
 
 const address = process.env.LEDGER_ADDRESS;
@@ -223,6 +224,33 @@ test("traceLot: a lot's entries in ledger order, paged, and its buckets", async 
   );
   const before = await ledger.traceLot({ sku: lotSku, lotId: "L1", asOf: new Date("2020-01-01T00:00:00Z") });
   assert.deepEqual([before.entries.length, before.locations.length], [0, 0]);
+});
+
+test("getSerial: a unit's status and history, NOT_FOUND for one never seen", async () => {
+  const serialSku = `${sku}-SERIAL`;
+  await ledger.setItemPolicy({ sku: serialSku, tracking: ItemTracking.ITEM_TRACKING_SERIAL });
+  const moved = await ledger.recordMovements([
+    {
+      messageId: randomUUID(),
+      source: "node-client-test",
+      type: MovementType.MOVEMENT_TYPE_RECEIPT,
+      sku: serialSku,
+      locationId,
+      qty: 1,
+      serialNumbers: ["SN-1"],
+    },
+  ]);
+  assert.equal(moved.results[0].outcome, MovementOutcome.MOVEMENT_OUTCOME_RECORDED);
+  const unit = await ledger.getSerial(serialSku, "SN-1");
+  assert.deepEqual(
+    [unit.status, unit.locationId, unit.bucket],
+    [SerialStatus.SERIAL_STATUS_IN_STOCK, locationId, "on_hand"],
+  );
+  assert.deepEqual(unit.history.map((step) => step.type), ["receipt"]);
+  const error = await ledger.getSerial(serialSku, "SN-2").catch((caught: unknown) => caught);
+  assert.ok(error instanceof LedgerError, String(error));
+  assert.equal(error.code, grpc.status.NOT_FOUND);
+  assert.equal(error.reason, "SERIAL_NOT_FOUND");
 });
 
 test("a short reservation is a LedgerError with INSUFFICIENT_AVAILABILITY", async () => {
