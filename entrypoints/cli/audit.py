@@ -31,6 +31,8 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
     from ledger.audit.export import export_ledger
     from ledger.progress import progress_on_stderr
 
+    if args.lot is not None:
+        return _export_lot(args, settings)
     service = _open_ledger(settings)
     try:
         with progress_on_stderr() as progress:
@@ -38,6 +40,28 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         service.close()
     print(json.dumps({"entries": written, "file": args.out}))
+    return 0
+
+
+def _export_lot(args: argparse.Namespace, settings: Settings) -> int:
+    """``ledger export OUT --sku S --lot L [--as-of T]``: the lot's recall trace."""
+    from pydantic import ValidationError
+
+    from ledger.audit.export import export_lot
+    from ledger.inputs import TraceLotModel, field_violations
+
+    try:
+        TraceLotModel.model_validate({"sku": args.sku, "lot_id": args.lot, "as_of": args.as_of})
+    except ValidationError as error:
+        field, problem = field_violations(error)[0]
+        log.error("--%s: %s", {"lot_id": "lot"}.get(field, field), problem)
+        return 2
+    service = _open_ledger(settings)
+    try:
+        written, locations = export_lot(service, args.out, args.sku, args.lot, args.as_of)
+    finally:
+        service.close()
+    print(json.dumps({"entries": written, "locations": locations, "file": args.out}))
     return 0
 
 

@@ -143,7 +143,11 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command in ("import-snapshot", "import-wms"):
         return asyncio.run(run_import(args, _nats_url(args)))
     elif args.command == "export":
-        if (args.sku is None) != (args.location_id is None):
+        if args.lot is not None or args.as_of is not None:
+            if args.lot is None or args.sku is None or args.location_id is not None:
+                log.error("give --lot with --sku (no --location-id); --as-of needs --lot")
+                return 2
+        elif (args.sku is None) != (args.location_id is None):
             log.error("give both --sku and --location-id, or neither")
             return 2
         return run_export(args, _reachable(_service_settings(args)))

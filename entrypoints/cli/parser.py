@@ -265,11 +265,20 @@ def _audit_parsers(commands: argparse._SubParsersAction) -> None:
         help="write the ledger (or one position) as JSON lines for an auditor's verifier",
         description="one JSON object per ledger entry, in position order: the whole ledger"
         " up to its head when the export starts, or with --sku and --location-id one whole"
-        " position. Check it with tools/verify_ledger_export.py. Prints a JSON summary.",
+        " position. Check it with tools/verify_ledger_export.py. With --sku and --lot: the"
+        " lot's recall trace (the entries naming the lot, same records, then one last line"
+        ' {"lot": {...}} with its buckets per location); for reading, not for the verifier'
+        " (its chains have gaps). Prints a JSON summary.",
     )
     export.add_argument("out", help="output file (JSONL); replaced only once complete")
-    export.add_argument("--sku", help="only this position (with --location-id)")
+    export.add_argument("--sku", help="only this position (with --location-id) or lot (--lot)")
     export.add_argument("--location-id", help="only this position (with --sku)")
+    export.add_argument("--lot", help="only this lot's recall trace (with --sku)")
+    export.add_argument(
+        "--as-of",
+        type=_aware_timestamp,
+        help="with --lot: as the ledger knew it at this instant (ISO-8601 with zone)",
+    )
     _database_argument(export)
     export.add_argument("--log-level", default="WARNING")
     reconcile = commands.add_parser(

@@ -1,4 +1,5 @@
-"""``ledger export``: the ledger, or one position, as JSON lines (docs/audit.md, export format).
+"""``ledger export``: the ledger, or one position, as JSON lines (docs/audit.md, export format);
+or one lot's recall trace (``--lot``), for reading.
 
 Streams page by page, so memory does not grow with the ledger. A whole-ledger export stops
 at the head it saw when it started, so it ends on a busy ledger and is a gap-free prefix
@@ -9,12 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ledger.application import InventoryLedger
 from ledger.audit.entries import LedgerEntryView, entry_view, ledger_entries, position_entries
+from ledger.domain.chain import format_time
 from ledger.domain.position import position_id
 from ledger.progress import QUIET, Progress, track
 
@@ -55,6 +60,63 @@ def export_ledger(
     finally:
         partial.unlink(missing_ok=True)
     return written
+
+
+def export_lot(
+    service: Any,
+    out_path: str | os.PathLike[str],
+    sku: str,
+    lot_id: str,
+    as_of: datetime | None = None,
+) -> tuple[int, int]:
+    """Write one lot's recall trace to ``out_path``: the entries naming the lot as export
+    records (ledger order), then one line ``{"lot": {...}}`` with the lot's buckets per
+    location and the order reference of each reservation named. Returns (entries, locations).
+
+    The records are the full export's lines verbatim (so each can be matched by ``hash``), but
+    the file leaves out every other entry of the chains: it is for reading; verify the full
+    export (docs/audit.md). Written beside the target and renamed, like the full export.
+    """
+    found = service.trace_lot(sku, lot_id, as_of=as_of, page_size=sys.maxsize)
+    entries = found.entries.items
+    summary = {
+        "lot": {
+            "sku": sku,
+            "lot_id": lot_id,
+            "as_of": format_time(as_of),
+            "entries": len(entries),
+            "order_refs": {
+                t.entry.data["reservation_id"]: t.order_ref
+                for t in entries
+                if t.entry.data.get("reservation_id")
+            },
+            "locations": [
+                {
+                    "location_id": location_id,
+                    **{
+                        k: format_time(v) if isinstance(v, datetime) else v
+                        for k, v in asdict(lot).items()
+                    },
+                }
+                for location_id, lot in found.locations
+            ],
+        }
+    }
+    lines = [t.entry.export_record() for t in entries] + [summary]
+    _write_lines(Path(out_path), lines)
+    return len(entries), len(found.locations)
+
+
+def _write_lines(target: Path, records: Iterable[dict[str, Any]]) -> None:
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="\n") as out:
+            for record in records:
+                out.write(json.dumps(record, ensure_ascii=False, sort_keys=True))
+                out.write("\n")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _whole_ledger(app: InventoryLedger, head: int) -> Iterator[LedgerEntryView]:
