@@ -10,6 +10,7 @@ import pytest
 from inventory.ledger.v1 import audit_service_pb2, audit_service_pb2_grpc, item_policy_pb2
 
 from testbed.server import LedgerProcess, stub
+from tests.integration.test_audit_encoding import chain
 from tests.integration.test_grpc_ledger import (
     RECORDED,
     Client,
@@ -265,3 +266,34 @@ def test_the_recall_example_of_the_contract(client: Client) -> None:
         "STORE-9": (10, 30, 0, 0),
     }
     assert {b["expires_at"] for b in found.values()} == {fixed}
+
+
+def test_a_fixed_expiry_is_traced_and_lot_entries_rebuild_from_the_stream(client: Client) -> None:
+    """A lot seen without expiry, fixed by a later receipt elsewhere: the fan-out entry
+    (lot_expiry_fixed) is part of the trace; every lot field hashes as docs/audit.md says."""
+    sku = "REC-FIX"
+    fixed = datetime(2031, 3, 1, tzinfo=UTC)
+    set_policy(client, "fix-policy", sku, LOT)
+    record(client, "receipt", sku, "DC-1", qty=4, lot_id="L3")
+    record(client, "receipt", sku, "DC-2", qty=6, lot_id="L3", expires_at=ts(fixed))
+    reservation = client.reserve(line(sku, 3, "DC-1"), order_ref="O-9")
+    client.release(reservation.reservation_id)
+
+    answer = trace(client, sku, "L3")
+    found = rows(answer)
+    assert found[0] == ("receipt", "DC-1", "L3", "")
+    # The fan-out and the fixing receipt are one transaction: either may come first.
+    assert sorted(found[1:3]) == [
+        ("lot_expiry_fixed", "DC-1", "L3", ""),
+        ("receipt", "DC-2", "L3", ""),
+    ]
+    assert found[3:] == [("hold_placed", "DC-1", "", "O-9"), ("hold_released", "DC-1", "", "O-9")]
+    fix = next(e for e in answer.entries if e.type == audit_service_pb2.ENTRY_TYPE_LOT_EXPIRY_FIXED)
+    assert fix.lot_expires_at.ToDatetime(tzinfo=UTC) == fixed
+    assert {loc: b["expires_at"] for loc, b in buckets(answer).items()} == {
+        "DC-1": fixed,
+        "DC-2": fixed,
+    }
+
+    entries = list(audit(client).StreamLedger(audit_service_pb2.StreamLedgerRequest(), timeout=60))
+    assert [e.hash for e in entries] == list(chain(entries))
