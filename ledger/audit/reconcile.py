@@ -5,6 +5,16 @@ row per position, identifiers verbatim (quote those holding commas, quotes or li
 ``on_hand`` a whole number >= 0. The whole file is checked before anything is compared or
 posted, so a bad file changes nothing.
 
+A lot-level snapshot adds the column ``lot_id`` (contract §2 "Lots, serials and expiry"): one
+row per (sku, location_id, lot_id), compared with the lot's ``on_hand`` in the position's
+effective balance at T (a lot the ledger does not hold there counts 0) and posted as a
+``cycle_count`` naming the lot. A row with an empty ``lot_id`` cell counts the whole position
+as without the column. The ledger's lots with stock at T at a counted position (or, for an
+uncounted position, at a counted location) that the file does not list are NOT_COUNTED per
+lot. The report gains a ``lot_id`` column only for such files. Whether a row fits its SKU's
+tracking is the writer's call: a posted count that does not (a LOT SKU's count without a lot,
+an untracked SKU's with one) is refused and reported ``post=INVALID``, the others recorded.
+
 Each row is compared with ``on_hand`` of the position's EFFECTIVE balance at T (contract §3):
 facts that occurred by T count even if recorded later; facts that occurred after T do not.
 Ledger positions at the snapshot's locations that the snapshot leaves out and that hold
@@ -13,7 +23,8 @@ stock at T are reported as NOT_COUNTED and never posted (docs/audit.md, Reconcil
 ``post=True`` records each variance as a ``cycle_count`` at T with a ``reason``. Its
 ``message_id`` is derived from (T, sku, location_id, counted) only, so posting the same
 count again is answered DUPLICATE (or, when the reason text differs because the ledger
-moved meanwhile, REUSED) and records nothing: both mean "already in the ledger".
+moved meanwhile, REUSED) and records nothing: both mean "already in the ledger". A lot's
+count adds its ``lot_id`` to that key.
 """
 
 from __future__ import annotations
@@ -44,6 +55,8 @@ from ledger.use_cases.movements import RECORDED
 
 SOURCE = "reconcile"
 HEADER = ("sku", "location_id", "on_hand")
+LOT_COLUMN = "lot_id"  # optional: a lot-level snapshot
+INVALID = "INVALID"  # post outcome of a count that does not fit the SKU's item tracking
 POST_BATCH = 500
 LIST_PAGE = 1000
 REPORT_COLUMNS = (
@@ -88,6 +101,13 @@ class SnapshotRow:
     sku: str
     location_id: str
     counted: int
+    lot_id: str | None = None  # lot-level snapshots: the lot counted (None: the position)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    rows: list[SnapshotRow]
+    lot_column: bool  # the file had the lot_id column
 
 
 @dataclass
@@ -98,7 +118,8 @@ class Variance:
     ledger_on_hand: int
     status: Status
     line: int | None = None
-    post: str = ""  # RECORDED or DUPLICATE once posted
+    post: str = ""  # RECORDED, DUPLICATE or INVALID once posted
+    lot_id: str | None = None  # the lot of a lot-level row (None: the whole position)
 
     @property
     def variance(self) -> int | None:
@@ -116,7 +137,9 @@ class ReconcileResult:
     posted: bool = False
     recorded: int = 0
     duplicates: int = 0
+    invalid: int = 0  # posts refused: the count does not fit the SKU's item tracking
     report_dir: Path | None = None
+    lot_column: bool = False  # the snapshot had the lot_id column: compared per lot
 
     @property
     def units_over(self) -> int:
@@ -141,12 +164,18 @@ class ReconcileResult:
 
 def read_snapshot(path: str | Path, progress: Progress = QUIET) -> list[SnapshotRow]:
     """Every row of the file, or SnapshotError listing every bad line."""
+    return read_snapshot_file(path, progress).rows
+
+
+def read_snapshot_file(path: str | Path, progress: Progress = QUIET) -> Snapshot:
+    """The rows and whether the file is lot-level, or SnapshotError listing every bad line."""
     path = Path(path)
     rows: list[SnapshotRow] = []
     problems: list[tuple[int, str]] = []
+    lot_column = [False]
     try:
         with path.open("rb") as file:
-            for item in track(_parse(file), progress, "read snapshot"):
+            for item in track(_parse(file, lot_column), progress, "read snapshot"):
                 if isinstance(item, SnapshotRow):
                     rows.append(item)
                 else:
@@ -155,7 +184,7 @@ def read_snapshot(path: str | Path, progress: Progress = QUIET) -> list[Snapshot
         raise SnapshotError(path, [(0, f"cannot read the file: {error}")]) from None
     if problems:
         raise SnapshotError(path, problems)
-    return rows
+    return Snapshot(rows, lot_column[0])
 
 
 class _NotUtf8(Exception):
@@ -175,9 +204,12 @@ def _text_lines(file: BinaryIO) -> Iterator[str]:
             raise _NotUtf8(number, error) from None
 
 
-def _parse(file: BinaryIO) -> Iterator[SnapshotRow | tuple[int, str]]:
+def _parse(
+    file: BinaryIO, lot_column: list[bool] | None = None
+) -> Iterator[SnapshotRow | tuple[int, str]]:
+    """Rows and (line, problem) pairs; ``lot_column[0]`` is set once the header has one."""
     reader = csv.reader(_text_lines(file), strict=True)
-    seen: dict[tuple[str, str], int] = {}
+    seen: dict[tuple[str, str, str | None], int] = {}
     columns: dict[str, int] | None = None
     line = 1  # first physical line of the record being read (quoted cells may span lines)
     while True:
@@ -197,8 +229,14 @@ def _parse(file: BinaryIO) -> Iterator[SnapshotRow | tuple[int, str]]:
         if columns is None:
             columns = _header(cells)
             if columns is None:
-                yield (start, f"header must be {','.join(HEADER)} (any order), not {cells!r}")
+                yield (
+                    start,
+                    f"header must be {','.join(HEADER)} (any order; {LOT_COLUMN} may be added),"
+                    f" not {cells!r}",
+                )
                 return
+            if lot_column is not None:
+                lot_column[0] = LOT_COLUMN in columns
             continue
         yield from _row(start, cells, columns, seen)
     if columns is None:
@@ -207,37 +245,49 @@ def _parse(file: BinaryIO) -> Iterator[SnapshotRow | tuple[int, str]]:
 
 def _header(cells: list[str]) -> dict[str, int] | None:
     names = [cell.strip().lower() for cell in cells]
-    if sorted(names) != sorted(HEADER):
-        return None
-    return {name: names.index(name) for name in HEADER}
+    for header in (HEADER, (*HEADER, LOT_COLUMN)):
+        if sorted(names) == sorted(header):
+            return {name: names.index(name) for name in header}
+    return None
 
 
 def _row(
-    line: int, cells: list[str], columns: dict[str, int], seen: dict[tuple[str, str], int]
+    line: int,
+    cells: list[str],
+    columns: dict[str, int],
+    seen: dict[tuple[str, str, str | None], int],
 ) -> Iterator[SnapshotRow | tuple[int, str]]:
-    if len(cells) != len(HEADER):
+    if len(cells) != len(columns):
         yield (
             line,
-            f"expected {len(HEADER)} fields, found {len(cells)}"
+            f"expected {len(columns)} fields, found {len(cells)}"
             " (quote identifiers that contain commas)",
         )
         return
     sku, location_id, on_hand = (cells[columns[name]] for name in HEADER)
+    # An empty lot cell: the row counts the whole position, as in a file without the column.
+    lot_id = cells[columns[LOT_COLUMN]] or None if LOT_COLUMN in columns else None
     problem = _identifier_problem("sku", sku) or _identifier_problem("location_id", location_id)
+    if problem is None and lot_id is not None:
+        problem = _identifier_problem(LOT_COLUMN, lot_id)
     if problem:
         yield (line, problem)
         return
-    # A second row for a position is an error even if the first was bad: the file is
-    # ambiguous about that position either way.
-    first = seen.setdefault((sku, location_id), line)
+    # A second row for a position (or lot) is an error even if the first was bad: the file
+    # is ambiguous about that count either way.
+    first = seen.setdefault((sku, location_id, lot_id), line)
     if first != line:
-        yield (line, f"duplicate of line {first} (sku {sku!r}, location_id {location_id!r})")
+        lot = "" if lot_id is None else f", {LOT_COLUMN} {lot_id!r}"
+        yield (
+            line,
+            f"duplicate of line {first} (sku {sku!r}, location_id {location_id!r}{lot})",
+        )
         return
     problem = _count_problem(on_hand)
     if problem:
         yield (line, problem)
         return
-    yield SnapshotRow(line, sku, location_id, int(on_hand))
+    yield SnapshotRow(line, sku, location_id, int(on_hand), lot_id)
 
 
 def _identifier_problem(name: str, value: str) -> str | None:
@@ -284,10 +334,16 @@ def reconcile(
     if as_of > service.clock():
         # A count dated in the future would override every fact recorded until then.
         raise SnapshotError(snapshot, [(0, f"--as-of {format_time(as_of)} is in the future")])
-    rows = read_snapshot(snapshot, progress)
-    result = ReconcileResult(snapshot=snapshot, as_of=as_of, lines=len(rows))
+    read = read_snapshot_file(snapshot, progress)
+    rows = read.rows
+    result = ReconcileResult(
+        snapshot=snapshot, as_of=as_of, lines=len(rows), lot_column=read.lot_column
+    )
     _compare(service, track(rows, progress, "compare", len(rows)), result)
-    result.not_counted = _not_counted(service, rows, as_of, progress)
+    if read.lot_column:
+        result.not_counted = _lots_not_counted(service, rows, as_of, progress)
+    else:
+        result.not_counted = _not_counted(service, rows, as_of, progress)
     if post:
         _post(service, result, batch_size, progress)
     result.report_dir = Path(report_dir) if report_dir else default_report_dir(snapshot, as_of)
@@ -299,15 +355,33 @@ def _ledger_on_hand(service: Any, sku: str, location_id: str, as_of: datetime) -
     return int(service.position_as_of(sku, location_id, as_of, Axis.EFFECTIVE).on_hand)
 
 
+def _lot_on_hand(service: Any, sku: str, location_id: str, as_of: datetime) -> dict[str, int]:
+    """on_hand of each lot at the position in its effective balance at T (lots with nothing
+    at all are left out, i.e. 0)."""
+    view = service.position_as_of(sku, location_id, as_of, Axis.EFFECTIVE)
+    return {lot.lot_id: int(lot.on_hand) for lot in view.lots}
+
+
 def _compare(service: Any, rows: Iterable[SnapshotRow], result: ReconcileResult) -> None:
+    # The lots of the last position read: a lot-level file lists a position's lots together.
+    lots_key: tuple[str, str] | None = None
+    lots: dict[str, int] = {}
     for row in rows:
-        on_hand = _ledger_on_hand(service, row.sku, row.location_id, result.as_of)
+        if row.lot_id is None:
+            on_hand = _ledger_on_hand(service, row.sku, row.location_id, result.as_of)
+        else:
+            if lots_key != (row.sku, row.location_id):
+                lots_key = (row.sku, row.location_id)
+                lots = _lot_on_hand(service, row.sku, row.location_id, result.as_of)
+            on_hand = lots.get(row.lot_id, 0)
         if row.counted == on_hand:
             result.matching += 1
             continue
         status = Status.OVER if row.counted > on_hand else Status.SHORT
         result.variances.append(
-            Variance(row.sku, row.location_id, row.counted, on_hand, status, row.line)
+            Variance(
+                row.sku, row.location_id, row.counted, on_hand, status, row.line, lot_id=row.lot_id
+            )
         )
 
 
@@ -331,6 +405,44 @@ def _not_counted(
     return found
 
 
+def _lots_not_counted(
+    service: Any, rows: Sequence[SnapshotRow], as_of: datetime, progress: Progress = QUIET
+) -> list[Variance]:
+    """A lot-level file's NOT_COUNTED: at each of its locations, the lots with stock at T that
+    it does not list (of positions it counts by lot or not at all), and positions without
+    lots it leaves out, as in :func:`_not_counted`. A position counted whole covers its lots.
+    """
+    whole = {(row.sku, row.location_id) for row in rows if row.lot_id is None}
+    listed = {(row.sku, row.location_id, row.lot_id) for row in rows if row.lot_id is not None}
+    found: list[Variance] = []
+    locations = sorted({row.location_id for row in rows})
+    for location_id in track(locations, progress, "uncounted (locations)", len(locations)):
+        for sku in _skus_at(service, location_id):
+            if (sku, location_id) in whole:
+                continue
+            view = service.position_as_of(sku, location_id, as_of, Axis.EFFECTIVE)
+            if not view.lots:
+                # Untracked (even if the file named lots for it): its stock is not counted.
+                if int(view.on_hand) != 0:
+                    found.append(
+                        Variance(sku, location_id, None, int(view.on_hand), Status.NOT_COUNTED)
+                    )
+                continue
+            for lot in view.lots:
+                if lot.on_hand != 0 and (sku, location_id, lot.lot_id) not in listed:
+                    found.append(
+                        Variance(
+                            sku,
+                            location_id,
+                            None,
+                            int(lot.on_hand),
+                            Status.NOT_COUNTED,
+                            lot_id=lot.lot_id,
+                        )
+                    )
+    return found
+
+
 def _skus_at(service: Any, location_id: str) -> Iterator[str]:
     after = ("", "")
     while True:
@@ -347,9 +459,14 @@ def _skus_at(service: Any, location_id: str) -> Iterator[str]:
 # ---- posting ----
 
 
-def count_message_id(as_of: datetime, sku: str, location_id: str, counted: int) -> str:
-    """The same count of the same position at the same T always gets the same id."""
-    key = json.dumps([format_time(as_of), sku, location_id, counted], ensure_ascii=False)
+def count_message_id(
+    as_of: datetime, sku: str, location_id: str, counted: int, lot_id: str | None = None
+) -> str:
+    """The same count of the same position (or lot) at the same T always gets the same id."""
+    parts: list[Any] = [format_time(as_of), sku, location_id, counted]
+    if lot_id is not None:  # position counts keep the ids they always had
+        parts.append(lot_id)
+    key = json.dumps(parts, ensure_ascii=False)
     return "reconcile-" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
@@ -382,6 +499,10 @@ def _post(
             if outcome.outcome == RECORDED:
                 variance.post = RECORDED
                 result.recorded += 1
+            elif outcome.outcome == INVALID:
+                # The count does not fit the SKU's tracking (e.g. a LOT SKU counted whole).
+                variance.post = INVALID
+                result.invalid += 1
             else:
                 variance.post = "DUPLICATE"
                 result.duplicates += 1
@@ -392,11 +513,14 @@ def _count_movement(result: ReconcileResult, variance: Variance) -> Movement:
     counted = variance.counted if variance.counted is not None else 0
     return Movement(
         source=SOURCE,
-        message_id=count_message_id(result.as_of, variance.sku, variance.location_id, counted),
+        message_id=count_message_id(
+            result.as_of, variance.sku, variance.location_id, counted, variance.lot_id
+        ),
         type=MovementType.CYCLE_COUNT,
         sku=variance.sku,
         location_id=variance.location_id,
         counted=counted,
+        lot_id=variance.lot_id,
         occurred_at=result.as_of,
         reason=count_reason(result.snapshot.name, result.as_of, variance),
     )
@@ -418,12 +542,17 @@ def write_report(result: ReconcileResult, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     with (directory / "variances.csv").open("w", encoding="utf-8", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(REPORT_COLUMNS)
+        columns = list(REPORT_COLUMNS)
+        if result.lot_column:
+            columns.insert(2, LOT_COLUMN)
+        writer.writerow(columns)
         for v in [*result.variances, *result.not_counted]:
+            lot = [v.lot_id or ""] if result.lot_column else []
             writer.writerow(
                 [
                     v.sku,
                     v.location_id,
+                    *lot,
                     "" if v.counted is None else v.counted,
                     v.ledger_on_hand,
                     "" if v.variance is None else v.variance,
@@ -441,7 +570,7 @@ def summary_text(result: ReconcileResult) -> str:
     uncounted_units = sum(v.ledger_on_hand for v in result.not_counted)
     lines = [
         f"Reconciliation of {result.snapshot.name} as of {format_time(result.as_of)}"
-        " (effective balance, on_hand)",
+        f" (effective balance, on_hand{' per lot' if result.lot_column else ''})",
         f"lines compared   {result.lines:>12}",
         f"matching         {result.matching:>12}",
         f"variances        {len(result.variances):>12}  ({over} over, {short} short)",
@@ -455,6 +584,11 @@ def summary_text(result: ReconcileResult) -> str:
         lines.append(
             f"posted           {result.recorded:>12}  cycle_count(s) recorded,"
             f" {result.duplicates} already in the ledger"
+            + (
+                f", {result.invalid} refused (not fitting the SKU's lot/serial tracking)"
+                if result.invalid
+                else ""
+            )
         )
     else:
         lines.append("posted                      -  (run with --post to record the variances)")
