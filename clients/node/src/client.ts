@@ -39,11 +39,6 @@ import {
   TraceLotRequest,
   TraceLotResponse,
 } from "./gen/inventory/ledger/v1/audit_service";
-import {
-  AuditServiceClient,
-  TraceLotRequest,
-  TraceLotResponse,
-} from "./gen/inventory/ledger/v1/audit_service";
 import { ChannelPolicy } from "./gen/inventory/ledger/v1/channel_policy";
 import { ItemPolicy, ItemTracking } from "./gen/inventory/ledger/v1/item_policy";
 import { Movement } from "./gen/inventory/ledger/v1/movement";
@@ -208,15 +203,6 @@ export interface ItemPolicyInput {
   sku: string;
   /** How the SKU is tracked; ITEM_TRACKING_UNSPECIFIED means NONE. */
   tracking: ItemTracking;
-}
-
-/** A recall trace request: the SKU and lot, optionally an instant and paging. */
-export interface TraceLotInput {
-  sku: string;
-  lotId: string;
-  asOf?: Date;
-  pageSize?: number;
-  pageToken?: string;
 }
 
 /** A recall trace request: the SKU and lot, optionally an instant and paging. */
@@ -556,21 +542,12 @@ export class LedgerClient {
     return this.call(this.stubs.audits, this.stubs.audits.traceLot, request, options);
   }
 
-  /** One page of a lot's recall trace (contract §2): the ledger entries naming the lot in
-   * ledger order, and the lot's buckets per location on every page; `asOf` answers as the
-   * ledger knew it then. Follow `nextPageToken` for the rest. Scope `audit`. */
-  traceLot(input: TraceLotInput, options: CallOptions = {}): Promise<TraceLotResponse> {
-    const request = TraceLotRequest.fromPartial(input);
-    return this.call(this.stubs.audits, this.stubs.audits.traceLot, request, options);
-  }
-
   /** Close the channel; calls in flight fail with CANCELLED or UNAVAILABLE. */
   close(): void {
     this.stubs.reservations.close();
     this.stubs.queries.close();
     this.stubs.movements.close();
     this.stubs.policies.close();
-    this.stubs.audits.close();
     this.stubs.audits.close();
     this.channel.close();
   }
