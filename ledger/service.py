@@ -21,6 +21,7 @@ from ledger.audit.entries import LedgerEntryView, decode_event, entry_view, ledg
 from ledger.config import GroupCommit, eventsourcing_env
 from ledger.domain.errors import ReservationNotFound, SerialNotFound, StoreUnavailable
 from ledger.domain.item_policy import ItemPolicy, Tracking, item_policy_id
+from ledger.domain.lot_record import LotRecord, lot_record_id
 from ledger.domain.movements import Movement
 from ledger.domain.position import Position, position_id
 from ledger.domain.reservation import Reservation, parse_reservation_id
@@ -193,7 +194,11 @@ class LedgerService:
         reservation = self.app.find(parse_reservation_id(reservation_id))
         if not isinstance(reservation, Reservation) or (channel and reservation.channel != channel):
             raise ReservationNotFound(reservation_id)
-        return ReservationView.of(reservation, self.clock())
+        return ReservationView.of(reservation, self.clock(), expiry_of=self._lot_expiry)
+
+    def _lot_expiry(self, sku: str, lot_id: str) -> datetime | None:
+        record = self.app.find(lot_record_id(sku, lot_id))
+        return record.expires_at if isinstance(record, LotRecord) else None
 
     def list_reservations(
         self, *, channel: str, order_ref: str | None, after: tuple[int, str], page_size: int
