@@ -230,17 +230,20 @@ class LotModelMachine(RuleBasedStateMachine):
         )
 
     @rule(
-        sku=st.sampled_from(LOT_SKUS),
+        sku=st.sampled_from([*LOT_SKUS, *LOT_SKUS, UNTRACKED]),
         loc=locations,
-        lot=lots,
-        qty=st.integers(5, 12),
-        expiry=expiry_choices,
+        receipts=st.lists(
+            st.tuples(lots, st.integers(3, 12), expiry_choices), min_size=1, max_size=3
+        ),
     )
-    def stock_lot(
-        self, sku: str, loc: str, lot: str, qty: int, expiry: datetime | timedelta | None
+    def stock_lots(
+        self, sku: str, loc: str, receipts: list[tuple[str, int, datetime | timedelta | None]]
     ) -> None:
-        """A plain receipt of a LOT SKU (histories need stock for reservations to bind)."""
-        self._record(MovementType.RECEIPT, sku, loc, lot, expires_at=self._expiry(expiry), qty=qty)
+        """Plain receipts, per lot for a LOT SKU (histories need stock for holds to bind)."""
+        for lot, qty, expiry in receipts:
+            self._record(
+                MovementType.RECEIPT, sku, loc, lot, expires_at=self._expiry(expiry), qty=qty
+            )
 
     @rule(sku=skus, loc=locations, lot=lots, qty=quantities)
     def putaway(self, sku: str, loc: str, lot: str, qty: int) -> None:
@@ -414,10 +417,16 @@ class LotModelMachine(RuleBasedStateMachine):
 
     # ---- reservations ------------------------------------------------------------------------
 
-    def _draw_line(self, data: st.DataObject) -> ReserveLine:
-        sku = data.draw(skus, label="sku")
-        loc = data.draw(st.sampled_from([*LOCATIONS, ""]), label="location")
-        qty = data.draw(quantities, label="qty")
+    def _draw_line(self, data: st.DataObject, channel: str) -> ReserveLine:
+        """Half the time at a position with something to give (random ones mostly refuse)."""
+        stocked = [k for k in UNIVERSE if self.model.available_to(k, channel, self.now) > 0]
+        if stocked and data.draw(st.booleans(), label="stocked"):
+            sku, loc = data.draw(st.sampled_from(stocked), label="position")
+            loc = data.draw(st.sampled_from([loc, loc, ""]), label="location")
+        else:
+            sku = data.draw(skus, label="sku")
+            loc = data.draw(st.sampled_from([*LOCATIONS, ""]), label="location")
+        qty = data.draw(st.integers(1, 8), label="qty")
         if not self.model.is_lot(sku):
             return ReserveLine(sku, loc, qty)
         expiries = self._known_expiries()
@@ -439,7 +448,7 @@ class LotModelMachine(RuleBasedStateMachine):
     def reserve(
         self, channel: str, data: st.DataObject, n: int, allow_split: bool, ttl: timedelta
     ) -> object:
-        lines = [self._draw_line(data) for _ in range(n)]
+        lines = [self._draw_line(data, channel) for _ in range(n)]
         if len(lines) >= 2 and data.draw(st.booleans(), label="same position"):
             first = lines[0]
             lines[1] = dataclasses.replace(lines[1], sku=first.sku, location_id=first.location_id)
@@ -476,6 +485,8 @@ class LotModelMachine(RuleBasedStateMachine):
                 if self.model.lot_eligible(key[0], x, self.now, min_expires_at)
             )
         qty = max(1, base + offset)
+        if not named and base > 1 and data.draw(st.booleans(), label="part"):
+            qty = data.draw(st.integers(1, base), label="qty")  # often over several lots
         loc = data.draw(st.sampled_from([key[1], ""]), label="location")
         line = ReserveLine(key[0], loc, qty, min_expires_at, lot if named else None)
         return self._reserve(channel, [line], False, ttl)
