@@ -67,6 +67,7 @@ MOVE_SKU = "SKU-MATRIX-MOVES"  # movement baselines write here, away from the re
 # serial numbers: their baselines stay valid once the writer checks tracking against the SKU.
 LOT_SKU = "SKU-MATRIX-LOT"
 SERIAL_SKU = "SKU-MATRIX-SERIAL"
+SEED_SERIAL = "SN-MATRIX-SEED"  # received by the `world` fixture, for GetSerial's baseline
 CHANNEL = "web"
 POLICY_CHANNEL = "matrix"
 
@@ -283,6 +284,7 @@ def _lines(count: int) -> list[reservation_service_pb2.ReserveLine]:
 MALFORMED: dict[str, dict[str, tuple[Bad, ...]]] = {
     # ---- InventoryQueryService
     f"{PKG}.GetPositionRequest": {"sku": IDENTIFIER, "location_id": IDENTIFIER},
+    f"{PKG}.GetSerialRequest": {"sku": IDENTIFIER, "serial_number": IDENTIFIER},
     f"{PKG}.ListPositionsRequest": {
         # Baseline filters by sku; empty is then "no filter at all".
         "sku": (Bad("empty-without-location", ""), *OPTIONAL_IDENTIFIER),
@@ -579,6 +581,9 @@ BASELINES: dict[str, Callable[[World], message.Message]] = {
         type=availability_pb2.EXCEPTION_TYPE_NEGATIVE_BUCKET, sku=SKU, location_id=LOC, page_size=10
     ),
     _q("GetProjectionStatus"): lambda w: query_service_pb2.GetProjectionStatusRequest(),
+    _q("GetSerial"): lambda w: query_service_pb2.GetSerialRequest(
+        sku=SERIAL_SKU, serial_number=SEED_SERIAL
+    ),
     _r("Reserve"): lambda w: reservation_service_pb2.ReserveRequest(
         request_id=_fresh("reserve"),
         channel=CHANNEL,
@@ -814,7 +819,16 @@ def world(server: LedgerProcess) -> World:
                     sku=SKU,
                     location_id=LOC,
                     qty=1000,
-                )
+                ),
+                movement_pb2.Movement(
+                    message_id="seed-serial",
+                    source="matrix",
+                    type=movement_pb2.MOVEMENT_TYPE_RECEIPT,
+                    sku=SERIAL_SKU,
+                    location_id=LOC,
+                    qty=1,
+                    serial_numbers=[SEED_SERIAL],
+                ),
             ]
         ),
         timeout=CALL_TIMEOUT,
