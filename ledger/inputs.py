@@ -448,7 +448,13 @@ class ListInTransitModel(_Strict):
 
 
 ExceptionType = Literal[
-    "", "NEGATIVE_BUCKET", "STALE_COUNT", "TRANSFER_SHORTAGE", "UNKNOWN_RESERVATION"
+    "",
+    "NEGATIVE_BUCKET",
+    "STALE_COUNT",
+    "TRANSFER_SHORTAGE",
+    "UNKNOWN_RESERVATION",
+    "LOT_EXPIRY_CONFLICT",
+    "SERIAL_CONFLICT",
 ]
 EXCEPTION_TYPES: tuple[str, ...] = get_args(ExceptionType)
 
