@@ -267,6 +267,27 @@ class LotModelMachine(RuleBasedStateMachine):
         self._record(MovementType.SHIPMENT, sku, loc, lot, qty=qty, reservation_id=rid)
         consumed = sum(reservation.shipped.values()) > before
         event(f"shipment vs reservation: {'consumed' if consumed else 'no effect'}")
+        if consumed and self.model.is_lot(sku) and (lot not in claimed or qty > 1):
+            event("shipment vs reservation: lot claims drawn (other lots or partly)")
+
+    def _live_lot_holds(self) -> list[tuple[str, tuple[str, str]]]:
+        return [
+            (rid, key)
+            for rid, r in self.model.reservations.items()
+            if r.holds_stock(self.now)
+            for key, claims in getattr(r, "claims", {}).items()
+            if any(claims.values())
+        ]
+
+    @precondition(lambda self: bool(self._live_lot_holds()))
+    @rule(data=st.data(), qty=st.integers(1, 8))
+    def ship_against_lot_hold(self, data: st.DataObject, qty: int) -> None:
+        """Ship at a live hold's LOT position: a claimed lot, or another one of the SKU."""
+        rid, (sku, loc) = data.draw(st.sampled_from(self._live_lot_holds()), label="hold")
+        claimed = sorted(self.model.reservations[rid].claims[(sku, loc)])  # type: ignore[attr-defined]
+        lot = data.draw(st.sampled_from([*claimed, *LOTS]), label="lot")
+        self._record(MovementType.SHIPMENT, sku, loc, lot, qty=qty, reservation_id=rid)
+        event("shipment vs live lot hold")
 
     @rule(
         sku=skus,
@@ -677,6 +698,13 @@ class LotModelMachine(RuleBasedStateMachine):
             expected = self.model.buckets((sku, loc), self.now)
             assert actual == expected, f"{sku}@{loc} at {self.now}: {actual} != {expected}"
             got_lots = [_lot_view_dict(lot) for lot in view.lots]
+            if any(
+                lot.expires_at is not None
+                and lot.expires_at <= self.now
+                and (lot.reserved or lot.allocated)
+                for lot in view.lots
+            ):
+                event("a hold on an expired lot")
             want_lots = self.model.lot_views((sku, loc), self.now)
             assert got_lots == want_lots, (
                 f"lots of {sku}@{loc} at {self.now}: {got_lots} != {want_lots}"
