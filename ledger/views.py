@@ -123,7 +123,7 @@ def lot_views(position: Any, now: datetime) -> list[LotView]:
     book = book_of(position)
     found = []
     for lot_id, lot in sorted(lots.lots_of(position).items()):
-        if not lots.is_visible(position, lot_id):
+        if not lots.is_visible(position, lot_id, now):
             continue
         found.append(
             LotView(

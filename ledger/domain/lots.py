@@ -131,14 +131,15 @@ def eligible_lots(
     )
 
 
-def is_visible(position: Any, lot_id: str) -> bool:
-    """Whether ``lots[]`` reports the lot: a non-zero bucket or a hold bound to it."""
+def is_visible(position: Any, lot_id: str, now: datetime) -> bool:
+    """Whether ``lots[]`` reports the lot at ``now``: a non-zero bucket or a hold on it that
+    still holds (an ACTIVE hold past its expiry holds nothing, swept or not)."""
     lot = lots_of(position)[lot_id]
     book = book_of(position)
     return (
         any(lot[bucket] for bucket in LOT_BUCKETS)
-        or book.active_by_lot.get(lot_id, 0) != 0
-        or book.committed_by_lot.get(lot_id, 0) != 0
+        or book.lot_reserved(lot_id, now) != 0
+        or book.lot_allocated(lot_id) != 0
     )
 
 
