@@ -98,8 +98,9 @@ class ProjectedPosition(PositionState):
 
     def _exceptions_before(self, event: Any) -> list[tuple[str, str, int, str]]:
         found: list[tuple[str, str, int, str]] = []
-        lot = lots_of(self).get(event.lot_id) if event.lot_id else None
-        if isinstance(event, Position.Counted) and is_stale_count(self, event.occurred_at, lot):
+        if isinstance(event, Position.Counted) and is_stale_count(
+            self, event.occurred_at, event.lot_id
+        ):
             of_lot = f" of lot {event.lot_id}" if event.lot_id else ""
             found.append(
                 (

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, NotRequired, Protocol, TypedDict
 
@@ -93,15 +93,20 @@ class HoldBook(dict[str, Hold]):
         else:
             self._count(reservation_id, hold, +1)
 
-    def ship_lot(self, reservation_id: str, qty: int, lot_id: str) -> None:
+    def ship_lot(
+        self, reservation_id: str, qty: int, lot_id: str, binding_key: Callable[[str], Any]
+    ) -> None:
         """``qty`` more of a lot-bound hold shipped from ``lot_id``: the claim on that lot
-        falls first, then the claims on the hold's other lots in binding order."""
+        falls first, then the claims on the hold's other lots in binding order
+        (``binding_key`` of a lot id: first expiry first, judged now, so neither the order
+        claims were stored in nor an expiry stated after binding can change the result)."""
         hold = self[reservation_id]
         self._count(reservation_id, hold, -1)
         hold["shipped"] += qty
         claims = dict(lot_claims(hold))
+        others = sorted((other for other in claims if other != lot_id), key=binding_key)
         remaining = qty
-        for lot in [lot_id, *(other for other in claims if other != lot_id)]:
+        for lot in [lot_id, *others]:
             take = min(remaining, claims.get(lot, 0))
             if take:
                 claims[lot] -= take

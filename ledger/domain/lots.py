@@ -12,7 +12,7 @@ Expiry is judged when asked, like holds: nothing is written when a lot expires.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -62,6 +62,17 @@ def is_expired(expires_at: datetime | None, now: datetime) -> bool:
 def fefo_key(lot_id: str, expires_at: datetime | None) -> tuple[bool, datetime | None, str]:
     """Binding order: earliest expiry first, lots that never expire last, ties by lot_id."""
     return (expires_at is None, expires_at, lot_id)
+
+
+def binding_key(position: Any) -> Callable[[str], tuple[bool, datetime | None, str]]:
+    """Sort key of the position's lot ids in binding order (:func:`fefo_key`)."""
+    known = lots_of(position)
+
+    def key(lot_id: str) -> tuple[bool, datetime | None, str]:
+        lot = known.get(lot_id)
+        return fefo_key(lot_id, lot["expires_at"] if lot is not None else None)
+
+    return key
 
 
 def lot_free(position: Any, lot_id: str, now: datetime, extra_on_hand: int = 0) -> int:

@@ -19,7 +19,7 @@ from ledger.domain import availability, chain
 from ledger.domain.availability import HOLD_ACTIVE, inbound_outstanding
 from ledger.domain.hold_book import Hold, book_of
 from ledger.domain.inbound_transfers import inbound_key, inbound_transfer, prune_settled_transfers
-from ledger.domain.lots import Lot, lot_of
+from ledger.domain.lots import Lot, binding_key, lot_of
 from ledger.domain.movements import Disposition, FromBucket, Movement, MovementType
 from ledger.domain.position_state import PositionFigures, init_state, is_stale_count
 
@@ -207,7 +207,9 @@ class Position(Aggregate, PositionFigures):
                 # Fully shipped, the hold goes away.
                 take = min(self.qty, availability.hold_open_qty(hold))
                 if "lots" in hold and self.lot_id is not None:
-                    book_of(aggregate).ship_lot(reservation_id, take, self.lot_id)
+                    book_of(aggregate).ship_lot(
+                        reservation_id, take, self.lot_id, binding_key(aggregate)
+                    )
                 else:
                     book_of(aggregate).ship(reservation_id, take)
 
@@ -228,7 +230,7 @@ class Position(Aggregate, PositionFigures):
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
             lot = self.lot(aggregate)
-            if is_stale_count(aggregate, self.occurred_at, lot):
+            if is_stale_count(aggregate, self.occurred_at, self.lot_id):
                 return
             if lot is None:
                 aggregate.on_hand = self.counted

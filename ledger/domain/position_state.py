@@ -9,7 +9,7 @@ from typing import Any
 
 from ledger.domain import availability, chain
 from ledger.domain.hold_book import Hold, HoldBook
-from ledger.domain.lots import Lot
+from ledger.domain.lots import Lot, lots_of
 
 
 class PositionFigures:
@@ -78,8 +78,13 @@ def init_state(target: Any) -> None:
     target.max_occurred_at = None
 
 
-def is_stale_count(position: Any, occurred_at: datetime, lot: Any = None) -> bool:
+def is_stale_count(position: Any, occurred_at: datetime, lot_id: str | None = None) -> bool:
     """A count older than the newest applied count changes nothing (STALE_COUNT); a lot
-    count is judged against the newest count of the same lot."""
-    last = position.last_count_at if lot is None else lot["last_count_at"]
+    count is judged against the newest count of the same lot only (a lot never counted
+    here has none, whatever the position's untracked counts were)."""
+    if lot_id is None:
+        last = position.last_count_at
+    else:
+        lot = lots_of(position).get(lot_id)
+        last = lot["last_count_at"] if lot is not None else None
     return last is not None and occurred_at < last

@@ -51,6 +51,10 @@ def record_movements(
         # duplicate) or the events this commit writes for it.
         outcomes: list[tuple[Movement, str, int, list[EventRef]]] = []
         invalid: dict[int, TrackingMismatch] = {}
+        if reject_reused:
+            # Refuse before applying anything: a command that raises after changing
+            # aggregates makes the pipeline re-run its whole batch one command at a time.
+            _refuse_mismatched(uow, movements)
         for index, movement in enumerate(movements):
             key_id = movement_key_id(movement.source, movement.message_id)
             digest = fingerprint("movement", movement.fingerprint_fields())
@@ -68,11 +72,7 @@ def record_movements(
             try:
                 check_tracking(uow, movement)
             except TrackingMismatch as error:
-                if reject_reused:
-                    raise TrackingMismatch(
-                        f"movements[{index}].{error.field_path}", error.description
-                    ) from None
-                invalid[len(outcomes)] = error
+                invalid[index] = error
                 outcomes.append((movement, INVALID, 0, []))
                 continue
             mark = uow.mark()
@@ -112,6 +112,20 @@ def record_movements(
     # The serial index entry of every unit listed.
     aggregates.extend(serial_unit_id(m.sku, s) for m in movements for s in m.serial_numbers)
     return declare_reads(command, Reads(keys=keys, aggregates=tuple(aggregates)))
+
+
+def _refuse_mismatched(uow: UnitOfWork, movements: Sequence[Movement]) -> None:
+    """Raise for the first new movement that does not fit its SKU's tracking (a replayed
+    one answers DUPLICATE whatever the tracking is now)."""
+    for index, movement in enumerate(movements):
+        if uow.idempotency_key(movement_key_id(movement.source, movement.message_id)):
+            continue
+        try:
+            check_tracking(uow, movement)
+        except TrackingMismatch as error:
+            raise TrackingMismatch(
+                f"movements[{index}].{error.field_path}", error.description
+            ) from None
 
 
 def check_tracking(uow: UnitOfWork, movement: Movement) -> None:

@@ -357,7 +357,17 @@ class LotReferenceLedger(ReferenceLedger):
             return []
         assert isinstance(reservation, LotReservation)
         claims = reservation.claims[key]
-        order = ([lot_id] if lot_id in claims else []) + [lot for lot in claims if lot != lot_id]
+        # The shipped lot first, then the others in binding order judged now: earliest
+        # expiry first, lots that never expire last, ties by lot id.
+        others = sorted(
+            (lot for lot in claims if lot != lot_id),
+            key=lambda lot: (
+                self.expires_at(key[0], lot) is None,
+                self.expires_at(key[0], lot) or now,
+                lot,
+            ),
+        )
+        order = ([lot_id] if lot_id in claims else []) + others
         remaining = take
         for lot in order:
             part = min(claims[lot], remaining)
