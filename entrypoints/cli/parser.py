@@ -285,14 +285,16 @@ def _audit_parsers(commands: argparse._SubParsersAction) -> None:
         "reconcile",
         help="compare an external count (CSV) with the ledger's effective balance at T",
         description="SNAPSHOT is a CSV with the header sku,location_id,on_hand (one row per"
-        " position; quote identifiers holding commas). Each row is compared with on_hand of"
-        " the position's effective balance at --as-of; ledger positions with stock at the"
+        " position; quote identifiers holding commas), and an optional lot_id column for"
+        " lot-tracked SKUs (one row per lot: each compared with that lot's on_hand). Each row"
+        " is compared with on_hand of the position's effective balance at --as-of; ledger"
+        " positions (or lots) with stock at the"
         " snapshot's locations that it leaves out are reported as NOT_COUNTED (never posted)."
         " Writes variances.csv and summary.txt to --report-dir and prints the summary. With"
         " --post each variance is recorded as a cycle_count at T (source reconcile) with a"
         " reason; posting the same count again records nothing.",
     )
-    reconcile.add_argument("snapshot", help="CSV file: sku,location_id,on_hand")
+    reconcile.add_argument("snapshot", help="CSV file: sku,location_id,on_hand[,lot_id]")
     reconcile.add_argument(
         "--as-of",
         required=True,
