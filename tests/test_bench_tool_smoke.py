@@ -32,6 +32,8 @@ FIGURES = {
     "get_position",
     "get_position_c16",
     "get_position_as_of",
+    "get_availability_c16",
+    "get_availability_strong_c16",
     "projection_lag",
 }
 RATIOS = {
@@ -41,6 +43,8 @@ RATIOS = {
     "ingest_vs_jetstream_fetch_ack": 0.50,
     "reserve_vs_grpc_echo": None,
     "get_position_c16_vs_grpc_echo": None,
+    "get_availability_c16_vs_grpc_echo": None,
+    "get_availability_strong_c16_vs_grpc_echo": None,
 }
 
 TARGETS = {
@@ -87,6 +91,9 @@ def test_quick_benchmark_writes_every_figure_ratio_and_check(servers, tmp_path, 
     assert checked == {key for key in FIGURES if key.startswith("reserve_hot_")} | {"reserve_drain"}
     assert all(c["reserved"] <= c["on_hand"] for c in oversell["positions"])
     assert result["checks"]["ingest_durable"] is True
+    agreed = result["checks"]["eventual_equals_strong"]
+    assert agreed["passed"] is True and agreed["positions"] > 0, agreed
+    assert agreed["mismatches"] == [] and agreed["unjudged"] == []
 
     # The table: every figure and ratio, targets next to ratios; progress went to stderr.
     for name in FIGURES | BASELINES | set(RATIOS) | set(TARGETS):

@@ -4,8 +4,8 @@ Starts PostgreSQL and nats-server (embedded unless given), measures the raw base
 two ``ledger serve`` processes (plus ``ledger projections``) on one database, and prints a
 table of every figure with its ratio to its baseline; the JSON (``report`` documents its
 keys) goes to ``--json``. Progress goes to stderr. Exit status: 0 when every figure was
-measured and the oversell and ingest checks passed, 1 otherwise, 3 when PostgreSQL or
-NATS could not be started. Run from the repository root (it uses testbed/).
+measured and the oversell, ingest and eventual == STRONG checks passed, 1 otherwise, 3
+when PostgreSQL or NATS could not be started. Run from the repository root (it uses testbed/).
 """
 
 from __future__ import annotations
@@ -88,7 +88,11 @@ def _document(profile: Profile) -> dict[str, Any]:
         "figures": {},
         "ratios": {},
         "targets": {},
-        "checks": {"no_oversell": {"passed": False, "positions": []}, "ingest_durable": False},
+        "checks": {
+            "no_oversell": {"passed": False, "positions": []},
+            "ingest_durable": False,
+            "eventual_equals_strong": {"passed": False, "positions": 0},
+        },
         "failures": {},
     }
 
@@ -186,6 +190,10 @@ def _service(steps: Steps, doc: dict[str, Any], bench: Bench, nats_url: str) -> 
         out["reserve_drain"] = drained
     out.update(steps.run("record_movements", lambda: figures.record_movements(bench)) or {})
     out.update(steps.run("reads", lambda: figures.reads(bench)) or {})
+    progress("eventual_equals_strong: GetAvailability EVENTUAL vs STRONG at lag 0")
+    agreed = steps.run("eventual_equals_strong", lambda: figures.eventual_equals_strong(bench))
+    if agreed is not None:
+        doc["checks"]["eventual_equals_strong"] = agreed
     ingested = steps.run("ingest", lambda: ingest(bench.cluster, nats_url, profile, layout.ingest))
     if ingested is not None:
         out["ingest"] = ingested
@@ -234,7 +242,12 @@ def run(profile: Profile, json_path: str, database: str | None, nats_url: str | 
     print(report.table(doc))
     progress(f"done in {doc['elapsed_s']:.0f} s; JSON in {json_path}")
     checks = doc["checks"]
-    clean = not doc["failures"] and checks["no_oversell"]["passed"] and checks["ingest_durable"]
+    clean = (
+        not doc["failures"]
+        and checks["no_oversell"]["passed"]
+        and checks["ingest_durable"]
+        and checks["eventual_equals_strong"]["passed"]
+    )
     return 0 if clean else 1
 
 

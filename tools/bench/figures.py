@@ -1,18 +1,23 @@
 """The service's figures: the Reserve matrix (distinct / hot positions x clients x server
 processes), open-loop runs at half and at twice the best throughput, the oversell check,
-RecordMovements, and read latency (GetPosition, GetPositionAsOf)."""
+RecordMovements, read latency (GetPosition, GetPositionAsOf) and read throughput
+(GetPosition, GetAvailability eventual and STRONG), and the eventual == STRONG check."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from google.protobuf import text_format
+from inventory.ledger.v1 import availability_pb2, query_service_pb2
 
 from tools.bench.driver import WorkerPool, merge
 from tools.bench.profile import Profile
 from tools.bench.progress import progress
 from tools.bench.sampling import sampler
-from tools.bench.service import LOCATION, Cluster, Layout
+from tools.bench.service import CALL_TIMEOUT_SECONDS, LOCATION, Cluster, Layout
 
 
 @dataclass
@@ -254,20 +259,31 @@ def record_movements(bench: Bench) -> dict[str, dict[str, Any]]:
 
 def reads(bench: Bench) -> dict[str, dict[str, Any]]:
     """Latency one call at a time (GetPosition, GetPositionAsOf at now on the recorded axis),
-    and GetPosition throughput at the echo baseline's 16 calls in flight."""
+    and throughput at the echo baseline's 16 calls in flight of GetPosition and of
+    GetAvailability, eventual (the read model) and STRONG (the ledger), all on one server,
+    the projections caught up first (reads write nothing, so they stay caught up)."""
     profile = bench.profile
     skus = bench.layout.distinct[: min(256, len(bench.layout.distinct))]
     base = {"skus": skus, "location": LOCATION}
+    available = {"skus": skus, "channel": "web"}
+    wait_for_projections(bench)
     figures: dict[str, dict[str, Any]] = {}
-    for key, kind, in_flight in (
-        ("get_position", "get_position", 1),
-        ("get_position_c16", "get_position", profile.echo_in_flight),
-        ("get_position_as_of", "as_of", 1),
+    for key, kind, in_flight, params in (
+        ("get_position", "get_position", 1, base),
+        ("get_position_c16", "get_position", profile.echo_in_flight, base),
+        ("get_position_as_of", "as_of", 1, base),
+        ("get_availability_c16", "availability", profile.echo_in_flight, available),
+        (
+            "get_availability_strong_c16",
+            "availability",
+            profile.echo_in_flight,
+            {**available, "consistency": "CONSISTENCY_STRONG"},
+        ),
     ):
         progress(f"{key}: {in_flight} call(s) in flight")
         figure = bench.load(
             kind,
-            base,
+            params,
             processes=1,
             clients=in_flight,
             seconds=profile.reads_window,
@@ -278,6 +294,87 @@ def reads(bench: Bench) -> dict[str, dict[str, Any]]:
         figures[key] = figure
         progress(f"  {_brief(figure)}")
     return figures
+
+
+def _status(bench: Bench) -> tuple[int, int]:
+    """(head, applied) from the first server."""
+    status = bench.cluster.queries().GetProjectionStatus(
+        query_service_pb2.GetProjectionStatusRequest(), timeout=CALL_TIMEOUT_SECONDS
+    )
+    return status.head_position, status.applied_position
+
+
+def wait_for_projections(bench: Bench, timeout: float = 60.0) -> float:
+    """Until the read models have applied the ledger's head; returns the seconds waited."""
+    began = time.monotonic()
+    while True:
+        head, applied = _status(bench)
+        if applied >= head:
+            return time.monotonic() - began
+        if time.monotonic() - began > timeout:
+            raise TimeoutError(f"projections still at {applied} of {head} after {timeout:g} s")
+        time.sleep(0.05)
+
+
+def eventual_equals_strong(bench: Bench, attempts: int = 20, chunk: int = 32) -> dict[str, Any]:
+    """With the lag at 0, GetAvailability EVENTUAL answers exactly what STRONG answers (every
+    field, ``projection_position`` included) for the SKUs the figures touched: distinct ones
+    with holds, the hot and drain positions, the received ones. Pairs are judged only when
+    the head did not move around their reads (an expiring hold would move it); else they are
+    read again."""
+    layout = bench.layout
+    skus = [
+        *layout.distinct[: min(256, len(layout.distinct))],
+        *layout.hot.values(),
+        *layout.record[:32],
+    ]
+    stub = bench.cluster.queries()
+
+    def read(sku: str, consistency: str) -> availability_pb2.Availability:
+        return stub.GetAvailability(
+            query_service_pb2.GetAvailabilityRequest(
+                sku=sku, channel="web", consistency=consistency
+            ),
+            timeout=CALL_TIMEOUT_SECONDS,
+        )
+
+    mismatches: list[dict[str, Any]] = []
+    unjudged: list[str] = []
+    wait_for_projections(bench)
+    # In chunks: the head read before and after a chunk vouches for every pair in it.
+    for start in range(0, len(skus), chunk):
+        part = skus[start : start + chunk]
+        for _ in range(attempts):
+            head, applied = _status(bench)
+            pairs = [
+                (sku, read(sku, "CONSISTENCY_EVENTUAL"), read(sku, "CONSISTENCY_STRONG"))
+                for sku in part
+            ]
+            if applied == head and _status(bench) == (head, applied):
+                mismatches += [
+                    {
+                        "sku": sku,
+                        "eventual": text_format.MessageToString(eventual, as_one_line=True),
+                        "strong": text_format.MessageToString(strong, as_one_line=True),
+                    }
+                    for sku, eventual, strong in pairs
+                    if eventual != strong
+                ]
+                break
+            wait_for_projections(bench)
+        else:
+            unjudged += part
+    check = {
+        "passed": not mismatches and not unjudged,
+        "positions": len(skus),
+        "mismatches": mismatches[:20],
+        "unjudged": unjudged[:20],
+    }
+    if not check["passed"]:
+        progress(f"  EVENTUAL != STRONG: {check}")
+    else:
+        progress(f"  eventual == strong for {len(skus)} SKUs")
+    return check
 
 
 def _brief(figure: dict[str, Any]) -> str:

@@ -34,6 +34,7 @@ RESERVE = _path(reservation_service_pb2, "ReservationService", "Reserve")
 RECORD_MOVEMENTS = _path(movement_service_pb2, "MovementService", "RecordMovements")
 GET_POSITION = _path(query_service_pb2, "InventoryQueryService", "GetPosition")
 GET_POSITION_AS_OF = _path(audit_service_pb2, "AuditService", "GetPositionAsOf")
+GET_AVAILABILITY = _path(query_service_pb2, "InventoryQueryService", "GetAvailability")
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,21 @@ def _as_of(params: dict[str, Any], tag: str) -> Payloads:
     return Payloads(GET_POSITION_AS_OF, build, lambda _i: 0, reusable=True, distinct=len(skus))
 
 
+def _availability(params: dict[str, Any], tag: str) -> Payloads:
+    """GetAvailability of each SKU for ``channel``; ``consistency`` names the enum value
+    (default ``CONSISTENCY_EVENTUAL``: the read model)."""
+    skus: list[str] = params["skus"]
+    channel = params.get("channel", "web")
+    consistency: str = params.get("consistency", "CONSISTENCY_EVENTUAL")
+
+    def build(i: int) -> bytes:
+        return query_service_pb2.GetAvailabilityRequest(
+            sku=skus[i % len(skus)], channel=channel, consistency=consistency
+        ).SerializeToString()
+
+    return Payloads(GET_AVAILABILITY, build, lambda _i: 0, reusable=True, distinct=len(skus))
+
+
 def _echo(params: dict[str, Any], tag: str) -> Payloads:
     body = b"x" * int(params.get("size", 64))
     return Payloads(ECHO_METHOD, lambda _i: body, lambda _i: 0, reusable=True, distinct=1)
@@ -142,5 +158,6 @@ _MAKERS: dict[str, Callable[[dict[str, Any], str], Payloads]] = {
     "record": _record,
     "get_position": _get_position,
     "as_of": _as_of,
+    "availability": _availability,
     "echo": _echo,
 }

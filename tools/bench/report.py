@@ -8,7 +8,8 @@ JSON (``schema`` 1): ``mode``, ``started_at``, ``elapsed_s``, ``machine``, ``git
 * ``figures``: ``reserve_{distinct,hot}_c{64,256}_p{1,2}``, ``reserve_distinct_best``,
   ``reserve_half_load``, ``reserve_saturation``, ``reserve_drain``,
   ``record_movements_single``, ``record_movements_batch``, ``ingest``, ``get_position``,
-  ``get_position_c16``, ``get_position_as_of``, ``projection_lag`` — each with ``rate``,
+  ``get_position_c16``, ``get_position_as_of``, ``get_availability_c16`` (eventual),
+  ``get_availability_strong_c16``, ``projection_lag`` — each with ``rate``,
   ``unit``; load-generated ones also ``ok``, ``errors`` (status code -> count, OK calls
   aside), ``p50_ms``/``p90_ms``/``p99_ms``/``max_ms`` (OK calls in the window),
   ``seconds``, ``processes``, ``clients`` or ``offered_rate``, ``ok_qty``/``ambiguous_qty``
@@ -24,7 +25,9 @@ JSON (``schema`` 1): ``mode``, ``started_at``, ``elapsed_s``, ``machine``, ``git
 * ``targets``: ``half_load_p50_ms``, ``half_load_p99_ms``, ``saturation_timeout_share``
   (DEADLINE_EXCEEDED over every answer at saturation; with ``resource_exhausted`` and
   ``deadline_exceeded`` counts) — each ``value``, ``target`` (text), ``met``;
-* ``checks``: ``no_oversell`` (``passed`` and each position checked), ``ingest_durable``;
+* ``checks``: ``no_oversell`` (``passed`` and each position checked), ``ingest_durable``,
+  ``eventual_equals_strong`` (``passed``, ``positions`` compared at lag 0, ``mismatches``,
+  ``unjudged``);
 * ``failures``: figures that could not be measured (name -> error), empty on a clean run.
 """
 
@@ -50,6 +53,13 @@ RATIOS: tuple[tuple[str, str, str, float | None], ...] = (
     ("ingest_vs_jetstream_fetch_ack", "ingest", "baselines.jetstream_fetch_ack", 0.50),
     ("reserve_vs_grpc_echo", "reserve_distinct_best", "baselines.grpc_echo", None),
     ("get_position_c16_vs_grpc_echo", "get_position_c16", "baselines.grpc_echo", None),
+    ("get_availability_c16_vs_grpc_echo", "get_availability_c16", "baselines.grpc_echo", None),
+    (
+        "get_availability_strong_c16_vs_grpc_echo",
+        "get_availability_strong_c16",
+        "baselines.grpc_echo",
+        None,
+    ),
 )
 RATIO_KEYS = tuple(name for name, *_ in RATIOS)
 
@@ -198,11 +208,14 @@ def table(document: Mapping[str, Any]) -> str:
         met = {True: "yes", False: "NO", None: "-"}[item["met"]]
         lines.append(f"{name:<42}{_cell(item['value'], 3):>8}{item['target']:>9}  {met}")
     checks = document["checks"]
+    agreed = checks.get("eventual_equals_strong") or {}
     lines.append("")
     lines.append(
         f"no oversell: {'passed' if checks['no_oversell']['passed'] else 'FAILED'}"
         f" ({len(checks['no_oversell']['positions'])} positions checked);"
-        f" ingest durable: {'yes' if checks['ingest_durable'] else 'NO'}"
+        f" ingest durable: {'yes' if checks['ingest_durable'] else 'NO'};"
+        f" eventual == STRONG: {'yes' if agreed.get('passed') else 'NO'}"
+        f" ({agreed.get('positions', 0)} SKUs at lag 0)"
     )
     for name, error in document.get("failures", {}).items():
         lines.append(f"FAILED {name}: {error}")
