@@ -27,6 +27,7 @@ from ledger.domain.position import Position, position_id
 from ledger.domain.reservation import Reservation, parse_reservation_id
 from ledger.domain.serial_unit import SerialUnit, serial_unit_id
 from ledger.pipeline import CommandPipeline
+from ledger.read_cache import ReadCache
 from ledger.store.index_ops import to_micros
 from ledger.unit_of_work import Command
 from ledger.use_cases import movements, policies, reservations
@@ -70,6 +71,9 @@ class LedgerService:
             batch_max=group_commit.max_commands,
         )
         self.as_of = AsOfReader(app)
+        # Positions for strongly consistent reads (GetPosition, ListPositions, STRONG
+        # GetAvailability): fast-forwarded per read, shared without copies (issue 20).
+        self.reads = ReadCache(app)
         self._sweeper_stop = threading.Event()
         self._sweeper: threading.Thread | None = None
 
@@ -167,7 +171,14 @@ class LedgerService:
     def get_position(
         self, sku: str, location_id: str, *, include_holds: bool = False
     ) -> PositionView:
-        position = self.app.find(position_id(sku, location_id))
+        return self._position_view(
+            sku, location_id, self.reads.get(position_id(sku, location_id)), include_holds
+        )
+
+    def _position_view(
+        self, sku: str, location_id: str, position: object, include_holds: bool
+    ) -> PositionView:
+        # One published (never mutated) aggregate: figures and holds agree.
         if not isinstance(position, Position):
             return PositionView(sku=sku, location_id=location_id)
         return PositionView.of(position, self.clock(), include_holds=include_holds)
@@ -184,8 +195,12 @@ class LedgerService:
         keys = self.app.select_positions(
             sku=sku, location_id=location_id, after=after, limit=page_size + 1
         )
+        page = keys[:page_size]
+        # The page's positions fast-forwarded in one statement.
+        found = self.reads.get_many([position_id(s, loc) for s, loc in page])
         views = [
-            self.get_position(s, loc, include_holds=include_holds) for s, loc in keys[:page_size]
+            self._position_view(s, loc, position, include_holds)
+            for (s, loc), position in zip(page, found, strict=True)
         ]
         next_after = keys[page_size - 1] if len(keys) > page_size else None
         return Page(views, next_after)
