@@ -16,6 +16,7 @@ from ledger.domain.lot_record import LotRecord, expiry_stated_by, lot_record_id
 from ledger.domain.lots import lots_of
 from ledger.domain.movements import Movement, MovementType
 from ledger.domain.position import EventMeta, Position, position_id
+from ledger.domain.position_state import is_stale_count
 from ledger.domain.serial_unit import SerialUnit, serial_after, serial_unit_id
 from ledger.unit_of_work import (
     Command,
@@ -171,7 +172,11 @@ def apply_movement(uow: UnitOfWork, ctx: CallContext, movement: Movement) -> Non
     position = uow.position(movement.sku, movement.location_id, meta)
     lot_expires_at = _lot_expiry(uow, movement, meta) if movement.lot_id is not None else None
     # Before the shipment consumes the hold that names the order.
-    conflicts = _move_serials(uow, position, movement, meta) if movement.serial_numbers else []
+    conflicts = (
+        _move_serials(uow, position, movement, meta)
+        if movement.serial_numbers and not _is_stale(position, movement, meta)
+        else []
+    )
     if movement.type is MovementType.SHIPMENT and movement.reservation_id:
         _ship_against_reservation(uow, position, movement, meta)
     position.record(movement, meta, lot_expires_at, serial_conflicts=conflicts)
@@ -179,6 +184,13 @@ def apply_movement(uow: UnitOfWork, ctx: CallContext, movement: Movement) -> Non
         # Both legs in the same unit of work, hence the same transaction.
         destination = uow.position(movement.sku, movement.to_location_id or "", meta)
         destination.record_inbound_transfer(movement, meta, lot_expires_at)
+
+
+def _is_stale(position: Position, movement: Movement, meta: EventMeta) -> bool:
+    """A stale count changes nothing: not the buckets, and not the serial index either."""
+    return movement.type is MovementType.CYCLE_COUNT and is_stale_count(
+        position, meta.occurred_at, movement.lot_id
+    )
 
 
 def _move_serials(
