@@ -102,7 +102,9 @@ async def start_api(
     if runner is not None:
         service.pipeline.add_commit_listener(runner.wake)
         runner.start()
-    read_models = ReadModelQueries(service, store, runner)
+    read_models = ReadModelQueries(
+        service, store, runner, cache_skus=settings.availability_cache_skus
+    )
     metrics = start_endpoint(settings.metrics_listen, projection_status=read_models.status)
     running = await start_server(service, read_models, settings)
     service.start_expiry_sweeper(settings.expiry_sweep_seconds)

@@ -17,6 +17,10 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///./ledger.db"
 # Load shedding: unary calls a replica serves at once (entrypoints.grpc.load_shedding).
 DEFAULT_MAX_CALLS_IN_FLIGHT = 1024
+# Eventual GetAvailability from memory (projections.availability_cache): the SKUs a replica
+# keeps, least recently used evicted; about 1.3 KB per position plus ~0.5 KB per hold, so
+# 10,000 SKUs of 4 locations are ~60 MB. 0 turns the cache off.
+DEFAULT_AVAILABILITY_CACHE_SKUS = 10_000
 # Garbage-collector thresholds and thread switch interval of the long-running processes
 # (ledger.gc_tuning, ledger.gil_tuning explain the figures).
 DEFAULT_GC_THRESHOLDS = (20_000, 50, 20)
@@ -103,6 +107,7 @@ class Settings:
     tls_key: str = ""
     tls_client_ca: str = ""  # set: mutual TLS, client certificates required
     max_calls_in_flight: int = DEFAULT_MAX_CALLS_IN_FLIGHT
+    availability_cache_skus: int = DEFAULT_AVAILABILITY_CACHE_SKUS
     # Long-running processes: read by the command that tunes itself (ProcessTuning.from_env).
     tuning: ProcessTuning = ProcessTuning()
     # `ingest` / `dev`: read by those commands (ingest_ack_wait_from_env) before they connect.
@@ -143,6 +148,11 @@ class Settings:
                 os.environ.get("LEDGER_MAX_CALLS_IN_FLIGHT", ""),
                 DEFAULT_MAX_CALLS_IN_FLIGHT,
             ),
+            "availability_cache_skus": _non_negative_int(
+                "LEDGER_AVAILABILITY_CACHE_SKUS",
+                os.environ.get("LEDGER_AVAILABILITY_CACHE_SKUS", ""),
+                DEFAULT_AVAILABILITY_CACHE_SKUS,
+            ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         # One mapping of mixed value types keyed by field name; each value was parsed to its
@@ -161,6 +171,10 @@ def _positive_int(name: str, text: str, default: int) -> int:
     if value < 1:
         raise ConfigError(f"{name} must be at least 1, not {value}")
     return value
+
+
+def _non_negative_int(name: str, text: str, default: int) -> int:
+    return 0 if text.strip() == "0" else _positive_int(name, text, default)
 
 
 def _positive_seconds(name: str, text: str, default: float) -> float:

@@ -17,6 +17,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from projections.availability_cache import BatchChange, scope_of
 from projections.generations import Generations, GenerationTables
 from projections.position_state import LedgerExceptionRecord
 from projections.rows import ItemRow, PolicyRow, PositionRow
@@ -152,8 +153,16 @@ class BatchWriter:
         if moved.rowcount != 1:
             raise TrackingConflict(f"{tables.base}: tracking is no longer at {batch.from_position}")
         if self.db.postgres is not None:
-            # Delivered at commit: API replicas that LISTEN wake at once instead of polling.
-            tx(f'NOTIFY "{self.db.applied_channel}"')
+            # Delivered at commit: API replicas that LISTEN wake at once instead of polling,
+            # and learn which SKUs the batch changed (their availability caches drop those).
+            change = BatchChange(
+                tables.generation,
+                batch.from_position,
+                batch.to_position,
+                None if batch.policies else frozenset(r.sku for r in batch.positions),
+            )
+            scope = scope_of(self.db.schema, self.db.prefix)
+            tx("SELECT pg_notify(%s, %s)", (self.db.applied_channel, change.payload(scope)))
         tx.insert(
             tables.positions,
             _POSITION_COLUMNS,

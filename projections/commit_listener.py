@@ -23,7 +23,14 @@ log = logging.getLogger(__name__)
 
 
 class CommitListener:
-    def __init__(self, database_url: str, channel: str, on_commit: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        channel: str,
+        on_commit: Callable[[], None],
+        on_payload: Callable[[str], None] | None = None,
+    ) -> None:
+        """``on_payload`` (optional) gets each notification's payload, before ``on_commit``."""
         env = eventsourcing_env(database_url)
         self._conninfo = make_conninfo(
             dbname=env["POSTGRES_DBNAME"],
@@ -35,6 +42,7 @@ class CommitListener:
         )
         self._channel = channel
         self._on_commit = on_commit
+        self._on_payload = on_payload
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="commit-listener", daemon=True)
 
@@ -53,7 +61,9 @@ class CommitListener:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                     failures = 0
                     while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=1.0):
+                        for note in conn.notifies(timeout=1.0):
+                            if self._on_payload is not None:
+                                self._on_payload(note.payload)
                             self._on_commit()
             except psycopg.Error as error:
                 failures += 1

@@ -13,6 +13,7 @@ from ledger.domain.item_policy import Tracking
 from ledger.domain.position import Position, inbound_outstanding, position_id
 from ledger.service import LedgerService
 from projections.availability import AvailabilityView, PolicyTerms, compute_availability
+from projections.availability_cache import AvailabilityCache, scope_of
 from projections.position_state import LedgerExceptionRecord, ProjectedPosition
 from projections.runner import ProjectionRunner
 from projections.store import PositionRow, ReadModelStore
@@ -60,10 +61,27 @@ class ReadModelQueries:
         service: LedgerService,
         store: ReadModelStore,
         runner: ProjectionRunner | None = None,
+        *,
+        cache_skus: int = 0,
     ) -> None:
+        """``cache_skus``: bound of the eventual-availability cache (0: no cache). With a
+        runner it follows the runner's batches; else :meth:`follow_read_model` starts it."""
         self.service = service
         self.store = store
         self.runner = runner  # in-process runner, if any: waits without polling the table
+        self.cache = AvailabilityCache(cache_skus)
+        if runner is not None and self.cache.enabled:
+            runner.add_change_listener(self.cache.apply)
+            self.cache.follow(runner.generation, runner.applied_position)
+
+    def follow_read_model(self, *, notified: bool) -> None:
+        """The projection runs in another process: keep the cache current from its NOTIFY
+        payloads (``notified``: :meth:`on_notify` gets them) and a poll of the tracking row."""
+        self.cache.poll(self.store.tracking, feed=notified)
+
+    def on_notify(self, payload: str) -> None:
+        """A NOTIFY of the read models' ``applied_channel`` (the listener's thread)."""
+        self.cache.apply_payload(payload, scope_of(self.store.schema, self.store.prefix))
 
     # ---- availability -------------------------------------------------------------------------
 
@@ -81,11 +99,32 @@ class ReadModelQueries:
             return self._strong_availability(sku, channel, horizon)
         if min_position:
             self.wait_for(min_position, timeout)
-        applied, rows, terms_json = self.store.availability_inputs(sku, channel)
+        generation, applied, rows, terms_json = self.store.availability_inputs(sku, channel)
         terms = PolicyTerms(**json.loads(terms_json)) if terms_json else PolicyTerms()
         positions = [_state(row) for row in rows]
-        return compute_availability(
+        view = compute_availability(
             sku, channel, positions, terms, self.service.clock(), applied, horizon
+        )
+        # Shared only now, after the first computation converted them (holds to a book).
+        self.cache.fill(generation, applied, sku, positions, channel, terms)
+        return view
+
+    def cached_availability(
+        self,
+        sku: str,
+        channel: str,
+        *,
+        min_position: int = 0,
+        horizon: datetime | None = None,
+    ) -> AvailabilityView | None:
+        """An eventual answer from memory (no I/O: fit for the event loop), or None when the
+        cache does not hold ``sku`` and ``channel`` at ``min_position`` or later. Computed
+        now from the cached states, like the database path computes it from the rows."""
+        found = self.cache.lookup(sku, channel, min_position)
+        if found is None:
+            return None
+        return compute_availability(
+            sku, channel, found.states, found.terms, self.service.clock(), found.position, horizon
         )
 
     def _strong_availability(

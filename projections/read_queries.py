@@ -76,15 +76,17 @@ class ReadQueries:
 
     def availability_inputs(
         self, sku: str, channel: str
-    ) -> tuple[int, list[PositionRow], str | None]:
-        """Tracking position, positions of ``sku`` and ``channel``'s policy terms, from one
-        generation in one transaction."""
+    ) -> tuple[int, int, list[PositionRow], str | None]:
+        """Generation, tracking position, positions of ``sku`` and ``channel``'s policy
+        terms, from one generation in one transaction."""
 
-        def body(tx: Transaction, t: GenerationTables) -> tuple[int, list[PositionRow], str | None]:
+        def body(
+            tx: Transaction, t: GenerationTables
+        ) -> tuple[int, int, list[PositionRow], str | None]:
             applied = t.applied_position(tx)
             rows = _positions_of_sku(tx, t, sku)
             terms = tx.rows(f"SELECT terms FROM {t.policies} WHERE channel = %s", (channel,))
-            return applied, rows, terms[0][0] if terms else None
+            return t.generation, applied, rows, terms[0][0] if terms else None
 
         return self.read(body)
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from ledger.application import InventoryLedger
 from ledger.logs import one_line, retry_delay
 from ledger.store.retries import store_unavailable
+from projections.availability_cache import BatchChange
 from projections.batch_fold import FoldedBatch, StateCache
 from projections.store import ReadModelStore, TrackingConflict
 
@@ -66,6 +67,7 @@ class ProjectionRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._batch_listeners: list[Callable[[set[str], int], None]] = []
+        self._change_listeners: list[Callable[[BatchChange], None]] = []
 
     @property
     def applied_position(self) -> int:
@@ -93,6 +95,12 @@ class ProjectionRunner:
         (on the runner's thread: keep it cheap, hand work to your own thread or loop).
         After a switch to a rebuilt generation it is called with ``{ALL_SKUS}``."""
         self._batch_listeners.append(listener)
+
+    def add_change_listener(self, listener: Callable[[BatchChange], None]) -> None:
+        """Called like a batch listener with each move of the tracking position as a
+        :class:`BatchChange`: every committed batch, and (``skus=None``) every stretch the
+        runner skipped because another runner or a rebuild applied it."""
+        self._change_listeners.append(listener)
 
     def wake(self) -> None:
         """New events were committed (called in-process after each write)."""
@@ -182,15 +190,26 @@ class ProjectionRunner:
         else:
             generation, position = self._generation, self.store.applied_position(self._generation)
         switched = generation != self._generation
+        previous = self._applied
         self._cache.clear()
         with self._changed:
             self._generation, self._applied = generation, position
             self._changed.notify_all()
+        if switched or position != previous:
+            # Rows this runner did not write: listeners cannot know which SKUs they touch.
+            self._notify_change(BatchChange(generation, previous, position, None))
         if switched:
             log.info("projection now follows generation %d at position %d", generation, position)
             # Rows were rebuilt, and positions may have been applied by the rebuild: tell
             # listeners that anything may have changed.
             self._notify({ALL_SKUS}, position)
+
+    def _notify_change(self, change: BatchChange) -> None:
+        for listener in self._change_listeners:
+            try:
+                listener(change)
+            except Exception:
+                log.exception("projection change listener failed")
 
     def _notify(self, changed_skus: set[str], position: int) -> None:
         for listener in self._batch_listeners:
@@ -241,6 +260,14 @@ class ProjectionRunner:
             self._applied = notes[-1].id
             self._changed.notify_all()
         changed_skus = {p.sku for p in batch.positions.values()}
+        self._notify_change(
+            BatchChange(
+                generation,
+                start,
+                notes[-1].id,
+                None if batch.policies else frozenset(changed_skus),
+            )
+        )
         if batch.policies:
             changed_skus.add(ALL_SKUS)  # a channel policy touches every SKU
         self._notify(changed_skus, notes[-1].id)

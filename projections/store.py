@@ -170,9 +170,9 @@ class ReadModelStore:
 
     def availability_inputs(
         self, sku: str, channel: str
-    ) -> tuple[int, list[PositionRow], str | None]:
-        """Tracking position, positions of ``sku`` and ``channel``'s policy terms, from one
-        generation in one transaction."""
+    ) -> tuple[int, int, list[PositionRow], str | None]:
+        """Generation, tracking position, positions of ``sku`` and ``channel``'s policy
+        terms, from one generation in one transaction."""
         return self._queries.availability_inputs(sku, channel)
 
     def positions_at_location(self, location_id: str) -> list[PositionRow]:

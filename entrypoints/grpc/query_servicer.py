@@ -95,15 +95,25 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
             "sku channel consistency min_position",
             {"horizon": convert.timestamp(request, "horizon")},
         )
-        view = await asyncio.to_thread(
-            self._read.availability,
-            query.sku,
-            query.channel,
-            strong=query.consistency == availability_pb2.CONSISTENCY_STRONG,
-            min_position=query.min_position,
-            horizon=query.horizon,
-            timeout=ctx.time_remaining_seconds or DEFAULT_WAIT_SECONDS,
+        strong = query.consistency == availability_pb2.CONSISTENCY_STRONG
+        # Eventual: from the in-memory cache on the loop when it is at min_position or later.
+        view = (
+            None
+            if strong
+            else self._read.cached_availability(
+                query.sku, query.channel, min_position=query.min_position, horizon=query.horizon
+            )
         )
+        if view is None:
+            view = await asyncio.to_thread(
+                self._read.availability,
+                query.sku,
+                query.channel,
+                strong=strong,
+                min_position=query.min_position,
+                horizon=query.horizon,
+                timeout=ctx.time_remaining_seconds or DEFAULT_WAIT_SECONDS,
+            )
         return convert.availability_message(view)
 
     @server_stream

@@ -55,6 +55,7 @@ class RunningServer:
     commit_listener: CommitListener | None = None
     ledger_listener: CommitListener | None = None
     guard: CallGuard | None = None  # authentication; .reload() re-reads the token file
+    read_models: ReadModelQueries | None = None  # stops its availability cache's poll
 
     async def stop(self, grace_seconds: float) -> None:
         """Report NOT_SERVING first so load balancers drain us, then finish in-flight calls.
@@ -65,6 +66,8 @@ class RunningServer:
         for listener in (self.commit_listener, self.ledger_listener):
             if listener is not None:
                 await asyncio.to_thread(listener.stop)
+        if self.read_models is not None:
+            await asyncio.to_thread(self.read_models.cache.stop)
         if self.watch_hub is not None:
             await self.watch_hub.close()
         await self.server.stop(grace_seconds)
@@ -92,11 +95,17 @@ async def start_server(
     watch_hub.start(asyncio.get_running_loop())
     listener = None
     if read_models.runner is None and settings.database_url.startswith("postgres"):
-        # The projection runs in another process: its NOTIFY per batch wakes the hub.
+        # The projection runs in another process: its NOTIFY per batch wakes the hub and
+        # names the SKUs the availability cache drops.
         listener = CommitListener(
-            settings.database_url, read_models.store.applied_channel, watch_hub.wake
+            settings.database_url,
+            read_models.store.applied_channel,
+            watch_hub.wake,
+            read_models.on_notify,
         )
         listener.start()
+    if read_models.runner is None:
+        read_models.follow_read_model(notified=listener is not None)
     # StreamLedger followers: woken by this process's commits and, on PostgreSQL, by the
     # events table's NOTIFY (writes of other replicas and of ingest).
     tail = LedgerTail()
@@ -138,4 +147,6 @@ async def start_server(
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, watch_hub, listener, ledger_listener, guard)
+    return RunningServer(
+        server, port, health_servicer, watch_hub, listener, ledger_listener, guard, read_models
+    )
