@@ -10,6 +10,7 @@ exceptions are compared with figures built from the aggregates and the event sto
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import tempfile
@@ -25,6 +26,7 @@ from ledger.domain.errors import (
     IllegalTransition,
     InsufficientAvailability,
     ItemTrackingLocked,
+    TrackingMismatch,
 )
 from ledger.domain.item_policy import Tracking
 from ledger.domain.movements import Disposition, Movement, MovementType
@@ -159,7 +161,9 @@ def _apply(service: LedgerService, clock: Clock, step: tuple, reservations: list
             final=final,
         )
     if m is not None:
-        service.record_movements(CTX, [m]).result()
+        # A plain movement of a SKU the history made LOT or SERIAL is refused: no change.
+        with contextlib.suppress(TrackingMismatch):
+            service.record_movements(CTX, [m]).result()
         return
     try:
         if kind == "reserve":
@@ -217,6 +221,7 @@ def _apply(service: LedgerService, clock: Clock, step: tuple, reservations: list
         IllegalTransition,
         FenceExceedsAvailable,
         ItemTrackingLocked,
+        TrackingMismatch,
     ):
         pass  # refused commands change nothing; the comparison below still runs
 
