@@ -4,14 +4,25 @@
 a gRPC call is being served carries that call's ``correlation_id`` (and ``principal`` and
 ``method``), in both formats; the access line of each call (logger ``ledger.access``) adds
 ``code`` and ``duration_ms``.
+
+Records are queued (``logging.handlers.QueueHandler``) and formatted and written by one
+listener thread, so a call's access line costs the event loop a record and a queue put, not
+a JSON encoding and a write. Lines therefore reach stderr a moment after they are logged;
+:func:`flush_logs` waits for them, and the listener drains the queue at exit.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import contextvars
 import json
 import logging
+import logging.handlers
+import os
+import queue
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,18 +90,164 @@ class TextFormatter(logging.Formatter):
 ACCESS_LOGGER = "ledger.access"
 
 
+# Argument types a record may keep until the listener formats it: nothing can change them.
+_IMMUTABLE = (str, int, float, bool, type(None), bytes)
+
+
+class _QueueHandler(logging.handlers.QueueHandler):
+    """Queues the record as it is: ``QueueHandler.prepare`` would format it here, on the
+    caller's thread, which is the cost the queue is there to move."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        args = record.args
+        if args and not (isinstance(args, tuple) and all(isinstance(a, _IMMUTABLE) for a in args)):
+            # An argument that may change before the listener gets to it: format it now.
+            record.msg = record.getMessage()
+            record.args = None
+        return record
+
+
+# How long a queued line may wait for the listener: it wakes this often, not per record.
+# Waking per record cost more than the formatting it moved (a thread switch and a GIL
+# hand-over per call); batches cost one each.
+LISTENER_INTERVAL_SECONDS = 0.05
+
+
+class _Listener:
+    """Takes the queued records every ``LISTENER_INTERVAL_SECONDS`` (or at once when asked:
+    :func:`flush_logs`, exit), formats them with ``handler``'s formatter and writes them in
+    one write and one flush."""
+
+    def __init__(self, records: queue.SimpleQueue[Any], handler: logging.StreamHandler[Any]):
+        self.queue = records
+        self.handler = handler
+        self._wake = threading.Event()
+        self._stopping = False
+        self._flushed: list[threading.Event] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="ledger-log-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def flush(self, timeout: float) -> bool:
+        written = threading.Event()
+        with self._lock:
+            self._flushed.append(written)
+        self._wake.set()
+        return written.wait(timeout)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(LISTENER_INTERVAL_SECONDS)
+            self._wake.clear()
+            with self._lock:
+                flushed, self._flushed = self._flushed, []
+            stopping = self._stopping  # read before draining: nothing is left behind
+            self._write_queued()
+            for written in flushed:
+                written.set()
+            if stopping:
+                return
+
+    def _write_queued(self) -> None:
+        handler = self.handler
+        lines: list[str] = []
+        while True:
+            try:
+                record = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if record.levelno < handler.level or not handler.filter(record):
+                continue
+            try:
+                lines.append(handler.format(record) + handler.terminator)
+            except Exception:
+                handler.handleError(record)
+        if not lines:
+            return
+        with handler.lock or contextlib.nullcontext():
+            try:
+                handler.stream.write("".join(lines))
+                handler.flush()
+            except Exception:
+                handler.handleError(record)
+
+
+_listener: _Listener | None = None
+_queue_handler: _QueueHandler | None = None
+
+
 def configure_logging(level: str, log_format: str = DEFAULT_LOG_FORMAT) -> None:
-    """Root handler on stderr in the chosen format (replaces any earlier configuration)."""
+    """Root handler on stderr in the chosen format (replaces any earlier configuration),
+    written by a listener thread."""
+    global _listener, _queue_handler
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    records: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    handler = _QueueHandler(records)
+    # On the caller's thread: the call's fields live in a context variable.
     handler.addFilter(CallFieldsFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+    _stop_listener()  # the previous configuration's lines first
+    _listener = _Listener(records, stream)
+    _queue_handler = handler
+    _listener.start()
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+def flush_logs(timeout: float = 5.0) -> bool:
+    """Wait until every record logged so far is written; False if that took too long."""
+    listener = _listener
+    return True if listener is None else listener.flush(timeout)
+
+
+def _stop_listener() -> None:
+    """Write what is queued, then end the listener thread."""
+    global _listener
+    listener, _listener = _listener, None
+    if listener is not None:
+        listener.stop()
+
+
+def _restart_in_child() -> None:
+    """A forked child has the queue but not the listener thread: give it both, fresh (the
+    parent's queue may have been locked mid-put by another thread)."""
+    global _listener
+    if _listener is None or _queue_handler is None:
+        return
+    records: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    _queue_handler.queue = records
+    _listener = _Listener(records, _listener.handler)
+    _listener.start()
+
+
+def _at_exit() -> None:
+    """Write what is queued; whatever is logged after this (other exit hooks) is written
+    at once, by the stream handler itself."""
+    listener, handler = _listener, _queue_handler
+    _stop_listener()
+    root = logging.getLogger()
+    if listener is not None and handler is not None and handler in root.handlers:
+        listener.handler.addFilter(CallFieldsFilter())
+        root.removeHandler(handler)
+        root.addHandler(listener.handler)
+
+
+# Registered after logging's own exit hook, so it runs first: lines queued before exit are
+# written before logging closes the handlers.
+atexit.register(_at_exit)
+os.register_at_fork(after_in_child=_restart_in_child)
 
 
 def redacted(url: str) -> str:

@@ -1,11 +1,12 @@
 """The call guard: who is calling, may they call this method, are they within their rate,
 and one access log line per call (docs/security.md).
 
-:class:`CallGuard` is a server interceptor. For every method but health and reflection it
-wraps the handler so that, before the servicer runs, the bearer token in ``authorization``
-is resolved to a principal (UNAUTHENTICATED), the principal's token bucket is charged
-(RESOURCE_EXHAUSTED with RetryInfo) and the method's scope is checked (PERMISSION_DENIED).
-The admitted :class:`~entrypoints.grpc.rpc.Call` goes to the servicer wrappers in
+:class:`CallGuard` wraps every method handler once, as it is registered on the
+:class:`GuardedServer`: one wrapper per call times it (metrics), sheds load and, for every
+method but health and reflection, resolves the bearer token in ``authorization`` to a
+principal (UNAUTHENTICATED), charges the principal's token bucket (RESOURCE_EXHAUSTED with
+RetryInfo), checks the method's scope (PERMISSION_DENIED) and logs the access line. The
+admitted :class:`~entrypoints.grpc.rpc.Call` goes to the servicer wrappers in
 ``entrypoints.grpc.rpc`` through a context variable; they check the request's channel.
 Without a token file the guard admits everyone as the unrestricted, unlimited principal
 ``anonymous`` (open mode).
@@ -13,12 +14,12 @@ Without a token file the guard admits everyone as the unrestricted, unlimited pr
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import inspect
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -40,6 +41,7 @@ from entrypoints.grpc.errors import (
     status_for,
 )
 from entrypoints.grpc.load_shedding import LoadShedder, shed
+from entrypoints.grpc.metrics_interceptor import RpcMetrics, final_code, timed
 from entrypoints.grpc.rpc import CORRELATION_HEADER, CURRENT_CALL, Call, correlation_id_of
 from entrypoints.grpc.tokens import ANONYMOUS_PRINCIPAL, Principal, TokenRegistry
 from ledger.config import DEFAULT_MAX_CALLS_IN_FLIGHT, Settings
@@ -153,7 +155,12 @@ def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-class CallGuard(grpc.aio.ServerInterceptor):
+class CallGuard:
+    """Wraps each method handler once, when it is registered (:class:`GuardedServer`): per
+    call one wrapper times the call (``entrypoints.grpc.metrics_interceptor``), sheds load,
+    authenticates, puts the :class:`Call` (correlation id, principal) where the servicer
+    wrappers find it, and logs the access line. Health and reflection are only timed."""
+
     def __init__(
         self,
         registry: TokenRegistry | None = None,
@@ -166,8 +173,10 @@ class CallGuard(grpc.aio.ServerInterceptor):
         # one past the cap on calls in flight, is refused on arrival
         # (entrypoints.grpc.load_shedding).
         self.shedder = LoadShedder(max_calls_in_flight)
-        # Wrapped handlers by method: the servicer's handler objects never change.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, Any]] = {}
+        # Wrapped handlers by method (generic handlers answer per call: wrap each once).
+        self._wrapped: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CallGuard:
@@ -182,24 +191,14 @@ class CallGuard(grpc.aio.ServerInterceptor):
         if self.registry is not None:
             self.registry.reload()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        scope = scope_for(method)
-        if scope == PUBLIC:
-            return handler
+    def handler_for(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """``handler`` of ``/package.Service/Method`` as the guard serves it."""
         known = self._wrapped.get(method)
         if known is not None and known[0] is handler:
             return known[1]
-        wrapped = self._wrap(handler, method, scope)
+        wrapped = self._wrap(handler, method, scope_for(method))
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -229,18 +228,17 @@ class CallGuard(grpc.aio.ServerInterceptor):
                 scope=scope,
             )
 
-    async def _open(self, method: str, context: grpc.aio.ServicerContext) -> Call:
-        call = Call(method, correlation_id_of(context))
+    def _open(
+        self, method: str, scope: str, started: float, context: grpc.aio.ServicerContext
+    ) -> tuple[Call, Exception | None]:
+        """The call, in :data:`CURRENT_CALL` (and, admitted, in the log fields), and the
+        refusal if it is not admitted."""
+        call = Call(method, correlation_id_of(context), started=started)
         CURRENT_CALL.set(call)  # each call runs in its own task: the variable is the call's
-        return call
-
-    async def _admit_or_abort(
-        self, call: Call, scope: str, context: grpc.aio.ServicerContext
-    ) -> None:
         try:
             self._admit(call, scope, context)
         except (Unauthenticated, RateLimited, PermissionDenied) as refusal:
-            await self._refuse(call, refusal, context)
+            return call, refusal
         CALL_FIELDS.set(
             {
                 "method": call.method,
@@ -248,6 +246,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
                 "correlation_id": call.correlation_id,
             }
         )
+        return call, None
 
     @staticmethod
     async def _refuse(call: Call, refusal: Exception, context: grpc.aio.ServicerContext) -> None:
@@ -257,63 +256,87 @@ class CallGuard(grpc.aio.ServerInterceptor):
 
     # ---- handler wrapping ---------------------------------------------------------------------
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str, scope: str) -> Any:
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str, scope: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        metrics = RpcMetrics(method)
+        if scope == PUBLIC:
+            unary: Callable[..., Any] = functools.partial(timed, metrics=metrics)
+            stream: Callable[..., Any] = unary
+        else:
+            unary = functools.partial(
+                self._unary_response, method=method, scope=scope, metrics=metrics
+            )
+            stream = functools.partial(
+                self._stream_response, method=method, scope=scope, metrics=metrics
+            )
         serializers = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary_response(handler.unary_unary, method, scope), **serializers
-            )
+            return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **serializers)
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream_response(handler.unary_stream, method, scope), **serializers
-            )
+            return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream), **serializers)
         if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary_response(handler.stream_unary, method, scope), **serializers
-            )
+            return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **serializers)
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._stream_response(handler.stream_stream, method, scope), **serializers
+                stream(handler.stream_stream), **serializers
             )
         return handler  # no behaviour at all: nothing to guard
 
     def _unary_response(
-        self, behavior: Callable[..., Any], method: str, scope: str
+        self, behavior: Callable[..., Any], method: str, scope: str, metrics: RpcMetrics
     ) -> Callable[..., Awaitable[Any]]:
+        shedder = self.shedder
+        asynchronous = inspect.iscoroutinefunction(behavior)
+
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            # First, and as cheaply as possible: under overload most calls end here, and
-            # each one refused must cost a small fraction of one served (no access line:
-            # the shedder logs a summary, the metrics count them).
-            try:
-                admitted = self.shedder.admit(context.time_remaining())
-            except ServerOverloaded as refusal:
-                await shed(refusal, context)
-            call = await self._open(method, context)
+            started = metrics.start()
+            admitted: float | None = None
+            call: Call | None = None
             error: BaseException | None = None
             try:
-                await self._admit_or_abort(call, scope, context)
+                # First, and as cheaply as possible: under overload most calls end here, and
+                # each one refused must cost a small fraction of one served (no access line:
+                # the shedder logs a summary, the metrics count them).
+                try:
+                    admitted = shedder.admit(context.time_remaining())
+                except ServerOverloaded as overloaded:
+                    await shed(overloaded, context)
+                call, refusal = self._open(method, scope, started, context)
+                if refusal is not None:
+                    await self._refuse(call, refusal, context)
+                if asynchronous:
+                    return await behavior(request, context)
                 result = behavior(request, context)
                 return await result if inspect.isawaitable(result) else result
             except BaseException as exc:
                 error = exc
                 raise
             finally:
-                self.shedder.done(admitted)
-                _log_call(call, context, error)
+                code = final_code(context, error)
+                seconds = metrics.done(started, code)
+                if admitted is not None:
+                    shedder.done(admitted)
+                if call is not None:
+                    _log_call(call, code, seconds)
 
         return guarded
 
     def _stream_response(
-        self, behavior: Callable[..., Any], method: str, scope: str
+        self, behavior: Callable[..., Any], method: str, scope: str, metrics: RpcMetrics
     ) -> Callable[..., AsyncIterator[Any]]:
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = await self._open(method, context)
+            started = metrics.start()
+            call: Call | None = None
             error: BaseException | None = None
+            result: Any = None
             try:
-                await self._admit_or_abort(call, scope, context)
+                call, refusal = self._open(method, scope, started, context)
+                if refusal is not None:
+                    await self._refuse(call, refusal, context)
                 result = behavior(request, context)
                 if inspect.isawaitable(result):  # a coroutine writing with context.write
                     await result
@@ -324,43 +347,109 @@ class CallGuard(grpc.aio.ServerInterceptor):
                 error = exc
                 raise
             finally:
-                _log_call(call, context, error)
+                # The servicer's stream ends now (its finally blocks run), not when collected.
+                aclose = getattr(result, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+                code = final_code(context, error)
+                seconds = metrics.done(started, code)
+                if call is not None:
+                    _log_call(call, code, seconds)
 
         return guarded
 
 
-def _code_name(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
-    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
-        remaining = context.time_remaining()
-        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
-    code = context.code()
-    if code is None:
-        return "OK" if error is None else "UNKNOWN"
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    for status in grpc.StatusCode:
-        if status.value[0] == code:
-            return status.name
-    return str(code)
+class _GuardedGenericHandler(grpc.GenericRpcHandler):
+    """A generic handler whose answers the guard wraps (once per method)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, guard: CallGuard) -> None:
+        self._inner = inner
+        self._guard = guard
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        return self._guard.handler_for(handler_call_details.method, handler)
 
 
-def _log_call(call: Call, context: grpc.aio.ServicerContext, error: BaseException | None) -> None:
-    """The access line: method, principal, correlation id, status code, duration."""
-    code = _code_name(context, error)
-    duration_ms = round((time.perf_counter() - call.started) * 1000, 3)
-    access_log.log(
-        logging.WARNING if code in _SERVER_SIDE else logging.INFO,
-        "rpc %s %s principal=%s correlation_id=%s duration_ms=%.3f",
-        call.method,
-        code,
-        call.principal.name,
-        call.correlation_id,
-        duration_ms,
+class GuardedServer(grpc.aio.Server):
+    """A ``grpc.aio`` server whose method handlers the guard wraps as they are registered.
+
+    Not a server interceptor: gRPC runs interceptors on every call (a coroutine chain to look
+    the handler up, and the metrics interceptor re-wrapped it each time); wrapping at
+    registration leaves one wrapper per call and no per-call lookup work.
+    """
+
+    def __init__(self, server: grpc.aio.Server, guard: CallGuard) -> None:
+        self._server = server
+        self.guard = guard
+
+    def add_generic_rpc_handlers(
+        self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler]
+    ) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_GuardedGenericHandler(handler, self.guard) for handler in generic_rpc_handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self._server.add_registered_method_handlers(
+            service_name,
+            {
+                name: self.guard.handler_for(f"/{service_name}/{name}", handler)
+                for name, handler in method_handlers.items()
+            },
+        )
+
+    def add_insecure_port(self, address: str) -> int:
+        return self._server.add_insecure_port(address)
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        return self._server.add_secure_port(address, server_credentials)
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        await self._server.stop(grace)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return await self._server.wait_for_termination(timeout)
+
+
+_ACCESS_FORMAT = "rpc %s %s principal=%s correlation_id=%s duration_ms=%.3f"
+
+
+def _log_call(call: Call, code: str, seconds: float) -> None:
+    """The access line: method, principal, correlation id, status code, duration.
+
+    Built with ``makeRecord`` + ``handle``, which is ``Logger.log`` without its walk up the
+    stack for the caller's file and line (neither log format prints them); the handler only
+    queues the record (``ledger.logs``): formatting and writing happen on another thread.
+    """
+    level = logging.WARNING if code in _SERVER_SIDE else logging.INFO
+    if not access_log.isEnabledFor(level):
+        return
+    duration_ms = round(seconds * 1000, 3)
+    principal = call.principal.name
+    record = access_log.makeRecord(
+        access_log.name,
+        level,
+        "",
+        0,
+        _ACCESS_FORMAT,
+        (call.method, code, principal, call.correlation_id, duration_ms),
+        None,
         extra={
             "method": call.method,
             "code": code,
-            "principal": call.principal.name,
+            "principal": principal,
             "correlation_id": call.correlation_id,
             "duration_ms": duration_ms,
         },
     )
+    access_log.handle(record)

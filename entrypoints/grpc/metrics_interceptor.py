@@ -1,8 +1,9 @@
-"""Times every RPC and labels it with its final status code (``ledger_rpc_duration_seconds``).
+"""RPC metrics: every call timed and labelled with its final status code
+(``ledger_rpc_duration_seconds``) and counted while in flight (``ledger_rpc_in_flight``).
 
-Register it FIRST in ``grpc.aio.server(interceptors=[...])``: interceptors run outermost
-first, so calls that a later interceptor (authentication, rate limits) turns away are timed
-and counted too.
+The call guard (``entrypoints.grpc.auth``) does this in its one wrapper per method, around
+everything else it does, so calls it turns away (authentication, rate limits, load
+shedding) are timed and counted too; health and reflection get :func:`timed` alone.
 
 The final code is read from the servicer context: OK when the handler returns (or its stream
 ends) without setting one, the aborted code when it calls ``context.abort`` (our handlers map
@@ -21,8 +22,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from prometheus_client import Gauge, Histogram
 
 from ledger.metrics.definitions import RPC_DURATION, RPC_IN_FLIGHT
+
+_CODE_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
 
 
 def _split(full_method: str) -> tuple[str, str]:
@@ -31,126 +35,103 @@ def _split(full_method: str) -> tuple[str, str]:
     return service, method
 
 
-def _final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+def final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+    """The name of the status the call ended with (see the module's docstring)."""
     if isinstance(error, asyncio.CancelledError | GeneratorExit):
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
-            return grpc.StatusCode.DEADLINE_EXCEEDED.name
-        return grpc.StatusCode.CANCELLED.name
+            return "DEADLINE_EXCEEDED"
+        return "CANCELLED"
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code.name
     if code is not None:  # an int set through set_code(): map it back
-        for status in grpc.StatusCode:
-            if status.value[0] == code:
-                return status.name
+        name = _CODE_NAMES.get(code)
+        if name is not None:
+            return name
     if error is not None and not isinstance(error, grpc.aio.AbortError):
-        return grpc.StatusCode.UNKNOWN.name
-    return grpc.StatusCode.OK.name
+        return "UNKNOWN"
+    return "OK"
 
 
-class _Timer:
-    """One call: in flight from start to ``done``, then observed once with its code."""
+class RpcMetrics:
+    """The series of one method, looked up once: ``labels()`` costs a lock and a few
+    allocations per call. Created on the first call, as before, so a method nobody called
+    exports no series. Event-loop thread only."""
 
-    __slots__ = ("_in_flight", "_labels", "_started")
+    __slots__ = ("_durations", "_in_flight", "_method", "_service")
 
-    def __init__(self, service: str, method: str) -> None:
-        self._labels = (service, method)
-        self._in_flight = RPC_IN_FLIGHT.labels(service, method)
-        self._in_flight.inc()
-        self._started = time.perf_counter()
+    def __init__(self, full_method: str) -> None:
+        self._service, self._method = _split(full_method)
+        self._in_flight: Gauge | None = None
+        self._durations: dict[str, Histogram] = {}
 
-    def done(self, context: grpc.aio.ServicerContext, error: BaseException | None) -> None:
-        elapsed = time.perf_counter() - self._started
-        self._in_flight.dec()
-        RPC_DURATION.labels(*self._labels, _final_code(context, error)).observe(elapsed)
+    def start(self) -> float:
+        """Count the call in flight; returns its start (for :meth:`done`)."""
+        in_flight = self._in_flight
+        if in_flight is None:
+            in_flight = self._in_flight = RPC_IN_FLIGHT.labels(self._service, self._method)
+        in_flight.inc()
+        return time.perf_counter()
+
+    def done(self, started: float, code: str) -> float:
+        """Observe the call with its final code; returns its duration in seconds."""
+        elapsed = time.perf_counter() - started
+        if self._in_flight is not None:
+            self._in_flight.dec()
+        duration = self._durations.get(code)
+        if duration is None:
+            duration = RPC_DURATION.labels(self._service, self._method, code)
+            self._durations[code] = duration
+        duration.observe(elapsed)
+        return elapsed
 
 
 def _timed_coroutine(
-    behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], service: str, method: str
+    behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], metrics: RpcMetrics
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     """Unary responses, and streaming handlers that write with ``context.write``."""
 
     async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        timer = _Timer(service, method)
+        started = metrics.start()
         try:
             result = await behavior(request, context)
         except BaseException as error:
-            timer.done(context, error)
+            metrics.done(started, final_code(context, error))
             raise
-        timer.done(context, None)
+        metrics.done(started, final_code(context, None))
         return result
 
     return timed
 
 
 def _timed_generator(
-    behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
-    service: str,
-    method: str,
+    behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]], metrics: RpcMetrics
 ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
     """Streaming responses from an async generator: observed when the stream ends."""
 
     async def timed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        timer = _Timer(service, method)
+        started = metrics.start()
         stream = behavior(request, context)
         try:
             async for message in stream:
                 yield message
         except BaseException as error:
-            timer.done(context, error)
+            metrics.done(started, final_code(context, error))
             raise
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
-        timer.done(context, None)
+        metrics.done(started, final_code(context, None))
 
     return timed
 
 
-def _timed(behavior: Any, service: str, method: str) -> Any:
+def timed(behavior: Any, metrics: RpcMetrics) -> Any:
+    """``behavior`` (one of a method handler's functions) with metrics and nothing else."""
     if inspect.isasyncgenfunction(behavior):
-        return _timed_generator(behavior, service, method)
+        return _timed_generator(behavior, metrics)
     if inspect.iscoroutinefunction(behavior):
-        return _timed_coroutine(behavior, service, method)
+        return _timed_coroutine(behavior, metrics)
     return behavior  # a synchronous handler (none of ours): left as it is
-
-
-class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        service, method = _split(handler_call_details.method)
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _timed(handler.unary_unary, service, method),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _timed(handler.unary_stream, service, method),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _timed(handler.stream_unary, service, method),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                _timed(handler.stream_stream, service, method),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        return handler

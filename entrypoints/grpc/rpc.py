@@ -1,9 +1,10 @@
 """What every RPC shares: correlation id, caller context, channel rights, the deadline, and
 failure → status mapping.
 
-The call guard (``entrypoints.grpc.auth.CallGuard``, a server interceptor) authenticates the
-caller and puts the :class:`Call` in :data:`CURRENT_CALL` before these wrappers run; without
-the guard (servicers used directly) a call is anonymous and unrestricted.
+The call guard (``entrypoints.grpc.auth.CallGuard``, wrapped around each handler when it is
+registered) authenticates the caller and puts the :class:`Call` in :data:`CURRENT_CALL`
+before these wrappers run; without the guard (servicers used directly) a call is anonymous
+and unrestricted.
 """
 
 from __future__ import annotations

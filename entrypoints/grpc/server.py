@@ -22,8 +22,7 @@ from inventory.ledger.v1 import (
 )
 
 from entrypoints.grpc.audit_servicer import AuditServicer
-from entrypoints.grpc.auth import CallGuard
-from entrypoints.grpc.metrics_interceptor import RpcMetricsInterceptor
+from entrypoints.grpc.auth import CallGuard, GuardedServer
 from entrypoints.grpc.movement_servicer import MovementServicer
 from entrypoints.grpc.page_tokens import PageTokens
 from entrypoints.grpc.policy_servicer import PolicyServicer
@@ -76,18 +75,18 @@ class RunningServer:
 async def start_server(
     service: LedgerService, read_models: ReadModelQueries, settings: Settings
 ) -> RunningServer:
-    # Outermost first: the metrics interceptor also times calls later interceptors refuse.
-    interceptors: list[grpc.aio.ServerInterceptor] = [RpcMetricsInterceptor()]
-    # Authentication, scopes, rate limits and the access log (docs/security.md).
+    # Metrics, load shedding, authentication, scopes, rate limits and the access log
+    # (docs/security.md): one wrapper per call, put around each handler as it is registered.
     guard = CallGuard.from_settings(settings)
-    interceptors.append(guard)
-    server = grpc.aio.server(
-        interceptors=interceptors,
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
+    server = GuardedServer(
+        grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        ),
+        guard,
     )
     tokens = PageTokens(settings.page_token_secret)
     # WatchAvailability: follows the in-process runner if there is one, else polls.

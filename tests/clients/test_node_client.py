@@ -20,9 +20,11 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from inventory.ledger.v1 import (
@@ -146,18 +148,28 @@ def test_node_client_reserves_and_reads_availability_against_a_live_server(
         query_service_pb2.GetAvailabilityRequest(
             sku=sku, channel="web", consistency=availability_pb2.CONSISTENCY_STRONG
         ),
-        metadata=metadata,
+        metadata=[*metadata, ("x-correlation-id", f"readback-{sku}")],
         timeout=10,
     )
     assert availability.channel_available == 4
 
     # Every call carried a correlation id; the test's own one reached the access log, and
     # with a token file every call of the Node client ran as its principal.
-    access = [
-        json.loads(line)
-        for line in process.log_text().splitlines()
-        if line.startswith("{") and '"ledger.access"' in line
-    ]
+    def access_lines() -> list[dict[str, Any]]:
+        return [
+            json.loads(line)
+            for line in process.log_text().splitlines()
+            if line.startswith("{") and '"ledger.access"' in line
+        ]
+
+    # Written in order by a listener thread a moment after each answer: wait for the last.
+    deadline = time.monotonic() + 10
+    last = f"readback-{sku}"
+    while time.monotonic() < deadline:
+        if any(line["correlation_id"] == last for line in access_lines()):
+            break
+        time.sleep(0.05)
+    access = access_lines()
     reserves = [line for line in access if line["method"].endswith("/Reserve")]
     assert any(line["correlation_id"].startswith("node-test-") for line in reserves), reserves
     if token:

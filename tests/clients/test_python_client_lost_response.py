@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import socket
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -189,11 +190,12 @@ def test_a_lost_reserve_response_is_retried_and_reserves_exactly_once(
         assert reserve_call.attempts >= 2 and commit_call.attempts >= 2
         assert reserve_call.correlation_id == cid
         # The server had answered the first attempt (OK) before the connection dropped.
-        log = ledger_server.log_text()
-        assert (
-            log.count(f"ReservationService/Reserve OK principal=anonymous correlation_id={cid} ")
-            == 2
-        )
+        # (Access lines are written by a listener thread a moment after the answer.)
+        line = f"ReservationService/Reserve OK principal=anonymous correlation_id={cid} "
+        deadline = time.monotonic() + 10
+        while ledger_server.log_text().count(line) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ledger_server.log_text().count(line) == 2
 
         # Exactly one reservation for the order, holding the quantity once.
         listed = direct.list_reservations(CHANNEL, order_ref=order_ref).reservations

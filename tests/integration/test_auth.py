@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -178,12 +178,23 @@ def json_lines(process: LedgerProcess) -> list[dict[str, Any]]:
     return lines
 
 
-def access_lines(process: LedgerProcess, method_suffix: str = "") -> list[dict[str, Any]]:
-    return [
-        line
-        for line in json_lines(process)
-        if line["logger"] == "ledger.access" and line["method"].endswith(method_suffix)
-    ]
+def access_lines(
+    process: LedgerProcess,
+    method_suffix: str = "",
+    until: Callable[[list[dict[str, Any]]], bool] = bool,
+) -> list[dict[str, Any]]:
+    """The access lines so far, once ``until`` holds for them (up to 10 s): a listener
+    thread writes them a moment after the call was answered (ledger/logs.py)."""
+
+    def read() -> list[dict[str, Any]]:
+        return [
+            line
+            for line in json_lines(process)
+            if line["logger"] == "ledger.access" and line["method"].endswith(method_suffix)
+        ]
+
+    _until(lambda: until(read()))
+    return read()
 
 
 # ---- must show 1 ----------------------------------------------------------------------------
@@ -228,7 +239,10 @@ def test_unauthenticated_calls_are_refused_health_and_reflection_are_open(
     }
     # With a token the same call works; the refused ones were logged with their code.
     assert stubs.position().on_hand == 0
-    codes = [(line["principal"], line["code"]) for line in access_lines(secured, "/GetPosition")]
+    lines = access_lines(
+        secured, "/GetPosition", until=lambda ls: bool(ls) and ls[-1]["code"] == "OK"
+    )
+    codes = [(line["principal"], line["code"]) for line in lines]
     assert codes[-1] == ("reader", "OK")
     assert ("(none)", "UNAUTHENTICATED") in codes
 
@@ -387,9 +401,13 @@ def test_a_flood_from_one_principal_does_not_stop_another(secured: LedgerProcess
     delay = retry_info(error)
     assert delay is not None
     assert 0 < delay.retry_delay.ToTimedelta().total_seconds() <= 10
+
     # Refused calls never reached a servicer but are in the access log.
-    codes = {line["code"] for line in access_lines(secured) if line["principal"] == "flooder"}
-    assert codes == {"OK", "RESOURCE_EXHAUSTED"}
+    def flooder_codes(lines: list[dict[str, Any]]) -> set[str]:
+        return {line["code"] for line in lines if line["principal"] == "flooder"}
+
+    lines = access_lines(secured, until=lambda ls: len(flooder_codes(ls)) >= 2)
+    assert flooder_codes(lines) == {"OK", "RESOURCE_EXHAUSTED"}
 
 
 # ---- must show 4 ----------------------------------------------------------------------------
@@ -429,11 +447,10 @@ def test_correlation_id_on_stored_events_and_in_the_log_line(secured: LedgerProc
     }
 
     # The access line of that call: one JSON object with all its fields.
-    [line] = [
-        line
-        for line in access_lines(secured, "/Reserve")
-        if line["correlation_id"] == correlation_id
-    ]
+    def of_the_call(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [line for line in lines if line["correlation_id"] == correlation_id]
+
+    [line] = of_the_call(access_lines(secured, "/Reserve", until=of_the_call))
     assert line["method"] == "/inventory.ledger.v1.ReservationService/Reserve"
     assert line["principal"] == "web-shop"
     assert line["code"] == "OK"

@@ -1,5 +1,6 @@
-"""The RPC metrics interceptor's status codes, the /metrics endpoint's lifecycle, and the
-bounded values of the ``channel`` and ``source`` labels."""
+"""The RPC metrics' status codes (the call guard's wrapper, as ``ledger serve`` registers it),
+the /metrics endpoint's lifecycle, and the bounded values of the ``channel`` and ``source``
+labels."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from entrypoints.grpc.metrics_interceptor import RpcMetricsInterceptor
+from entrypoints.grpc.auth import CallGuard, GuardedServer
 from ledger.config import ConfigError
 from ledger.metrics.definitions import REGISTRY
 from ledger.metrics.endpoint import parse_listen, start_endpoint
@@ -80,7 +81,7 @@ def _handlers() -> grpc.GenericRpcHandler:
 
 
 async def _scenario() -> dict[str, Any]:
-    server = grpc.aio.server(interceptors=[RpcMetricsInterceptor()])
+    server = GuardedServer(grpc.aio.server(), CallGuard())
     server.add_generic_rpc_handlers((_handlers(),))
     health_servicer = health.aio.HealthServicer()  # Watch writes with context.write
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
