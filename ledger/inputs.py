@@ -455,6 +455,7 @@ ExceptionType = Literal[
     "UNKNOWN_RESERVATION",
     "LOT_EXPIRY_CONFLICT",
     "SERIAL_CONFLICT",
+    "LOT_EXPIRING",  # computed at call time (``expiring_within``), never recorded
 ]
 EXCEPTION_TYPES: tuple[str, ...] = get_args(ExceptionType)
 
@@ -465,6 +466,18 @@ class ListExceptionsModel(_Strict):
     location_id: OptionalIdentifier = ""
     page_size: PageSize = 0
     page_token: str = ""
+    # Set: list the lots expiring within this window instead of recorded exceptions.
+    expiring_within: timedelta | None = None
+
+    @model_validator(mode="after")
+    def _expiring_lots_listing(self) -> ListExceptionsModel:
+        if self.expiring_within is None:
+            return self
+        if self.expiring_within <= timedelta(0):
+            raise ValueError("expiring_within: must be positive")
+        if self.type not in ("", "LOT_EXPIRING"):
+            raise ValueError("type: must be unset or LOT_EXPIRING with expiring_within")
+        return self
 
 
 WATCH_SKUS_MAX = 1000

@@ -6,10 +6,11 @@ import json
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
 from ledger.domain.item_policy import Tracking
+from ledger.domain.lots import lots_of
 from ledger.domain.position import Position, inbound_outstanding, position_id
 from ledger.service import LedgerService
 from projections.availability import AvailabilityView, PolicyTerms, compute_availability
@@ -19,6 +20,12 @@ from projections.runner import ProjectionRunner
 from projections.store import PositionRow, ReadModelStore
 
 WAIT_POLL_SECONDS = 0.02
+
+LOT_EXPIRING = "LOT_EXPIRING"
+# A lot still "holds stock" for LOT_EXPIRING when one of these buckets is positive.
+EXPIRING_LOT_BUCKETS = ("on_hand", "receiving", "quarantine", "in_transit_inbound")
+# Page key of the expiring-lots listing: (expires_at, sku, location_id, lot_id).
+ExpiringLotKey = tuple[datetime, str, str, str]
 
 
 class ProjectionBehind(Exception):
@@ -220,6 +227,37 @@ class ReadModelQueries:
         )
         return [((r.ledger_position, r.seq), r) for r in records]
 
+    def expiring_lots(
+        self,
+        *,
+        within: timedelta,
+        sku: str | None,
+        location_id: str | None,
+        after: ExpiringLotKey | None,
+        limit: int,
+    ) -> list[tuple[ExpiringLotKey, LedgerExceptionRecord]]:
+        """The lots expiring in (now, now + within] that still hold stock at a position, as
+        LOT_EXPIRING exceptions with their page keys (expiry, sku, location, lot), computed
+        now from the read model; ``after``: the last key of the previous page."""
+        now = self.service.clock()
+        applied, rows = self.store.lot_positions(sku=sku, location_id=location_id)
+        found: list[tuple[ExpiringLotKey, LedgerExceptionRecord]] = []
+        for row in rows:
+            for lot_id, lot in lots_of(_state(row)).items():
+                expires_at = lot.get("expires_at")
+                if expires_at is None or not now < expires_at <= now + within:
+                    continue
+                # Damaged stock is not counted: it cannot be sold before the expiry anyway.
+                held = {b: lot.get(b, 0) for b in EXPIRING_LOT_BUCKETS if lot.get(b, 0) > 0}
+                if not held:
+                    continue
+                key = (expires_at, row.sku, row.location_id, lot_id)
+                if after is not None and key <= after:
+                    continue
+                found.append((key, _expiring_lot(key, lot.get("on_hand", 0), held, applied, now)))
+        found.sort(key=lambda item: item[0])
+        return found[:limit]
+
     def status(self) -> ProjectionStatusView:
         applied = (
             self.runner.applied_position
@@ -227,6 +265,26 @@ class ReadModelQueries:
             else self.store.applied_position()
         )
         return ProjectionStatusView(self.service.app.head_position(), applied)
+
+
+def _expiring_lot(
+    key: ExpiringLotKey, on_hand: int, held: dict[str, int], applied: int, now: datetime
+) -> LedgerExceptionRecord:
+    expires_at, sku, location_id, lot_id = key
+    others = ", ".join(f"{b} {q}" for b, q in held.items() if b != "on_hand")
+    return LedgerExceptionRecord(
+        ledger_position=applied,
+        type=LOT_EXPIRING,
+        sku=sku,
+        location_id=location_id,
+        bucket="on_hand",
+        quantity=on_hand,
+        detail=f"lot {lot_id} expires {expires_at.isoformat()}" + (f"; {others}" if others else ""),
+        source="",
+        message_id="",
+        occurred_at=expires_at,
+        recorded_at=now,  # not recorded: computed at the time of the call
+    )
 
 
 def _state(row: PositionRow) -> ProjectedPosition:

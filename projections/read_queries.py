@@ -151,6 +151,29 @@ class ReadQueries:
         )
         return [_exception_record(row) for row in rows]
 
+    def lot_positions(
+        self, *, sku: str | None, location_id: str | None
+    ) -> tuple[int, list[PositionRow]]:
+        """The tracking position and the positions holding lots (optionally of one SKU and
+        one location), from one snapshot. A row's state names "lots" only when it has some:
+        the LIKE skips the untracked rows without parsing them (a stray match is parsed and
+        found lot-less by the caller)."""
+        where = "state LIKE %s"
+        params: list[Any] = ['%"lots"%']
+        for column, value in (("sku", sku), ("location_id", location_id)):
+            if value:
+                where += f" AND {column} = %s"
+                params.append(value)
+
+        def body(tx: Transaction, t: GenerationTables) -> tuple[int, list[PositionRow]]:
+            rows = tx.rows(
+                f"SELECT position_id, sku, location_id, state FROM {t.positions} WHERE {where}",
+                params,
+            )
+            return t.applied_position(tx), [PositionRow(*row) for row in rows]
+
+        return self.read(body)
+
     def rows(self, generation: int | None = None) -> ReadModelRows:
         """Every row of ``generation`` (default: the active one), in key order."""
         if generation is None:

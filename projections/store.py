@@ -202,6 +202,12 @@ class ReadModelStore:
             limit=limit,
         )
 
+    def lot_positions(
+        self, *, sku: str | None, location_id: str | None
+    ) -> tuple[int, list[PositionRow]]:
+        """The tracking position and the positions holding lots, from one snapshot."""
+        return self._queries.lot_positions(sku=sku, location_id=location_id)
+
     def rows(self, generation: int | None = None) -> ReadModelRows:
         """Every row of ``generation`` (default: the active one), in key order."""
         return self._queries.rows(generation)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+from datetime import datetime, timedelta
 
 from inventory.ledger.v1 import (
     availability_pb2,
@@ -177,8 +178,13 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
             inputs.ListExceptionsModel,
             request,
             "sku location_id page_size page_token",
-            {"type": "" if request.type == 0 else type_name.removeprefix(EXCEPTION_TYPE_PREFIX)},
+            {
+                "type": "" if request.type == 0 else type_name.removeprefix(EXCEPTION_TYPE_PREFIX),
+                "expiring_within": convert.duration(request, "expiring_within"),
+            },
         )
+        if query.expiring_within is not None:
+            return await self._expiring_lots(query, query.expiring_within)
         listing = {"m": "ListExceptions", "t": query.type, "s": query.sku, "l": query.location_id}
         after = self._tokens.decode(query.page_token, listing) or [0, -1]
         size = page_size_of(query.page_size)
@@ -191,6 +197,37 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
             limit=size + 1,
         )
         token = self._tokens.encode(listing, list(found[size - 1][0])) if len(found) > size else ""
+        return query_service_pb2.ListExceptionsResponse(
+            exceptions=[convert.exception_message(record) for _, record in found[:size]],
+            next_page_token=token,
+        )
+
+    async def _expiring_lots(
+        self, query: inputs.ListExceptionsModel, within: timedelta
+    ) -> query_service_pb2.ListExceptionsResponse:
+        """ListExceptions with ``expiring_within``: the lots expiring soon, computed now."""
+        listing = {
+            "m": "ListExceptions",
+            "w": within.total_seconds(),
+            "s": query.sku,
+            "l": query.location_id,
+        }
+        after = self._tokens.decode(query.page_token, listing)
+        size = page_size_of(query.page_size)
+        found = await asyncio.to_thread(
+            self._read.expiring_lots,
+            within=within,
+            sku=query.sku or None,
+            location_id=query.location_id or None,
+            after=(
+                (datetime.fromisoformat(after[0]), after[1], after[2], after[3]) if after else None
+            ),
+            limit=size + 1,
+        )
+        token = ""
+        if len(found) > size:
+            expires_at, sku, location_id, lot_id = found[size - 1][0]
+            token = self._tokens.encode(listing, [expires_at.isoformat(), sku, location_id, lot_id])
         return query_service_pb2.ListExceptionsResponse(
             exceptions=[convert.exception_message(record) for _, record in found[:size]],
             next_page_token=token,

@@ -242,6 +242,13 @@ TIMESTAMP = (
     Bad("nanos-overflow", timestamp_pb2.Timestamp(seconds=0, nanos=1_000_000_000)),
 )
 UNKNOWN_ENUM = (Bad("unknown-999", 999), Bad("negative", -1))
+
+
+def expiring_window(request: query_service_pb2.ListExceptionsRequest) -> None:
+    request.type = availability_pb2.EXCEPTION_TYPE_LOT_EXPIRING
+    request.expiring_within.CopyFrom(duration_pb2.Duration(seconds=86_400))
+
+
 # serial_numbers of a 3-unit serial receipt with one bad entry (the baseline's qty is 3).
 SERIAL_ENTRIES = (
     Bad("empty-entry", ["SN-a", "", "SN-c"], at="[1]", base=serial_receipt),
@@ -310,11 +317,23 @@ MALFORMED: dict[str, dict[str, tuple[Bad, ...]]] = {
         "page_token": PAGE_TOKEN,
     },
     f"{PKG}.ListExceptionsRequest": {
-        "type": UNKNOWN_ENUM,
+        "type": (
+            *UNKNOWN_ENUM,
+            # The expiring-lots listing answers LOT_EXPIRING only.
+            Bad(
+                "recorded-type-with-window",
+                availability_pb2.EXCEPTION_TYPE_NEGATIVE_BUCKET,
+                base=expiring_window,
+            ),
+        ),
         "sku": OPTIONAL_IDENTIFIER,
         "location_id": OPTIONAL_IDENTIFIER,
         "page_size": PAGE_SIZE,
         "page_token": PAGE_TOKEN,
+        "expiring_within": (
+            Bad("zero", duration_pb2.Duration()),
+            Bad("negative", duration_pb2.Duration(seconds=-60)),
+        ),
     },
     # ---- ReservationService
     f"{PKG}.ReserveRequest": {

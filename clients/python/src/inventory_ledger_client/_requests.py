@@ -214,6 +214,7 @@ def list_exceptions(
     location_id: str,
     page_size: int,
     page_token: str,
+    expiring_within: float | dt.timedelta | None = None,
 ) -> query_service_pb2.ListExceptionsRequest:
     return query_service_pb2.ListExceptionsRequest(
         type=enum_value(type, "EXCEPTION_TYPE_", availability_pb2.ExceptionType),
@@ -221,6 +222,7 @@ def list_exceptions(
         location_id=location_id,
         page_size=page_size,
         page_token=page_token,
+        expiring_within=duration(expiring_within),
     )
 
 

@@ -342,13 +342,16 @@ class AsyncLedgerClient(AsyncAuditCalls):
         location_id: str = "",
         page_size: int = 0,
         page_token: str = "",
+        expiring_within: float | dt.timedelta | None = None,
         correlation_id: str | None = None,
         timeout: float | None = None,
     ) -> query_service_pb2.ListExceptionsResponse:
+        """``expiring_within`` (seconds or a timedelta): list the lots expiring within it
+        (EXCEPTION_TYPE_LOT_EXPIRING, computed now) instead of the recorded exceptions."""
         return await self._unary(
             "InventoryQueryService/ListExceptions",
             self._query.ListExceptions,
-            build.list_exceptions(type, sku, location_id, page_size, page_token),
+            build.list_exceptions(type, sku, location_id, page_size, page_token, expiring_within),
             correlation_id,
             timeout,
         )

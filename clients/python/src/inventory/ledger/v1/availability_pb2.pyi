@@ -26,6 +26,7 @@ class ExceptionType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXCEPTION_TYPE_UNKNOWN_RESERVATION: _ClassVar[ExceptionType]
     EXCEPTION_TYPE_LOT_EXPIRY_CONFLICT: _ClassVar[ExceptionType]
     EXCEPTION_TYPE_SERIAL_CONFLICT: _ClassVar[ExceptionType]
+    EXCEPTION_TYPE_LOT_EXPIRING: _ClassVar[ExceptionType]
 CONSISTENCY_UNSPECIFIED: Consistency
 CONSISTENCY_EVENTUAL: Consistency
 CONSISTENCY_STRONG: Consistency
@@ -36,6 +37,7 @@ EXCEPTION_TYPE_TRANSFER_SHORTAGE: ExceptionType
 EXCEPTION_TYPE_UNKNOWN_RESERVATION: ExceptionType
 EXCEPTION_TYPE_LOT_EXPIRY_CONFLICT: ExceptionType
 EXCEPTION_TYPE_SERIAL_CONFLICT: ExceptionType
+EXCEPTION_TYPE_LOT_EXPIRING: ExceptionType
 
 class Availability(_message.Message):
     __slots__ = ("sku", "channel", "channel_available", "network_available", "locations", "projection_position", "projected_available")

@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from inventory.ledger.v1 import availability_pb2 as inventory_dot_ledger_dot_v1_dot_availability__pb2
 from inventory.ledger.v1 import position_pb2 as inventory_dot_ledger_dot_v1_dot_position__pb2
 from inventory.ledger.v1 import serial_pb2 as inventory_dot_ledger_dot_v1_dot_serial__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'inventory/ledger/v1/query_service.proto\x12\x13inventory.ledger.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a&inventory/ledger/v1/availability.proto\x1a\"inventory/ledger/v1/position.proto\x1a inventory/ledger/v1/serial.proto\"_\n\x12GetPositionRequest\x12\x11\n\x03sku\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0blocation_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rinclude_holds\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\"\x94\x01\n\x14ListPositionsRequest\x12\x11\n\x03sku\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0blocation_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rinclude_holds\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01\"b\n\x15ListPositionsResponse\x12\x30\n\tpositions\x18\x01 \x03(\x0b\x32\x1d.inventory.ledger.v1.Position\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xce\x01\n\x16GetAvailabilityRequest\x12\x11\n\x03sku\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63hannel\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12;\n\x0b\x63onsistency\x18\x03 \x01(\x0e\x32 .inventory.ledger.v1.ConsistencyB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cmin_position\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12\x31\n\x07horizon\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"E\n\x18WatchAvailabilityRequest\x12\x15\n\x07\x63hannel\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04skus\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\"z\n\x14ListInTransitRequest\x12\x11\n\x03sku\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0eto_location_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"k\n\x15ListInTransitResponse\x12\x39\n\ttransfers\x18\x01 \x03(\x0b\x32&.inventory.ledger.v1.InTransitTransfer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb0\x01\n\x15ListExceptionsRequest\x12\x36\n\x04type\x18\x01 \x01(\x0e\x32\".inventory.ledger.v1.ExceptionTypeB\x04\xe2\x41\x01\x01\x12\x11\n\x03sku\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0blocation_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\"k\n\x16ListExceptionsResponse\x12\x38\n\nexceptions\x18\x01 \x03(\x0b\x32$.inventory.ledger.v1.LedgerException\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1c\n\x1aGetProjectionStatusRequest\"B\n\x10GetSerialRequest\x12\x11\n\x03sku\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rserial_number\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x32\xbf\x06\n\x15InventoryQueryService\x12U\n\x0bGetPosition\x12\'.inventory.ledger.v1.GetPositionRequest\x1a\x1d.inventory.ledger.v1.Position\x12\x66\n\rListPositions\x12).inventory.ledger.v1.ListPositionsRequest\x1a*.inventory.ledger.v1.ListPositionsResponse\x12\x61\n\x0fGetAvailability\x12+.inventory.ledger.v1.GetAvailabilityRequest\x1a!.inventory.ledger.v1.Availability\x12m\n\x11WatchAvailability\x12-.inventory.ledger.v1.WatchAvailabilityRequest\x1a\'.inventory.ledger.v1.AvailabilityChange0\x01\x12\x66\n\rListInTransit\x12).inventory.ledger.v1.ListInTransitRequest\x1a*.inventory.ledger.v1.ListInTransitResponse\x12i\n\x0eListExceptions\x12*.inventory.ledger.v1.ListExceptionsRequest\x1a+.inventory.ledger.v1.ListExceptionsResponse\x12m\n\x13GetProjectionStatus\x12/.inventory.ledger.v1.GetProjectionStatusRequest\x1a%.inventory.ledger.v1.ProjectionStatus\x12S\n\tGetSerial\x12%.inventory.ledger.v1.GetSerialRequest\x1a\x1f.inventory.ledger.v1.SerialUnitb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'inventory/ledger/v1/query_service.proto\x12\x13inventory.ledger.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a&inventory/ledger/v1/availability.proto\x1a\"inventory/ledger/v1/position.proto\x1a inventory/ledger/v1/serial.proto\"_\n\x12GetPositionRequest\x12\x11\n\x03sku\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0blocation_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rinclude_holds\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\"\x94\x01\n\x14ListPositionsRequest\x12\x11\n\x03sku\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0blocation_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rinclude_holds\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01\"b\n\x15ListPositionsResponse\x12\x30\n\tpositions\x18\x01 \x03(\x0b\x32\x1d.inventory.ledger.v1.Position\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xce\x01\n\x16GetAvailabilityRequest\x12\x11\n\x03sku\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63hannel\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12;\n\x0b\x63onsistency\x18\x03 \x01(\x0e\x32 .inventory.ledger.v1.ConsistencyB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cmin_position\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12\x31\n\x07horizon\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"E\n\x18WatchAvailabilityRequest\x12\x15\n\x07\x63hannel\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04skus\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\"z\n\x14ListInTransitRequest\x12\x11\n\x03sku\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0eto_location_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"k\n\x15ListInTransitResponse\x12\x39\n\ttransfers\x18\x01 \x03(\x0b\x32&.inventory.ledger.v1.InTransitTransfer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xea\x01\n\x15ListExceptionsRequest\x12\x36\n\x04type\x18\x01 \x01(\x0e\x32\".inventory.ledger.v1.ExceptionTypeB\x04\xe2\x41\x01\x01\x12\x11\n\x03sku\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0blocation_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x38\n\x0f\x65xpiring_within\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\"k\n\x16ListExceptionsResponse\x12\x38\n\nexceptions\x18\x01 \x03(\x0b\x32$.inventory.ledger.v1.LedgerException\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1c\n\x1aGetProjectionStatusRequest\"B\n\x10GetSerialRequest\x12\x11\n\x03sku\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rserial_number\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x32\xbf\x06\n\x15InventoryQueryService\x12U\n\x0bGetPosition\x12\'.inventory.ledger.v1.GetPositionRequest\x1a\x1d.inventory.ledger.v1.Position\x12\x66\n\rListPositions\x12).inventory.ledger.v1.ListPositionsRequest\x1a*.inventory.ledger.v1.ListPositionsResponse\x12\x61\n\x0fGetAvailability\x12+.inventory.ledger.v1.GetAvailabilityRequest\x1a!.inventory.ledger.v1.Availability\x12m\n\x11WatchAvailability\x12-.inventory.ledger.v1.WatchAvailabilityRequest\x1a\'.inventory.ledger.v1.AvailabilityChange0\x01\x12\x66\n\rListInTransit\x12).inventory.ledger.v1.ListInTransitRequest\x1a*.inventory.ledger.v1.ListInTransitResponse\x12i\n\x0eListExceptions\x12*.inventory.ledger.v1.ListExceptionsRequest\x1a+.inventory.ledger.v1.ListExceptionsResponse\x12m\n\x13GetProjectionStatus\x12/.inventory.ledger.v1.GetProjectionStatusRequest\x1a%.inventory.ledger.v1.ProjectionStatus\x12S\n\tGetSerial\x12%.inventory.ledger.v1.GetSerialRequest\x1a\x1f.inventory.ledger.v1.SerialUnitb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -85,32 +86,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTEXCEPTIONSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
   _globals['_LISTEXCEPTIONSREQUEST'].fields_by_name['page_token']._loaded_options = None
   _globals['_LISTEXCEPTIONSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_LISTEXCEPTIONSREQUEST'].fields_by_name['expiring_within']._loaded_options = None
+  _globals['_LISTEXCEPTIONSREQUEST'].fields_by_name['expiring_within']._serialized_options = b'\342A\001\001'
   _globals['_GETSERIALREQUEST'].fields_by_name['sku']._loaded_options = None
   _globals['_GETSERIALREQUEST'].fields_by_name['sku']._serialized_options = b'\342A\001\002'
   _globals['_GETSERIALREQUEST'].fields_by_name['serial_number']._loaded_options = None
   _globals['_GETSERIALREQUEST'].fields_by_name['serial_number']._serialized_options = b'\342A\001\002'
-  _globals['_GETPOSITIONREQUEST']._serialized_start=240
-  _globals['_GETPOSITIONREQUEST']._serialized_end=335
-  _globals['_LISTPOSITIONSREQUEST']._serialized_start=338
-  _globals['_LISTPOSITIONSREQUEST']._serialized_end=486
-  _globals['_LISTPOSITIONSRESPONSE']._serialized_start=488
-  _globals['_LISTPOSITIONSRESPONSE']._serialized_end=586
-  _globals['_GETAVAILABILITYREQUEST']._serialized_start=589
-  _globals['_GETAVAILABILITYREQUEST']._serialized_end=795
-  _globals['_WATCHAVAILABILITYREQUEST']._serialized_start=797
-  _globals['_WATCHAVAILABILITYREQUEST']._serialized_end=866
-  _globals['_LISTINTRANSITREQUEST']._serialized_start=868
-  _globals['_LISTINTRANSITREQUEST']._serialized_end=990
-  _globals['_LISTINTRANSITRESPONSE']._serialized_start=992
-  _globals['_LISTINTRANSITRESPONSE']._serialized_end=1099
-  _globals['_LISTEXCEPTIONSREQUEST']._serialized_start=1102
-  _globals['_LISTEXCEPTIONSREQUEST']._serialized_end=1278
-  _globals['_LISTEXCEPTIONSRESPONSE']._serialized_start=1280
-  _globals['_LISTEXCEPTIONSRESPONSE']._serialized_end=1387
-  _globals['_GETPROJECTIONSTATUSREQUEST']._serialized_start=1389
-  _globals['_GETPROJECTIONSTATUSREQUEST']._serialized_end=1417
-  _globals['_GETSERIALREQUEST']._serialized_start=1419
-  _globals['_GETSERIALREQUEST']._serialized_end=1485
-  _globals['_INVENTORYQUERYSERVICE']._serialized_start=1488
-  _globals['_INVENTORYQUERYSERVICE']._serialized_end=2319
+  _globals['_GETPOSITIONREQUEST']._serialized_start=272
+  _globals['_GETPOSITIONREQUEST']._serialized_end=367
+  _globals['_LISTPOSITIONSREQUEST']._serialized_start=370
+  _globals['_LISTPOSITIONSREQUEST']._serialized_end=518
+  _globals['_LISTPOSITIONSRESPONSE']._serialized_start=520
+  _globals['_LISTPOSITIONSRESPONSE']._serialized_end=618
+  _globals['_GETAVAILABILITYREQUEST']._serialized_start=621
+  _globals['_GETAVAILABILITYREQUEST']._serialized_end=827
+  _globals['_WATCHAVAILABILITYREQUEST']._serialized_start=829
+  _globals['_WATCHAVAILABILITYREQUEST']._serialized_end=898
+  _globals['_LISTINTRANSITREQUEST']._serialized_start=900
+  _globals['_LISTINTRANSITREQUEST']._serialized_end=1022
+  _globals['_LISTINTRANSITRESPONSE']._serialized_start=1024
+  _globals['_LISTINTRANSITRESPONSE']._serialized_end=1131
+  _globals['_LISTEXCEPTIONSREQUEST']._serialized_start=1134
+  _globals['_LISTEXCEPTIONSREQUEST']._serialized_end=1368
+  _globals['_LISTEXCEPTIONSRESPONSE']._serialized_start=1370
+  _globals['_LISTEXCEPTIONSRESPONSE']._serialized_end=1477
+  _globals['_GETPROJECTIONSTATUSREQUEST']._serialized_start=1479
+  _globals['_GETPROJECTIONSTATUSREQUEST']._serialized_end=1507
+  _globals['_GETSERIALREQUEST']._serialized_start=1509
+  _globals['_GETSERIALREQUEST']._serialized_end=1575
+  _globals['_INVENTORYQUERYSERVICE']._serialized_start=1578
+  _globals['_INVENTORYQUERYSERVICE']._serialized_end=2409
 # @@protoc_insertion_point(module_scope)

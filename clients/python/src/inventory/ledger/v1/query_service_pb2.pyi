@@ -2,6 +2,7 @@
 import datetime
 
 from google.api import field_behavior_pb2 as _field_behavior_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from inventory.ledger.v1 import availability_pb2 as _availability_pb2
 from inventory.ledger.v1 import position_pb2 as _position_pb2
@@ -89,18 +90,20 @@ class ListInTransitResponse(_message.Message):
     def __init__(self, transfers: _Optional[_Iterable[_Union[_availability_pb2.InTransitTransfer, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListExceptionsRequest(_message.Message):
-    __slots__ = ("type", "sku", "location_id", "page_size", "page_token")
+    __slots__ = ("type", "sku", "location_id", "page_size", "page_token", "expiring_within")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     SKU_FIELD_NUMBER: _ClassVar[int]
     LOCATION_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRING_WITHIN_FIELD_NUMBER: _ClassVar[int]
     type: _availability_pb2.ExceptionType
     sku: str
     location_id: str
     page_size: int
     page_token: str
-    def __init__(self, type: _Optional[_Union[_availability_pb2.ExceptionType, str]] = ..., sku: _Optional[str] = ..., location_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    expiring_within: _duration_pb2.Duration
+    def __init__(self, type: _Optional[_Union[_availability_pb2.ExceptionType, str]] = ..., sku: _Optional[str] = ..., location_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., expiring_within: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ListExceptionsResponse(_message.Message):
     __slots__ = ("exceptions", "next_page_token")

@@ -72,6 +72,13 @@ export enum ExceptionType {
   EXCEPTION_TYPE_LOT_EXPIRY_CONFLICT = 5,
   /** EXCEPTION_TYPE_SERIAL_CONFLICT - A movement listed serials the serial index could not accept (contract §2). */
   EXCEPTION_TYPE_SERIAL_CONFLICT = 6,
+  /**
+   * EXCEPTION_TYPE_LOT_EXPIRING - A lot that expires soon and still holds stock at a position: only in the
+   * answer of ListExceptions with `expiring_within`, computed at call time.
+   * Not a recorded exception: never published on NATS, not counted in the
+   * exception metrics.
+   */
+  EXCEPTION_TYPE_LOT_EXPIRING = 7,
   UNRECOGNIZED = -1,
 }
 
@@ -98,6 +105,9 @@ export function exceptionTypeFromJSON(object: any): ExceptionType {
     case 6:
     case "EXCEPTION_TYPE_SERIAL_CONFLICT":
       return ExceptionType.EXCEPTION_TYPE_SERIAL_CONFLICT;
+    case 7:
+    case "EXCEPTION_TYPE_LOT_EXPIRING":
+      return ExceptionType.EXCEPTION_TYPE_LOT_EXPIRING;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -121,6 +131,8 @@ export function exceptionTypeToJSON(object: ExceptionType): string {
       return "EXCEPTION_TYPE_LOT_EXPIRY_CONFLICT";
     case ExceptionType.EXCEPTION_TYPE_SERIAL_CONFLICT:
       return "EXCEPTION_TYPE_SERIAL_CONFLICT";
+    case ExceptionType.EXCEPTION_TYPE_LOT_EXPIRING:
+      return "EXCEPTION_TYPE_LOT_EXPIRING";
     case ExceptionType.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -232,7 +244,7 @@ export interface LedgerException {
   bucket: string;
   /**
    * For NEGATIVE_BUCKET: the bucket's value after the event; for
-   * TRANSFER_SHORTAGE: the quantity short.
+   * TRANSFER_SHORTAGE: the quantity short; for LOT_EXPIRING: the lot's on_hand.
    */
   quantity: number;
   /** A readable explanation. */
@@ -241,7 +253,7 @@ export interface LedgerException {
   source: string;
   /** Source and message id of the fact. */
   messageId: string;
-  /** When the fact happened. */
+  /** When the fact happened; for LOT_EXPIRING: when the lot expires. */
   occurredAt:
     | Date
     | undefined;

@@ -21,6 +21,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { Duration } from "../../../google/protobuf/duration";
 import { Timestamp } from "../../../google/protobuf/timestamp";
 import {
   Availability,
@@ -146,6 +147,16 @@ export interface ListExceptionsRequest {
   pageSize: number;
   /** `next_page_token` of the previous page. */
   pageToken: string;
+  /**
+   * When set (must be positive): instead of the recorded exceptions, list the
+   * lots that expire within (now, now + expiring_within] and still hold stock
+   * (on_hand, receiving, quarantine or in_transit_inbound; damaged is not
+   * counted) at a position, computed now from the read model, each as an
+   * EXCEPTION_TYPE_LOT_EXPIRING exception, ordered by expiry, sku, location,
+   * lot. `type` must then be unset or EXCEPTION_TYPE_LOT_EXPIRING; the `sku`
+   * and `location_id` filters and paging apply. An expired lot is not listed.
+   */
+  expiringWithin: Duration | undefined;
 }
 
 /** Response of InventoryQueryService.ListExceptions. */
@@ -960,7 +971,7 @@ export const ListInTransitResponse: MessageFns<ListInTransitResponse> = {
 };
 
 function createBaseListExceptionsRequest(): ListExceptionsRequest {
-  return { type: 0, sku: "", locationId: "", pageSize: 0, pageToken: "" };
+  return { type: 0, sku: "", locationId: "", pageSize: 0, pageToken: "", expiringWithin: undefined };
 }
 
 export const ListExceptionsRequest: MessageFns<ListExceptionsRequest> = {
@@ -979,6 +990,9 @@ export const ListExceptionsRequest: MessageFns<ListExceptionsRequest> = {
     }
     if (message.pageToken !== "") {
       writer.uint32(42).string(message.pageToken);
+    }
+    if (message.expiringWithin !== undefined) {
+      Duration.encode(message.expiringWithin, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -1036,6 +1050,14 @@ export const ListExceptionsRequest: MessageFns<ListExceptionsRequest> = {
             message.pageToken = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.expiringWithin = Duration.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1067,6 +1089,11 @@ export const ListExceptionsRequest: MessageFns<ListExceptionsRequest> = {
         : isSet(object.page_token)
         ? globalThis.String(object.page_token)
         : "",
+      expiringWithin: isSet(object.expiringWithin)
+        ? Duration.fromJSON(object.expiringWithin)
+        : isSet(object.expiring_within)
+        ? Duration.fromJSON(object.expiring_within)
+        : undefined,
     };
   },
 
@@ -1087,6 +1114,9 @@ export const ListExceptionsRequest: MessageFns<ListExceptionsRequest> = {
     if (message.pageToken !== "") {
       obj.pageToken = message.pageToken;
     }
+    if (message.expiringWithin !== undefined) {
+      obj.expiringWithin = Duration.toJSON(message.expiringWithin);
+    }
     return obj;
   },
 
@@ -1100,6 +1130,9 @@ export const ListExceptionsRequest: MessageFns<ListExceptionsRequest> = {
     message.locationId = object.locationId ?? "";
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
+    message.expiringWithin = (object.expiringWithin !== undefined && object.expiringWithin !== null)
+      ? Duration.fromPartial(object.expiringWithin)
+      : undefined;
     return message;
   },
 };
