@@ -17,6 +17,7 @@ from ledger.domain.lots import lots_of
 from ledger.domain.movements import Movement, MovementType
 from ledger.domain.position import EventMeta, Position, position_id
 from ledger.domain.position_state import is_stale_count
+from ledger.domain.reservation import Reservation
 from ledger.domain.serial_unit import SerialUnit, serial_after, serial_unit_id
 from ledger.unit_of_work import (
     Command,
@@ -51,11 +52,12 @@ def record_movements(
         # Per movement: its outcome, and either its ledger position (an earlier request's
         # duplicate) or the events this commit writes for it.
         outcomes: list[tuple[Movement, str, int, list[EventRef]]] = []
-        invalid: dict[int, TrackingMismatch] = {}
-        if reject_reused:
+        invalid = _tracking_mismatches(uow, movements)
+        if reject_reused and invalid:
             # Refuse before applying anything: a command that raises after changing
             # aggregates makes the pipeline re-run its whole batch one command at a time.
-            _refuse_mismatched(uow, movements)
+            index, error = next(iter(invalid.items()))
+            raise TrackingMismatch(f"movements[{index}].{error.field_path}", error.description)
         for index, movement in enumerate(movements):
             key_id = movement_key_id(movement.source, movement.message_id)
             digest = fingerprint("movement", movement.fingerprint_fields())
@@ -70,10 +72,7 @@ def record_movements(
                 known = 0 if uow.is_pending_key(key_id) else recorded_position(uow.app, events)
                 outcomes.append((movement, DUPLICATE, known, events))
                 continue
-            try:
-                check_tracking(uow, movement)
-            except TrackingMismatch as error:
-                invalid[index] = error
+            if index in invalid:
                 outcomes.append((movement, INVALID, 0, []))
                 continue
             mark = uow.mark()
@@ -115,18 +114,20 @@ def record_movements(
     return declare_reads(command, Reads(keys=keys, aggregates=tuple(aggregates)))
 
 
-def _refuse_mismatched(uow: UnitOfWork, movements: Sequence[Movement]) -> None:
-    """Raise for the first new movement that does not fit its SKU's tracking (a replayed
-    one answers DUPLICATE whatever the tracking is now)."""
+def _tracking_mismatches(
+    uow: UnitOfWork, movements: Sequence[Movement]
+) -> dict[int, TrackingMismatch]:
+    """By index, the new movements that do not fit their SKU's tracking, in order (a
+    replayed one answers DUPLICATE whatever the tracking is now)."""
+    found: dict[int, TrackingMismatch] = {}
     for index, movement in enumerate(movements):
         if uow.idempotency_key(movement_key_id(movement.source, movement.message_id)):
             continue
         try:
             check_tracking(uow, movement)
         except TrackingMismatch as error:
-            raise TrackingMismatch(
-                f"movements[{index}].{error.field_path}", error.description
-            ) from None
+            found[index] = error
+    return found
 
 
 def check_tracking(uow: UnitOfWork, movement: Movement) -> None:
@@ -230,11 +231,16 @@ def _order_ref(uow: UnitOfWork, position: Position, movement: Movement) -> str:
     hold = position.holds.get(movement.reservation_id)
     if hold is not None:
         return str(hold["order_ref"])
-    try:
-        reservation = uow.reservation(uuid.UUID(movement.reservation_id))
-    except ValueError:
-        return ""
+    reservation = _reservation_named(uow, movement)
     return reservation.order_ref if reservation is not None else ""
+
+
+def _reservation_named(uow: UnitOfWork, movement: Movement) -> Reservation | None:
+    """The reservation a shipment names; an id that is not a UUID names none."""
+    try:
+        return uow.reservation(uuid.UUID(movement.reservation_id))
+    except ValueError:
+        return None
 
 
 def _lot_expiry(uow: UnitOfWork, movement: Movement, meta: EventMeta) -> datetime | None:
@@ -264,10 +270,7 @@ def _ship_against_reservation(
     hold = position.holds.get(movement.reservation_id or "")
     if hold is None or not availability.hold_blocks(hold, meta.recorded_at):
         return
-    try:
-        reservation = uow.reservation(uuid.UUID(movement.reservation_id))
-    except ValueError:
-        return
+    reservation = _reservation_named(uow, movement)
     if reservation is None:
         return
     take = min(movement.qty or 0, hold["qty"] - hold["shipped"])

@@ -177,13 +177,7 @@ class _Planner:
         if not allow_split or total < line.qty:
             best = total if allow_split else (ranked[0][0] if ranked else 0)
             return ShortLine(index, line.sku, "", line.qty, best)
-        shares, remaining = [], line.qty
-        for free, loc in ranked:
-            take = min(free, remaining)
-            shares.append((loc, take))
-            remaining -= take
-            if remaining == 0:
-                break
+        shares = _greedy([(loc, free) for free, loc in ranked], line.qty)
         return self._take(line, shares, lot_tracked)
 
     def _take(
@@ -198,15 +192,22 @@ class _Planner:
 
     def _bind(self, line: ReserveLine, location_id: str, qty: int) -> tuple[tuple[str, int], ...]:
         """First expiry first out: each eligible lot up to what it has left."""
-        bound, remaining = [], qty
-        for lot_id, left in self.lot_room(line, location_id):
-            take = min(left, remaining)
-            bound.append((lot_id, take))
+        bound = _greedy(self.lot_room(line, location_id), qty)
+        for lot_id, take in bound:
             self.taken_lots[(line.sku, location_id, lot_id)] += take
-            remaining -= take
-            if remaining == 0:
-                break
         return tuple(bound)
+
+
+def _greedy(room: list[tuple[str, int]], qty: int) -> list[tuple[str, int]]:
+    """Take ``qty`` from ``room`` in its order, each (key, capacity) up to its capacity."""
+    taken, remaining = [], qty
+    for key, capacity in room:
+        if remaining == 0:
+            break
+        take = min(capacity, remaining)
+        taken.append((key, take))
+        remaining -= take
+    return taken
 
 
 def _check_lot_terms(index: int, line: ReserveLine, lot_tracked: bool) -> None:
