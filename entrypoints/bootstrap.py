@@ -15,7 +15,9 @@ Heavy imports are inside the builders so ``ledger --help`` stays fast.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import subprocess
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from ledger.application import InventoryLedger
     from ledger.metrics.endpoint import MetricsEndpoint
     from ledger.service import LedgerService
+    from ledger.writer.local import LocalWriter
     from projections.commit_listener import CommitListener
     from projections.runner import ProjectionRunner
     from projections.store import ReadModelStore
@@ -43,13 +46,99 @@ def configure_metric_labels(settings: Settings) -> None:
     configure_labels(settings.metrics_channels, settings.metrics_sources)
 
 
-def open_service(settings: Settings, group_commit: GroupCommit | None = None) -> LedgerService:
+def open_service(
+    settings: Settings, group_commit: GroupCommit | None = None, *, wait_for_writer: bool = True
+) -> LedgerService:
     """The ledger service on ``settings.database_url`` with ``settings.group_commit`` (or the
-    one given)."""
+    one given). With ``settings.writer`` other than "thread" its writes go to the holder of
+    the ledger's writer seat (``ledger writer``), reached before this returns unless
+    ``wait_for_writer`` is false."""
     from ledger.service import LedgerService
 
     group_commit = group_commit or settings.group_commit
-    return LedgerService.open(settings.database_url, group_commit=group_commit)
+    writer = None
+    if settings.writer != "thread":
+        from ledger.writer.client import RemoteWriter
+        from ledger.writer.election import read_advert
+
+        writer = RemoteWriter(functools.partial(read_advert, settings.database_url))
+    service = LedgerService.open(settings.database_url, group_commit=group_commit, writer=writer)
+    if wait_for_writer:
+        try:
+            await_writer(service, None)
+        except BaseException:
+            service.close()
+            raise
+    return service
+
+
+def open_writer(settings: Settings) -> tuple[InventoryLedger, LocalWriter]:
+    """What ``ledger writer`` runs: the application and its command pipeline."""
+    from ledger.pipeline import CommandPipeline
+    from ledger.service import system_clock
+    from ledger.writer.local import LocalWriter
+
+    app = open_ledger_app(settings)
+    pipeline = CommandPipeline(
+        app,
+        system_clock,
+        linger_seconds=settings.group_commit.linger_seconds,
+        batch_max=settings.group_commit.max_commands,
+    )
+    return app, LocalWriter(pipeline)
+
+
+def start_metrics(settings: Settings) -> MetricsEndpoint | None:
+    """The /metrics endpoint of a process without projections (None when disabled)."""
+    from ledger.metrics.endpoint import start_endpoint
+
+    return start_endpoint(settings.metrics_listen)
+
+
+# How long `ledger serve` waits for its writes to have somewhere to go before it listens.
+WRITER_WAIT_SECONDS = 60.0
+
+
+def start_writer_process(settings: Settings) -> subprocess.Popen[bytes]:
+    """``ledger serve --writer process``: a ``ledger writer`` child on a free loopback port
+    that takes the ledger's writer seat or waits for it as a standby, and stops with us."""
+    import os
+    import sys
+
+    command = [sys.executable, "-m", "entrypoints.cli", "writer", "--exit-with-parent"]
+    environ = {**os.environ, "LEDGER_DATABASE_URL": settings.database_url}
+    return subprocess.Popen(command, env=environ)
+
+
+def stop_writer_process(child: subprocess.Popen[bytes], grace_seconds: float) -> None:
+    child.terminate()
+    try:
+        child.wait(grace_seconds + 5)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def await_writer(service: LedgerService, child: subprocess.Popen[bytes] | None) -> None:
+    """Block until the service reaches a writer (ConfigError if it cannot, or if our own
+    writer child exited: its own log line said why)."""
+    import time
+
+    from ledger.config import ConfigError
+    from ledger.writer.client import RemoteWriter
+
+    writer = service.writer
+    if not isinstance(writer, RemoteWriter):
+        return
+    deadline = time.monotonic() + WRITER_WAIT_SECONDS
+    while not writer.wait_connected(0.2):
+        if child is not None and child.poll() is not None:
+            raise ConfigError(f"the writer process exited with status {child.returncode}")
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"no writer holds the ledger's writer seat after {WRITER_WAIT_SECONDS:.0f} s"
+                " (start `ledger writer`, or serve with --writer process)"
+            )
 
 
 def open_ledger_app(settings: Settings) -> InventoryLedger:
@@ -74,6 +163,7 @@ class Api:
     runner: ProjectionRunner | None  # projections in-process
     running: RunningServer
     metrics: MetricsEndpoint | None = None  # when --metrics-listen is set
+    writer_process: subprocess.Popen[bytes] | None = None  # --writer process
 
 
 async def start_api(
@@ -94,13 +184,22 @@ async def start_api(
     check_exposure(settings)  # before anything is opened: ConfigError -> exit 2
     configure_metric_labels(settings)
     in_process = projections_in_process(settings)
-    if service is None:
-        service = await asyncio.to_thread(open_service, settings)
+    writer_process = start_writer_process(settings) if settings.writer == "process" else None
+    try:
+        if service is None:
+            service = await asyncio.to_thread(
+                functools.partial(open_service, settings, wait_for_writer=False)
+            )
+        await asyncio.to_thread(await_writer, service, writer_process)
+    except BaseException:
+        if writer_process is not None:
+            stop_writer_process(writer_process, 0)
+        raise
     if store is None:
         store = await asyncio.to_thread(open_read_models, settings)
     runner = ProjectionRunner(service.app, store) if in_process else None
     if runner is not None:
-        service.pipeline.add_commit_listener(runner.wake)
+        service.add_commit_listener(runner.wake)
         runner.start()
     read_models = ReadModelQueries(
         service, store, runner, cache_skus=settings.availability_cache_skus
@@ -108,7 +207,7 @@ async def start_api(
     metrics = start_endpoint(settings.metrics_listen, projection_status=read_models.status)
     running = await start_server(service, read_models, settings)
     service.start_expiry_sweeper(settings.expiry_sweep_seconds)
-    return Api(service, store, runner, running, metrics)
+    return Api(service, store, runner, running, metrics, writer_process)
 
 
 async def stop_api(api: Api, settings: Settings) -> None:
@@ -121,6 +220,8 @@ async def stop_api(api: Api, settings: Settings) -> None:
         await asyncio.to_thread(api.runner.stop)
     await asyncio.to_thread(api.service.close)
     await asyncio.to_thread(api.store.close)
+    if api.writer_process is not None:
+        await asyncio.to_thread(stop_writer_process, api.writer_process, settings.grace_seconds)
 
 
 def open_projection_runner(

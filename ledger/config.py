@@ -108,6 +108,10 @@ class Settings:
     tls_client_ca: str = ""  # set: mutual TLS, client certificates required
     max_calls_in_flight: int = DEFAULT_MAX_CALLS_IN_FLIGHT
     availability_cache_skus: int = DEFAULT_AVAILABILITY_CACHE_SKUS
+    # Where `ledger serve` writes (docs/decisions.md "The writer's own core"): "thread" in
+    # this process; "process" a `ledger writer` child joining the ledger's writer seat;
+    # "external" the seat's holder, started elsewhere. The last two need PostgreSQL.
+    writer: str = "thread"
     # Long-running processes: read by the command that tunes itself (ProcessTuning.from_env).
     tuning: ProcessTuning = ProcessTuning()
     # `ingest` / `dev`: read by those commands (ingest_ack_wait_from_env) before they connect.
@@ -153,11 +157,25 @@ class Settings:
                 os.environ.get("LEDGER_AVAILABILITY_CACHE_SKUS", ""),
                 DEFAULT_AVAILABILITY_CACHE_SKUS,
             ),
+            "writer": os.environ.get("LEDGER_WRITER", "thread"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
+        check_writer_mode(str(values["writer"]), str(values["database_url"]))
         # One mapping of mixed value types keyed by field name; each value was parsed to its
         # field's type above, which mypy cannot follow through a dict[str, object].
         return cls(**values)  # type: ignore[arg-type]
+
+
+WRITER_MODES = ("thread", "process", "external")
+
+
+def check_writer_mode(mode: str, database_url: str) -> None:
+    if mode not in WRITER_MODES:
+        raise ConfigError(
+            f"LEDGER_WRITER / --writer must be one of {', '.join(WRITER_MODES)}, not {mode!r}"
+        )
+    if mode != "thread" and not database_url.startswith("postgres"):
+        raise ConfigError(f"--writer {mode} needs PostgreSQL (SQLite has one writer: thread)")
 
 
 def _positive_int(name: str, text: str, default: int) -> int:

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from eventsourcing.persistence import InterfaceError, OperationalError
 
@@ -29,8 +29,6 @@ from ledger.domain.serial_unit import SerialUnit, serial_unit_id
 from ledger.pipeline import CommandPipeline
 from ledger.read_cache import ReadCache
 from ledger.store.index_ops import to_micros
-from ledger.unit_of_work import Command
-from ledger.use_cases import movements, policies, reservations
 from ledger.use_cases.context import CallContext
 from ledger.use_cases.reservations import ReserveInput
 from ledger.views import (
@@ -42,6 +40,7 @@ from ledger.views import (
     ReservationView,
     SerialUnitView,
 )
+from ledger.writer.local import LocalWriter, Writer
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +60,19 @@ class LedgerService:
         app: InventoryLedger,
         clock: Clock = system_clock,
         group_commit: GroupCommit = DEFAULT_GROUP_COMMIT,
+        writer: Writer | None = None,
     ) -> None:
+        """Writes go to ``writer`` (a writer process's client), or by default to a pipeline on
+        a thread of this process."""
         self.app = app
         self.clock = clock
-        self.pipeline = CommandPipeline(
-            app,
-            clock,
-            linger_seconds=group_commit.linger_seconds,
-            batch_max=group_commit.max_commands,
+        self.writer: Writer = writer or LocalWriter(
+            CommandPipeline(
+                app,
+                clock,
+                linger_seconds=group_commit.linger_seconds,
+                batch_max=group_commit.max_commands,
+            )
         )
         self.as_of = AsOfReader(app)
         # Positions for strongly consistent reads (GetPosition, ListPositions, STRONG
@@ -77,58 +81,67 @@ class LedgerService:
         self._sweeper_stop = threading.Event()
         self._sweeper: threading.Thread | None = None
 
+    @property
+    def pipeline(self) -> CommandPipeline:
+        """This process's command pipeline (AttributeError where a writer process writes)."""
+        if not isinstance(self.writer, LocalWriter):
+            raise AttributeError("this service writes through a writer process")
+        return self.writer.pipeline
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Called after every commit that wrote events (on a writer-side thread)."""
+        self.writer.add_commit_listener(listener)
+
     @classmethod
     def open(
         cls,
         database_url: str,
         clock: Clock = system_clock,
         group_commit: GroupCommit = DEFAULT_GROUP_COMMIT,
+        writer: Writer | None = None,
     ) -> LedgerService:
-        return cls(InventoryLedger(eventsourcing_env(database_url)), clock, group_commit)
+        return cls(InventoryLedger(eventsourcing_env(database_url)), clock, group_commit, writer)
 
     def close(self) -> None:
         self.stop_expiry_sweeper()
-        self.pipeline.close()
+        self.writer.close()
         self.app.close()
 
     # ---- writes (each returns a Future; use .result() or asyncio.wrap_future) -----------------
 
-    def _submit(self, ctx: CallContext, command: Command[T]) -> Future[T]:
-        """Queue a write; one that cannot be reached before the caller's deadline is refused
-        now (RESOURCE_EXHAUSTED) rather than left to time out."""
-        return self.pipeline.submit(command, time_remaining=ctx.time_remaining_seconds)
+    def _submit(self, ctx: CallContext, use_case: str, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Queue a write (by use-case name: it may cross to a writer process); one that
+        cannot be reached before the caller's deadline is refused now (RESOURCE_EXHAUSTED)
+        rather than left to time out."""
+        return self.writer.submit(ctx, use_case, args, kwargs)
 
     def record_movements(
         self, ctx: CallContext, items: Sequence[Movement], *, reject_reused: bool = True
     ) -> Future[list[MovementResultView]]:
-        return self._submit(
-            ctx, movements.record_movements(ctx, list(items), reject_reused=reject_reused)
-        )
+        return self._submit(ctx, "record_movements", list(items), reject_reused=reject_reused)
 
     def reserve(self, ctx: CallContext, request: ReserveInput) -> Future[ReservationView]:
-        return self._submit(ctx, reservations.reserve(ctx, request))
+        return self._submit(ctx, "reserve", request)
 
     def commit(
         self, ctx: CallContext, request_id: str, reservation_id: str, channel: str
     ) -> Future[ReservationView]:
-        return self._submit(ctx, reservations.commit(ctx, request_id, reservation_id, channel))
+        return self._submit(ctx, "commit", request_id, reservation_id, channel)
 
     def release(
         self, ctx: CallContext, request_id: str, reservation_id: str, channel: str
     ) -> Future[ReservationView]:
-        return self._submit(ctx, reservations.release(ctx, request_id, reservation_id, channel))
+        return self._submit(ctx, "release", request_id, reservation_id, channel)
 
     def set_safety_stock(
         self, ctx: CallContext, request_id: str, sku: str, location_id: str, qty: int
     ) -> Future[PositionView]:
-        return self._submit(ctx, policies.set_safety_stock(ctx, request_id, sku, location_id, qty))
+        return self._submit(ctx, "set_safety_stock", request_id, sku, location_id, qty)
 
     def set_channel_fence(
         self, ctx: CallContext, request_id: str, sku: str, location_id: str, channel: str, qty: int
     ) -> Future[PositionView]:
-        return self._submit(
-            ctx, policies.set_channel_fence(ctx, request_id, sku, location_id, channel, qty)
-        )
+        return self._submit(ctx, "set_channel_fence", request_id, sku, location_id, channel, qty)
 
     def set_channel_policy(
         self,
@@ -142,15 +155,19 @@ class LedgerService:
     ) -> Future[ChannelPolicyView]:
         return self._submit(
             ctx,
-            policies.set_channel_policy(
-                ctx, request_id, channel, eligible_location_ids, share_percent, buffer, max_publish
-            ),
+            "set_channel_policy",
+            request_id,
+            channel,
+            eligible_location_ids,
+            share_percent,
+            buffer,
+            max_publish,
         )
 
     def set_item_policy(
         self, ctx: CallContext, request_id: str, sku: str, tracking: Tracking
     ) -> Future[ItemPolicyView]:
-        return self._submit(ctx, policies.set_item_policy(ctx, request_id, sku, tracking))
+        return self._submit(ctx, "set_item_policy", request_id, sku, tracking)
 
     # ---- reads (strongly consistent: from the aggregates) -------------------------------------
 
@@ -321,7 +338,7 @@ class LedgerService:
             )
             if not due:
                 return expired
-            done = self.pipeline.execute(reservations.expire_due(CallContext("system"), due))
+            done: list[str] = self._submit(CallContext("system"), "expire_due", due).result()
             expired.extend(done)
             if len(due) < EXPIRY_BATCH_MAX:
                 return expired

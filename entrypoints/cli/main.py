@@ -25,6 +25,7 @@ from entrypoints.cli.processes import (
 )
 from entrypoints.cli.read_models import projections_status, rebuild_projections
 from entrypoints.cli.tokens import create_token
+from entrypoints.cli.writer import run_writer
 from ledger.config import (
     GroupCommit,
     ProcessTuning,
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-_LONG_RUNNING = ("serve", "dev", "ingest", "projections")
+_LONG_RUNNING = ("serve", "writer", "dev", "ingest", "projections")
 
 
 def _nats_url(args: argparse.Namespace) -> str:
@@ -91,14 +92,29 @@ def _service_settings(args: argparse.Namespace) -> Settings:
 
 def _run(args: argparse.Namespace) -> int:
     tuning = None
-    if args.command in ("serve", "ingest", "projections"):
+    if args.command in ("serve", "writer", "ingest", "projections"):
         tuning = ProcessTuning.from_env()  # a bad setting fails before anything starts
-    if args.command == "serve":
+    if args.command == "writer":
+        settings = _checked(
+            Settings.from_env(
+                database_url=args.database,
+                tuning=tuning,
+                group_commit=GroupCommit.from_env(),
+                metrics_listen=args.metrics_listen,
+                writer="process",
+            ),
+        )
+        from ledger.preflight import check_listen
+
+        check_listen("--listen", args.listen)
+        return run_writer(settings, args.listen, args.advertise_host, args.exit_with_parent)
+    elif args.command == "serve":
         settings = _checked(
             Settings.from_env(
                 listen=args.listen,
                 database_url=args.database,
                 projections=args.projections,
+                writer=args.writer,
                 tuning=tuning,
                 group_commit=GroupCommit.from_env(),
                 metrics_listen=args.metrics_listen,

@@ -36,11 +36,40 @@ def _service_parsers(commands: argparse._SubParsersAction) -> None:
         help="where the read models are kept up to date (env LEDGER_PROJECTIONS; default auto:"
         " in-process on SQLite, a separate `ledger projections` process on PostgreSQL)",
     )
+    serve.add_argument(
+        "--writer",
+        choices=("thread", "process", "external"),
+        help="where writes are applied (env LEDGER_WRITER; default thread: in this process;"
+        " process: a `ledger writer` child that joins the ledger's writer seat; external: the"
+        " seat's holder, started elsewhere; the last two need PostgreSQL)",
+    )
     _metrics_argument(serve)
     _metrics_label_arguments(serve, "channel", "source")
     _security_arguments(serve)
     serve.add_argument("--log-level", default="INFO")
     _log_format_argument(serve)
+    writer = commands.add_parser(
+        "writer",
+        help="apply the ledger's writes in a process of its own (PostgreSQL)",
+        description="takes the ledger's writer seat (or waits for it as a standby) and applies"
+        " the writes of `ledger serve --writer process|external` processes",
+    )
+    writer.add_argument(
+        "--listen",
+        default="127.0.0.1:0",
+        help="HOST:PORT API processes connect to (default 127.0.0.1:0, any free port)",
+    )
+    writer.add_argument(
+        "--advertise-host",
+        help="host API processes are told to connect to (default: the --listen host)",
+    )
+    writer.add_argument(
+        "--exit-with-parent", action="store_true", help=argparse.SUPPRESS
+    )  # set by `ledger serve --writer process` for its child
+    _database_argument(writer)
+    _metrics_argument(writer)
+    writer.add_argument("--log-level", default="INFO")
+    _log_format_argument(writer)
     dev = commands.add_parser(
         "dev",
         help="full local stack in one process: nats-server (JetStream), service, ingest",
@@ -172,6 +201,7 @@ _EXIT_CODES = {
 
 _EXIT_KIND = {
     "serve": "long-running",
+    "writer": "long-running",
     "dev": "long-running",
     "ingest": "long-running",
     "projections": "long-running",

@@ -109,7 +109,7 @@ async def start_server(
     # events table's NOTIFY (writes of other replicas and of ingest).
     tail = LedgerTail()
     tail.start(asyncio.get_running_loop())
-    service.pipeline.add_commit_listener(tail.wake)
+    service.add_commit_listener(tail.wake)
     ledger_listener = None
     if settings.database_url.startswith("postgres"):
         ledger_listener = CommitListener(
