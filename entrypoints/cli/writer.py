@@ -70,6 +70,7 @@ def run_writer(
         writer.close()  # applies and answers what was queued
         server.close()
         app.close()
+        log.info("stopped")
         return 1 if lost else 0
     finally:
         stop.set()
