@@ -106,6 +106,10 @@ def start_writer_process(settings: Settings) -> subprocess.Popen[bytes]:
     import sys
 
     command = [sys.executable, "-m", "entrypoints.cli", "writer", "--exit-with-parent"]
+    if settings.metrics_listen:
+        # Its own endpoint (the write path's metrics), on a free port of the same host.
+        host = settings.metrics_listen.rsplit(":", 1)[0]
+        command += ["--metrics-listen", f"{host}:0"]
     environ = {**os.environ, "LEDGER_DATABASE_URL": settings.database_url}
     return subprocess.Popen(command, env=environ)
 

@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         "--database", help="an EMPTY PostgreSQL database URL (default: embedded PostgreSQL)"
     )
     parser.add_argument("--nats", help="nats-server URL with JetStream (default: embedded)")
+    parser.add_argument(
+        "--writer",
+        choices=("thread", "process"),
+        help="`ledger serve --writer` of the servers (default thread); process: the servers and"
+        " the ingest bridge write through one `ledger writer` child (docs/performance.md)",
+    )
     return parser
 
 
@@ -224,7 +230,7 @@ def run(profile: Profile, json_path: str, database: str | None, nats_url: str | 
                     SERVER_TREES[name] = pid
             _baselines(steps, doc, profile, pool, db, nats)
             progress("starting the ledger")
-            cluster = Cluster(db, max(profile.processes))
+            cluster = Cluster(db, max(profile.processes), profile.writer)
             stack.callback(cluster.close)
             if steps.run("ledger_start", cluster.start) is not None:
                 layout = Layout.make(
@@ -253,7 +259,9 @@ def run(profile: Profile, json_path: str, database: str | None, nats_url: str | 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    profile = (QUICK if args.quick else FULL).with_seconds(args.seconds)
+    profile = (QUICK if args.quick else FULL).with_seconds(args.seconds).with_writer(args.writer)
+    if profile.writer != "thread":
+        os.environ["LEDGER_WRITER"] = profile.writer  # `ledger ingest` writes through it too
     return run(profile, args.json, args.database, args.nats)
 
 

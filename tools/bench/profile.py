@@ -35,6 +35,9 @@ class Profile:
     cancel_tail: bool = False  # stop closed-loop runs at the window's end (not the drain)
     settle_max: float = 30.0  # closed loop: wait past warmup for every client's 1st answer
     read_seconds: float | None = None  # GetPosition / as-of windows (default: seconds / 2)
+    # `ledger serve --writer`: "process" gives each server a writer child (one holds the
+    # ledger's writer seat, every server and the ingest bridge write through it).
+    writer: str = "thread"
 
     @property
     def reads_window(self) -> float:
@@ -42,6 +45,9 @@ class Profile:
 
     def with_seconds(self, seconds: float | None) -> Profile:
         return self if seconds is None else dataclasses.replace(self, seconds=seconds)
+
+    def with_writer(self, writer: str | None) -> Profile:
+        return self if writer is None else dataclasses.replace(self, writer=writer)
 
 
 FULL = Profile(name="full", seconds=10.0, warmup=2.0)

@@ -164,16 +164,24 @@ _SERIES = {
 }
 
 
-def _scrape(url: str) -> dict[str, float]:
+def _scrape(urls: str) -> dict[str, float]:
+    """The series of one server, summed over its endpoints (space-separated: a `ledger
+    serve --writer process` has its own and its writer child's)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     values = dict.fromkeys(_SERIES.values(), 0.0)
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            text = answer.read().decode()
-    except OSError:
-        return values
-    for family in text_string_to_metric_families(text):
+    for url in urls.split():
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                text = answer.read().decode()
+        except OSError:
+            continue
+        _add_samples(values, text_string_to_metric_families(text))
+    return values
+
+
+def _add_samples(values: dict[str, float], families: Any) -> None:
+    for family in families:
         for sample in family.samples:
             if sample.name not in _SERIES:
                 continue
@@ -182,7 +190,6 @@ def _scrape(url: str) -> dict[str, float]:
             ):
                 continue
             values[_SERIES[sample.name]] += sample.value
-    return values
 
 
 @dataclass

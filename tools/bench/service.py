@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ class Cluster:
     """``processes`` API servers (open mode on loopback and no tokens, as in the tests) and
     one projections process, all on ``database_url``."""
 
-    def __init__(self, database_url: str, processes: int) -> None:
+    def __init__(self, database_url: str, processes: int, writer: str = "thread") -> None:
         self.database_url = database_url
         # Projections run in their own process on PostgreSQL ("auto"); say so explicitly.
         self.servers = [
@@ -43,7 +44,7 @@ class Cluster:
                 database_url,
                 env={"LEDGER_PROJECTIONS": "external"},
                 # Commits and batch sizes per figure come from here (sampling.Metrics).
-                extra_args=["--metrics-listen", "127.0.0.1:0"],
+                extra_args=["--metrics-listen", "127.0.0.1:0", "--writer", writer],
             )
             for _ in range(processes)
         ]
@@ -57,11 +58,24 @@ class Cluster:
             server.start()
             took = server.start_seconds or 0.0
             progress(f"ledger serve #{index + 1} on {server.address} ({took:.1f} s)")
-            found = _METRICS.search(server.log_text())
-            self.metrics_urls.append(found["url"] if found else "")
+            # With --writer process the writer child logs its own endpoint too; it may
+            # still be starting (a standby's), so its commits are found when it takes over.
+            self.metrics_urls.append(" ".join(self._metrics_of(server)))
         self.projections.start()
         progress("ledger projections following the ledger")
         return self
+
+    @staticmethod
+    def _metrics_of(server: LedgerProcess) -> list[str]:
+        deadline = time.monotonic() + 10
+        while True:
+            urls = [found["url"] for found in _METRICS.finditer(server.log_text())]
+            expected = (
+                2 if "--writer" in server.extra_args and "process" in server.extra_args else 1
+            )
+            if len(urls) >= expected or time.monotonic() > deadline:
+                return urls
+            time.sleep(0.05)
 
     @property
     def addresses(self) -> list[str]:
