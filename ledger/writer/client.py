@@ -18,19 +18,18 @@ import socket
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, InvalidStateError
-from multiprocessing.connection import (  # type: ignore[attr-defined]
-    AuthenticationError,
-    Connection,
-    answer_challenge,
-    deliver_challenge,
-)
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Connection
 from typing import Any
 
 from ledger.domain.errors import StoreUnavailable
 from ledger.use_cases.context import CallContext
 from ledger.writer import wire
 from ledger.writer.election import WriterAdvert
-from ledger.writer.server import with_no_delay
+from ledger.writer.handshake import (
+    authenticate_client,
+    message_connection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -219,10 +218,9 @@ class RemoteWriter:
             sock = socket.create_connection(
                 (advert.host, advert.port), timeout=CONNECT_TIMEOUT_SECONDS
             )
-            connection = with_no_delay(sock)
+            connection = message_connection(sock)
             try:
-                answer_challenge(connection, advert.authkey)
-                deliver_challenge(connection, advert.authkey)
+                authenticate_client(connection, advert.authkey)
             except BaseException:
                 connection.close()
                 raise

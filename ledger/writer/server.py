@@ -15,29 +15,22 @@ import queue
 import socket
 import threading
 from concurrent.futures import Future
-from multiprocessing.connection import (  # type: ignore[attr-defined]
-    AuthenticationError,
-    Connection,
-    answer_challenge,
-    deliver_challenge,
-)
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Connection
 from typing import Any
 
 from ledger.domain.errors import StoreUnavailable
 from ledger.writer import wire
+from ledger.writer.handshake import (
+    authenticate_server,
+    message_connection,
+)
 from ledger.writer.local import LocalWriter
 
 log = logging.getLogger(__name__)
 
 _WAKE = object()
 _CLOSE = object()
-
-
-def with_no_delay(sock: socket.socket) -> Connection:
-    """A blocking message connection over ``sock``, small writes sent at once (no Nagle)."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.settimeout(None)
-    return Connection(sock.detach())
 
 
 class _Peer:
@@ -80,8 +73,7 @@ class _Peer:
 
     def _receive(self, authkey: bytes) -> None:
         try:
-            deliver_challenge(self._connection, authkey)
-            answer_challenge(self._connection, authkey)
+            authenticate_server(self._connection, authkey)
         except (AuthenticationError, OSError, EOFError) as error:
             log.warning("writer: refused a connection: %s", error)
             self.hang_up()
@@ -198,7 +190,7 @@ class WriterServer:
                 sock, _ = self._socket.accept()
             except OSError:
                 return  # closed
-            peer = _Peer(with_no_delay(sock), self._writer, self._forget, self._draining)
+            peer = _Peer(message_connection(sock), self._writer, self._forget, self._draining)
             with self._lock:
                 if self._stopping:
                     peer.hang_up()

@@ -126,10 +126,10 @@ def test_two_api_processes_write_through_one_writer_and_survive_its_death(
     postgres_database_url: str, writers: tuple[WriterProcess, WriterProcess]
 ) -> None:
     holder, standby = writers
-    options = {"extra_args": ["--writer", "external"]}
+    external = ["--writer", "external"]
     with (
-        LedgerProcess(postgres_database_url, **options) as first,  # type: ignore[arg-type]
-        LedgerProcess(postgres_database_url, **options) as second,  # type: ignore[arg-type]
+        LedgerProcess(postgres_database_url, extra_args=external) as first,
+        LedgerProcess(postgres_database_url, extra_args=external) as second,
     ):
         for process in (first, second):
             assert "writing through the writer process" in process.log_text()
@@ -193,10 +193,10 @@ def test_two_api_processes_write_through_one_writer_and_survive_its_death(
 def test_serve_with_its_own_writer_process(postgres_database_url: str) -> None:
     """``--writer process``: serve starts a writer child; a second serve's child waits as a
     standby and its API process writes through the first one's writer."""
-    options = {"extra_args": ["--writer", "process"]}
+    own = ["--writer", "process"]
     with (
-        LedgerProcess(postgres_database_url, **options) as first,  # type: ignore[arg-type]
-        LedgerProcess(postgres_database_url, **options) as second,  # type: ignore[arg-type]
+        LedgerProcess(postgres_database_url, extra_args=own) as first,
+        LedgerProcess(postgres_database_url, extra_args=own) as second,
     ):
         Client(first).receive("SKU-P", "DC-1", 5)
         Client(second).receive("SKU-P", "DC-1", 7)
