@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from entrypoints.cli.audit_remote import add_audit_parser
+
 log = logging.getLogger("ledger")
 
 
@@ -18,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     _nats_admin_parsers(commands)
     _import_parsers(commands)
     _audit_parsers(commands)
+    add_audit_parser(commands)
     _token_parsers(commands)
     _add_debug_and_exit_codes(parser)
     return parser
@@ -43,6 +46,13 @@ def _service_parsers(commands: argparse._SubParsersAction) -> None:
         " process: a `ledger writer` child that joins the ledger's writer seat; external: the"
         " seat's holder, started elsewhere; the last two need PostgreSQL)",
     )
+    serve.add_argument(
+        "--api-processes",
+        type=int,
+        help="gRPC processes sharing the listen port, all writing through one writer process"
+        " (env LEDGER_API_PROCESSES, default 1; above 1 needs --writer process or external)",
+    )
+    serve.add_argument("--api-worker", action="store_true", help=argparse.SUPPRESS)
     _metrics_argument(serve)
     _metrics_label_arguments(serve, "channel", "source")
     _security_arguments(serve)
@@ -192,6 +202,10 @@ _EXIT_CODES = {
     " skipped), or an unexpected error;" + _EXIT_BAD_START + "; 130 Ctrl-C",
     "dlq": "exit status: 0 done; 1 no such dead letter, a bad payload file, or an unexpected"
     " error;" + _EXIT_BAD_START + "; 130 Ctrl-C",
+    "audit": "exit status: 0 done (verify: every chain intact); 1 verify found a broken"
+    " chain, or an unexpected error; 2 bad arguments, the server unreachable, or the call"
+    " refused (UNAUTHENTICATED, PERMISSION_DENIED naming the scope, INVALID_ARGUMENT): one"
+    " line on stderr; 130 Ctrl-C",
     "reconcile": "exit status: 0 no variances; 1 variances found (also when posted), or an"
     " unexpected error; 2 bad input (the file, --as-of: nothing posted) or the database"
     " unavailable (counts posted before it failed stay; a re-run posts only the rest); 130"
@@ -212,6 +226,7 @@ _EXIT_KIND = {
     "export": "one-shot",
     "reconcile": "reconcile",
     "token": "one-shot",
+    "audit": "audit",
 }
 
 
