@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from inventory_ledger_client import LedgerClient, movement
 
@@ -114,7 +115,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LedgerPro
 
 
 def all_entries(client: LedgerClient, axis: str) -> list[Any]:
-    entries, token = [], ""
+    entries: list[Any] = []
+    token = ""
     while True:
         page = client.list_movements(SKU, DC1, axis=axis, page_size=4, page_token=token)
         entries.extend(page.entries)
@@ -307,3 +309,49 @@ def test_tokens_scopes_and_an_unreachable_server(tmp_path: Path) -> None:
     gone = ledger_cli(*as_of, "--target", address)
     assert gone.returncode == 2 and "unavailable" in gone.stderr
     assert len(gone.stderr.strip().splitlines()) == 1
+
+
+def test_mutual_tls_with_the_target_flags(tmp_path: Path) -> None:
+    """The TLS flags of entrypoints.remote reach an mTLS server (certificates from trustme)."""
+    import trustme
+
+    server_ca, client_ca = trustme.CA(), trustme.CA()
+    server = server_ca.issue_cert("ledger.internal", "127.0.0.1")  # the second for the health check
+    client = client_ca.issue_cert("auditor.example")
+    files = {
+        "cert": b"".join(blob.bytes() for blob in server.cert_chain_pems),
+        "key": server.private_key_pem.bytes(),
+        "clients": client_ca.cert_pem.bytes(),
+        "ca": server_ca.cert_pem.bytes(),
+        "client-cert": b"".join(blob.bytes() for blob in client.cert_chain_pems),
+        "client-key": client.private_key_pem.bytes(),
+    }
+    for name, data in files.items():
+        (tmp_path / f"{name}.pem").write_bytes(data)
+    pem = {name: str(tmp_path / f"{name}.pem") for name in files}
+    tls = ["--tls-ca", pem["ca"], "--tls-server-name", "ledger.internal"]
+    mtls = [*tls, "--tls-client-cert", pem["client-cert"], "--tls-client-key", pem["client-key"]]
+    with LedgerProcess(
+        f"sqlite:///{tmp_path / 'ledger.db'}",
+        extra_args=["--tls-cert", pem["cert"], "--tls-key", pem["key"]],
+        env={"LEDGER_TLS_CLIENT_CA": pem["clients"]},
+        credentials=grpc.ssl_channel_credentials(
+            root_certificates=files["ca"],
+            private_key=files["client-key"],
+            certificate_chain=files["client-cert"],
+        ),
+    ) as ledger:
+        target = ["--target", ledger.address]
+        done = ledger_cli("verify", *target, *mtls)
+        assert done.returncode == 0 and done.stdout.startswith("ok: "), done.stderr
+        # Without the client certificate, a name the certificate lacks, or in plaintext: the
+        # handshake fails, exit 2.
+        wrong_name = [flag if flag != "ledger.internal" else "other.example" for flag in mtls]
+        for flags in (tls, wrong_name, []):
+            refused = ledger_cli("verify", *target, *flags)
+            assert refused.returncode == 2 and "unavailable" in refused.stderr, flags
+            assert len(refused.stderr.strip().splitlines()) == 1
+    missing = ledger_cli("verify", "--target", "127.0.0.1:1", "--tls-ca", str(tmp_path / "no"))
+    assert missing.returncode == 2 and "--tls-ca" in missing.stderr
+    half = ledger_cli("verify", *tls, "--tls-client-cert", pem["client-cert"])
+    assert half.returncode == 2 and "--tls-client-key" in half.stderr
