@@ -112,6 +112,11 @@ class Settings:
     # this process; "process" a `ledger writer` child joining the ledger's writer seat;
     # "external" the seat's holder, started elsewhere. The last two need PostgreSQL.
     writer: str = "thread"
+    # `ledger serve`: gRPC processes sharing the listen port (SO_REUSEPORT), all writing
+    # through the ledger's writer process; above 1 needs --writer process or external.
+    api_processes: int = 1
+    # Set on the extra API processes `ledger serve` starts (the first one holds the port).
+    api_worker: bool = False
     # Long-running processes: read by the command that tunes itself (ProcessTuning.from_env).
     tuning: ProcessTuning = ProcessTuning()
     # `ingest` / `dev`: read by those commands (ingest_ack_wait_from_env) before they connect.
@@ -158,9 +163,17 @@ class Settings:
                 DEFAULT_AVAILABILITY_CACHE_SKUS,
             ),
             "writer": os.environ.get("LEDGER_WRITER", "thread"),
+            "api_processes": _positive_int(
+                "LEDGER_API_PROCESSES", os.environ.get("LEDGER_API_PROCESSES", ""), 1
+            ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         check_writer_mode(str(values["writer"]), str(values["database_url"]))
+        if int(str(values["api_processes"])) > 1 and values["writer"] == "thread":
+            raise ConfigError(
+                "--api-processes above 1 needs --writer process or external (PostgreSQL):"
+                " the API processes write through one writer"
+            )
         # One mapping of mixed value types keyed by field name; each value was parsed to its
         # field's type above, which mypy cannot follow through a dict[str, object].
         return cls(**values)  # type: ignore[arg-type]

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from ledger.logs import LOG_FORMATS, configure_logging
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `serve` re-runs it for workers
     log_format = getattr(args, "log_format", None) or log_format_from_env()
     if log_format not in LOG_FORMATS:
         print(f"LEDGER_LOG_FORMAT must be text or json, not {log_format!r}", file=sys.stderr)
@@ -116,6 +117,8 @@ def _run(args: argparse.Namespace) -> int:
                 database_url=args.database,
                 projections=args.projections,
                 writer=args.writer,
+                api_processes=args.api_processes,
+                api_worker=args.api_worker,
                 tuning=tuning,
                 group_commit=GroupCommit.from_env(),
                 metrics_listen=args.metrics_listen,
@@ -124,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
             ),
             listen=True,
         )
-        asyncio.run(serve(_with_security(settings, args)))
+        return asyncio.run(serve(_with_security(settings, args), args.argv))
     elif args.command == "dev":
         settings = _checked(
             Settings.from_env(
@@ -199,7 +202,7 @@ def _checked(settings: Settings, listen: bool = False, nats_listen: str = "") ->
     logged: a bad one is refused (exit 2), never replaced by a random port."""
     from ledger.preflight import check_database, check_listen
 
-    if listen:
+    if listen and not settings.api_worker:  # a worker shares the port its parent holds
         check_listen("--listen", settings.listen)
     if nats_listen:
         check_listen("--nats-listen", nats_listen)

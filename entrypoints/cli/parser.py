@@ -46,6 +46,13 @@ def _service_parsers(commands: argparse._SubParsersAction) -> None:
         " process: a `ledger writer` child that joins the ledger's writer seat; external: the"
         " seat's holder, started elsewhere; the last two need PostgreSQL)",
     )
+    serve.add_argument(
+        "--api-processes",
+        type=int,
+        help="gRPC processes sharing the listen port, all writing through one writer process"
+        " (env LEDGER_API_PROCESSES, default 1; above 1 needs --writer process or external)",
+    )
+    serve.add_argument("--api-worker", action="store_true", help=argparse.SUPPRESS)
     _metrics_argument(serve)
     _metrics_label_arguments(serve, "channel", "source")
     _security_arguments(serve)

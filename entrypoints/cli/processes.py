@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 from typing import Any
 
 from entrypoints import bootstrap
@@ -58,13 +59,30 @@ def _tune_process(tuning: ProcessTuning) -> None:
     tune_switch_interval(tuning.gil_switch_ms)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
+    """Exit status 0 after a clean stop; 1 when one of its API processes died."""
+    from entrypoints.cli.api_processes import ApiWorkers, watch_parent
+
     stop = stop_on_signals()  # first: a signal during start-up stops the start
     api = await _start_api(settings)
     _tune_process(settings.tuning)
+    workers = None
+    if settings.api_worker:
+        watcher = asyncio.create_task(watch_parent(stop))
+    elif settings.api_processes > 1:
+        workers = ApiWorkers(argv, settings, api.running.port)
+        watcher = asyncio.create_task(workers.watch(stop))
+        log.info(
+            "%d more API processes share port %d", settings.api_processes - 1, api.running.port
+        )
     await stop.wait()
+    if workers is not None:
+        await asyncio.to_thread(workers.stop, settings.grace_seconds)
+    if settings.api_worker or workers is not None:
+        watcher.cancel()
     await bootstrap.stop_api(api, settings)
     log.info("stopped")
+    return 1 if workers is not None and workers.failed is not None else 0
 
 
 async def run_projections(settings: Settings, batch_size: int | None = None) -> None:

@@ -83,7 +83,9 @@ async def start_server(
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                # Shared only between the API processes of one `ledger serve`: otherwise a
+                # second server on the same port is refused (exit 2), not load-balanced.
+                ("grpc.so_reuseport", int(settings.api_processes > 1 or settings.api_worker)),
             ],
         ),
         guard,

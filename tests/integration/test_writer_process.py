@@ -10,15 +10,23 @@ counted by either writer, and the figures add up.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+import psutil
 import pytest
-from inventory.ledger.v1 import reservation_service_pb2
+from inventory.ledger.v1 import (
+    movement_service_pb2,
+    movement_service_pb2_grpc,
+    reservation_service_pb2,
+)
 
 from testbed.server import LedgerProcess
 from testbed.writer import HOLDS_SEAT, WriterProcess
@@ -218,3 +226,69 @@ def test_serve_with_its_own_writer_process(postgres_database_url: str) -> None:
                 assert time.monotonic() < deadline, second.log_text()
                 time.sleep(0.1)
         assert Client(second).buckets("SKU-P", "DC-1")["on_hand"] == 13
+
+
+def _serving_processes(root_pid: int, port: int) -> dict[int, int]:
+    """Established connections on ``port`` per process of the ``ledger serve`` tree."""
+    root = psutil.Process(root_pid)
+    counts: dict[int, int] = {}
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            for connection in process.net_connections(kind="tcp"):
+                if connection.status == psutil.CONN_ESTABLISHED and connection.laddr.port == port:
+                    counts[process.pid] = counts.get(process.pid, 0) + 1
+    return counts
+
+
+def test_api_processes_share_the_port_and_write_through_one_writer(
+    postgres_database_url: str,
+) -> None:
+    """``--api-processes 2``: two gRPC processes answer on one port (connections spread by
+    the kernel), both write through the one writer; a dead API process stops the serve."""
+    flags = ["--writer", "process", "--api-processes", "2"]
+    with LedgerProcess(postgres_database_url, extra_args=flags) as served:
+        deadline = time.monotonic() + 20
+        while served.log_text().count("ledger listening on") < 2:
+            assert time.monotonic() < deadline, served.log_text()
+            time.sleep(0.05)
+        channels = [
+            grpc.insecure_channel(served.address, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(16)
+        ]
+        try:
+            for n, channel in enumerate(channels):
+                stub = movement_service_pb2_grpc.MovementServiceStub(channel)
+                stub.RecordMovements(
+                    movement_service_pb2.RecordMovementsRequest(
+                        movements=[movement("receipt", "SKU-A", "DC-1", qty=1, message_id=f"m{n}")]
+                    ),
+                    timeout=10,
+                )
+            assert served.process is not None
+            counts = _serving_processes(served.process.pid, served.port or 0)
+            assert len(counts) == 2 and all(counts.values()), counts
+        finally:
+            for channel in channels:
+                channel.close()
+        assert Client(served).buckets("SKU-A", "DC-1")["on_hand"] == 16
+        # One API process killed: the serve stops (exit 1) rather than run half-sized.
+        assert served.process is not None
+        root = psutil.Process(served.process.pid)
+        workers = [
+            child for child in root.children() if "--api-worker" in " ".join(child.cmdline())
+        ]
+        assert len(workers) == 1
+        workers[0].kill()
+        assert served.process.wait(20) == 1
+        assert "exited with status" in served.log_text()
+
+
+def test_api_processes_need_a_writer_process(postgres_database_url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "entrypoints.cli", "serve", "--database", postgres_database_url,
+         "--listen", "127.0.0.1:0", "--api-processes", "2"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--api-processes above 1 needs --writer process or external" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         help="`ledger serve --writer` of the servers (default thread); process: the servers and"
         " the ingest bridge write through one `ledger writer` child (docs/performance.md)",
     )
+    parser.add_argument(
+        "--api-processes",
+        type=int,
+        help="`ledger serve --api-processes` of each server (default 1; above 1 needs"
+        " --writer process)",
+    )
     return parser
 
 
@@ -230,7 +236,7 @@ def run(profile: Profile, json_path: str, database: str | None, nats_url: str | 
                     SERVER_TREES[name] = pid
             _baselines(steps, doc, profile, pool, db, nats)
             progress("starting the ledger")
-            cluster = Cluster(db, max(profile.processes), profile.writer)
+            cluster = Cluster(db, max(profile.processes), profile.writer, profile.api_processes)
             stack.callback(cluster.close)
             if steps.run("ledger_start", cluster.start) is not None:
                 layout = Layout.make(
@@ -259,7 +265,11 @@ def run(profile: Profile, json_path: str, database: str | None, nats_url: str | 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    profile = (QUICK if args.quick else FULL).with_seconds(args.seconds).with_writer(args.writer)
+    profile = (
+        (QUICK if args.quick else FULL)
+        .with_seconds(args.seconds)
+        .with_writer(args.writer, args.api_processes)
+    )
     if profile.writer != "thread":
         os.environ["LEDGER_WRITER"] = profile.writer  # `ledger ingest` writes through it too
     return run(profile, args.json, args.database, args.nats)

@@ -38,6 +38,7 @@ class Profile:
     # `ledger serve --writer`: "process" gives each server a writer child (one holds the
     # ledger's writer seat, every server and the ingest bridge write through it).
     writer: str = "thread"
+    api_processes: int = 1  # `ledger serve --api-processes` (above 1 needs writer process)
 
     @property
     def reads_window(self) -> float:
@@ -46,8 +47,11 @@ class Profile:
     def with_seconds(self, seconds: float | None) -> Profile:
         return self if seconds is None else dataclasses.replace(self, seconds=seconds)
 
-    def with_writer(self, writer: str | None) -> Profile:
-        return self if writer is None else dataclasses.replace(self, writer=writer)
+    def with_writer(self, writer: str | None, api_processes: int | None) -> Profile:
+        profile = self if writer is None else dataclasses.replace(self, writer=writer)
+        if api_processes is None:
+            return profile
+        return dataclasses.replace(profile, api_processes=api_processes)
 
 
 FULL = Profile(name="full", seconds=10.0, warmup=2.0)

@@ -36,7 +36,9 @@ class Cluster:
     """``processes`` API servers (open mode on loopback and no tokens, as in the tests) and
     one projections process, all on ``database_url``."""
 
-    def __init__(self, database_url: str, processes: int, writer: str = "thread") -> None:
+    def __init__(
+        self, database_url: str, processes: int, writer: str = "thread", api_processes: int = 1
+    ) -> None:
         self.database_url = database_url
         # Projections run in their own process on PostgreSQL ("auto"); say so explicitly.
         self.servers = [
@@ -44,7 +46,14 @@ class Cluster:
                 database_url,
                 env={"LEDGER_PROJECTIONS": "external"},
                 # Commits and batch sizes per figure come from here (sampling.Metrics).
-                extra_args=["--metrics-listen", "127.0.0.1:0", "--writer", writer],
+                extra_args=[
+                    "--metrics-listen",
+                    "127.0.0.1:0",
+                    "--writer",
+                    writer,
+                    "--api-processes",
+                    str(api_processes),
+                ],
             )
             for _ in range(processes)
         ]
