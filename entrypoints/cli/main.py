@@ -15,6 +15,7 @@ import sys
 
 from entrypoints.cli.audit import run_export, run_reconcile
 from entrypoints.cli.audit_remote import run_audit
+from entrypoints.console.cli import run_console
 from entrypoints.cli.failures import StopNow, known_failure, stop_now
 from entrypoints.cli.nats_admin import run_dlq, run_import, run_publish
 from entrypoints.cli.parser import build_parser
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-_LONG_RUNNING = ("serve", "writer", "dev", "ingest", "projections")
+_LONG_RUNNING = ("serve", "writer", "dev", "ingest", "projections", "console")
 
 
 def _nats_url(args: argparse.Namespace) -> str:
@@ -175,6 +176,8 @@ def _run(args: argparse.Namespace) -> int:
         return create_token(args)
     elif args.command == "audit":
         return run_audit(args)
+    elif args.command == "console":
+        return run_console(args)
     elif args.command == "reconcile":
         return run_reconcile(args, _reachable(_service_settings(args)))
     else:

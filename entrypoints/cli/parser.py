@@ -7,6 +7,7 @@ import argparse
 import logging
 
 from entrypoints.cli.audit_remote import add_audit_parser
+from entrypoints.console.cli import add_console_parser
 
 log = logging.getLogger("ledger")
 
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     _import_parsers(commands)
     _audit_parsers(commands)
     add_audit_parser(commands)
+    add_console_parser(commands)
     _token_parsers(commands)
     _add_debug_and_exit_codes(parser)
     return parser
@@ -227,6 +229,7 @@ _EXIT_KIND = {
     "reconcile": "reconcile",
     "token": "one-shot",
     "audit": "audit",
+    "console": "long-running",
 }
 
 
