@@ -90,6 +90,11 @@ class LedgerProcess(ManagedProcess):
         env.pop("LEDGER_DATABASE_URL", None)
         self._log_offset = self._log_path.stat().st_size if self._log_path.exists() else 0
         argv = [sys.executable, "-m", "entrypoints.cli", self.command, "--listen", self.listen]
+        # LEDGER_TEST_WRITER=process: every PostgreSQL `ledger serve` of the run writes through
+        # a writer process (the PostgreSQL suite run in that shape; an explicit --writer wins).
+        test_writer = os.environ.get("LEDGER_TEST_WRITER", "")
+        if test_writer and self.command == "serve" and self.database_url.startswith("postgres"):
+            argv += ["--writer", test_writer]
         self._spawn([*argv, "--database", self.database_url, *self.extra_args], env=env)
         try:
             self.port = self._wait_for_port(began + self.start_timeout)
