@@ -440,7 +440,7 @@ async def health(request: Request) -> Response:
 
 def create_app(config: ConsoleConfig, sessions: SessionStore | None = None) -> Starlette:
     """The console as an ASGI application (``uvicorn`` serves it in ``ledger console``)."""
-    from entrypoints.console import pages
+    from entrypoints.console import operations, pages, reconcile
 
     console = Console(config, sessions)
 
@@ -466,6 +466,10 @@ def create_app(config: ConsoleConfig, sessions: SessionStore | None = None) -> S
         Route("/verify", page(pages.verify_form)),
         Route("/verify/run", page(pages.verify_run)),
         Route("/verify/events", page(pages.verify_events)),
+        Route("/reconcile", page(reconcile.reconcile_form), methods=["GET"]),
+        Route("/reconcile", form_page(reconcile.reconcile_upload), methods=["POST"]),
+        Route("/reconcile/post", form_page(reconcile.reconcile_post), methods=["POST"]),
+        Route("/operations", page(operations.operations)),
         Mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -37,11 +37,16 @@ def _nice_range(low: int, high: int) -> tuple[int, int]:
 
 
 def chart_geometry(
-    series: list[Series], start: dt.datetime, end: dt.datetime, marker: dt.datetime | None
+    series: list[Series],
+    start: dt.datetime,
+    end: dt.datetime,
+    marker: dt.datetime | None,
+    dots_at: set[dt.datetime] | None = None,
 ) -> dict[str, Any]:
     """Coordinates in a WIDTH x HEIGHT view box: ``lines`` (SVG polyline points, step
     after), ``dots`` (every sample, with its axis, bucket, instant and value for tests and
-    tooltips), ticks, and the x of ``marker`` (the as-of instant) when inside the window."""
+    tooltips; only at ``dots_at`` when given), ticks, and the x of ``marker`` (the as-of
+    instant) when inside the window."""
     if end <= start:
         raise ValueError("the chart's window must end after it starts")
     values = [value for line in series for _, value in line.values]
@@ -63,6 +68,8 @@ def chart_geometry(
             if index:
                 points.append(f"{x(instant)},{y(line.values[index - 1][1])}")
             points.append(f"{x(instant)},{y(value)}")
+            if dots_at is not None and instant not in dots_at:
+                continue
             dots.append(
                 {
                     "x": x(instant),

@@ -24,6 +24,7 @@ from entrypoints.ledger_fold import (
     BUCKETS,
     BalanceRow,
     InstantError,
+    PositionFold,
     entry_time,
     entry_type_name,
     format_instant,
@@ -44,7 +45,8 @@ LEDGER_FETCH_PAGE_SIZE = 1000
 # The running balance is folded from a position's first entry: at most this many entries.
 LEDGER_FOLD_ENTRIES_MAX = 100_000
 CHART_POINTS_DEFAULT = 24
-CHART_POINTS_MAX = 60
+CHART_POINTS_MAX = 200
+CHART_STEPS_MAX = 2000  # entry instants drawn as steps, beyond the sampled points
 CSV_TEXT_FIELDS = (
     "type",
     "occurred_at",
@@ -352,14 +354,22 @@ async def ledger_rows(visit: Visit, query: LedgerQuery) -> LedgerRows:
 
 
 async def _entries_until(visit: Visit, query: LedgerQuery) -> list[Any]:
+    return await entries_before(visit, query.sku, query.location_id, query.axis, query.end)
+
+
+async def entries_before(
+    visit: Visit, sku: str, location_id: str, axis: str, end: dt.datetime | None
+) -> list[Any]:
+    """The position's entries with time < ``end`` on ``axis`` (all: None), ListMovements
+    order, at most :data:`LEDGER_FOLD_ENTRIES_MAX`."""
     entries: list[Any] = []
     token = ""
     while True:
         page = await visit.client.list_movements(
-            query.sku,
-            query.location_id,
-            axis=query.axis,
-            end=query.end,
+            sku,
+            location_id,
+            axis=axis,
+            end=end,
             page_size=LEDGER_FETCH_PAGE_SIZE,
             page_token=token,
         )
@@ -367,7 +377,7 @@ async def _entries_until(visit: Visit, query: LedgerQuery) -> list[Any]:
         if len(entries) > LEDGER_FOLD_ENTRIES_MAX:
             raise InputError(
                 f"the position has more than {LEDGER_FOLD_ENTRIES_MAX} entries before the "
-                "window's end; give an earlier end (to) or use `ledger audit history`"
+                "window's end; give an earlier end or use `ledger audit history`"
             )
         token = page.next_page_token
         if not token:
@@ -520,7 +530,7 @@ async def as_of(request: Request, visit: Visit) -> Response:
         "buckets": POSITION_BUCKETS,
     }
     if sku and location_id:
-        at = at or dt.datetime.now(dt.UTC).replace(microsecond=0)
+        at = at or dt.datetime.now(dt.UTC)
         context["at_text"] = format_instant(at)
         position = await visit.client.get_position_as_of(
             sku, location_id, at, axis=axis, known_at=known_at, include_holds=True
@@ -565,33 +575,41 @@ async def _chart(
     at: dt.datetime,
     known_at: dt.datetime | None,
 ) -> dict[str, Any]:
-    """on_hand and available at ``points`` instants across the window, on both axes, each a
-    ``GetPositionAsOf`` answer (the effective axis with ``known_at`` when given)."""
+    """on_hand and available across the window on both axes (the effective one with
+    ``known_at`` when given): the position's entries fetched once per axis and folded
+    (entrypoints.ledger_fold, which answers what GetPositionAsOf answers at any instant),
+    evaluated at ``points`` evenly spaced instants (the dots) and at every entry inside the
+    window (the steps)."""
     step = (end - start) / (points - 1)
-    instants = [start + step * index for index in range(points)]
-
-    def call(axis: str, instant: dt.datetime) -> Callable[[], Awaitable[Any]]:
-        known = known_at if axis == "effective" else None
-        return lambda: visit.client.get_position_as_of(
-            sku, location_id, instant, axis=axis, known_at=known
+    samples = [start + step * index for index in range(points)]
+    series = []
+    for axis in AXES:
+        entries = await entries_before(
+            visit, sku, location_id, axis, end + dt.timedelta(microseconds=1)
         )
+        if axis == "effective" and known_at is not None:
+            entries = [e for e in entries if entry_time(e, "recorded") <= known_at]
+        changes = {entry_time(e, axis) for e in entries if start < entry_time(e, axis) < end}
+        instants = sorted(set(samples) | set(sorted(changes)[:CHART_STEPS_MAX]))
+        balances = balances_at(entries, axis, instants)
+        for bucket in ("on_hand", "available"):
+            values = [(t, int(getattr(b, bucket))) for t, b in zip(instants, balances, strict=True)]
+            series.append(Series(axis=axis, bucket=bucket, values=values))
+    return chart_geometry(series, start, end, marker=at, dots_at=set(samples))
 
-    plan = [(axis, instant) for axis in AXES for instant in instants]
-    answers = await _bounded(call(axis, instant) for axis, instant in plan)
-    series = [
-        Series(
-            axis=axis,
-            bucket=bucket,
-            values=[
-                (instant, int(getattr(answer, bucket)))
-                for (answer_axis, instant), answer in zip(plan, answers, strict=True)
-                if answer_axis == axis
-            ],
-        )
-        for axis in AXES
-        for bucket in ("on_hand", "available")
-    ]
-    return chart_geometry(series, start, end, marker=at)
+
+def balances_at(entries: Sequence[Any], axis: str, instants: Sequence[dt.datetime]) -> list[Any]:
+    """The position at each of ``instants`` (ascending): the entries with a time on ``axis``
+    up to it folded in ListMovements order, holds judged at that instant."""
+    fold = PositionFold()
+    balances = []
+    index = 0
+    for instant in instants:
+        while index < len(entries) and entry_time(entries[index], axis) <= instant:
+            fold.apply(entries[index])
+            index += 1
+        balances.append(fold.balance(instant))
+    return balances
 
 
 # ---- 4. verify -----------------------------------------------------------------------------

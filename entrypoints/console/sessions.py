@@ -9,6 +9,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 SESSION_COOKIE = "ledger_console_session"
 SESSION_IDLE_SECONDS_MAX = 30 * 60
@@ -27,6 +28,8 @@ class Session:
     principal: str = ""
     # Without a token: until when (monotonic) the ledger is known to need none (open mode).
     open_mode_until: float = 0.0
+    # Work waiting for a confirmation step (the reconcile report), by page.
+    pending: dict[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=time.monotonic)
     seen_at: float = field(default_factory=time.monotonic)
 

@@ -54,6 +54,27 @@ class HttpSession:
         headers = {"content-type": "application/x-www-form-urlencoded"}
         return self._request("POST", path, body, headers)
 
+    def post_file(
+        self, path: str, form: dict[str, str], field_name: str, filename: str, content: bytes
+    ) -> HttpAnswer:
+        """A multipart/form-data POST with one file, as a browser's upload form sends it."""
+        boundary = "----console-test-boundary-7d1f"
+        parts = []
+        for name, value in form.items():
+            parts.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                f"{value}\r\n".encode()
+            )
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; '
+            f'filename="{filename}"\r\nContent-Type: text/csv\r\n\r\n'.encode()
+            + content
+            + b"\r\n"
+        )
+        parts.append(f"--{boundary}--\r\n".encode())
+        headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+        return self._request("POST", path, b"".join(parts), headers)
+
     def _request(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str]
     ) -> HttpAnswer:

@@ -31,7 +31,12 @@ from tests.integration.console_http import HttpAnswer, HttpSession
 pytestmark = pytest.mark.slow
 
 SESSION_COOKIE = "ledger_console_session"
-TOKENS = {"auditor": "tok-c-auditor", "reader": "tok-c-reader", "admin": "tok-c-admin"}
+TOKENS = {
+    "auditor": "tok-c-auditor",
+    "reader": "tok-c-reader",
+    "clerk": "tok-c-clerk",
+    "admin": "tok-c-admin",
+}
 SKU, LOCATION = "SKU-C1", "DC-C"
 BUCKETS = (
     "on_hand",
@@ -106,6 +111,7 @@ def _tokens_file(path: Path) -> Path:
     entries = [
         principal_entry("auditor", TOKENS["auditor"], ["audit"]),
         principal_entry("reader", TOKENS["reader"], ["query"]),
+        principal_entry("clerk", TOKENS["clerk"], ["audit", "query", "record"]),
         principal_entry("admin", TOKENS["admin"], ["admin"], rate_per_second=0),
     ]
     path.write_text(json.dumps({"principals": entries}))
@@ -479,3 +485,182 @@ def test_open_mode_on_loopback_needs_no_sign_in(tmp_path):
             page = HttpSession(console.url).get("/as-of", {"sku": "O-1", "location_id": "L"})
             assert page.status == 200, page.text
             assert bucket_cells(page.text)["on_hand"] == 7
+
+
+# ---- reconcile and operations ------------------------------------------------------------------
+
+COUNTED_SKU = "SKU-C3"
+
+
+def _entries(ledger: LedgerProcess, sku: str, location_id: str) -> int:
+    with LedgerClient(ledger.address, token=TOKENS["admin"]) as client:
+        return len(client.list_movements(sku, location_id, page_size=1000).entries)
+
+
+def test_reconcile_reports_variances_and_posts_only_after_confirmation_with_admin(
+    ledger, console, checkpoints
+):
+    """Goal (must show 3): the variance report with totals; posting needs a matching CSRF
+    token, the confirmation and a token with every scope; a refused post writes nothing.
+    Method: 9 units received, 7 counted; forged CSRF, missing confirmation and a
+    `record`-but-not-admin token are refused with the ledger unchanged; the admin's
+    confirmed post records one cycle count, after which the effective balance is the count."""
+    with LedgerClient(ledger.address, token=TOKENS["admin"]) as client:
+        client.record_movements(
+            [
+                movement(
+                    "receipt",
+                    source="wms",
+                    sku=COUNTED_SKU,
+                    location_id=LOCATION,
+                    message_id="c3-r1",
+                    qty=9,
+                ),
+                movement(
+                    "receipt",
+                    source="wms",
+                    sku="SKU-C4",
+                    location_id=LOCATION,
+                    message_id="c4-r1",
+                    qty=2,
+                ),
+            ]
+        )
+    time.sleep(0.05)
+    as_of = stamp(_now())
+    counts = f"sku,location_id,on_hand\n{COUNTED_SKU},{LOCATION},7\n".encode()
+    before = _entries(ledger, COUNTED_SKU, LOCATION)
+
+    clerk = signed_in(console, "clerk")
+    csrf = clerk.get("/reconcile").csrf_token()
+    report = clerk.post_file(
+        "/reconcile", {"csrf_token": csrf, "as_of": as_of}, "counts", "c.csv", counts
+    )
+    assert report.status == 200, report.text
+    [row] = elements(report.text, data_status="SHORT")
+    assert row["attrs"]["data-position"] == f"{COUNTED_SKU}@{LOCATION}"
+    totals = {
+        e["attrs"]["data-total"]: e["text"].strip() for e in elements(report.text, data_total="*")
+    }
+    assert totals["variances"] == "1" and totals["units_short"] == "2" and totals["net"] == "-2"
+    not_counted = {
+        e["attrs"]["data-position"] for e in elements(report.text, data_status="NOT_COUNTED")
+    }
+    assert f"SKU-C4@{LOCATION}" in not_counted and f"{SKU}@{LOCATION}" in not_counted
+    assert elements(report.text, id="post-needs-admin") and not elements(
+        report.text, id="reconcile-confirm"
+    )
+    [section] = elements(report.text, id="reconcile-report")
+    report_id = section["attrs"]["data-report-id"]
+    refused = clerk.post(
+        "/reconcile/post", {"csrf_token": csrf, "report_id": report_id, "confirm": "yes"}
+    )
+    assert refused.status == 403
+    [scope] = elements(refused.text, id="missing-scope")
+    assert scope["attrs"]["data-scope"] == "admin"
+
+    admin = signed_in(console, "admin")
+    csrf = admin.get("/reconcile").csrf_token()
+    report = admin.post_file(
+        "/reconcile", {"csrf_token": csrf, "as_of": as_of}, "counts", "c.csv", counts
+    )
+    assert report.status == 200
+    [confirm] = [e for e in elements(report.text, name="report_id") if e["tag"] == "input"]
+    report_id = confirm["attrs"]["value"]
+    for form, status in (
+        ({"csrf_token": "forged", "report_id": report_id, "confirm": "yes"}, 403),
+        ({"report_id": report_id, "confirm": "yes"}, 403),
+        ({"csrf_token": csrf, "report_id": report_id}, 400),  # not confirmed
+        ({"csrf_token": csrf, "report_id": "another", "confirm": "yes"}, 400),
+    ):
+        assert admin.post("/reconcile/post", form).status == status, form
+    assert _entries(ledger, COUNTED_SKU, LOCATION) == before  # nothing was posted
+
+    posted = admin.post(
+        "/reconcile/post", {"csrf_token": csrf, "report_id": report_id, "confirm": "yes"}
+    )
+    assert posted.status == 200, posted.text
+    [outcome] = elements(posted.text, id="reconcile-posted")
+    assert outcome["attrs"]["data-recorded"] == "1"
+    assert _entries(ledger, COUNTED_SKU, LOCATION) == before + 1
+    again = admin.post(
+        "/reconcile/post", {"csrf_token": csrf, "report_id": report_id, "confirm": "yes"}
+    )
+    assert again.status == 400  # the report was consumed: a second press posts nothing
+    assert _entries(ledger, COUNTED_SKU, LOCATION) == before + 1
+    with LedgerClient(ledger.address, token=TOKENS["admin"]) as client:
+        at = dt.datetime.fromisoformat(as_of.replace("Z", "+00:00"))
+        assert client.get_position_as_of(COUNTED_SKU, LOCATION, at, axis="effective").on_hand == 7
+
+
+def test_a_bad_count_file_is_refused_line_by_line(console, checkpoints):
+    admin = signed_in(console, "admin")
+    csrf = admin.get("/reconcile").csrf_token()
+    bad = b"sku,location_id,on_hand\nA,L,-1\nA,L,2\nB,L\n"
+    answer = admin.post_file(
+        "/reconcile", {"csrf_token": csrf, "as_of": stamp(_now())}, "counts", "bad.csv", bad
+    )
+    assert answer.status == 400
+    lines = {e["attrs"]["data-line"] for e in elements(answer.text, data_line="*")}
+    assert lines == {"2", "3", "4"}, answer.text  # 3 repeats 2: ambiguous even though 2 is bad
+
+
+def test_operations_shows_lag_and_exceptions_by_type(ledger, console, checkpoints):
+    """Goal: projection status and exception counts are the ledger's. Method: a shipment
+    from an empty position raises NEGATIVE_BUCKET; the page's counts equal ListExceptions."""
+    with LedgerClient(ledger.address, token=TOKENS["admin"]) as client:
+        client.record_movements(
+            [
+                movement(
+                    "shipment",
+                    source="wms",
+                    sku="SKU-C5",
+                    location_id=LOCATION,
+                    message_id="c5-s1",
+                    qty=5,
+                )
+            ]
+        )
+        deadline = time.monotonic() + 10
+        while client.get_projection_status().lag and time.monotonic() < deadline:
+            time.sleep(0.05)
+        expected = len(client.list_exceptions(type="negative_bucket", page_size=1000).exceptions)
+        status = client.get_projection_status()
+    assert expected >= 1
+    reader = signed_in(console, "reader")
+    page = reader.get("/operations")
+    assert page.status == 200, page.text
+    [head] = elements(page.text, data_field="head_position")
+    assert int(head["text"]) >= status.head_position
+    [count] = [
+        e
+        for e in elements(page.text, data_field="count")
+        if any(p.get("data-exception-type") == "negative_bucket" for p in e["parents"])
+    ]
+    assert int(count["text"]) == expected
+    listed = reader.get("/operations", {"type": "negative_bucket", "sku": "SKU-C5"})
+    rows = elements(
+        listed.text, data_exception_type="negative_bucket", data_position=f"SKU-C5@{LOCATION}"
+    )
+    assert [r for r in rows if r["tag"] == "tr"]
+
+
+def test_verify_streams_progress_then_the_result(console, checkpoints):
+    """Goal: the verify page's event stream ends with the result block (the script shows
+    it as it comes); without script, /verify/run shows the same result."""
+    auditor = signed_in(console, "auditor")
+    stream = auditor.get("/verify/events", {"sku": SKU, "location_id": LOCATION})
+    assert stream.status == 200
+    assert (stream.header("content-type") or "").startswith("text/event-stream")
+    events = [block for block in stream.text.split("\n\n") if block.strip()]
+    names = [block.split("\n")[0].removeprefix("event: ") for block in events]
+    assert names[-1] == "result" and set(names) <= {"progress", "result"}, names
+    result = json.loads(events[-1].split("\n")[1].removeprefix("data: "))
+    assert result["ok"] is True and result["done"] is True
+    assert result["positions_checked"] == 1 and result["entries_checked"] >= 8
+    [section] = elements(result["html"], id="verify-result")
+    assert section["attrs"]["data-ok"] == "true"
+    page = auditor.get("/verify/run", {})
+    [section] = elements(page.text, id="verify-result")
+    assert section["attrs"]["data-ok"] == "true"
+    assert int(section["attrs"]["data-entries-checked"]) >= result["entries_checked"]
