@@ -37,6 +37,8 @@ from ledger.unit_of_work import (
     Command,
     Finisher,
     PendingInThisCommit,
+    Prefetch,
+    Reads,
     UnitOfWork,
 )
 
@@ -224,10 +226,17 @@ class CommandPipeline:
         return self._one_by_one(items)
 
     def _try_batch(self, items: list[tuple[Command, Future[Any]]]) -> Any:
+        # The reads are planned before the turn (only this thread touches the cache), so
+        # the mutex can read them in the round trip that takes it.
+        uow = UnitOfWork(self._app, self._cache, self._now())
+        plan = uow.plan_prefetch(
+            c.reads for c, f in items if hasattr(c, "reads") and not f.cancelled()
+        )
         try:
-            with self._mutex.hold() as head_us:
+            with self._mutex.hold(plan.ranges) as head_us:
                 self._adopt_head(head_us)
-                outcome = self._apply_batch(items)
+                uow.now = self._now()
+                outcome = self._apply_batch(items, uow, plan)
         except (OperationalError, InterfaceError):
             return self._one_by_one(items)  # the mutex's store is down: each reports it
         if outcome is _CONFLICT or isinstance(outcome, list):
@@ -235,16 +244,17 @@ class CommandPipeline:
         # Answers are built after the turn is handed on: only the commit needs the mutex.
         return outcome()
 
-    def _apply_batch(self, items: list[tuple[Command, Future[Any]]]) -> Any:
+    def _apply_batch(
+        self, items: list[tuple[Command, Future[Any]]], uow: UnitOfWork, plan: Prefetch
+    ) -> Any:
         """Apply and commit under the writer's turn. Returns _CONFLICT, the deferred
         commands (when nothing needs answering outside the turn), or a callable that
         answers every command and returns the deferred ones."""
-        uow = UnitOfWork(self._app, self._cache, self._now())
         applied: list[tuple[Future[Any], Finisher]] = []
         rejected: list[tuple[Future[Any], BaseException]] = []
         deferred: list[tuple[Command, Future[Any]]] = []
         try:
-            uow.prefetch(c.reads for c, f in items if hasattr(c, "reads") and not f.cancelled())
+            self._absorb(uow, plan)
         except (OperationalError, InterfaceError):
             return lambda: self._one_by_one(items)
         for command, future in items:
@@ -311,11 +321,15 @@ class CommandPipeline:
                 listener()
 
     def _execute(self, command: Command) -> Any:
+        reads: list[Reads] = [command.reads] if hasattr(command, "reads") else []
         for attempt in range(1, self._conflict_retries + 1):
+            uow = UnitOfWork(self._app, self._cache, self._now())
+            plan = uow.plan_prefetch(reads)
             try:
-                with self._mutex.hold() as head_us:
+                with self._mutex.hold(plan.ranges) as head_us:
                     self._adopt_head(head_us)
-                    outcome = self._apply_one(command)
+                    uow.now = self._now()
+                    outcome = self._apply_one(command, uow, plan)
             except (OperationalError, InterfaceError) as error:
                 raise StoreUnavailable(str(error)) from error
             if outcome is not _CONFLICT:
@@ -326,12 +340,10 @@ class CommandPipeline:
             self._back_off(attempt)
         raise ConcurrencyConflict(self._conflict_retries)
 
-    def _apply_one(self, command: Command) -> Any:
+    def _apply_one(self, command: Command, uow: UnitOfWork, plan: Prefetch) -> Any:
         """One command in its own transaction: (finish, recordings), or _CONFLICT."""
-        uow = UnitOfWork(self._app, self._cache, self._now())
         try:
-            if hasattr(command, "reads"):
-                uow.prefetch([command.reads])
+            self._absorb(uow, plan)
             finish = command(uow)
         except (OperationalError, InterfaceError) as error:
             uow.discard(only_mutated=True)
@@ -344,6 +356,18 @@ class CommandPipeline:
             return _CONFLICT
         self._committed(uow, recordings)
         return finish, recordings
+
+    def _absorb(self, uow: UnitOfWork, plan: Prefetch) -> None:
+        """Under the turn: take in the planned reads, as the mutex read them with the lock
+        or, where it reads nothing (SQLite), read now."""
+        if not plan.ranges:
+            return
+        stored = self._mutex.prefetched()
+        if stored is None:
+            uow.absorb_prefetch(plan, self._app.events_batch(plan.ranges))
+        else:
+            to_domain = self._app.mapper.to_domain_event
+            uow.absorb_prefetch(plan, [to_domain(event) for event in stored])
 
     def _commit_or_conflict(self, uow: UnitOfWork) -> Any:
         """Commit the unit: its recordings, or _CONFLICT when another process won. On any
@@ -361,9 +385,11 @@ class CommandPipeline:
             uow.discard()
             raise
 
-    @staticmethod
-    def _commit(uow: UnitOfWork) -> list[Any]:
+    def _commit(self, uow: UnitOfWork) -> list[Any]:
         with COMMIT_SECONDS.time():
+            # In the turn's own transaction where the mutex has one: the commit hands the
+            # turn on (ledger.store.writer_mutex.Turn).
+            uow.turn = self._mutex.turn()
             return uow.commit()
 
     def _now(self) -> datetime:

@@ -145,6 +145,16 @@ def declare_reads(command: Any, reads: Reads) -> Any:
     return command
 
 
+@dataclass(frozen=True)
+class Prefetch:
+    """A batch's reads planned before its turn: idempotency keys, the aggregates to bring
+    up to date, and the store ranges (``(id, gt, lte)``) that read both."""
+
+    keys: list[UUID]
+    wanted: list[UUID]
+    ranges: list[EventRange]
+
+
 T = TypeVar("T")
 # A command's answer once its events are committed (bare ``Finisher``: any answer).
 Finisher = Callable[[list[Recording]], T]
@@ -176,11 +186,21 @@ class UnitOfWork:
         self.index_ops: list[IndexOp] = []
         # Each aggregate the current command touched, at the version it first found.
         self._touched: dict[UUID, int] = {}
+        # The writer's turn transaction to commit in (ledger.store.writer_mutex.Turn).
+        self.turn: Any = None
         cache.begin()
 
     def prefetch(self, reads: Iterable[Reads]) -> None:
         """One read for every idempotency key and one fast-forward for every aggregate the
         batch's commands declared, instead of a round trip per command."""
+        plan = self.plan_prefetch(reads)
+        if plan.ranges:
+            self.absorb_prefetch(plan, self.app.events_batch(plan.ranges))
+
+    def plan_prefetch(self, reads: Iterable[Reads]) -> Prefetch:
+        """What ``prefetch`` reads, for a caller that reads it itself (the writer mutex reads
+        it in the round trip that takes the turn): ranges of one store read for both a key's
+        first event and each aggregate's newer events."""
         key_ids: list[UUID] = []
         aggregate_ids: list[UUID] = []
         for read in reads:
@@ -188,19 +208,19 @@ class UnitOfWork:
             aggregate_ids.extend(read.aggregates)
         keys = list(dict.fromkeys(key_ids))
         wanted, ranges = self._cache.ranges_for(aggregate_ids)
-        if not keys and not ranges:
-            return
-        # One store read for both: a key's first event, and each aggregate's newer events.
-        self._stored_keys.update(dict.fromkeys(keys))
-        key_set = set(keys)
-        events = self.app.events_batch([(key_id, 0, 1) for key_id in keys] + ranges)
+        return Prefetch(keys, wanted, [(key_id, 0, 1) for key_id in keys] + ranges)
+
+    def absorb_prefetch(self, plan: Prefetch, events: Iterable[Any]) -> None:
+        """Take in the events read for ``plan.ranges`` (domain events)."""
+        self._stored_keys.update(dict.fromkeys(plan.keys))
+        key_set = set(plan.keys)
         others = []
         for event in events:
             if event.originator_id in key_set:
                 self._stored_keys[event.originator_id] = event.mutate(None)
             else:
                 others.append(event)
-        self._cache.absorb(wanted, others)
+        self._cache.absorb(plan.wanted, others)
 
     def begin_command(self) -> None:
         """The next command starts: what it touches is noted afresh (marks, change_count)."""
@@ -331,15 +351,18 @@ class UnitOfWork:
 
     def commit(self) -> list[Recording]:
         """Save everything touched in one transaction; idempotency keys last, so a key's
-        notification id is at least every other event's position in this commit."""
+        notification id is at least every other event's position in this commit (in the
+        writer's turn transaction when ``turn`` is set)."""
         changed = [a for a in self._seen.values() if a.pending_events]
         if not changed and not self._keys:
             return []
+        extra = {} if self.turn is None else {"turn": self.turn}
         return Recordings(
             self.app.save_aggregates(
                 [*changed, *self._keys.values()],
                 index_ops=self.index_ops,
                 entries=self._entries(changed),
+                **extra,
             )
         )
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent
+import psycopg
+from eventsourcing import persistence
+from eventsourcing.persistence import ProgrammingError, StoredEvent
 from eventsourcing.postgres import (
     PostgresAggregateRecorder,
     PostgresApplicationRecorder,
@@ -15,8 +18,8 @@ from eventsourcing.postgres import (
     PostgresRecorder,
 )
 from psycopg import Cursor
-from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from psycopg.rows import DictRow, dict_row
+from psycopg.sql import SQL, Composed, Identifier
 
 from ledger.store.entry_queries import EntryQueries
 from ledger.store.index_ops import (
@@ -27,12 +30,37 @@ from ledger.store.index_ops import (
     PositionIndexed,
     ReservationIndexed,
     ReservationRow,
-    entries_in_commit_order,
 )
 from ledger.store.ledger_recorder import LedgerRecorder
 from ledger.store.pg_ddl import advisory_key, run_missing_ddl
 from ledger.store.pg_schema import LedgerTables, create_statements
-from ledger.store.writer_mutex import PostgresWriterMutex
+from ledger.store.writer_mutex import PostgresWriterMutex, Turn
+
+# The library's insert without its retry decorator (ledger.store.retries bounds retries).
+_library_insert_events = inspect.unwrap(PostgresApplicationRecorder.insert_events)
+# psycopg's errors as the library raises them (its datastore maps them the same way).
+_LIBRARY_ERRORS: tuple[tuple[type[psycopg.Error], type[persistence.PersistenceError]], ...] = (
+    (psycopg.IntegrityError, persistence.IntegrityError),
+    (psycopg.InterfaceError, persistence.InterfaceError),
+    (psycopg.OperationalError, persistence.OperationalError),
+    (psycopg.DataError, persistence.DataError),
+    (psycopg.InternalError, persistence.InternalError),
+    (psycopg.ProgrammingError, persistence.ProgrammingError),
+    (psycopg.NotSupportedError, persistence.NotSupportedError),
+    (psycopg.DatabaseError, persistence.DatabaseError),
+)
+
+
+def _rendered(statement: Composed) -> bytes:
+    """A statement rendered once: psycopg renders a composed one again on every execute."""
+    return statement.as_bytes(None)
+
+
+def _library_error(error: psycopg.Error) -> persistence.PersistenceError:
+    for raised, mapped in _LIBRARY_ERRORS:
+        if isinstance(error, raised):
+            return mapped(str(error))
+    return persistence.PersistenceError(str(error))
 
 
 class SerialisedDDL(PostgresRecorder):
@@ -67,73 +95,118 @@ class LedgerPostgresRecorder(EntryQueries, SerialisedDDL, PostgresApplicationRec
         self._reservations = tables.reservations
         self._entries_name = tables.entries_name
         self._entries = tables.entries
-        self._insert_columns_statement = SQL(
-            "INSERT INTO {s}.{t} (originator_id, originator_version, topic, state)"
-            " SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[])"
-            " RETURNING notification_id"
-        ).format(s=self._schema, t=self._events, id_type=SQL(self.datastore.originator_id_type))
+        self._insert_columns_statement = _rendered(
+            SQL(
+                "INSERT INTO {s}.{t} (originator_id, originator_version, topic, state)"
+                " SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[])"
+                " RETURNING notification_id"
+            ).format(s=self._schema, t=self._events, id_type=SQL(self.datastore.originator_id_type))
+        )
         # The newest ledger entry: read by entry_head and, under the lock, by the writer mutex.
-        self._head_statement = SQL(
-            "SELECT seq, recorded_at_us FROM {s}.{t} ORDER BY seq DESC LIMIT 1"
-        ).format(s=self._schema, t=self._entries)
-        self._select_ranges_statement = SQL(
-            "SELECT e.originator_id, e.originator_version, e.topic, e.state"
-            " FROM unnest(%b::uuid[], %b::integer[], %b::integer[]) AS r(id, gt, lte)"
-            " JOIN {s}.{t} e ON e.originator_id = r.id"
-            " AND e.originator_version > r.gt AND e.originator_version <= r.lte"
-            " ORDER BY e.originator_id, e.originator_version"
-        ).format(s=self._schema, t=self._events)
+        # The events and, when the commit has position events, their ledger entries in one
+        # statement: numbering the entries after the events' RETURNING cost a round trip
+        # per commit. The entries are numbered after the head in notification order, under
+        # the events table lock the statement runs after, so seq stays gap-free and in commit
+        # order; the CHECK on recorded_at fails the statement (IntegrityError) as a version
+        # conflict does. ``entries`` counts the entry rows written, to catch any not joined.
+        self._insert_with_entries_statement = _rendered(
+            SQL(
+                "WITH ev AS (INSERT INTO {s}.{t} (originator_id, originator_version, topic, state)"
+                " SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[])"
+                " RETURNING notification_id, originator_id, originator_version),"
+                " head AS (SELECT coalesce(max(seq), 0) AS seq, coalesce((SELECT recorded_at_us"
+                " FROM {s}.{x} ORDER BY seq DESC LIMIT 1), 0) AS rec FROM {s}.{x}),"
+                " en AS (INSERT INTO {s}.{x} (seq, notification_id, position_id, version,"
+                " recorded_at_us, occurred_at_us, max_occurred_at_us, late, appended_after_us)"
+                " SELECT head.seq + row_number() OVER (ORDER BY ev.notification_id),"
+                " ev.notification_id, n.pid, n.ver, n.rec, n.occ, n.maxocc, n.late, head.rec"
+                " FROM unnest(%b::uuid[], %b::integer[], %b::bigint[], %b::bigint[], %b::bigint[],"
+                " %b::boolean[]) AS n(pid, ver, rec, occ, maxocc, late)"
+                " JOIN ev ON ev.originator_id = n.pid AND ev.originator_version = n.ver"
+                " CROSS JOIN head RETURNING 1)"
+                " SELECT notification_id, (SELECT count(*) FROM en) AS entries FROM ev"
+                " ORDER BY notification_id"
+            ).format(
+                s=self._schema,
+                t=self._events,
+                x=self._entries,
+                id_type=SQL(self.datastore.originator_id_type),
+            )
+        )
+        self._head_statement = _rendered(
+            SQL("SELECT seq, recorded_at_us FROM {s}.{t} ORDER BY seq DESC LIMIT 1").format(
+                s=self._schema, t=self._entries
+            )
+        )
+        self._select_ranges_statement = _rendered(
+            SQL(
+                "SELECT e.originator_id, e.originator_version, e.topic, e.state"
+                " FROM unnest(%b::uuid[], %b::integer[], %b::integer[]) AS r(id, gt, lte)"
+                " JOIN {s}.{t} e ON e.originator_id = r.id"
+                " AND e.originator_version > r.gt AND e.originator_version <= r.lte"
+                " ORDER BY e.originator_id, e.originator_version"
+            ).format(s=self._schema, t=self._events)
+        )
+        # A commit in the writer's turn (insert_events(turn=...)): its own statements.
+        self._lock_events_statement = _rendered(
+            SQL("LOCK TABLE {s}.{t} IN EXCLUSIVE MODE").format(s=self._schema, t=self._events)
+        )
+        self._notify_statement = _rendered(
+            SQL("NOTIFY {c}").format(c=Identifier(self.channel_name))
+        )
+        self._index_positions_statement = _rendered(
+            SQL(
+                "INSERT INTO {s}.{t} SELECT * FROM unnest(%s::text[], %s::text[], %s::uuid[])"
+                " ON CONFLICT DO NOTHING"
+            ).format(s=self._schema, t=self._positions)
+        )
+        self._index_reservations_statement = _rendered(
+            SQL(
+                "INSERT INTO {s}.{t} SELECT * FROM unnest(%s::text[], %s::text[],"
+                " %s::text[], %s::text[], %s::bigint[], %s::bigint[])"
+                " ON CONFLICT (reservation_id) DO UPDATE SET status = EXCLUDED.status"
+            ).format(s=self._schema, t=self._reservations)
+        )
         self.sql_create_statements.extend(create_statements(tables))
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """The library's insert, or with ``turn`` (ledger.store.writer_mutex.Turn) the same
+        statements in the writer's turn transaction, committed with one round trip: the
+        index rows, the table lock, the notify, the events with their entries, COMMIT."""
+        turn: Turn | None = kwargs.get("turn")
+        if turn is None:
+            ids: Sequence[int] | None = _library_insert_events(self, stored_events, **kwargs)
+            return ids
+        if turn.failed is not None:
+            raise turn.failed  # a retry: the turn's transaction is gone with its connection
+        connection = turn.connection
+        try:
+            with connection.cursor(row_factory=dict_row) as curs:
+                self._insert_events(curs, stored_events, **kwargs)
+            with connection.cursor(row_factory=dict_row) as curs:
+                # No SET LOCAL lock_timeout: the turn's session bounds lock waits itself.
+                curs.execute(self._lock_events_statement)
+                curs.execute(self._notify_statement)
+                self._insert_rows(curs, stored_events, **kwargs)
+                connection.commit()  # sends COMMIT and syncs: every result arrives now
+                return self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        except psycopg.Error as error:
+            raise turn.fail(_library_error(error)) from error
 
     def _fetch_ids_after_insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        # Runs after the event INSERT and its sync, still holding the events table lock.
-        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        # Runs after the event INSERT (which wrote the entries too) and its sync.
+        rows = curs.fetchall()
         entries: Sequence[EntryIndexed] = kwargs.get("entries", ())
-        if entries and ids:
-            self._append_entries(curs, stored_events, ids, entries)
-        return ids
-
-    def _append_entries(
-        self,
-        curs: Cursor[DictRow],
-        stored_events: Sequence[StoredEvent],
-        ids: Sequence[int],
-        entries: Sequence[EntryIndexed],
-    ) -> None:
-        """Number the entries after the ledger's head, under the events table lock that the
-        insert holds, so seq is gap-free and in commit order. Each row also stores the head's
-        recorded_at; the CHECK makes a transaction whose recorded_at is older than what
-        another replica already committed fail (IntegrityError: the writer retries with its
-        clock floor raised to the head)."""
-        rows = entries_in_commit_order(stored_events, ids, entries)
-        curs.execute(
-            SQL(
-                "INSERT INTO {s}.{t} (seq, notification_id, position_id, version,"
-                " recorded_at_us, occurred_at_us, max_occurred_at_us, late, appended_after_us)"
-                " SELECT head.seq + n.ord, n.nid, n.pid, n.ver, n.rec, n.occ, n.maxocc, n.late,"
-                " head.rec FROM unnest(%s::bigint[], %s::uuid[], %s::integer[], %s::bigint[],"
-                " %s::bigint[], %s::bigint[], %s::boolean[])"
-                " WITH ORDINALITY AS n(nid, pid, ver, rec, occ, maxocc, late, ord)"
-                " CROSS JOIN (SELECT coalesce(max(seq), 0) AS seq, coalesce((SELECT"
-                " recorded_at_us FROM {s}.{t} ORDER BY seq DESC LIMIT 1), 0) AS rec"
-                " FROM {s}.{t}) AS head RETURNING seq"
-            ).format(s=self._schema, t=self._entries),
-            (
-                [nid for nid, _ in rows],
-                [e.position_id for _, e in rows],
-                [e.version for _, e in rows],
-                [e.recorded_at_us for _, e in rows],
-                [e.occurred_at_us for _, e in rows],
-                [e.max_occurred_at_us for _, e in rows],
-                [e.late for _, e in rows],
-            ),
-            prepare=False,
-        )
-        # Fetching forces the pipeline to deliver this statement's outcome here, inside the
-        # transaction, so a CHECK violation aborts it like a version conflict does.
-        curs.fetchall()
+        if len(rows) != len(stored_events) or (entries and int(rows[0]["entries"]) != len(entries)):
+            raise ProgrammingError(
+                f"recorded {len(rows)} of {len(stored_events)} events"
+                f" ({rows[0]['entries'] if entries and rows else 0} of {len(entries)} entries)"
+            )
+        return [row["notification_id"] for row in rows]
 
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -152,10 +225,7 @@ class LedgerPostgresRecorder(EntryQueries, SerialisedDDL, PostgresApplicationRec
         # One statement per table for the whole commit, not one per command.
         if positions:
             curs.execute(
-                SQL(
-                    "INSERT INTO {s}.{t} SELECT * FROM unnest(%s::text[], %s::text[], %s::uuid[])"
-                    " ON CONFLICT DO NOTHING"
-                ).format(s=self._schema, t=self._positions),
+                self._index_positions_statement,
                 (
                     [op.sku for op in positions],
                     [op.location_id for op in positions],
@@ -165,11 +235,7 @@ class LedgerPostgresRecorder(EntryQueries, SerialisedDDL, PostgresApplicationRec
             )
         if reservations:
             curs.execute(
-                SQL(
-                    "INSERT INTO {s}.{t} SELECT * FROM unnest(%s::text[], %s::text[],"
-                    " %s::text[], %s::text[], %s::bigint[], %s::bigint[])"
-                    " ON CONFLICT (reservation_id) DO UPDATE SET status = EXCLUDED.status"
-                ).format(s=self._schema, t=self._reservations),
+                self._index_reservations_statement,
                 (
                     [op.reservation_id for op in reservations],
                     [op.channel for op in reservations],
@@ -189,14 +255,34 @@ class LedgerPostgresRecorder(EntryQueries, SerialisedDDL, PostgresApplicationRec
         # text form, whose per-field escaping was the writer's largest cost under the lock.
         self._lock_table(curs)
         self._notify_channel(curs)
+        self._insert_rows(curs, stored_events, **kwargs)
+
+    def _insert_rows(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        """The events and, when there are any, their ledger entries (one statement)."""
+        events = (
+            [e.originator_id for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events],
+            [e.state for e in stored_events],
+        )
+        entries: Sequence[EntryIndexed] = kwargs.get("entries", ())
+        if not entries:
+            curs.execute(self._insert_columns_statement, events)
+            return
         curs.execute(
-            self._insert_columns_statement,
+            self._insert_with_entries_statement,
             (
-                [e.originator_id for e in stored_events],
-                [e.originator_version for e in stored_events],
-                [e.topic for e in stored_events],
-                [e.state for e in stored_events],
+                *events,
+                [e.position_id for e in entries],
+                [e.version for e in entries],
+                [e.recorded_at_us for e in entries],
+                [e.occurred_at_us for e in entries],
+                [e.max_occurred_at_us for e in entries],
+                [e.late for e in entries],
             ),
+            prepare=False,
         )
 
     # ---- lookups ----------------------------------------------------------------------------
@@ -313,7 +399,11 @@ class LedgerPostgresRecorder(EntryQueries, SerialisedDDL, PostgresApplicationRec
             kwargs = kwargs()
         conninfo = {k: v for k, v in kwargs.items() if k != "row_factory"}
         return PostgresWriterMutex(
-            conninfo, self.datastore.schema, self._entries_name, self._head_statement
+            conninfo,
+            self.datastore.schema,
+            self._entries_name,
+            self._head_statement,
+            self._select_ranges_statement,
         )
 
     def entry_head(self) -> tuple[int, int]:

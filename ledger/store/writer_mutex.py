@@ -25,15 +25,16 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import psycopg
 import psycopg.errors
-from eventsourcing.persistence import OperationalError
+from eventsourcing.persistence import OperationalError, StoredEvent
 from psycopg.sql import Composed
 
 from ledger.metrics.definitions import WRITER_MUTEX_WAIT_SECONDS, WRITER_TURN_SECONDS
+from ledger.store.index_ops import EventRange
 from ledger.store.pg_ddl import advisory_key
 
 log = logging.getLogger(__name__)
@@ -45,20 +46,62 @@ HOLD_SECONDS_MAX = 30
 
 
 class WriterMutex(Protocol):
-    def hold(self) -> contextlib.AbstractContextManager[int | None]:
+    def hold(
+        self, ranges: Sequence[EventRange] = ()
+    ) -> contextlib.AbstractContextManager[int | None]:
         """Hold the writer's turn; yields the ledger head's recorded_at (µs) read under it,
-        or None where there is no mutex (a single-process store)."""
+        or None where there is no mutex (a single-process store). Where it can, the mutex
+        also reads the events of ``ranges`` under the lock, in the same round trip (see
+        ``prefetched``)."""
+        ...
+
+    def prefetched(self) -> list[StoredEvent] | None:
+        """Within ``hold(ranges)``: the events of ``ranges`` read after the lock was taken,
+        ordered by aggregate and version; None if this mutex read nothing (the caller reads
+        them itself)."""
+        ...
+
+    def turn(self) -> Turn | None:
+        """Within ``hold``: the turn's own transaction for the commit to run in (the
+        recorder's ``insert_events(turn=...)``), or None (commit as usual)."""
         ...
 
     def close(self) -> None: ...
+
+
+class Turn:
+    """The held turn's open transaction, for the batch's commit to run in.
+
+    Committing there ends the transaction and the lock with it: handing the turn on costs
+    no round trip of its own, and a writer whose session (and so its lock) is gone cannot
+    commit, where a commit on another connection could race the next holder. Any failure
+    closes the connection (the server rolls back and releases the lock); ``failed`` keeps
+    the error for a second attempt, which must not run on a turn already lost.
+    """
+
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self.connection = connection
+        self.failed: Exception | None = None
+
+    def fail(self, error: Exception) -> Exception:
+        self.failed = error
+        with contextlib.suppress(psycopg.Error):
+            self.connection.close()
+        return error
 
 
 class NoWriterMutex:
     """SQLite: one process owns the file and its writer is the only one."""
 
     @contextlib.contextmanager
-    def hold(self) -> Iterator[int | None]:
+    def hold(self, ranges: Sequence[EventRange] = ()) -> Iterator[int | None]:
         yield None
+
+    def prefetched(self) -> list[StoredEvent] | None:
+        return None
+
+    def turn(self) -> Turn | None:
+        return None
 
     def close(self) -> None:
         pass
@@ -66,52 +109,90 @@ class NoWriterMutex:
 
 class PostgresWriterMutex:
     def __init__(
-        self, conninfo: dict[str, Any], schema: str, entries_table: str, head_sql: Composed
+        self,
+        conninfo: dict[str, Any],
+        schema: str,
+        entries_table: str,
+        head_sql: Composed | bytes,
+        ranges_sql: Composed | bytes | None = None,
     ) -> None:
-        """``head_sql`` selects (seq, recorded_at_us) of the newest ledger entry."""
+        """``head_sql`` selects (seq, recorded_at_us) of the newest ledger entry;
+        ``ranges_sql`` the events of ``(id, gt, lte)`` ranges given as three arrays
+        (``LedgerPostgresRecorder.select_events_batch``'s statement)."""
         self._conninfo = conninfo
         self._key = advisory_key(schema, entries_table, "ledger-writer")
         self._head_sql = head_sql
+        self._ranges_sql = ranges_sql
+        self._prefetched: list[StoredEvent] | None = None
+        self._turn: Turn | None = None
         self._connection: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._pipeline_mode: contextlib.AbstractContextManager[psycopg.Pipeline] | None = None
         self._lock = threading.Lock()  # one writer thread per process; cheap insurance
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         if self._connection is None or self._connection.closed:
             self._connection = psycopg.Connection.connect(
                 **self._conninfo,
-                # Never prepared: the same two statements every turn, and nothing to redo.
+                # Never prepared: the same statements every turn, and nothing to redo.
                 prepare_threshold=None,
                 options=(
                     f"-c lock_timeout={WAIT_SECONDS_MAX * 1000}"
                     f" -c idle_in_transaction_session_timeout={HOLD_SECONDS_MAX * 1000}"
                 ),
             )
+            # In pipeline mode for its whole life: taking the turn is one round trip (its
+            # statements flushed together) and the commit that ends it one more; entering
+            # and leaving the mode per turn cost a Sync round trip each time.
+            self._pipeline_mode = self._connection.pipeline()
+            self._pipeline_mode.__enter__()
         return self._connection
 
     @contextlib.contextmanager
-    def hold(self) -> Iterator[int | None]:
+    def hold(self, ranges: Sequence[EventRange] = ()) -> Iterator[int | None]:
         with self._lock:
             began = time.perf_counter()
-            head = self._acquire()
+            head = self._acquire(ranges)
             acquired = time.perf_counter()
             WRITER_MUTEX_WAIT_SECONDS.observe(acquired - began)
             try:
                 yield head
             finally:
+                self._prefetched = None
+                self._turn = None
                 self._release()
                 WRITER_TURN_SECONDS.observe(time.perf_counter() - acquired)
 
-    def _acquire(self) -> int:
+    def prefetched(self) -> list[StoredEvent] | None:
+        return self._prefetched
+
+    def turn(self) -> Turn | None:
+        return self._turn
+
+    def _acquire(self, ranges: Sequence[EventRange]) -> int:
         # A connection the server dropped (a restart, a failover) is only found out on use:
         # one more try on a fresh connection, as the store's own statements get.
         for attempt in (1, 2):
             reused = self._connection is not None
             try:
                 connection = self._connect()
-                # One round trip: the lock, then the head in a snapshot taken after it.
-                with connection.pipeline(), connection.cursor() as cursor:
+                # One round trip: the lock, then the head and the batch's reads, each in a
+                # snapshot taken after it (the prefetch used to be a round trip of its own).
+                read = bool(ranges) and self._ranges_sql is not None
+                rows: list[tuple[Any, ...]] = []
+                with connection.cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_xact_lock(%s)", (self._key,))
                     cursor.execute(self._head_sql)
+                    if read:
+                        with connection.cursor(binary=True) as reader:
+                            reader.execute(
+                                self._ranges_sql,  # type: ignore[arg-type]
+                                (
+                                    [r[0] for r in ranges],
+                                    [r[1] for r in ranges],
+                                    [r[2] for r in ranges],
+                                ),
+                            )
+                            rows = reader.fetchall()
                     row = cursor.fetchone()
             except psycopg.Error as error:
                 self._discard()
@@ -123,13 +204,26 @@ class PostgresWriterMutex:
                     continue
                 log.warning("writer mutex unavailable: %s", error)
                 raise OperationalError(f"writer mutex: {error}") from error
+            self._prefetched = (
+                [
+                    StoredEvent(
+                        originator_id=r[0], originator_version=r[1], topic=r[2], state=bytes(r[3])
+                    )
+                    for r in rows
+                ]
+                if read
+                else None
+            )
+            self._turn = Turn(connection)
             return 0 if row is None else int(row[1])
         raise AssertionError("unreachable")
 
     def _release(self) -> None:
         try:
-            if self._connection is not None:
-                self._connection.commit()  # ends the transaction, and with it the lock
+            # Ends the transaction, and with it the lock; nothing to send when the batch's
+            # commit already ended it (Turn).
+            if self._connection is not None and not self._connection.closed:
+                self._connection.commit()
         except psycopg.Error:
             self._discard()  # a closed session holds no lock either
 
@@ -138,6 +232,7 @@ class PostgresWriterMutex:
             with contextlib.suppress(psycopg.Error):
                 self._connection.close()
         self._connection = None
+        self._pipeline_mode = None
 
     def close(self) -> None:
         with self._lock:
