@@ -64,6 +64,13 @@ def tree_copy(tmp_path: Path) -> Path:
             "import testbed.postgres\n",
             "ledger.store.bench -> testbed.postgres",
         ),
+        # The web console reading the store instead of calling the gRPC API.
+        (
+            "console",
+            "entrypoints/console/shortcut.py",
+            "import ledger.service\n",
+            "entrypoints.console.shortcut -> ledger.service",
+        ),
     ],
 )
 def test_each_contract_fails_on_a_violation(

@@ -15,7 +15,6 @@ import sys
 
 from entrypoints.cli.audit import run_export, run_reconcile
 from entrypoints.cli.audit_remote import run_audit
-from entrypoints.console.cli import run_console
 from entrypoints.cli.failures import StopNow, known_failure, stop_now
 from entrypoints.cli.nats_admin import run_dlq, run_import, run_publish
 from entrypoints.cli.parser import build_parser
@@ -28,6 +27,7 @@ from entrypoints.cli.processes import (
 from entrypoints.cli.read_models import projections_status, rebuild_projections
 from entrypoints.cli.tokens import create_token
 from entrypoints.cli.writer import run_writer
+from entrypoints.console.cli import run_console
 from ledger.config import (
     GroupCommit,
     ProcessTuning,
