@@ -54,7 +54,7 @@ class ConsoleProcess(ManagedProcess):
         self.extra_args = list(extra_args or [])
         self.start_timeout = start_timeout
         self.port: int | None = None
-        self.scheme = "https" if "--tls-cert" in self.extra_args else "http"
+        self.scheme = "https" if "--https-cert" in self.extra_args else "http"
         self._log_dir = tempfile.TemporaryDirectory(prefix="ledger-console-")
         self._log_path = Path(self._log_dir.name) / "stderr.log"
 
