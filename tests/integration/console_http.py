@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import ssl
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -44,6 +45,7 @@ class HttpSession:
     base_url: str
     cookies: dict[str, str] = field(default_factory=dict)
     timeout: float = 30.0
+    tls: ssl.SSLContext | None = None  # for an https:// base URL
 
     def get(self, path: str, params: dict[str, str] | None = None) -> HttpAnswer:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
@@ -79,7 +81,11 @@ class HttpSession:
         self, method: str, path: str, body: bytes | None, headers: dict[str, str]
     ) -> HttpAnswer:
         parts = urllib.parse.urlsplit(self.base_url)
-        connection = http.client.HTTPConnection(parts.netloc, timeout=self.timeout)
+        connection = (
+            http.client.HTTPSConnection(parts.netloc, timeout=self.timeout, context=self.tls)
+            if parts.scheme == "https"
+            else http.client.HTTPConnection(parts.netloc, timeout=self.timeout)
+        )
         if self.cookies:
             headers["cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         try:

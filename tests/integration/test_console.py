@@ -664,3 +664,53 @@ def test_verify_streams_progress_then_the_result(console, checkpoints):
     [section] = elements(page.text, id="verify-result")
     assert section["attrs"]["data-ok"] == "true"
     assert int(section["attrs"]["data-entries-checked"]) >= result["entries_checked"]
+
+
+def test_over_https_the_cookie_is_secure(ledger, tmp_path):
+    """Goal: a console serving HTTPS marks its session cookie Secure; plain HTTP on a
+    non-loopback address is refused at start (exit 2) unless --insecure."""
+    import ssl
+    import subprocess
+    import sys
+
+    import trustme
+
+    ca = trustme.CA()
+    certificate = ca.issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file = tmp_path / "console.pem", tmp_path / "console.key"
+    certificate.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    certificate.private_key_pem.write_to_path(str(key_file))
+    with ConsoleProcess(
+        ledger.address, extra_args=["--https-cert", str(cert_file), "--https-key", str(key_file)]
+    ) as console:
+        assert console.url.startswith("https://")
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        browser = HttpSession(console.url, tls=context)
+        form = browser.get("/sign-in")
+        assert form.status == 200
+        flags = cookie_attributes(form)
+        assert "secure" in flags and "httponly" in flags and "samesite=strict" in flags, flags
+        answer = browser.post(
+            "/sign-in", {"csrf_token": form.csrf_token(), "token": TOKENS["auditor"]}
+        )
+        assert answer.status == 303 and "secure" in cookie_attributes(answer)
+
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "entrypoints.cli",
+            "console",
+            "--target",
+            ledger.address,
+            "--listen",
+            "0.0.0.0:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "--https-cert" in refused.stderr and "--insecure" in refused.stderr
