@@ -188,11 +188,11 @@ class Console:
         )
 
     def sign_in_redirect(self, request: Request, reason: str = "") -> RedirectResponse:
+        # Back to the page after sign-in; a form's target cannot be opened with GET.
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        location = f"/sign-in?next={quote(target, safe='')}"
-        if reason:
-            location += f"&reason={reason}"
-        return RedirectResponse(location, status_code=303)
+        params = [f"next={quote(target, safe='')}"] if request.method == "GET" else []
+        params += [f"reason={reason}"] if reason else []
+        return RedirectResponse("/sign-in" + ("?" + "&".join(params) if params else ""), 303)
 
     def ledger_error(self, request: Request, session: Session, error: LedgerError) -> Response:
         """The page for a failed ledger call (the call's correlation id on it)."""

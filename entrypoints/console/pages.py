@@ -10,7 +10,7 @@ import datetime as dt
 import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from inventory_ledger_client import InvalidArgument, LedgerError, PermissionDenied
@@ -441,9 +441,7 @@ async def stock_ledger(request: Request, visit: Visit) -> Response:
         result = await ledger_rows(visit, query)
     elif query.sku or query.location_id:
         raise InputError("give both sku and location_id")
-    pinned = (
-        query if result is None else LedgerQuery(**{**query.__dict__, "through": result.through})
-    )
+    pinned = query if result is None else replace(query, through=result.through)
     return visit.console.render(
         request,
         visit.session,
