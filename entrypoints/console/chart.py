@@ -29,11 +29,15 @@ class Series:
     values: list[tuple[dt.datetime, int]]
 
 
-def _nice_range(low: int, high: int) -> tuple[int, int]:
+def _nice_scale(low: int, high: int) -> tuple[int, int, int]:
+    """(low, high, step): the range widened to include 0 and to whole steps of 1, 2 or 5
+    times a power of ten, about :data:`Y_TICKS` of them."""
     low, high = min(low, 0), max(high, 0)
-    if low == high:
-        high = low + 1
-    return low, high
+    span = max(high - low, 1)
+    magnitude = 10 ** max(len(str(-(-span // Y_TICKS))) - 1, 0)
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude * Y_TICKS >= span)
+    low, high = (low // step) * step, -(-high // step) * step
+    return low, max(high, low + step), step
 
 
 def chart_geometry(
@@ -50,7 +54,7 @@ def chart_geometry(
     if end <= start:
         raise ValueError("the chart's window must end after it starts")
     values = [value for line in series for _, value in line.values]
-    low, high = _nice_range(min(values, default=0), max(values, default=0))
+    low, high, step_y = _nice_scale(min(values, default=0), max(values, default=0))
     plot_width = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
     plot_height = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
     span = (end - start).total_seconds()
@@ -81,13 +85,7 @@ def chart_geometry(
                 }
             )
         lines.append({"axis": line.axis, "bucket": line.bucket, "points": " ".join(points)})
-    y_ticks = [
-        {
-            "y": y(low + (high - low) * i / Y_TICKS),
-            "label": _label(low + (high - low) * i / Y_TICKS),
-        }
-        for i in range(Y_TICKS + 1)
-    ]
+    y_ticks = [{"y": y(value), "label": str(value)} for value in range(low, high + 1, step_y)]
     x_ticks = [
         {
             "x": x(start + (end - start) * i / X_TICKS),
@@ -113,10 +111,6 @@ def chart_geometry(
         "start": format_instant(start),
         "end": format_instant(end),
     }
-
-
-def _label(value: float) -> str:
-    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
 
 
 def _time_label(instant: dt.datetime) -> str:

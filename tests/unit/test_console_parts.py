@@ -144,3 +144,13 @@ def test_chart_steps_after_each_value_and_marks_the_instant():
     assert ys[10] < ys[0] < ys[-5]  # higher values are drawn higher
     with pytest.raises(ValueError):
         chart_geometry([], end, start, marker=None)
+
+
+@pytest.mark.parametrize(("low", "high"), [(-3, 10), (0, 0), (5, 5), (-4, 25), (0, 1234)])
+def test_chart_ticks_are_whole_steps_covering_the_values_and_zero(low, high):
+    from entrypoints.console.chart import Y_TICKS, _nice_scale
+
+    bottom, top, step = _nice_scale(low, high)
+    assert bottom <= min(low, 0) and top >= max(high, 0) and top > bottom
+    assert bottom % step == 0 and top % step == 0 and str(step).strip("0") in ("1", "2", "5")
+    assert (top - bottom) // step <= Y_TICKS + 2
