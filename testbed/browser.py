@@ -89,10 +89,14 @@ def _installed() -> bool:
     return all(path.exists() and os.access(path, os.X_OK) for path in (CHROMIUM, CHROMEDRIVER))
 
 
-def chromium_options(*, download_dir: Path | None = None) -> Options:
+def chromium_options(
+    *, download_dir: Path | None = None, accept_insecure_certs: bool = False
+) -> Options:
     """Headless Chromium at 1280x800 that runs as root in a container: no sandbox (it
-    needs user namespaces a container seldom grants), /tmp instead of a small /dev/shm."""
+    needs user namespaces a container seldom grants), /tmp instead of a small /dev/shm.
+    ``accept_insecure_certs``: a test's own HTTPS certificate is accepted."""
     options = Options()
+    options.accept_insecure_certs = accept_insecure_certs
     options.binary_location = str(CHROMIUM)
     width, height = WINDOW_SIZE
     for argument in (
@@ -125,13 +129,20 @@ def chromium_options(*, download_dir: Path | None = None) -> Options:
     return options
 
 
-def chromium_driver(*, download_dir: Path | None = None) -> webdriver.Chrome:
+def chromium_driver(
+    *, download_dir: Path | None = None, accept_insecure_certs: bool = False
+) -> webdriver.Chrome:
     """A new headless Chromium session (``driver.quit()`` ends it and its processes)."""
     ensure_chromium()
     # Selenium Manager would go looking for drivers on the network; the paths are given.
     os.environ.setdefault("SE_OFFLINE", "true")
     service = Service(executable_path=str(CHROMEDRIVER))
-    driver = webdriver.Chrome(service=service, options=chromium_options(download_dir=download_dir))
+    driver = webdriver.Chrome(
+        service=service,
+        options=chromium_options(
+            download_dir=download_dir, accept_insecure_certs=accept_insecure_certs
+        ),
+    )
     try:
         driver.set_page_load_timeout(PAGE_LOAD_TIMEOUT_SECONDS)
         driver.set_script_timeout(SCRIPT_TIMEOUT_SECONDS)
