@@ -714,3 +714,34 @@ def test_over_https_the_cookie_is_secure(ledger, tmp_path):
     )
     assert refused.returncode == 2, refused.stderr
     assert "--https-cert" in refused.stderr and "--insecure" in refused.stderr
+
+
+def test_positions_show_the_ledgers_buckets_channel_availability_and_holds(
+    ledger, console, checkpoints
+):
+    """Goal: the positions page's cells are GetPosition's buckets, GetAvailability's
+    available_to per channel, and the position's holds. Method: the reader's page vs the
+    admin's own calls, once the read models have caught up."""
+    with LedgerClient(ledger.address, token=TOKENS["admin"]) as client:
+        deadline = time.monotonic() + 10
+        while client.get_projection_status().lag and time.monotonic() < deadline:
+            time.sleep(0.05)
+        position = client.get_position(SKU, LOCATION, include_holds=True)
+        availability = client.get_availability(SKU, "web")
+    reader = signed_in(console, "reader")
+    page = reader.get("/positions", {"sku": SKU, "channels": "web"})
+    assert page.status == 200, page.text
+    key = f"{SKU}@{LOCATION}"
+    cells = bucket_cells(page.text, data_position=key)
+    assert cells == {bucket: int(getattr(position, bucket)) for bucket in cells}
+    assert set(cells) >= {*BUCKETS, "expired"} and cells["on_hand"] > 0
+    [web] = [
+        c for c in elements(page.text, data_channel="web", data_position=key) if c["tag"] == "td"
+    ]
+    [expected] = [a for a in availability.locations if a.location_id == LOCATION]
+    assert int(web["text"].split()[0]) == expected.available_to
+    holds = elements(page.text, data_reservation="*", data_position=key)
+    assert {h["attrs"]["data-reservation"] for h in holds} == {
+        h.reservation_id for h in position.holds
+    }
+    assert holds
