@@ -28,6 +28,7 @@ SHOWN = (
     "reserved",
     "allocated",
     "safety_stock",
+    "expired",
     "available",
 )
 
