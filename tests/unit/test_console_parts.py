@@ -154,3 +154,44 @@ def test_chart_ticks_are_whole_steps_covering_the_values_and_zero(low, high):
     assert bottom <= min(low, 0) and top >= max(high, 0) and top > bottom
     assert bottom % step == 0 and top % step == 0 and str(step).strip("0") in ("1", "2", "5")
     assert (top - bottom) // step <= Y_TICKS + 2
+
+
+def test_a_broken_chain_shows_each_positions_first_broken_link_and_reason():
+    """The verify result block (rendered the same for the page and the event stream)."""
+    from entrypoints.console.app import TEMPLATES_DIR
+    from tests.integration.test_console import elements
+
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)), autoescape=True
+    )
+    link = {
+        "key": "A@<b>",
+        "sku": "A",
+        "location_id": "<b>",
+        "version": 3,
+        "position": 17,
+        "reason": "HASH_MISMATCH",
+        "detail": "stored hash differs",
+        "expected_hash": "ab" * 32,
+        "stored_hash": "cd" * 32,
+    }
+    html = environment.get_template("verify_result.html").render(
+        result={
+            "ok": False,
+            "positions_checked": 2,
+            "entries_checked": 8,
+            "broken_links": [link],
+        }
+    )
+    [section] = elements(html, id="verify-result")
+    assert section["attrs"]["data-ok"] == "false"
+    [row] = elements(html, data_position="A@<b>")
+    fields = {
+        cell["attrs"]["data-field"]: cell["text"].strip() for cell in elements(html, data_field="*")
+    }
+    assert fields["version"] == "3" and fields["position"] == "17"
+    assert fields["reason"] == "HASH_MISMATCH" and "ab" * 32 in fields["detail"]
+    assert "<b>" not in html and "&lt;b&gt;" in html  # ledger text is escaped, never markup
+    assert row["tag"] == "tr"
