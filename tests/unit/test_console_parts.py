@@ -158,10 +158,10 @@ def test_chart_ticks_are_whole_steps_covering_the_values_and_zero(low, high):
 
 def test_a_broken_chain_shows_each_positions_first_broken_link_and_reason():
     """The verify result block (rendered the same for the page and the event stream)."""
+    import jinja2
+
     from entrypoints.console.app import TEMPLATES_DIR
     from tests.integration.test_console import elements
-
-    import jinja2
 
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)), autoescape=True
