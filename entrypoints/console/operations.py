@@ -3,7 +3,6 @@ ledger raised (counted by type, then listed with filters), and where dead letter
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from inventory.ledger.v1 import availability_pb2
@@ -11,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from entrypoints.console.app import InputError, Visit
-from entrypoints.ledger_fold import format_instant
+from entrypoints.console.pages import stamp
 
 EXCEPTION_PREFIX = "EXCEPTION_TYPE_"
 # Recorded exception types (LOT_EXPIRING is computed on request, never recorded).
@@ -23,12 +22,6 @@ RECORDED_TYPES = tuple(
 COUNT_PAGES_MAX = 10  # counted per type up to 10 pages of 1000; beyond: "10000+"
 COUNT_PAGE_SIZE = 1000
 LIST_PAGE_SIZE = 50
-
-
-def _stamp(value: Any) -> str:
-    if value.seconds == 0 and value.nanos == 0:
-        return ""
-    return format_instant(value.ToDatetime(tzinfo=dt.UTC))
 
 
 async def _count(visit: Visit, kind: str) -> tuple[int, bool]:
@@ -59,8 +52,8 @@ def _exception_view(exception: Any) -> dict[str, Any]:
         "detail": exception.detail,
         "source": exception.source,
         "message_id": exception.message_id,
-        "occurred_at": _stamp(exception.occurred_at),
-        "recorded_at": _stamp(exception.recorded_at),
+        "occurred_at": stamp(exception.occurred_at),
+        "recorded_at": stamp(exception.recorded_at),
     }
 
 
