@@ -6,6 +6,7 @@ single-threaded by construction and commands on one aggregate never race inside 
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -186,6 +187,8 @@ class UnitOfWork:
         self.index_ops: list[IndexOp] = []
         # Each aggregate the current command touched, at the version it first found.
         self._touched: dict[UUID, int] = {}
+        # Open marks (see mark): each notes what is touched after it, at the version found.
+        self._marks: list[Mark] = []
         # The writer's turn transaction to commit in (ledger.store.writer_mutex.Turn).
         self.turn: Any = None
         cache.begin()
@@ -225,6 +228,7 @@ class UnitOfWork:
     def begin_command(self) -> None:
         """The next command starts: what it touches is noted afresh (marks, change_count)."""
         self._touched = {}
+        self._marks = []
 
     def change_count(self) -> tuple[int, int, int]:
         """Grows whenever the current command changes anything this unit will save: compared
@@ -240,9 +244,15 @@ class UnitOfWork:
     # ---- which events a command wrote (for the ledger positions it reports) -------------------
 
     def mark(self) -> Mark:
-        """Versions now of what the command has touched; pass to :meth:`written_since` after
-        its changes. Only touched aggregates are compared, not all the batch has seen."""
-        return {i: self._seen[i].version for i in self._touched}
+        """Start noting what is touched from now on; pass to :meth:`written_since` after the
+        changes. The mark fills as aggregates are fetched from this unit (each with its
+        version then), so changes must be made to aggregates fetched after the mark, as
+        every use case does. Copying the versions of everything the command had touched
+        instead made RecordMovements quadratic: a mark per movement, each over all the
+        aggregates of the movements before it."""
+        mark: Mark = {}
+        self._marks.append(mark)
+        return mark
 
     def written_since(self, mark: Mark) -> list[EventRef]:
         """The newest event of each aggregate changed since ``mark`` (idempotency keys aside).
@@ -250,10 +260,12 @@ class UnitOfWork:
         Within one save an aggregate's events are contiguous and in version order, so the
         newest ones carry the greatest notification ids of what was written.
         """
+        with contextlib.suppress(ValueError):
+            self._marks.remove(mark)  # closed: touches no longer noted in it
         refs: list[EventRef] = []
-        for aggregate_id, first_seen in self._touched.items():
+        for aggregate_id, version_then in mark.items():
             version = self._seen[aggregate_id].version
-            if version > mark.get(aggregate_id, first_seen):
+            if version > version_then:
                 refs.append((aggregate_id.hex, version))
         return refs
 
@@ -261,6 +273,8 @@ class UnitOfWork:
         # The version the current command first found (0: it created the aggregate).
         if aggregate_id not in self._touched:
             self._touched[aggregate_id] = version
+        for mark in self._marks:
+            mark.setdefault(aggregate_id, version)
 
     def _load(self, aggregate_id: UUID) -> Any | None:
         seen = self._seen.get(aggregate_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -74,15 +74,20 @@ class Movement:
 
         The tracking fields appear only when set, so an untracked movement's fingerprint is
         the one it had before they existed (a redelivery after an upgrade stays DUPLICATE)."""
-        fields = asdict(self)
+        # A shallow copy (asdict's deep copy of immutable values was a third of the writer's
+        # time per movement in a 100-movement RecordMovements).
+        values = {name: getattr(self, name) for name in _FIELD_NAMES}
         for name in TRACKING_FIELDS:
-            if not fields[name]:
-                del fields[name]
-        if "serial_numbers" in fields:
-            fields["serial_numbers"] = list(fields["serial_numbers"])
-        for name, value in fields.items():
+            if not values[name]:
+                del values[name]
+        if "serial_numbers" in values:
+            values["serial_numbers"] = list(values["serial_numbers"])
+        for name, value in values.items():
             if isinstance(value, datetime):
-                fields[name] = value.isoformat()
+                values[name] = value.isoformat()
             elif isinstance(value, StrEnum):
-                fields[name] = value.value
-        return fields
+                values[name] = value.value
+        return values
+
+
+_FIELD_NAMES = tuple(field.name for field in fields(Movement))
