@@ -76,6 +76,30 @@ class ApiWorkers:
                 child.wait()
 
 
+class ChildWatch:
+    """Stops the serve (exit 1) when a child it cannot do without exits: its writer."""
+
+    def __init__(self, child: subprocess.Popen[bytes], what: str) -> None:
+        self.child = child
+        self.what = what
+        self.failed = False
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if self.child.poll() is not None:
+                log.error(
+                    "%s process %d exited with status %d: stopping",
+                    self.what,
+                    self.child.pid,
+                    self.child.returncode,
+                )
+                self.failed = True
+                stop.set()
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), CHECK_SECONDS)
+
+
 async def watch_parent(stop: asyncio.Event) -> None:
     """A copy stops when the process that started it is gone (even killed outright)."""
     parent = os.getppid()

@@ -61,11 +61,15 @@ def _tune_process(tuning: ProcessTuning) -> None:
 
 async def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
     """Exit status 0 after a clean stop; 1 when one of its API processes died."""
-    from entrypoints.cli.api_processes import ApiWorkers, watch_parent
+    from entrypoints.cli.api_processes import ApiWorkers, ChildWatch, watch_parent
 
     stop = stop_on_signals()  # first: a signal during start-up stops the start
     api = await _start_api(settings)
     _tune_process(settings.tuning)
+    writer_watch = None
+    if api.writer_process is not None:
+        writer_watch = ChildWatch(api.writer_process, "writer")
+        writer_task = asyncio.create_task(writer_watch.watch(stop))
     workers = None
     if settings.api_worker:
         watcher = asyncio.create_task(watch_parent(stop))
@@ -80,9 +84,12 @@ async def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
         await asyncio.to_thread(workers.stop, settings.grace_seconds)
     if settings.api_worker or workers is not None:
         watcher.cancel()
+    if writer_watch is not None:
+        writer_task.cancel()
     await bootstrap.stop_api(api, settings)
     log.info("stopped")
-    return 1 if workers is not None and workers.failed is not None else 0
+    failed = workers is not None and workers.failed is not None
+    return 1 if failed or (writer_watch is not None and writer_watch.failed) else 0
 
 
 async def run_projections(settings: Settings, batch_size: int | None = None) -> None:

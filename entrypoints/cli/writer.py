@@ -4,7 +4,7 @@ Takes the ledger's writer seat (``ledger.writer.election``) or waits for it as a
 then applies the writes API processes send (``ledger.writer.server``) until SIGTERM/SIGINT:
 new calls are then refused UNAVAILABLE (their callers retry on the next holder), queued ones
 are applied and answered, and the seat is given up. A holder that loses its database session
-gives the seat up too (a standby may already hold it) and exits with status 1.
+gives the seat up too (a standby may already hold it) and waits for it again as a standby.
 """
 
 from __future__ import annotations
@@ -13,12 +13,18 @@ import logging
 import os
 import secrets
 import threading
+from typing import TYPE_CHECKING
+
+import psycopg
 
 from entrypoints import bootstrap
 from entrypoints.cli.failures import StopNow
 from ledger.config import ConfigError, Settings
 from ledger.logs import redacted
 from ledger.preflight import parse_listen
+
+if TYPE_CHECKING:
+    from ledger.writer.election import WriterSeat
 
 log = logging.getLogger("ledger")
 
@@ -30,7 +36,6 @@ def run_writer(
     settings: Settings, listen: str, advertise_host: str | None, exit_with_parent: bool
 ) -> int:
     from ledger.writer.election import WriterSeat
-    from ledger.writer.server import WriterServer
 
     host, port = parse_listen("--listen", listen)
     advertised = advertise_host or host
@@ -45,11 +50,39 @@ def run_writer(
             target=_watch_parent, args=(parent, stop, exit_with_parent), daemon=True
         )
         watcher.start()
-        if not seat.take(stop):
-            return 0
-        app, writer = bootstrap.open_writer(settings)
-        authkey = secrets.token_bytes(32)
-        server = WriterServer(writer, host, port, authkey)
+        # A tenure ends with a signal (stop) or with the seat's session lost (a database
+        # outage, a network cut): then this process is a standby again, not gone, so a
+        # `serve --writer process` still has its writer when the database is back.
+        while seat.take(stop):
+            if not _hold_seat(settings, seat, stop, host, port, advertised):
+                break
+            seat.release()
+        log.info("stopped")
+        return 0
+    finally:
+        stop.set()
+        seat.release()
+        if metrics is not None:
+            metrics.close()
+
+
+def _hold_seat(
+    settings: Settings,
+    seat: WriterSeat,
+    stop: threading.Event,
+    host: str,
+    port: int,
+    advertised: str,
+) -> bool:
+    """Write for the ledger while the seat is ours. True: the seat was lost (wait for it
+    again); False: asked to stop."""
+    from ledger.writer.server import WriterServer
+
+    app, writer = bootstrap.open_writer(settings)
+    authkey = secrets.token_bytes(32)
+    server = WriterServer(writer, host, port, authkey)
+    lost = False
+    try:
         seat.advertise(advertised, server.port, authkey, os.getpid())
         log.info(
             "writer holds the seat of %s, listening on %s:%d",
@@ -57,26 +90,22 @@ def run_writer(
             advertised,
             server.port,
         )
-        lost = False
-        try:
-            while not stop.wait(CHECK_SECONDS):
-                if not seat.still_held():
-                    log.error("writer lost its database session: giving the seat up")
-                    lost = True
-                    break
-        except (KeyboardInterrupt, StopNow):
-            pass
+        while not stop.wait(CHECK_SECONDS):
+            if not seat.still_held():
+                log.warning("writer lost its database session: giving the seat up")
+                lost = True
+                break
+    except (KeyboardInterrupt, StopNow):
+        pass
+    except psycopg.Error as error:  # the database went away while advertising
+        log.warning("writer could not advertise its seat: %s", error)
+        lost = True
+    finally:
         server.drain()
         writer.close()  # applies and answers what was queued
         server.close()
         app.close()
-        log.info("stopped")
-        return 1 if lost else 0
-    finally:
-        stop.set()
-        seat.release()
-        if metrics is not None:
-            metrics.close()
+    return lost and not stop.is_set()
 
 
 def _watch_parent(parent: int, stop: threading.Event, exit_with_parent: bool) -> None:

@@ -5,7 +5,8 @@ queued since its last write in one message, one thread settles the futures from 
 answers. When the connection is lost every call still waiting fails with UNAVAILABLE
 (``StoreUnavailable``: callers retry with the same request id, which the ledger's durable
 idempotency turns into the first answer or a first write) and the client reconnects to
-whoever holds the seat then. Calls made while no writer is reachable fail at once.
+whoever holds the seat then. A call made while no writer is connected waits up to
+``PARK_SECONDS`` (within its deadline) for one, then fails UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, InvalidStateError
 from multiprocessing import AuthenticationError
@@ -34,6 +36,9 @@ from ledger.writer.handshake import (
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 2.0
+# How long a call waits for a writer when none is connected (bounded by its deadline).
+PARK_SECONDS = 2.0
+_NO_WRITER = "no writer process is reachable; retry with the same request id"
 RECONNECT_DELAY_SECONDS = 0.1
 _CLOSE = object()
 
@@ -41,18 +46,24 @@ Locate = Callable[[], WriterAdvert | None]
 
 
 class _CallFuture(Future[Any]):
-    """Cancelling a call the writer has not started yet keeps it from being applied."""
+    """Cancelling a call the writer has not started yet keeps it from being applied (one
+    still parked, waiting for a writer, is simply dropped)."""
 
-    def __init__(self, link: _Link, call_id: int) -> None:
+    def __init__(self, writer: RemoteWriter, call_id: int) -> None:
         super().__init__()
-        self._link = link
+        self._writer = writer
+        self.link: _Link | None = None
         self._call_id = call_id
 
     def cancel(self) -> bool:
         cancelled = super().cancel()
         if cancelled:
-            self._link.forget(self._call_id)
-            self._link.post((wire.CANCEL, self._call_id))
+            link = self.link
+            if link is None:
+                self._writer.unpark(self._call_id)
+            else:
+                link.forget(self._call_id)
+                link.post((wire.CANCEL, self._call_id))
         return cancelled
 
 
@@ -69,14 +80,16 @@ class _Link:
         threading.Thread(target=self._send, name="writer-link-out", daemon=True).start()
         threading.Thread(target=self._receive, name="writer-link-in", daemon=True).start()
 
-    def call(self, call_id: int, message: tuple[Any, ...]) -> Future[Any]:
-        future = _CallFuture(self, call_id)
+    def call(self, call_id: int, message: tuple[Any, ...], future: _CallFuture) -> None:
+        """Send the call; its answer settles ``future`` (StoreUnavailable if lost)."""
+        future.link = self
         with self._lock:
             if self.lost.is_set():
-                raise StoreUnavailable("the writer process is not reachable")
+                with contextlib.suppress(InvalidStateError):
+                    future.set_exception(StoreUnavailable("the writer process is not reachable"))
+                return
             self._pending[call_id] = future
         self._outbox.put(message)
-        return future
 
     def post(self, message: tuple[Any, ...]) -> None:
         self._outbox.put(message)
@@ -111,7 +124,8 @@ class _Link:
             while True:
                 for message in wire.loads(self._connection.recv_bytes()):
                     self._handle(message)
-        except (EOFError, OSError) as error:
+        # TypeError: the connection was closed by our sender thread while this one read.
+        except (EOFError, OSError, TypeError) as error:
             self._lose(f"the writer process went away ({error or 'connection closed'})")
 
     def _handle(self, message: tuple[Any, ...]) -> None:
@@ -155,6 +169,10 @@ class RemoteWriter:
         self._ids = itertools.count(1)
         self._listeners: list[Callable[[], None]] = []
         self._link: _Link | None = None
+        # Calls made while no writer is connected (a takeover, a database outage), with the
+        # monotonic time they give up; sent as soon as a writer is reached.
+        self._parked: dict[int, tuple[tuple[Any, ...], _CallFuture, float]] = {}
+        self._park_lock = threading.Lock()
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -168,11 +186,34 @@ class RemoteWriter:
     def submit(
         self, ctx: CallContext, use_case: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
     ) -> Future[Any]:
-        link = self._link
-        if link is None or link.lost.is_set():
-            raise StoreUnavailable("no writer process is reachable; retry with the same request id")
         call_id = next(self._ids)
-        return link.call(call_id, (wire.CALL, call_id, use_case, ctx, args, dict(kwargs)))
+        message = (wire.CALL, call_id, use_case, ctx, args, dict(kwargs))
+        future = _CallFuture(self, call_id)
+        with self._park_lock:
+            link = self._link
+            if link is None or link.lost.is_set():
+                # Park it for a moment rather than fail it: a takeover takes about a second.
+                remaining = ctx.time_remaining_seconds
+                wait = PARK_SECONDS if remaining is None else min(PARK_SECONDS, remaining)
+                if wait <= 0 or self._stop.is_set():
+                    raise StoreUnavailable(_NO_WRITER)
+                self._parked[call_id] = (message, future, time.monotonic() + wait)
+                return future
+        link.call(call_id, message, future)
+        return future
+
+    def unpark(self, call_id: int) -> None:
+        with self._park_lock:
+            self._parked.pop(call_id, None)
+
+    def _expire_parked(self) -> None:
+        now = time.monotonic()
+        with self._park_lock:
+            expired = [i for i, (_, _, until) in self._parked.items() if until <= now]
+            futures = [self._parked.pop(i)[1] for i in expired]
+        for future in futures:
+            with contextlib.suppress(InvalidStateError):
+                future.set_exception(StoreUnavailable(_NO_WRITER))
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
@@ -183,6 +224,11 @@ class RemoteWriter:
         if link is not None:
             link.close()
         self._thread.join(5)
+        with self._park_lock:
+            parked, self._parked = self._parked, {}
+        for _, future, _ in parked.values():
+            with contextlib.suppress(InvalidStateError):
+                future.set_exception(StoreUnavailable(_NO_WRITER))
 
     def _committed(self) -> None:
         for listener in self._listeners:
@@ -192,9 +238,14 @@ class RemoteWriter:
         while not self._stop.is_set():
             link = self._connect()
             if link is None:
+                self._expire_parked()
                 self._stop.wait(RECONNECT_DELAY_SECONDS)
                 continue
-            self._link = link
+            with self._park_lock:
+                self._link = link
+                parked, self._parked = self._parked, {}
+            for call_id, (message, future, _) in parked.items():
+                link.call(call_id, message, future)
             self._connected.set()
             # Followers may have missed commits while no link was up: wake them once.
             self._committed()

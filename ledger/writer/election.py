@@ -88,14 +88,19 @@ class WriterSeat:
 
     def take(self, stop: threading.Event, poll_seconds: float = 0.2) -> bool:
         """Wait until this process holds the seat (True) or ``stop`` is set (False)."""
-        waiting_logged = False
+        waiting_logged = unavailable_logged = False
         while not stop.is_set():
             try:
                 if self._try_take():
                     return True
             except psycopg.Error as error:
-                log.warning("writer seat: database unavailable: %s", error)
                 self._discard()
+                if not unavailable_logged:  # once per outage, not every poll
+                    log.warning("writer seat: database unavailable, retrying: %s", error)
+                    unavailable_logged = True
+                stop.wait(poll_seconds * 5)
+                continue
+            unavailable_logged = False
             if not waiting_logged:
                 log.info("standby: another writer holds the seat; waiting to take over")
                 waiting_logged = True

@@ -84,7 +84,8 @@ class _Peer:
             while True:
                 for message in wire.loads(self._connection.recv_bytes()):
                     self._handle(message)
-        except (EOFError, OSError):
+        # TypeError: the connection was closed by the sender thread while this one read.
+        except (EOFError, OSError, TypeError):
             pass  # the API process went away or the writer is stopping
         finally:
             # Its calls can no longer be answered: what has not started is not applied (its
