@@ -58,6 +58,12 @@ def _cores(figure: Mapping[str, Any], key: str) -> float:
     return float(sum(value)) if isinstance(value, list) else float(value or 0.0)
 
 
+def _server_cores(figure: Mapping[str, Any]) -> float:
+    """CPU of the whole `ledger serve` (its writer child and extra API processes included)
+    where the run measured it, else of the serving process alone (older runs)."""
+    return _cores(figure, "server_trees") or _cores(figure, "servers")
+
+
 def _transactions(figure: Mapping[str, Any]) -> tuple[float, float] | None:
     """(reservations per serial section, its mean ms) of the first server. The serial
     section is the writer's turn (the writer mutex's hold: stamp, fast-forward, apply,
@@ -108,15 +114,16 @@ def model(document: Mapping[str, Any]) -> Capacity:
     ingest = figures.get("ingest", {})
     reads = figures.get("get_position_c16", {})
     return Capacity(
-        reserve_per_api_core=rate / max(_cores(reference, "servers"), 1e-9),
+        reserve_per_api_core=rate / max(_server_cores(reference), 1e-9),
         pg_core_ms_per_reserve=1000 * _cores(reference, "postgres") / rate,
         transaction_ms=transaction_ms,
         commands_per_transaction=per_transaction,
         lock_fixed_ms=fixed_ms,
         lock_ms_per_command=per_command_ms,
         single_log_reserves_per_s=1000 * BATCH_MAX / full_batch_ms if full_batch_ms else 0.0,
-        ingest_per_core=float(ingest.get("rate", 0.0)) / max(_cores(ingest, "ingest"), 1e-9),
-        reads_per_api_core=float(reads.get("rate", 0.0)) / max(_cores(reads, "servers"), 1e-9),
+        ingest_per_core=float(ingest.get("rate", 0.0))
+        / max(_cores(ingest, "ingest") + _cores(ingest, "server_trees"), 1e-9),
+        reads_per_api_core=float(reads.get("rate", 0.0)) / max(_server_cores(reads), 1e-9),
     )
 
 

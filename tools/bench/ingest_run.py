@@ -124,7 +124,14 @@ def ingest(cluster: Cluster, nats_url: str, profile: Profile, skus: list[str]) -
     try:
         process.start()
         began = time.perf_counter()  # consuming from here on
-        cpu = CpuSample({"ingest": [process.pid], "projections": [cluster.projections_pid or 0]})
+        # servers: with --writer process the bridge's writes are applied by a serve's writer
+        # child (counted in cpu_cores.server_trees).
+        groups = {
+            "ingest": [process.pid],
+            "projections": [cluster.projections_pid or 0],
+            "servers": cluster.server_pids,
+        }
+        cpu = CpuSample(groups)
         cpu.start()
         timeout = 60.0 + profile.ingest_messages / 50
         finished = asyncio.run(_acked(nats_url, prefix, len(payloads), timeout))

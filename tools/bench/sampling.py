@@ -76,12 +76,14 @@ class CpuSample:
     wall: float = 0.0
     _before: dict[str, list[float]] = field(default_factory=dict)
     _trees_before: dict[str, dict[int, float]] = field(default_factory=dict)
+    _servers_before: list[dict[int, float]] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> None:
         self.wall = time.monotonic()
         self._before = {g: [_cpu_seconds(p) for p in pids] for g, pids in self.groups.items()}
         self._trees_before = {name: _tree_cpu(pid) for name, pid in SERVER_TREES.items()}
+        self._servers_before = [_tree_cpu(pid) for pid in self.groups.get("servers", ())]
 
     def stop(self) -> None:
         wall = max(1e-6, time.monotonic() - self.wall)
@@ -90,6 +92,13 @@ class CpuSample:
                 round((_cpu_seconds(pid) - before) / wall, 2)
                 for pid, before in zip(pids, self._before[group], strict=True)
             ]
+        # A server with a writer child or more API processes: the whole `ledger serve`.
+        self.result["server_trees"] = [
+            round(sum(cpu - before.get(p, 0.0) for p, cpu in _tree_cpu(pid).items()) / wall, 2)
+            for pid, before in zip(
+                self.groups.get("servers", ()), self._servers_before, strict=True
+            )
+        ]
         for name, pid in SERVER_TREES.items():
             before = self._trees_before.get(name, {})
             used = sum(cpu - before.get(p, 0.0) for p, cpu in _tree_cpu(pid).items())
