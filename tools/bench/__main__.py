@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import platform
 import subprocess
@@ -186,6 +187,25 @@ def _service(steps: Steps, doc: dict[str, Any], bench: Bench, nats_url: str) -> 
         )
         if saturation is not None:
             out["reserve_saturation"] = saturation
+        # The same two open loops on the other process count (one `ledger serve`, or two),
+        # each at its own best distinct figure.
+        for processes in profile.processes:
+            if processes == best["processes"]:
+                continue
+            own = {k: v for k, v in matrix.items() if v.get("processes") == processes}
+            if not any(k.startswith("reserve_distinct_c") for k in own):
+                continue
+            _, own_best = figures.best_distinct(own)
+            for name, factor, deadline in (
+                (f"reserve_half_load_p{processes}", profile.half_load, profile.call_timeout),
+                (f"reserve_saturation_p{processes}", profile.overload, profile.overload_deadline),
+            ):
+                measured = steps.run(
+                    name,
+                    functools.partial(figures.open_loop, bench, own_best, factor, deadline, name),
+                )
+                if measured is not None:
+                    out[name] = measured
         heaviest = figures.reserve_key("distinct", max(profile.clients), max(profile.processes))
         lags = [f["projection_lag"] for f in matrix.values() if f.get("projection_lag")]
         if heaviest in matrix and lags:

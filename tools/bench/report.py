@@ -6,7 +6,9 @@ JSON (``schema`` 1): ``mode``, ``started_at``, ``elapsed_s``, ``machine``, ``git
 * ``baselines``: ``grpc_echo``, ``pg_txn_per_call``, ``pg_group_commit``,
   ``jetstream_fetch_ack`` — each with ``rate`` and ``unit``;
 * ``figures``: ``reserve_{distinct,hot}_c{64,256}_p{1,2}``, ``reserve_distinct_best``,
-  ``reserve_half_load``, ``reserve_saturation``, ``reserve_drain``,
+  ``reserve_half_load``, ``reserve_saturation`` (on the best distinct figure's processes)
+  and ``reserve_half_load_pN``, ``reserve_saturation_pN`` (the other process count),
+  ``reserve_drain``,
   ``record_movements_single``, ``record_movements_batch``, ``ingest``, ``get_position``,
   ``get_position_c16``, ``get_position_as_of``, ``get_availability_c16`` (eventual),
   ``get_availability_strong_c16``, ``projection_lag`` — each with ``rate``,
@@ -23,6 +25,7 @@ JSON (``schema`` 1): ``mode``, ``started_at``, ``elapsed_s``, ``machine``, ``git
 * ``ratios``: name -> ``value``, ``target`` (None: for information), ``met``,
   ``numerator``, ``denominator``;
 * ``targets``: ``half_load_p50_ms``, ``half_load_p99_ms``, ``saturation_timeout_share``
+  (and each with ``_pN`` for the other process count's open loops)
   (DEADLINE_EXCEEDED over every answer at saturation; with ``resource_exhausted`` and
   ``deadline_exceeded`` counts) — each ``value``, ``target`` (text), ``met``;
 * ``checks``: ``no_oversell`` (``passed`` and each position checked), ``ingest_durable``,
@@ -90,22 +93,35 @@ def ratios(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 # Must-show 3 of issue 8: latency at half the measured maximum, and back-pressure rather
 # than timeouts at saturation (timeouts at most this share of the calls answered).
 HALF_LOAD_P50_MS = 10.0
+HALF_P = "reserve_half_load_p"
 HALF_LOAD_P99_MS = 50.0
 SATURATION_TIMEOUT_SHARE = 0.01
 
 
 def targets(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The latency and back-pressure targets: name -> ``value``, ``target`` (text),
-    ``met`` (None when the figure is missing)."""
+    ``met`` (None when the figure is missing). Unsuffixed: the open loops on the best
+    distinct figure's processes; ``_pN`` (where measured): on the other process count."""
     figures = document["figures"]
-    half = figures.get("reserve_half_load") or {}
-    saturation = figures.get("reserve_saturation") or {}
+    out: dict[str, dict[str, Any]] = {}
+    other = sorted(k.removeprefix("reserve_half_load") for k in figures if k.startswith(HALF_P))
+    suffixes = ["", *other]
+    for suffix in suffixes:
+        half = figures.get(f"reserve_half_load{suffix}") or {}
+        saturation = figures.get(f"reserve_saturation{suffix}") or {}
+        out.update(_open_loop_targets(half, saturation, suffix))
+    return out
+
+
+def _open_loop_targets(
+    half: Mapping[str, Any], saturation: Mapping[str, Any], suffix: str
+) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, value, limit in (
         ("half_load_p50_ms", half.get("p50_ms"), HALF_LOAD_P50_MS),
         ("half_load_p99_ms", half.get("p99_ms"), HALF_LOAD_P99_MS),
     ):
-        out[name] = {
+        out[name + suffix] = {
             "value": value,
             "target": f"<={limit:g}",
             "met": None if value is None else value <= limit,
@@ -114,7 +130,7 @@ def targets(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     answered = sum(codes.values())
     timeouts = codes.get("DEADLINE_EXCEEDED", 0)
     share = round(timeouts / answered, 4) if answered else None
-    out["saturation_timeout_share"] = {
+    out["saturation_timeout_share" + suffix] = {
         "value": share,
         "target": f"<={SATURATION_TIMEOUT_SHARE:g}",
         "met": None if share is None else share <= SATURATION_TIMEOUT_SHARE,
