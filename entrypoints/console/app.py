@@ -7,6 +7,7 @@ one shared channel), so the console can never do more than that person's token a
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -382,12 +383,38 @@ async def sign_in(request: Request, visit: Visit) -> Response:
             f"The ledger could not check the token ({error.code.name}); try again.",
             503,
         )
+    if not principal:
+        principal = await _principal_named_by_a_refusal(client)
     console.sessions.drop(visit.session.session_id)
     session = console.sessions.create(token=token, principal=principal)
     log.info("console sign-in%s", f" as {principal}" if principal else "")
     response = RedirectResponse(next_path or "/positions", status_code=303)
     console.set_cookie(response, session)
     return response
+
+
+async def _principal_named_by_a_refusal(client: AsyncLedgerClient) -> str:
+    """The principal's name, for the header: the ledger names it only when it refuses a
+    scope, so ask, one scope after another, calls it refuses by validation once the scope
+    check passed (nothing is read or written). '' for a token the ledger refuses none of
+    (``admin``), or when a probe fails otherwise."""
+    now = dt.datetime.now(dt.UTC)
+    probes: list[Callable[[], Awaitable[Any]]] = [
+        lambda: client.get_position_as_of("", "", now, timeout=SIGN_IN_TIMEOUT_SECONDS),
+        lambda: client.get_item_policy("", timeout=SIGN_IN_TIMEOUT_SECONDS),
+        lambda: client.get_reservation("", timeout=SIGN_IN_TIMEOUT_SECONDS),
+        lambda: client.record_movements([], timeout=SIGN_IN_TIMEOUT_SECONDS),
+    ]
+    for probe in probes:
+        try:
+            await probe()
+        except PermissionDenied as denied:
+            return str(denied.metadata.get("principal", ""))
+        except (InvalidArgument, NotFound):
+            continue  # past the scope check: the empty request itself was refused
+        except LedgerError:
+            return ""
+    return ""
 
 
 async def sign_out(request: Request, visit: Visit) -> Response:

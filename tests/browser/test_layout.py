@@ -47,6 +47,31 @@ def test_no_page_scrolls_sideways_at_phone_width(browser, console, history, toke
     assert overflowing == {}, f"pages wider than {PHONE_WIDTH} px: {overflowing}"
 
 
+def test_no_page_scrolls_sideways_at_1280(browser, console, history, tokens):
+    """At 1280x800 no page, and no table inside its scroll box, is wider than the window:
+    the stock ledger with its nine bucket columns on both axes included."""
+    sign_in(browser, console, tokens["admin"], next_path="/positions")
+    assert browser.execute_script("return window.innerWidth") == 1280
+    addresses = pages(console, history)
+    addresses["ledger-effective"] = url(
+        console, "/ledger", sku=history.sku, location_id=history.location_id, axis="effective"
+    )
+    overflowing = {}
+    for name, address in addresses.items():
+        browser.get(address)
+        page, boxes = browser.execute_script(
+            "return [document.documentElement.scrollWidth,"
+            " Array.from(document.querySelectorAll('.scroll'),"
+            "  box => [box.scrollWidth, box.clientWidth])]"
+        )
+        if page > 1280 or any(inner > shown for inner, shown in boxes):
+            overflowing[name] = (page, boxes)
+    assert overflowing == {}, f"wider than 1280 px: {overflowing}"
+    table = browser.find_element(By.ID, "ledger-table")
+    assert table.get_attribute("data-axis") == "effective"
+    assert table.find_elements(By.CSS_SELECTOR, "tr[data-late='true']")
+
+
 def test_keyboard_reaches_skip_link_content_and_first_field(browser, console, history, tokens):
     sign_in(browser, console, tokens["admin"], next_path="/positions")
     browser.get(pages(console, history)["ledger"])

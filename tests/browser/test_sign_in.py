@@ -19,6 +19,7 @@ from tests.browser.console_pages import (
     sign_in,
     status_of_current_page,
     url,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -109,6 +110,19 @@ def test_a_token_without_the_audit_scope_gets_403_naming_it(browser, console, hi
 def test_sign_out_ends_the_session(browser, console, history, tokens):
     sign_in(browser, console, tokens["auditor"])
     browser.find_element(By.CSS_SELECTOR, "form[action='/sign-out'] button").click()
-    assert path_of(browser) == "/sign-in"
+    wait_until(lambda: path_of(browser) == "/sign-in", "the sign-in page after sign-out")
     browser.get(as_of_url(console, history))
     assert path_of(browser) == "/sign-in"
+
+
+def test_the_header_names_the_principal_signed_in(browser, console, tokens):
+    """Goal: the header says who is signed in, whichever scopes the token holds (the ledger
+    names a principal only in a refusal, so the console asks calls it refuses). A token the
+    ledger refuses nothing (`admin`) is shown as "Signed in" without a name."""
+    for name in ("reader", "auditor", "inspector", "admin"):
+        browser.delete_all_cookies()
+        sign_in(browser, console, tokens[name], next_path="/verify")
+        principal = browser.find_element(By.ID, "principal")
+        expected = "" if name == "admin" else name
+        assert principal.get_attribute("data-principal") == expected, name
+        assert principal.text == ("Signed in as " + name if expected else "Signed in"), name
