@@ -53,6 +53,9 @@ DEFAULT_LINGER_SECONDS = DEFAULT_GROUP_COMMIT_LINGER_MS / 1000
 DEFAULT_BATCH_MAX = DEFAULT_GROUP_COMMIT_MAX
 # Whole-batch attempts after conflicts with other replicas, before one by one.
 BATCH_CONFLICT_RETRIES = 5
+# Aggregates another writer may have written since this one's last commit, looked up one by
+# one; past that the whole cache is dropped instead.
+CHANGED_MAX = 10_000
 _CONFLICT = object()
 _STOP = object()
 
@@ -97,6 +100,11 @@ class CommandPipeline:
         self._mutex = app.writer_mutex() if mutex is None else mutex
         self._clock = clock
         self._cache = AggregateCache(app)
+        # The notification head right after this writer's last commit, while its whole cache
+        # (absent entries too) is known current at it: a turn whose head is still this one
+        # reads nothing for the cached aggregates. None: not known (start, after a failure),
+        # or a store whose mutex does not report heads (SQLite), where every turn reads.
+        self._synced: int | None = None
         self._conflict_retries = conflict_retries
         self._linger = linger_seconds
         self._batch_max = batch_max
@@ -228,9 +236,8 @@ class CommandPipeline:
     def _try_batch(self, items: list[tuple[Command, Future[Any]]]) -> Any:
         # The reads are planned before the turn (only this thread touches the cache), so
         # the mutex can read them in the round trip that takes it.
-        uow = UnitOfWork(self._app, self._cache, self._now())
-        plan = uow.plan_prefetch(
-            c.reads for c, f in items if hasattr(c, "reads") and not f.cancelled()
+        uow, plan = self._plan(
+            [c.reads for c, f in items if hasattr(c, "reads") and not f.cancelled()]
         )
         try:
             with self._mutex.hold(plan.ranges) as head_us:
@@ -315,6 +322,15 @@ class CommandPipeline:
 
     def _committed(self, uow: UnitOfWork, recordings: list[Any]) -> None:
         if recordings:
+            if self._synced is not None:
+                # The commit followed the head the cache was brought to (checked in the
+                # commit itself, under the table lock): the cache, which holds what it
+                # wrote, is current at its last event. Anything else committed in between
+                # (a writer outside the mutex) makes it start from the store again.
+                before = uow.turn.head_before if uow.turn is not None else None
+                self._synced = (
+                    max(r.notification.id for r in recordings) if before == self._synced else None
+                )
             self._floor = max(self._floor, uow.now)
             count_appended(recordings)
             for listener in self._commit_listeners:
@@ -323,8 +339,7 @@ class CommandPipeline:
     def _execute(self, command: Command) -> Any:
         reads: list[Reads] = [command.reads] if hasattr(command, "reads") else []
         for attempt in range(1, self._conflict_retries + 1):
-            uow = UnitOfWork(self._app, self._cache, self._now())
-            plan = uow.plan_prefetch(reads)
+            uow, plan = self._plan(reads)
             try:
                 with self._mutex.hold(plan.ranges) as head_us:
                     self._adopt_head(head_us)
@@ -357,17 +372,44 @@ class CommandPipeline:
         self._committed(uow, recordings)
         return finish, recordings
 
+    def _plan(self, reads: list[Reads]) -> tuple[UnitOfWork, Prefetch]:
+        """A unit of work and its reads, planned before the turn (only this thread touches
+        the cache) so the mutex can read them in the round trip that takes it."""
+        tracked = self._mutex.tracks_notifications
+        if tracked and self._synced is None:
+            # Nothing cached is known current: start from the store, and the head read
+            # with the lock is where this writer is synced from.
+            self._cache.clear()
+        uow = UnitOfWork(self._app, self._cache, self._now())
+        return uow, uow.plan_prefetch(reads, trusting=tracked)
+
     def _absorb(self, uow: UnitOfWork, plan: Prefetch) -> None:
         """Under the turn: take in the planned reads, as the mutex read them with the lock
-        or, where it reads nothing (SQLite), read now."""
-        if not plan.ranges:
+        or, where it reads nothing (SQLite), read now; then, where the mutex reports the
+        notification head, bring the cache to it and trust it."""
+        if plan.ranges:
+            stored = self._mutex.prefetched()
+            if stored is None:
+                uow.absorb_prefetch(plan, self._app.events_batch(plan.ranges))
+            else:
+                to_domain = self._app.mapper.to_domain_event
+                uow.absorb_prefetch(plan, [to_domain(event) for event in stored])
+        head = self._mutex.notification_head()
+        if head is None:
             return
-        stored = self._mutex.prefetched()
-        if stored is None:
-            uow.absorb_prefetch(plan, self._app.events_batch(plan.ranges))
-        else:
-            to_domain = self._app.mapper.to_domain_event
-            uow.absorb_prefetch(plan, [to_domain(event) for event in stored])
+        if self._synced is not None and head != self._synced:
+            # Another writer committed since this one last did (an ingest bridge, a CLI
+            # tool, another replica): what it wrote is fast-forwarded before use.
+            changed = self._mutex.changed_since(self._synced, head, CHANGED_MAX)
+            if changed is None:
+                self._cache.clear()
+            else:
+                self._cache.mark_stale(changed)
+        self._synced = head
+        self._cache.trust()
+        rest = uow.plan_rest(plan)
+        if rest.ranges:
+            uow.absorb_prefetch(rest, self._app.events_batch(rest.ranges))
 
     def _commit_or_conflict(self, uow: UnitOfWork) -> Any:
         """Commit the unit: its recordings, or _CONFLICT when another process won. On any
@@ -376,14 +418,20 @@ class CommandPipeline:
             return self._commit(uow)
         except IntegrityError:
             WRITE_CONFLICTS.inc()
-            uow.discard()
+            self._unsync(uow)
             return _CONFLICT
         except (OperationalError, InterfaceError) as error:
-            uow.discard()
+            self._unsync(uow)
             raise StoreUnavailable(str(error)) from error
         except BaseException:
-            uow.discard()
+            self._unsync(uow)
             raise
+
+    def _unsync(self, uow: UnitOfWork) -> None:
+        """A failed commit: its aggregates are suspect, and whether it (or anything else)
+        reached the store is unknown, so the next turn starts from the store."""
+        uow.discard()
+        self._synced = None
 
     def _commit(self, uow: UnitOfWork) -> list[Any]:
         with COMMIT_SECONDS.time():

@@ -55,19 +55,56 @@ class AggregateCache:
         self._items: OrderedDict[UUID, Any] = OrderedDict()
         # Brought up to date by this unit of work's prefetch: no per-load query.
         self._fresh: set[UUID] = set()
+        # Set by ``trust``: every cached entry but the stale ones is current for this unit.
+        self._trusted = False
+        # Cached entries another writer has written since (see ``mark_stale``).
+        self._stale: set[UUID] = set()
 
     def begin(self) -> None:
         """A new unit of work: nothing is fresh until fast-forwarded again."""
         self._fresh.clear()
+        self._trusted = False
+
+    def trust(self) -> None:
+        """For this unit of work, every cached entry (an absent one too) is current but the
+        stale ones: the writer knows what was committed since it last was (the pipeline's
+        notification head). They need no read."""
+        self._trusted = True
+
+    def mark_stale(self, aggregate_ids: Iterable[UUID]) -> None:
+        """These may have events the cache has not seen: fast-forward them before use."""
+        self._stale.update(i for i in aggregate_ids if i in self._items)
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._fresh.clear()
+        self._stale.clear()
+
+    def _current(self, aggregate_id: UUID) -> bool:
+        return aggregate_id in self._fresh or (
+            self._trusted and aggregate_id in self._items and aggregate_id not in self._stale
+        )
 
     def prefetch(self, aggregate_ids: Iterable[UUID]) -> None:
         wanted, ranges = self.ranges_for(aggregate_ids)
         self.absorb(wanted, self._app.events_batch(ranges))
 
-    def ranges_for(self, aggregate_ids: Iterable[UUID]) -> tuple[list[UUID], list[EventRange]]:
+    def ranges_for(
+        self, aggregate_ids: Iterable[UUID], *, trusting: bool = False
+    ) -> tuple[list[UUID], list[EventRange]]:
         """What a fast-forward must read: cached aggregates' newer events, and for the
-        others whether they exist (their first event only)."""
-        wanted = [i for i in dict.fromkeys(aggregate_ids) if i not in self._fresh]
+        others whether they exist (their first event only). ``trusting``: planned for a
+        unit that will be trusted, so cached entries not stale need nothing."""
+        fresh = self._fresh
+        if trusting:
+            items, stale = self._items, self._stale
+            wanted = [
+                i
+                for i in dict.fromkeys(aggregate_ids)
+                if i not in fresh and (i not in items or i in stale)
+            ]
+        else:
+            wanted = [i for i in dict.fromkeys(aggregate_ids) if i not in fresh]
         ranges = [
             (i, self._version(i), _NO_LIMIT) if i in self._items else (i, 0, 1) for i in wanted
         ]
@@ -91,10 +128,11 @@ class AggregateCache:
             else:
                 self._items.move_to_end(aggregate_id)
         self._fresh.update(wanted)
+        self._stale.difference_update(wanted)
 
     def load(self, aggregate_id: UUID) -> Any | None:
         aggregate = self._items.get(aggregate_id)
-        if aggregate_id in self._fresh:
+        if self._current(aggregate_id):
             self._items.move_to_end(aggregate_id)
         elif aggregate is None or aggregate is _ABSENT:
             aggregate = self._fetch(aggregate_id)
@@ -102,6 +140,7 @@ class AggregateCache:
             for event in _mutators(self._app.events.get(aggregate_id, gt=aggregate.version)):
                 event.mutate(aggregate)
             self.put(aggregate)
+            self._stale.discard(aggregate_id)
         return None if aggregate is _ABSENT else aggregate
 
     def _fetch(self, aggregate_id: UUID) -> Any:
@@ -111,6 +150,7 @@ class AggregateCache:
         except AggregateNotFoundError:
             aggregate = _ABSENT
         self._store(aggregate_id, aggregate)
+        self._stale.discard(aggregate_id)
         return aggregate
 
     def _version(self, aggregate_id: UUID) -> int:
@@ -126,11 +166,13 @@ class AggregateCache:
         while len(self._items) > self._maxsize:
             oldest, _ = self._items.popitem(last=False)
             self._fresh.discard(oldest)
+            self._stale.discard(oldest)
 
     def evict(self, aggregate_ids: Iterable[UUID]) -> None:
         for aggregate_id in aggregate_ids:
             self._items.pop(aggregate_id, None)
             self._fresh.discard(aggregate_id)
+            self._stale.discard(aggregate_id)
 
 
 @dataclass(frozen=True)
@@ -154,6 +196,8 @@ class Prefetch:
     keys: list[UUID]
     wanted: list[UUID]
     ranges: list[EventRange]
+    # Every aggregate declared (``wanted`` may leave out cached ones: see ``trusting``).
+    declared: list[UUID]
 
 
 T = TypeVar("T")
@@ -200,18 +244,25 @@ class UnitOfWork:
         if plan.ranges:
             self.absorb_prefetch(plan, self.app.events_batch(plan.ranges))
 
-    def plan_prefetch(self, reads: Iterable[Reads]) -> Prefetch:
+    def plan_prefetch(self, reads: Iterable[Reads], *, trusting: bool = False) -> Prefetch:
         """What ``prefetch`` reads, for a caller that reads it itself (the writer mutex reads
         it in the round trip that takes the turn): ranges of one store read for both a key's
-        first event and each aggregate's newer events."""
+        first event and each aggregate's newer events. ``trusting``: the cache will be
+        trusted (``AggregateCache.trust``), so its current entries are not read."""
         key_ids: list[UUID] = []
         aggregate_ids: list[UUID] = []
         for read in reads:
             key_ids.extend(read.keys)
             aggregate_ids.extend(read.aggregates)
         keys = list(dict.fromkeys(key_ids))
-        wanted, ranges = self._cache.ranges_for(aggregate_ids)
-        return Prefetch(keys, wanted, [(key_id, 0, 1) for key_id in keys] + ranges)
+        wanted, ranges = self._cache.ranges_for(aggregate_ids, trusting=trusting)
+        return Prefetch(keys, wanted, [(key_id, 0, 1) for key_id in keys] + ranges, aggregate_ids)
+
+    def plan_rest(self, plan: Prefetch) -> Prefetch:
+        """After ``plan`` was read and the cache trusted: what its declared aggregates still
+        need (those found stale or dropped meanwhile)."""
+        wanted, ranges = self._cache.ranges_for(plan.declared, trusting=True)
+        return Prefetch([], wanted, ranges, plan.declared)
 
     def absorb_prefetch(self, plan: Prefetch, events: Iterable[Any]) -> None:
         """Take in the events read for ``plan.ranges`` (domain events)."""

@@ -97,9 +97,11 @@ class LedgerPostgresRecorder(EntryQueries, SerialisedDDL, PostgresApplicationRec
         self._entries = tables.entries
         self._insert_columns_statement = _rendered(
             SQL(
-                "INSERT INTO {s}.{t} (originator_id, originator_version, topic, state)"
+                "WITH ev AS (INSERT INTO {s}.{t} (originator_id, originator_version, topic, state)"
                 " SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[])"
-                " RETURNING notification_id"
+                " RETURNING notification_id)"
+                " SELECT notification_id, (SELECT coalesce(max(notification_id), 0) FROM {s}.{t})"
+                " AS before FROM ev ORDER BY notification_id"
             ).format(s=self._schema, t=self._events, id_type=SQL(self.datastore.originator_id_type))
         )
         # The newest ledger entry: read by entry_head and, under the lock, by the writer mutex.
@@ -124,8 +126,9 @@ class LedgerPostgresRecorder(EntryQueries, SerialisedDDL, PostgresApplicationRec
                 " %b::boolean[]) AS n(pid, ver, rec, occ, maxocc, late)"
                 " JOIN ev ON ev.originator_id = n.pid AND ev.originator_version = n.ver"
                 " CROSS JOIN head RETURNING 1)"
-                " SELECT notification_id, (SELECT count(*) FROM en) AS entries FROM ev"
-                " ORDER BY notification_id"
+                " SELECT notification_id, (SELECT count(*) FROM en) AS entries,"
+                " (SELECT coalesce(max(notification_id), 0) FROM {s}.{t}) AS before"
+                " FROM ev ORDER BY notification_id"
             ).format(
                 s=self._schema,
                 t=self._events,
@@ -145,6 +148,19 @@ class LedgerPostgresRecorder(EntryQueries, SerialisedDDL, PostgresApplicationRec
                 " JOIN {s}.{t} e ON e.originator_id = r.id"
                 " AND e.originator_version > r.gt AND e.originator_version <= r.lte"
                 " ORDER BY e.originator_id, e.originator_version"
+            ).format(s=self._schema, t=self._events)
+        )
+        # Read by the writer mutex with the lock: whether anything was committed since the
+        # writer's own last commit, and which aggregates (ledger.pipeline, "synced").
+        self._max_notification_statement = _rendered(
+            SQL("SELECT coalesce(max(notification_id), 0) FROM {s}.{t}").format(
+                s=self._schema, t=self._events
+            )
+        )
+        self._changed_statement = _rendered(
+            SQL(
+                "SELECT DISTINCT originator_id FROM {s}.{t}"
+                " WHERE notification_id > %s AND notification_id <= %s LIMIT %s"
             ).format(s=self._schema, t=self._events)
         )
         # A commit in the writer's turn (insert_events(turn=...)): its own statements.
@@ -191,14 +207,24 @@ class LedgerPostgresRecorder(EntryQueries, SerialisedDDL, PostgresApplicationRec
                 curs.execute(self._notify_statement)
                 self._insert_rows(curs, stored_events, **kwargs)
                 connection.commit()  # sends COMMIT and syncs: every result arrives now
-                return self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+                rows = self._fetch_rows(curs, stored_events, **kwargs)
         except psycopg.Error as error:
             raise turn.fail(_library_error(error)) from error
+        turn.head_before = int(rows[0]["before"]) if rows else None
+        return [row["notification_id"] for row in rows]
 
     def _fetch_ids_after_insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         # Runs after the event INSERT (which wrote the entries too) and its sync.
+        return [row["notification_id"] for row in self._fetch_rows(curs, stored_events, **kwargs)]
+
+    def _fetch_rows(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> list[DictRow]:
+        """The insert's rows, checked: one per event, and every entry written. ``before``
+        is the greatest notification id before this commit (the statement's snapshot,
+        taken under the table lock)."""
         rows = curs.fetchall()
         entries: Sequence[EntryIndexed] = kwargs.get("entries", ())
         if len(rows) != len(stored_events) or (entries and int(rows[0]["entries"]) != len(entries)):
@@ -206,7 +232,7 @@ class LedgerPostgresRecorder(EntryQueries, SerialisedDDL, PostgresApplicationRec
                 f"recorded {len(rows)} of {len(stored_events)} events"
                 f" ({rows[0]['entries'] if entries and rows else 0} of {len(entries)} entries)"
             )
-        return [row["notification_id"] for row in rows]
+        return rows
 
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -404,6 +430,8 @@ class LedgerPostgresRecorder(EntryQueries, SerialisedDDL, PostgresApplicationRec
             self._entries_name,
             self._head_statement,
             self._select_ranges_statement,
+            self._max_notification_statement,
+            self._changed_statement,
         )
 
     def entry_head(self) -> tuple[int, int]:

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
+from uuid import UUID
 
 import psycopg
 import psycopg.errors
@@ -46,6 +47,9 @@ HOLD_SECONDS_MAX = 30
 
 
 class WriterMutex(Protocol):
+    # Whether the turn reports the notification head (``notification_head``, PostgreSQL).
+    tracks_notifications: bool
+
     def hold(
         self, ranges: Sequence[EventRange] = ()
     ) -> contextlib.AbstractContextManager[int | None]:
@@ -66,6 +70,15 @@ class WriterMutex(Protocol):
         recorder's ``insert_events(turn=...)``), or None (commit as usual)."""
         ...
 
+    def notification_head(self) -> int | None:
+        """Within ``hold``: the greatest notification id committed, read with the lock."""
+        ...
+
+    def changed_since(self, after: int, upto: int, limit: int) -> list[UUID] | None:
+        """Within ``hold``: the aggregates with events in ``(after, upto]`` (notification
+        ids), or None when there are more than ``limit``."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -82,6 +95,8 @@ class Turn:
     def __init__(self, connection: psycopg.Connection[Any]) -> None:
         self.connection = connection
         self.failed: Exception | None = None
+        # Set by the commit: the greatest notification id before it (read under the lock).
+        self.head_before: int | None = None
 
     def fail(self, error: Exception) -> Exception:
         self.failed = error
@@ -93,6 +108,8 @@ class Turn:
 class NoWriterMutex:
     """SQLite: one process owns the file and its writer is the only one."""
 
+    tracks_notifications = False
+
     @contextlib.contextmanager
     def hold(self, ranges: Sequence[EventRange] = ()) -> Iterator[int | None]:
         yield None
@@ -103,11 +120,19 @@ class NoWriterMutex:
     def turn(self) -> Turn | None:
         return None
 
+    def notification_head(self) -> int | None:
+        return None
+
+    def changed_since(self, after: int, upto: int, limit: int) -> list[UUID] | None:
+        return None
+
     def close(self) -> None:
         pass
 
 
 class PostgresWriterMutex:
+    tracks_notifications = True
+
     def __init__(
         self,
         conninfo: dict[str, Any],
@@ -115,6 +140,8 @@ class PostgresWriterMutex:
         entries_table: str,
         head_sql: Composed | bytes,
         ranges_sql: Composed | bytes | None = None,
+        notifications_sql: Composed | bytes | None = None,
+        changed_sql: Composed | bytes | None = None,
     ) -> None:
         """``head_sql`` selects (seq, recorded_at_us) of the newest ledger entry;
         ``ranges_sql`` the events of ``(id, gt, lte)`` ranges given as three arrays
@@ -123,6 +150,11 @@ class PostgresWriterMutex:
         self._key = advisory_key(schema, entries_table, "ledger-writer")
         self._head_sql = head_sql
         self._ranges_sql = ranges_sql
+        # The greatest notification id, and the aggregates with events in a range of them.
+        self._notifications_sql = notifications_sql
+        self._changed_sql = changed_sql
+        self._notification_head: int | None = None
+        self.tracks_notifications = notifications_sql is not None and changed_sql is not None
         self._prefetched: list[StoredEvent] | None = None
         self._turn: Turn | None = None
         self._connection: psycopg.Connection[tuple[Any, ...]] | None = None
@@ -159,6 +191,7 @@ class PostgresWriterMutex:
             finally:
                 self._prefetched = None
                 self._turn = None
+                self._notification_head = None
                 self._release()
                 WRITER_TURN_SECONDS.observe(time.perf_counter() - acquired)
 
@@ -167,6 +200,21 @@ class PostgresWriterMutex:
 
     def turn(self) -> Turn | None:
         return self._turn
+
+    def notification_head(self) -> int | None:
+        return self._notification_head
+
+    def changed_since(self, after: int, upto: int, limit: int) -> list[UUID] | None:
+        if self._connection is None or self._changed_sql is None:
+            raise OperationalError("writer mutex: not held")
+        try:
+            with self._connection.cursor() as cursor:
+                cursor.execute(self._changed_sql, (after, upto, limit + 1))
+                ids = [row[0] for row in cursor.fetchall()]
+        except psycopg.Error as error:
+            self._discard()
+            raise OperationalError(f"writer mutex: {error}") from error
+        return None if len(ids) > limit else ids
 
     def _acquire(self, ranges: Sequence[EventRange]) -> int:
         # A connection the server dropped (a restart, a failover) is only found out on use:
@@ -179,9 +227,11 @@ class PostgresWriterMutex:
                 # snapshot taken after it (the prefetch used to be a round trip of its own).
                 read = bool(ranges) and self._ranges_sql is not None
                 rows: list[tuple[Any, ...]] = []
-                with connection.cursor() as cursor:
+                with connection.cursor() as cursor, connection.cursor() as notifications:
                     cursor.execute("SELECT pg_advisory_xact_lock(%s)", (self._key,))
                     cursor.execute(self._head_sql)
+                    if self.tracks_notifications:
+                        notifications.execute(self._notifications_sql)  # type: ignore[arg-type]
                     if read:
                         with connection.cursor(binary=True) as reader:
                             reader.execute(
@@ -194,6 +244,7 @@ class PostgresWriterMutex:
                             )
                             rows = reader.fetchall()
                     row = cursor.fetchone()
+                    counted = notifications.fetchone() if self.tracks_notifications else None
             except psycopg.Error as error:
                 self._discard()
                 if (
@@ -215,6 +266,7 @@ class PostgresWriterMutex:
                 else None
             )
             self._turn = Turn(connection)
+            self._notification_head = None if counted is None else int(counted[0])
             return 0 if row is None else int(row[1])
         raise AssertionError("unreachable")
 

@@ -1,6 +1,7 @@
-"""The writer's turn on PostgreSQL (issue 20): the batch's reads come with the lock, and the
-commit runs in the lock's own transaction, so committing hands the turn on and a writer that
-lost its lock cannot commit."""
+"""The writer's turn on PostgreSQL (issue 20): the batch's reads come with the lock, cached
+aggregates are read only when another writer committed since this one's last commit, and
+the commit runs in the lock's own transaction, so committing hands the turn on and a writer
+that lost its lock cannot commit."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from typing import Any
 import pytest
 
 from ledger.domain.errors import StoreUnavailable
+from ledger.domain.item_policy import Tracking
 from ledger.domain.movements import Movement, MovementType
 from ledger.metrics.definitions import REGISTRY
-from ledger.pipeline import CommandPipeline
 from ledger.service import LedgerService
-from ledger.unit_of_work import UnitOfWork
+from ledger.unit_of_work import AggregateCache, UnitOfWork
 from ledger.use_cases.context import CallContext
 from ledger.use_cases.reservations import ReserveInput, ReserveLine
 
@@ -84,18 +85,17 @@ def test_a_conflict_in_the_turn_is_retried_on_fresh_state(
     first, second = pair
     assert first.reserve(CTX, _reserve("warm", 1)).result(timeout=10).ledger_position > 0
     assert second.reserve(CTX, _reserve("other", 8)).result(timeout=10).ledger_position > 0
-    real_absorb = CommandPipeline._absorb
+    real_mark_stale = AggregateCache.mark_stale
     stale = iter([True])
 
-    def skip_fast_forward_once(self: CommandPipeline, uow: UnitOfWork, plan: Any) -> None:
+    def miss_changes_once(self: AggregateCache, aggregate_ids: Any) -> None:
         if next(stale, False):
-            # The first writer decides on its cached position (9 units free), as if the
-            # events the other writer committed had not been read with the lock.
-            uow.absorb_prefetch(plan, [])
+            # The first writer does not learn that SKU/DC changed (as if the other writer
+            # had not taken the mutex): it decides on its cached position, 9 units free.
             return
-        real_absorb(self, uow, plan)
+        real_mark_stale(self, aggregate_ids)
 
-    monkeypatch.setattr(CommandPipeline, "_absorb", skip_fast_forward_once)
+    monkeypatch.setattr(AggregateCache, "mark_stale", miss_changes_once)
     conflicts = _conflicts()
     outcome = first.reserve(CTX, _reserve("late", 2))
     # Re-judged on the position the other writer left: only one unit is free.
@@ -104,3 +104,43 @@ def test_a_conflict_in_the_turn_is_retried_on_fresh_state(
     assert first.reserve(CTX, _reserve("fits", 1)).result(timeout=10).ledger_position > 0
     position = second.get_position("SKU", "DC")
     assert (position.on_hand, position.reserved) == (10, 10)
+
+
+def test_a_writer_sees_what_another_committed_since_its_own_last_commit(
+    pair: tuple[LedgerService, LedgerService],
+) -> None:
+    """A writer skips reading its cached aggregates (absent ones too) only while nothing
+    was committed since its own last commit; another writer's commits in between are read
+    before it decides: no stale decision, no lost update, no conflict."""
+    first, second = pair
+    conflicts = _conflicts()
+    # The first writer caches an absent item policy and position of NEW, and SKU/DC.
+    missing = first.reserve(CTX, _reserve_of("NEW", "n-1", 1)).exception(timeout=10)
+    assert type(missing).__name__ == "InsufficientAvailability"
+    assert first.reserve(CTX, _reserve("a-1", 2)).result(timeout=10).ledger_position > 0
+    # Turns of its own in a row read nothing of those, and still decide right.
+    assert first.reserve(CTX, _reserve("a-2", 1)).result(timeout=10).ledger_position > 0
+    # The other writer makes NEW lot-tracked and takes all but one unit of SKU.
+    second.set_item_policy(CTX, "p-1", "NEW", Tracking.LOT).result(timeout=10)
+    assert second.reserve(CTX, _reserve("b-1", 6)).result(timeout=10).ledger_position > 0
+    # The first writer sees both.
+    refused = first.record_movements(
+        CTX, [Movement("erp", "m-1", MovementType.RECEIPT, "NEW", "DC", qty=5)]
+    ).exception(timeout=10)
+    assert type(refused).__name__ == "TrackingMismatch"
+    short = first.reserve(CTX, _reserve("a-3", 2)).exception(timeout=10)
+    assert type(short).__name__ == "InsufficientAvailability"
+    assert first.reserve(CTX, _reserve("a-4", 1)).result(timeout=10).ledger_position > 0
+    position = second.get_position("SKU", "DC")
+    assert (position.on_hand, position.reserved) == (10, 10)
+    assert _conflicts() == conflicts
+
+
+def _reserve_of(sku: str, request_id: str, qty: int) -> ReserveInput:
+    return ReserveInput(
+        request_id=request_id,
+        channel="web",
+        order_ref=request_id,
+        lines=(ReserveLine(sku, "DC", qty),),
+        ttl=timedelta(minutes=10),
+    )
