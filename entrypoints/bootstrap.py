@@ -105,7 +105,8 @@ def start_writer_process(settings: Settings) -> subprocess.Popen[bytes]:
     import os
     import sys
 
-    command = [sys.executable, "-m", "entrypoints.cli", "writer", "--exit-with-parent"]
+    command = [sys.executable, "-m", "entrypoints.cli", "writer"]
+    command += ["--exit-with-parent", str(os.getpid())]
     if settings.metrics_listen:
         # Its own endpoint (the write path's metrics), on a free port of the same host.
         host = settings.metrics_listen.rsplit(":", 1)[0]

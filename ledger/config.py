@@ -115,8 +115,9 @@ class Settings:
     # `ledger serve`: gRPC processes sharing the listen port (SO_REUSEPORT), all writing
     # through the ledger's writer process; above 1 needs --writer process or external.
     api_processes: int = 1
-    # Set on the extra API processes `ledger serve` starts (the first one holds the port).
-    api_worker: bool = False
+    # On the extra API processes `ledger serve` starts: the pid of the first one (which holds
+    # the port and stops them); 0 elsewhere.
+    api_worker: int = 0
     # Long-running processes: read by the command that tunes itself (ProcessTuning.from_env).
     tuning: ProcessTuning = ProcessTuning()
     # `ingest` / `dev`: read by those commands (ingest_ack_wait_from_env) before they connect.

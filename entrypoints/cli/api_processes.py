@@ -36,7 +36,7 @@ def worker_argv(argv: Sequence[str], settings: Settings, port: int) -> list[str]
     """The operator's own arguments, then what differs (argparse: the last one wins)."""
     host = settings.listen.rsplit(":", 1)[0]
     extra = ["--listen", f"{host}:{port}", "--writer", "external", "--projections", "external"]
-    extra += ["--api-processes", "1", "--api-worker"]
+    extra += ["--api-processes", "1", "--api-worker", str(os.getpid())]
     if settings.metrics_listen:
         extra += ["--metrics-listen", f"{settings.metrics_listen.rsplit(':', 1)[0]}:0"]
     return [sys.executable, "-m", "entrypoints.cli", *argv, *extra]
@@ -100,9 +100,9 @@ class ChildWatch:
                 await asyncio.wait_for(stop.wait(), CHECK_SECONDS)
 
 
-async def watch_parent(stop: asyncio.Event) -> None:
-    """A copy stops when the process that started it is gone (even killed outright)."""
-    parent = os.getppid()
+async def watch_parent(stop: asyncio.Event, parent: int) -> None:
+    """A copy stops when the process that started it (``parent``, given on its command line
+    so a parent that died during the copy's start-up is noticed too) is gone."""
     while not stop.is_set():
         if os.getppid() != parent:
             log.warning("the first API process is gone: stopping")

@@ -54,7 +54,8 @@ def _service_parsers(commands: argparse._SubParsersAction) -> None:
         help="gRPC processes sharing the listen port, all writing through one writer process"
         " (env LEDGER_API_PROCESSES, default 1; above 1 needs --writer process or external)",
     )
-    serve.add_argument("--api-worker", action="store_true", help=argparse.SUPPRESS)
+    # Set by the first API process on the others it starts: its pid (they stop without it).
+    serve.add_argument("--api-worker", type=int, default=0, help=argparse.SUPPRESS)
     _metrics_argument(serve)
     _metrics_label_arguments(serve, "channel", "source")
     _security_arguments(serve)
@@ -76,8 +77,8 @@ def _service_parsers(commands: argparse._SubParsersAction) -> None:
         help="host API processes are told to connect to (default: the --listen host)",
     )
     writer.add_argument(
-        "--exit-with-parent", action="store_true", help=argparse.SUPPRESS
-    )  # set by `ledger serve --writer process` for its child
+        "--exit-with-parent", type=int, default=0, metavar="PID", help=argparse.SUPPRESS
+    )  # set by `ledger serve --writer process` for its child: serve's pid
     _database_argument(writer)
     _metrics_argument(writer)
     writer.add_argument("--log-level", default="INFO")

@@ -72,7 +72,7 @@ async def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
         writer_task = asyncio.create_task(writer_watch.watch(stop))
     workers = None
     if settings.api_worker:
-        watcher = asyncio.create_task(watch_parent(stop))
+        watcher = asyncio.create_task(watch_parent(stop, settings.api_worker))
     elif settings.api_processes > 1:
         workers = ApiWorkers(argv, settings, api.running.port)
         watcher = asyncio.create_task(workers.watch(stop))

@@ -33,7 +33,7 @@ CHECK_SECONDS = 0.5
 
 
 def run_writer(
-    settings: Settings, listen: str, advertise_host: str | None, exit_with_parent: bool
+    settings: Settings, listen: str, advertise_host: str | None, exit_with_parent: int
 ) -> int:
     from ledger.writer.election import WriterSeat
 
@@ -41,13 +41,12 @@ def run_writer(
     advertised = advertise_host or host
     if advertised in ("0.0.0.0", "::"):
         raise ConfigError(f"--listen {listen} listens everywhere: give --advertise-host")
-    parent = os.getppid()
     stop = threading.Event()
     seat = WriterSeat(settings.database_url)
     metrics = bootstrap.start_metrics(settings)
     try:
         watcher = threading.Thread(
-            target=_watch_parent, args=(parent, stop, exit_with_parent), daemon=True
+            target=_watch_parent, args=(exit_with_parent, stop), daemon=True
         )
         watcher.start()
         # A tenure ends with a signal (stop) or with the seat's session lost (a database
@@ -108,10 +107,11 @@ def _hold_seat(
     return lost and not stop.is_set()
 
 
-def _watch_parent(parent: int, stop: threading.Event, exit_with_parent: bool) -> None:
-    """A child of ``ledger serve --writer process`` stops when its parent is gone, even one
-    killed without a chance to stop it."""
-    if not exit_with_parent:
+def _watch_parent(parent: int, stop: threading.Event) -> None:
+    """A child of ``ledger serve --writer process`` (``parent``: serve's pid, given on the
+    command line, so a parent that died while this one started is noticed too) stops when
+    its parent is gone, even one killed without a chance to stop it."""
+    if not parent:
         return
     while not stop.wait(CHECK_SECONDS):
         if os.getppid() != parent:

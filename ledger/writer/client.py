@@ -12,6 +12,7 @@ whoever holds the seat then. A call made while no writer is connected waits up t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import queue
@@ -21,17 +22,13 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, InvalidStateError
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Connection
 from typing import Any
 
 from ledger.domain.errors import StoreUnavailable
 from ledger.use_cases.context import CallContext
 from ledger.writer import wire
 from ledger.writer.election import WriterAdvert
-from ledger.writer.handshake import (
-    authenticate_client,
-    message_connection,
-)
+from ledger.writer.handshake import MessageSocket
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +37,7 @@ CONNECT_TIMEOUT_SECONDS = 2.0
 PARK_SECONDS = 2.0
 _NO_WRITER = "no writer process is reachable; retry with the same request id"
 RECONNECT_DELAY_SECONDS = 0.1
+RECONNECT_DELAY_MAX_SECONDS = 1.0
 _CLOSE = object()
 
 Locate = Callable[[], WriterAdvert | None]
@@ -58,20 +56,16 @@ class _CallFuture(Future[Any]):
     def cancel(self) -> bool:
         cancelled = super().cancel()
         if cancelled:
-            link = self.link
-            if link is None:
-                self._writer.unpark(self._call_id)
-            else:
-                link.forget(self._call_id)
-                link.post((wire.CANCEL, self._call_id))
+            self._writer.cancelled(self._call_id, self)
         return cancelled
 
 
 class _Link:
     """One live connection to the writer."""
 
-    def __init__(self, connection: Connection, on_commit: Callable[[], None]) -> None:
-        self._connection = connection
+    def __init__(self, channel: MessageSocket, on_commit: Callable[[], None]) -> None:
+        self._channel = channel
+        self._connection = channel.connection
         self._on_commit = on_commit
         self._pending: dict[int, Future[Any]] = {}
         self._lock = threading.Lock()
@@ -81,22 +75,24 @@ class _Link:
         threading.Thread(target=self._receive, name="writer-link-in", daemon=True).start()
 
     def call(self, call_id: int, message: tuple[Any, ...], future: _CallFuture) -> None:
-        """Send the call; its answer settles ``future`` (StoreUnavailable if lost)."""
-        future.link = self
+        """Send the call; its answer settles ``future`` (StoreUnavailable if lost). Under the
+        lock, so a cancel either finds it pending (and its CANCEL follows the CALL) or
+        happened first (and the call is never sent)."""
         with self._lock:
+            if future.cancelled():
+                return
+            future.link = self
             if self.lost.is_set():
                 with contextlib.suppress(InvalidStateError):
-                    future.set_exception(StoreUnavailable("the writer process is not reachable"))
+                    future.set_exception(StoreUnavailable(_NO_WRITER))
                 return
             self._pending[call_id] = future
-        self._outbox.put(message)
+            self._outbox.put(message)
 
-    def post(self, message: tuple[Any, ...]) -> None:
-        self._outbox.put(message)
-
-    def forget(self, call_id: int) -> None:
+    def cancel(self, call_id: int) -> None:
         with self._lock:
-            self._pending.pop(call_id, None)
+            if self._pending.pop(call_id, None) is not None:
+                self._outbox.put((wire.CANCEL, call_id))
 
     def close(self) -> None:
         self._outbox.put(_CLOSE)
@@ -149,8 +145,8 @@ class _Link:
                 return
             self.lost.set()
             pending, self._pending = self._pending, {}
-        with contextlib.suppress(OSError):
-            self._connection.close()
+        self._outbox.put(_CLOSE)  # the sender may be waiting for work: let it end
+        self._channel.hang_up()
         for future in pending.values():
             with contextlib.suppress(InvalidStateError):
                 future.set_exception(
@@ -173,12 +169,16 @@ class RemoteWriter:
         # monotonic time they give up; sent as soon as a writer is reached.
         self._parked: dict[int, tuple[tuple[Any, ...], _CallFuture, float]] = {}
         self._park_lock = threading.Lock()
+        self._has_parked = threading.Event()
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._keep_connected, name="writer-connect", daemon=True
         )
         self._thread.start()
+        # Parked calls give up on time even while a connection attempt is under way.
+        self._reaper = threading.Thread(target=self._reap, name="writer-parked", daemon=True)
+        self._reaper.start()
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -198,19 +198,33 @@ class RemoteWriter:
                 if wait <= 0 or self._stop.is_set():
                     raise StoreUnavailable(_NO_WRITER)
                 self._parked[call_id] = (message, future, time.monotonic() + wait)
+                self._has_parked.set()
                 return future
         link.call(call_id, message, future)
         return future
 
-    def unpark(self, call_id: int) -> None:
+    def cancelled(self, call_id: int, future: _CallFuture) -> None:
+        """A caller cancelled: a parked call is dropped, a sent one gets a CANCEL."""
         with self._park_lock:
-            self._parked.pop(call_id, None)
+            if self._parked.pop(call_id, None) is not None:
+                return
+        link = future.link
+        if link is not None:
+            link.cancel(call_id)
+
+    def _reap(self) -> None:
+        while not self._stop.is_set():
+            self._has_parked.wait(1.0)
+            self._stop.wait(0.05)
+            self._expire_parked()
 
     def _expire_parked(self) -> None:
         now = time.monotonic()
         with self._park_lock:
             expired = [i for i, (_, _, until) in self._parked.items() if until <= now]
             futures = [self._parked.pop(i)[1] for i in expired]
+            if not self._parked:
+                self._has_parked.clear()
         for future in futures:
             with contextlib.suppress(InvalidStateError):
                 future.set_exception(StoreUnavailable(_NO_WRITER))
@@ -235,17 +249,24 @@ class RemoteWriter:
             listener()
 
     def _keep_connected(self) -> None:
+        delay = RECONNECT_DELAY_SECONDS
         while not self._stop.is_set():
             link = self._connect()
             if link is None:
-                self._expire_parked()
-                self._stop.wait(RECONNECT_DELAY_SECONDS)
+                self._stop.wait(delay)
+                delay = min(delay * 2, RECONNECT_DELAY_MAX_SECONDS)
                 continue
+            delay = RECONNECT_DELAY_SECONDS
             with self._park_lock:
+                if self._stop.is_set():  # closed while this connection was being opened
+                    link.close()
+                    return
                 self._link = link
                 parked, self._parked = self._parked, {}
-            for call_id, (message, future, _) in parked.items():
-                link.call(call_id, message, future)
+                self._has_parked.clear()
+            now = time.monotonic()
+            for call_id, (message, future, until) in parked.items():
+                link.call(call_id, _with_time_left(message, until - now), future)
             self._connected.set()
             # Followers may have missed commits while no link was up: wake them once.
             self._committed()
@@ -269,11 +290,11 @@ class RemoteWriter:
             sock = socket.create_connection(
                 (advert.host, advert.port), timeout=CONNECT_TIMEOUT_SECONDS
             )
-            connection = message_connection(sock)
+            channel = MessageSocket(sock)
             try:
-                authenticate_client(connection, advert.authkey)
+                channel.authenticate_client(advert.authkey)
             except BaseException:
-                connection.close()
+                channel.hang_up()
                 raise
         except (OSError, EOFError, AuthenticationError) as error:
             log.debug("writer at %s:%d not reachable: %s", advert.host, advert.port, error)
@@ -284,4 +305,12 @@ class RemoteWriter:
             advert.port,
             advert.pid,
         )
-        return _Link(connection, self._committed)
+        return _Link(channel, self._committed)
+
+
+def _with_time_left(message: tuple[Any, ...], seconds: float) -> tuple[Any, ...]:
+    """A parked call's context with the time it spent parked taken off its deadline."""
+    kind, call_id, use_case, ctx, args, kwargs = message
+    if ctx.time_remaining_seconds is not None:
+        ctx = dataclasses.replace(ctx, time_remaining_seconds=max(seconds, 0.001))
+    return kind, call_id, use_case, ctx, args, kwargs

@@ -52,10 +52,18 @@ def _conninfo(database_url: str) -> tuple[str, str]:
         user=env["POSTGRES_USER"],
         password=env["POSTGRES_PASSWORD"] or None,
         connect_timeout=env["POSTGRES_CONNECT_TIMEOUT"],
-        # A holder whose host vanished is noticed by the server within about a minute.
+        # Both ends of the seat's session give up on a silent peer within about half a
+        # minute: the server side (options) releases a vanished holder's lock, the client
+        # side notices a server that is gone. The server's defaults would keep a holder
+        # whose host disappeared without a reset for over two hours.
         keepalives_idle=10,
         keepalives_interval=5,
         keepalives_count=3,
+        tcp_user_timeout=20_000,
+        options=(
+            "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5"
+            " -c tcp_keepalives_count=3 -c tcp_user_timeout=20000"
+        ),
     )
     return conninfo, env["POSTGRES_SCHEMA"]
 

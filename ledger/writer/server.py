@@ -16,15 +16,11 @@ import socket
 import threading
 from concurrent.futures import Future
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Connection
 from typing import Any
 
 from ledger.domain.errors import StoreUnavailable
 from ledger.writer import wire
-from ledger.writer.handshake import (
-    authenticate_server,
-    message_connection,
-)
+from ledger.writer.handshake import MessageSocket
 from ledger.writer.local import LocalWriter
 
 log = logging.getLogger(__name__)
@@ -38,12 +34,13 @@ class _Peer:
 
     def __init__(
         self,
-        connection: Connection,
+        channel: MessageSocket,
         writer: LocalWriter,
         on_close: Any,
         draining: threading.Event,
     ) -> None:
-        self._connection = connection
+        self._channel = channel
+        self._connection = channel.connection
         self._writer = writer
         self._draining = draining
         self._on_close = on_close
@@ -68,12 +65,11 @@ class _Peer:
         self._outbox.put(_CLOSE)
 
     def hang_up(self) -> None:
-        with contextlib.suppress(OSError):
-            self._connection.close()
+        self._channel.hang_up()
 
     def _receive(self, authkey: bytes) -> None:
         try:
-            authenticate_server(self._connection, authkey)
+            self._channel.authenticate_server(authkey)
         except (AuthenticationError, OSError, EOFError) as error:
             log.warning("writer: refused a connection: %s", error)
             self.hang_up()
@@ -165,7 +161,8 @@ def _one_by_one(message: tuple[Any, ...]) -> tuple[Any, ...]:
         wire.dumps([message])
     except Exception as error:
         log.exception("writer: an answer could not be sent")
-        return wire.FAILED, message[1], wire.portable(RuntimeError(f"unsendable answer: {error}"))
+        unsendable = RuntimeError(f"the call was applied but its answer could not be sent: {error}")
+        return wire.FAILED, message[1], wire.portable(unsendable)
     return message
 
 
@@ -191,7 +188,7 @@ class WriterServer:
                 sock, _ = self._socket.accept()
             except OSError:
                 return  # closed
-            peer = _Peer(message_connection(sock), self._writer, self._forget, self._draining)
+            peer = _Peer(MessageSocket(sock), self._writer, self._forget, self._draining)
             with self._lock:
                 if self._stopping:
                     peer.hang_up()
