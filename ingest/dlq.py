@@ -17,7 +17,7 @@ from typing import Any
 
 from nats.js.errors import NotFoundError
 
-from ingest.bridge import (
+from ingest.dlq_headers import (
     HEADER_DESCRIPTION,
     HEADER_FIELD,
     HEADER_MSG_ID,
@@ -109,10 +109,52 @@ async def list_dead_letters(
     return entries
 
 
+async def newest_dead_letters(
+    js: Any, prefix: str = "", before: int | None = None, limit: int = 20, scan_max: int = 200
+) -> tuple[list[DeadLetter], int | None]:
+    """Up to ``limit`` dead letters newest first, of sequences below ``before`` (None: from the
+    newest), and the ``before`` of the next, older page (None: there is none).
+
+    Direct gets by sequence downwards from the stream's last; a sequence deleted by a replay
+    is skipped, and at most ``scan_max`` sequences are tried per call (a shorter page then
+    comes with its ``before``). A missing DLQ stream means nothing was dead-lettered yet."""
+    names = StreamNames(prefix)
+    try:
+        info = await js.stream_info(names.dlq_stream)
+    except NotFoundError:
+        return [], None
+    first, last = int(info.state.first_seq), int(info.state.last_seq)
+    sequence = last if before is None else min(last, before - 1)
+    entries: list[DeadLetter] = []
+    tried = 0
+    while sequence >= max(first, 1) and len(entries) < limit and tried < scan_max:
+        tried += 1
+        with contextlib.suppress(NotFoundError):  # replayed (deleted) meanwhile
+            entries.append(_entry(await js.get_msg(names.dlq_stream, sequence)))
+        sequence -= 1
+    return entries, (sequence + 1 if sequence >= max(first, 1) else None)
+
+
+@dataclass(frozen=True)
+class DeadLetterMessage:
+    """One dead letter as stored: its entry, original payload bytes and every header."""
+
+    entry: DeadLetter
+    payload: bytes
+    headers: dict[str, str]
+
+
+async def read(js: Any, prefix: str, sequence: int) -> DeadLetterMessage:
+    """Dead letter ``sequence`` with its payload and headers (:class:`DeadLetterNotFound`)."""
+    raw = await _get(js, StreamNames(prefix), sequence)
+    headers = {str(name): str(value) for name, value in (raw.headers or {}).items()}
+    return DeadLetterMessage(_entry(raw), raw.data or b"", headers)
+
+
 async def show(js: Any, prefix: str, sequence: int) -> tuple[DeadLetter, bytes]:
     """One dead letter and its original payload bytes."""
-    raw = await _get(js, StreamNames(prefix), sequence)
-    return _entry(raw), raw.data or b""
+    message = await read(js, prefix, sequence)
+    return message.entry, message.payload
 
 
 def replay_msg_id(sequence: int, original_msg_id: str | None) -> str:

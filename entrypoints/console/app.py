@@ -78,6 +78,8 @@ class ConsoleConfig:
         secure_cookies: the console itself serves HTTPS: cookies get ``Secure``.
         channels: sales channels whose availability the positions page shows by default.
         target_label: the ledger's address, shown in the page header.
+        nats_url: the NATS server whose DLQ stream the operations page lists (None: not shown).
+        nats_prefix: the stream prefix ``ledger ingest --prefix`` used.
     """
 
     channel_factory: Callable[[], grpc.aio.Channel]
@@ -86,6 +88,8 @@ class ConsoleConfig:
     channels: tuple[str, ...] = ()
     target_label: str = ""
     call_timeout_seconds: float = CALL_TIMEOUT_SECONDS
+    nats_url: str | None = None
+    nats_prefix: str = ""
 
 
 @dataclass
@@ -467,9 +471,10 @@ async def health(request: Request) -> Response:
 
 def create_app(config: ConsoleConfig, sessions: SessionStore | None = None) -> Starlette:
     """The console as an ASGI application (``uvicorn`` serves it in ``ledger console``)."""
-    from entrypoints.console import operations, pages, reconcile
+    from entrypoints.console import dead_letters, operations, pages, reconcile
 
     console = Console(config, sessions)
+    dead_letter_source = dead_letters.DeadLetterSource(config.nats_url, config.nats_prefix)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -479,6 +484,7 @@ def create_app(config: ConsoleConfig, sessions: SessionStore | None = None) -> S
         finally:
             channel, console.channel = console.channel, None
             await channel.close()
+            await dead_letter_source.close()
 
     routes = [
         Route("/", home),
@@ -497,9 +503,12 @@ def create_app(config: ConsoleConfig, sessions: SessionStore | None = None) -> S
         Route("/reconcile", form_page(reconcile.reconcile_upload), methods=["POST"]),
         Route("/reconcile/post", form_page(reconcile.reconcile_post), methods=["POST"]),
         Route("/operations", page(operations.operations)),
+        Route("/operations/dead-letters", page(dead_letters.dead_letters)),
+        Route("/operations/dead-letters/{sequence:int}", page(dead_letters.dead_letter)),
         Mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.console = console
+    app.state.dead_letters = dead_letter_source
     app.add_middleware(SecurityHeaders)
     return app

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 
 from entrypoints.console.app import ConsoleConfig, create_app
@@ -48,6 +49,17 @@ def add_console_parser(commands: argparse._SubParsersAction) -> None:
         default=[],
         metavar="NAME",
         help="a sales channel whose availability the positions page shows (repeatable)",
+    )
+    console.add_argument(
+        "--nats",
+        metavar="URL",
+        help="NATS server whose dead-letter stream the operations page lists, read-only (env"
+        " LEDGER_NATS_URL; default: dead letters not shown)",
+    )
+    console.add_argument(
+        "--nats-prefix",
+        default="",
+        help="the stream prefix `ledger ingest --prefix` used (like `ledger dlq --prefix`)",
     )
     console.add_argument("--log-level", default="INFO")
 
@@ -92,6 +104,8 @@ def run_console(args: argparse.Namespace) -> int:
         secure_cookies=https,
         channels=tuple(args.channel),
         target_label=target.target,
+        nats_url=getattr(args, "nats", None) or os.environ.get("LEDGER_NATS_URL") or None,
+        nats_prefix=getattr(args, "nats_prefix", "") or "",
     )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -1,5 +1,6 @@
 """The operations page: how far the read models are behind the ledger, the exceptions the
-ledger raised (counted by type, then listed with filters), and where dead letters are."""
+ledger raised (counted by type, then listed with filters), and the newest dead letters
+(entrypoints.console.dead_letters)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from inventory.ledger.v1 import availability_pb2
 from starlette.requests import Request
 from starlette.responses import Response
 
+from entrypoints.console import dead_letters
 from entrypoints.console.app import InputError, Visit
 from entrypoints.console.pages import stamp
 
@@ -102,5 +104,6 @@ async def operations(request: Request, visit: Visit) -> Response:
                 if page.next_page_token
                 else None
             ),
+            "dead_letters": await dead_letters.listing(request),
         },
     )
