@@ -45,9 +45,7 @@ def run_writer(
     seat = WriterSeat(settings.database_url)
     metrics = bootstrap.start_metrics(settings)
     try:
-        watcher = threading.Thread(
-            target=_watch_parent, args=(exit_with_parent, stop), daemon=True
-        )
+        watcher = threading.Thread(target=_watch_parent, args=(exit_with_parent, stop), daemon=True)
         watcher.start()
         # A tenure ends with a signal (stop) or with the seat's session lost (a database
         # outage, a network cut): then this process is a standby again, not gone, so a
