@@ -52,14 +52,14 @@ def record_movements(
         # Per movement: its outcome, and either its ledger position (an earlier request's
         # duplicate) or the events this commit writes for it.
         outcomes: list[tuple[Movement, str, int, list[EventRef]]] = []
-        invalid = _tracking_mismatches(uow, movements)
+        invalid = _tracking_mismatches(uow, movements, keys)
         if reject_reused and invalid:
             # Refuse before applying anything: a command that raises after changing
             # aggregates makes the pipeline re-run its whole batch one command at a time.
             index, error = next(iter(invalid.items()))
             raise TrackingMismatch(f"movements[{index}].{error.field_path}", error.description)
         for index, movement in enumerate(movements):
-            key_id = movement_key_id(movement.source, movement.message_id)
+            key_id = keys[index]
             digest = fingerprint("movement", movement.fingerprint_fields())
             stored = uow.idempotency_key(key_id)
             if stored is not None:
@@ -115,13 +115,14 @@ def record_movements(
 
 
 def _tracking_mismatches(
-    uow: UnitOfWork, movements: Sequence[Movement]
+    uow: UnitOfWork, movements: Sequence[Movement], keys: Sequence[uuid.UUID]
 ) -> dict[int, TrackingMismatch]:
     """By index, the new movements that do not fit their SKU's tracking, in order (a
-    replayed one answers DUPLICATE whatever the tracking is now)."""
+    replayed one answers DUPLICATE whatever the tracking is now). ``keys``: each
+    movement's idempotency key id."""
     found: dict[int, TrackingMismatch] = {}
     for index, movement in enumerate(movements):
-        if uow.idempotency_key(movement_key_id(movement.source, movement.message_id)):
+        if uow.idempotency_key(keys[index]):
             continue
         try:
             check_tracking(uow, movement)
