@@ -225,17 +225,18 @@ class PostgresWriterMutex:
                 connection = self._connect()
                 # One round trip: the lock, then the head and the batch's reads, each in a
                 # snapshot taken after it (the prefetch used to be a round trip of its own).
-                read = bool(ranges) and self._ranges_sql is not None
+                ranges_sql, notifications_sql = self._ranges_sql, self._notifications_sql
+                read = bool(ranges) and ranges_sql is not None
                 rows: list[tuple[Any, ...]] = []
                 with connection.cursor() as cursor, connection.cursor() as notifications:
                     cursor.execute("SELECT pg_advisory_xact_lock(%s)", (self._key,))
                     cursor.execute(self._head_sql)
-                    if self.tracks_notifications:
-                        notifications.execute(self._notifications_sql)  # type: ignore[arg-type]
-                    if read:
+                    if self.tracks_notifications and notifications_sql is not None:
+                        notifications.execute(notifications_sql)
+                    if read and ranges_sql is not None:
                         with connection.cursor(binary=True) as reader:
                             reader.execute(
-                                self._ranges_sql,  # type: ignore[arg-type]
+                                ranges_sql,
                                 (
                                     [r[0] for r in ranges],
                                     [r[1] for r in ranges],
