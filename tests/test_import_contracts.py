@@ -71,6 +71,13 @@ def tree_copy(tmp_path: Path) -> Path:
             "import ledger.service\n",
             "entrypoints.console.shortcut -> ledger.service",
         ),
+        # The audit CLI reading the store instead of calling the gRPC API.
+        (
+            "edge-clients",
+            "entrypoints/cli/audit_remote.py",
+            "import ledger.store\n",
+            "entrypoints.cli.audit_remote -> ledger.store",
+        ),
     ],
 )
 def test_each_contract_fails_on_a_violation(

@@ -9,7 +9,6 @@ it works against any replica and is held to the caller's token like any other cl
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import logging
@@ -18,6 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 from entrypoints import ledger_fold
+from entrypoints.ledger_csv import ledger_record, write_ledger_csv
 from entrypoints.ledger_fold import BUCKETS, InstantError, format_instant, parse_instant
 from entrypoints.remote import add_target_arguments, target_from_args, token_from_args
 
@@ -44,29 +44,6 @@ _OPERATOR_CODES = (
     "DEADLINE_EXCEEDED",
     "NOT_FOUND",
     "RESOURCE_EXHAUSTED",
-)
-
-_CSV_ENTRY_FIELDS = (
-    "position",
-    "ledger_position",
-    "version",
-    "type",
-    "qty",
-    "delta",
-    "counted",
-    "occurred_at",
-    "recorded_at",
-    "late",
-    "stale_count",
-    "source",
-    "message_id",
-    "request_id",
-    "correlation_id",
-    "actor",
-    "reservation_id",
-    "transfer_id",
-    "lot_id",
-    "reason",
 )
 
 
@@ -251,11 +228,9 @@ def _history(client: LedgerClient, args: argparse.Namespace, out: TextIO) -> int
         for row in ledger_fold.running_balances(entries, args.axis)
         if _inside(ledger_fold.entry_time(row.entry, args.axis), start, end)
     ]
-    records = [history_record(row) for row in rows]
+    records = [ledger_record(row) for row in rows]
     if args.csv:
-        writer = csv.DictWriter(out, fieldnames=[*_CSV_ENTRY_FIELDS, *BUCKETS])
-        writer.writeheader()
-        writer.writerows(records)
+        write_ledger_csv(out, records)  # the console's /ledger.csv columns and cell rule
         return 0
     columns = ["position", "version", "recorded_at", "occurred_at", "type", "change", "late"]
     table = [
@@ -292,28 +267,6 @@ def list_all_movements(
         token = page.next_page_token
         if not token:
             return
-
-
-def history_record(row: ledger_fold.BalanceRow) -> dict[str, Any]:
-    """One row of ``history --csv``: the entry's fields, then the balance after it."""
-    entry = row.entry
-    record: dict[str, Any] = {
-        "position": int(entry.position),
-        "ledger_position": int(entry.ledger_position),
-        "version": int(entry.version),
-        "type": ledger_fold.entry_type_name(entry),
-        "qty": int(entry.qty),
-        "delta": int(entry.delta),
-        "counted": int(entry.counted),
-        "occurred_at": format_instant(ledger_fold.entry_time(entry, "effective")),
-        "recorded_at": format_instant(ledger_fold.entry_time(entry, "recorded")),
-        "late": row.late,
-        "stale_count": row.stale_count,
-    }
-    for name in _CSV_ENTRY_FIELDS[11:]:
-        record[name] = getattr(entry, name)
-    record.update(row.balance.as_dict())
-    return record
 
 
 def _change(record: dict[str, Any]) -> str:

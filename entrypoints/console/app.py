@@ -31,6 +31,8 @@ from inventory_ledger_client import (
     Unavailable,
 )
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -38,7 +40,15 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from entrypoints.console.sessions import SESSION_COOKIE, Session, SessionStore
+from entrypoints.console.sessions import (
+    SESSION_COOKIE,
+    CsrfSigner,
+    Session,
+    SessionStore,
+    VisitorPending,
+    new_id,
+    well_formed_id,
+)
 
 log = logging.getLogger("ledger.console")
 
@@ -49,6 +59,11 @@ CALL_TIMEOUT_SECONDS = 10.0
 SIGN_IN_TIMEOUT_SECONDS = 5.0
 TOKEN_LENGTH_MAX = 4096
 OPEN_MODE_RECHECK_SECONDS = 30.0
+# Request bodies: the count upload (2 MiB of CSV and the multipart framing), a few KiB elsewhere
+# (the sign-in form: a token of up to 4096 characters, percent-encoded).
+UPLOAD_BODY_BYTES_MAX = 2 * 1024 * 1024 + 64 * 1024
+BODY_BYTES_MAX = 32 * 1024
+BODY_LIMITS = {"/reconcile": UPLOAD_BODY_BYTES_MAX}
 # Sent with every answer: no script, style or form target from anywhere but the console.
 SECURITY_HEADERS = (
     (
@@ -78,6 +93,7 @@ class ConsoleConfig:
         secure_cookies: the console itself serves HTTPS: cookies get ``Secure``.
         channels: sales channels whose availability the positions page shows by default.
         target_label: the ledger's address, shown in the page header.
+        trusted_hosts: the names a request's ``Host`` may carry (port aside); empty: any.
         nats_url: the NATS server whose DLQ stream the operations page lists (None: not shown).
         nats_prefix: the stream prefix ``ledger ingest --prefix`` used.
     """
@@ -88,6 +104,7 @@ class ConsoleConfig:
     channels: tuple[str, ...] = ()
     target_label: str = ""
     call_timeout_seconds: float = CALL_TIMEOUT_SECONDS
+    trusted_hosts: tuple[str, ...] = ()
     nats_url: str | None = None
     nats_prefix: str = ""
 
@@ -110,17 +127,37 @@ class Console:
     def __init__(self, config: ConsoleConfig, sessions: SessionStore | None = None) -> None:
         self.config = config
         self.sessions = sessions or SessionStore()
+        self.csrf = CsrfSigner()
+        self.visitor_pending = VisitorPending()
         self.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
         self.channel: grpc.aio.Channel | None = None
+        # Without a token: until when (monotonic) the ledger is known to need none (open mode).
+        self.open_mode_until = 0.0
 
     # ---- sessions and clients ----------------------------------------------------------------
 
     def session_for(self, request: Request) -> tuple[Session, bool]:
-        """The request's session, or a new anonymous one (True: its cookie must be set)."""
-        found = self.sessions.get(request.cookies.get(SESSION_COOKIE))
+        """The request's signed-in session, else the visitor's unstored one (True: a new
+        visitor id, whose cookie must be set). Nothing is stored for a visitor."""
+        found = self.known_session(request)
         if found is not None:
             return found, False
-        return self.sessions.create(), True
+        return self.csrf.visitor(new_id()), True
+
+    def known_session(self, request: Request) -> Session | None:
+        """The signed-in session of the request's cookie, else the visitor the cookie names,
+        else None (no cookie, or not one this console could have set)."""
+        cookie = request.cookies.get(SESSION_COOKIE)
+        found = self.sessions.get(cookie)
+        if found is not None:
+            return found
+        return self.csrf.visitor(cookie) if cookie and well_formed_id(cookie) else None
+
+    def pending(self, session: Session) -> dict[str, Any]:
+        """Where a page keeps work waiting for a confirmation step for this session."""
+        if session.signed_in:
+            return session.pending
+        return self.visitor_pending.for_visitor(session.session_id)
 
     def client(self, token: str | None) -> AsyncLedgerClient:
         if self.channel is None:
@@ -270,15 +307,21 @@ def page(handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
 
 
 def form_page(
-    handler: PageHandler, *, needs_sign_in: bool = True
+    handler: PageHandler, *, needs_sign_in: bool = True, max_files: int = 0, max_fields: int = 8
 ) -> Callable[[Request], Awaitable[Response]]:
     """A POST: refused with 403 before ``handler`` runs unless the form's ``csrf_token`` is
-    the session's (``needs_sign_in=False``: the sign-in form itself)."""
+    the session's (``needs_sign_in=False``: the sign-in form itself). Without a session or
+    visitor cookie, or (``needs_sign_in``) without sign-in where it is needed, the body is
+    not read at all; the form is parsed once, with ``max_files`` and ``max_fields``."""
 
     async def endpoint(request: Request) -> Response:
         console: Console = request.app.state.console
-        session = console.sessions.get(request.cookies.get(SESSION_COOKIE))
-        form = await request.form()
+        session = console.known_session(request)
+        if session is None:
+            return _csrf_refused(console, request, None)
+        if needs_sign_in and not session.signed_in and not console.config.allow_anonymous:
+            return console.sign_in_redirect(request)
+        form = await request.form(max_files=max_files, max_fields=max_fields)
         presented = form.get("csrf_token")
         if session is None or not session.csrf_matches(
             presented if isinstance(presented, str) else None
@@ -292,7 +335,7 @@ def form_page(
 
 
 def _csrf_refused(console: Console, request: Request, session: Session | None) -> Response:
-    shown = session or console.sessions.create()
+    shown = session or console.csrf.visitor(new_id())
     response = console.error_page(
         request,
         shown,
@@ -314,11 +357,11 @@ async def _run(
         return console.sign_in_redirect(request)
     visit = Visit(console, session, console.client(session.token))
     try:
-        if not session.signed_in and session.open_mode_until < time.monotonic():
+        if not session.signed_in and console.open_mode_until < time.monotonic():
             # Not signed in on loopback: serve only a ledger that asks for no token (one
             # cheap call; Unauthenticated leads to the sign-in page).
             await visit.client.get_projection_status(timeout=SIGN_IN_TIMEOUT_SECONDS)
-            session.open_mode_until = time.monotonic() + OPEN_MODE_RECHECK_SECONDS
+            console.open_mode_until = time.monotonic() + OPEN_MODE_RECHECK_SECONDS
         return await handler(request, visit)
     except LedgerError as error:
         return console.ledger_error(request, session, error)
@@ -389,7 +432,8 @@ async def sign_in(request: Request, visit: Visit) -> Response:
         )
     if not principal:
         principal = await _principal_named_by_a_refusal(client)
-    console.sessions.drop(visit.session.session_id)
+    if visit.session.signed_in:
+        console.sessions.drop(visit.session.session_id)
     session = console.sessions.create(token=token, principal=principal)
     log.info("console sign-in%s", f" as {principal}" if principal else "")
     response = RedirectResponse(next_path or "/positions", status_code=303)
@@ -439,6 +483,69 @@ def safe_next(value: str) -> str:
 
 
 # ---- the application -------------------------------------------------------------------------
+
+
+class BodyTooLarge(Exception):
+    """Raised from ``receive`` when a request body passes its limit."""
+
+
+class BodyLimit:
+    """Refuses a request body larger than its path's limit with 413: at once by its
+    ``Content-Length``, else (chunked) as soon as the bytes received pass it, before any
+    handler has seen them whole."""
+
+    def __init__(self, app: ASGIApp, limits: dict[str, int], default: int) -> None:
+        self.app = app
+        self.limits = limits
+        self.default = default
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.get(scope["path"], self.default)
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await _too_large(send, limit)
+            return
+        received = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge()
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except BodyTooLarge:
+            if not started:
+                await _too_large(send, limit)
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = f"Request body larger than {limit} bytes; nothing was done.\n".encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class SecurityHeaders:
@@ -500,7 +607,11 @@ def create_app(config: ConsoleConfig, sessions: SessionStore | None = None) -> S
         Route("/verify/run", page(pages.verify_run)),
         Route("/verify/events", page(pages.verify_events)),
         Route("/reconcile", page(reconcile.reconcile_form), methods=["GET"]),
-        Route("/reconcile", form_page(reconcile.reconcile_upload), methods=["POST"]),
+        Route(
+            "/reconcile",
+            form_page(reconcile.reconcile_upload, max_files=1, max_fields=8),
+            methods=["POST"],
+        ),
         Route("/reconcile/post", form_page(reconcile.reconcile_post), methods=["POST"]),
         Route("/operations", page(operations.operations)),
         Route("/operations/dead-letters", page(dead_letters.dead_letters)),
@@ -510,5 +621,11 @@ def create_app(config: ConsoleConfig, sessions: SessionStore | None = None) -> S
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.console = console
     app.state.dead_letters = dead_letter_source
+    app.add_middleware(BodyLimit, limits=BODY_LIMITS, default=BODY_BYTES_MAX)
+    if config.trusted_hosts:
+        # DNS rebinding: a page of another name that resolves to this console is refused.
+        app.add_middleware(
+            TrustedHostMiddleware, allowed_hosts=list(config.trusted_hosts), www_redirect=False
+        )
     app.add_middleware(SecurityHeaders)
     return app

@@ -51,6 +51,14 @@ def add_console_parser(commands: argparse._SubParsersAction) -> None:
         help="a sales channel whose availability the positions page shows (repeatable)",
     )
     console.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name people reach the console by, beyond the --listen address and loopback"
+        " (repeatable); requests with any other Host header are refused (DNS rebinding)",
+    )
+    console.add_argument(
         "--nats",
         metavar="URL",
         help="NATS server whose dead-letter stream the operations page lists, read-only (env"
@@ -82,6 +90,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def trusted_hosts(listen_host: str, names: list[str]) -> tuple[str, ...]:
+    """The ``Host`` names the console answers (port aside): the listen address, loopback and
+    ``names``. Empty (any name) only for a wildcard listen address given no names: it serves
+    no visitor without sign-in, and cookies never follow a foreign name."""
+    wildcard = listen_host in ("0.0.0.0", "::", "")
+    if wildcard and not names:
+        return ()
+    hosts = [] if wildcard else [f"[{listen_host}]" if ":" in listen_host else listen_host]
+    hosts += [*LOOPBACK_NAMES, *(name.strip().lower() for name in names if name.strip())]
+    return tuple(dict.fromkeys(host.lower() for host in hosts))
+
+
 def run_console(args: argparse.Namespace) -> int:
     """Check the flags, bind the port, serve until SIGTERM/SIGINT."""
     import uvicorn
@@ -104,6 +127,7 @@ def run_console(args: argparse.Namespace) -> int:
         secure_cookies=https,
         channels=tuple(args.channel),
         target_label=target.target,
+        trusted_hosts=trusted_hosts(host, list(getattr(args, "allowed_host", []) or [])),
         nats_url=getattr(args, "nats", None) or os.environ.get("LEDGER_NATS_URL") or None,
         nats_prefix=getattr(args, "nats_prefix", "") or "",
     )

@@ -5,7 +5,6 @@ through the visit's client and renders a template; none keeps state between requ
 from __future__ import annotations
 
 import asyncio
-import csv
 import datetime as dt
 import io
 import json
@@ -19,6 +18,8 @@ from starlette.responses import Response, StreamingResponse
 
 from entrypoints.console.app import InputError, Visit
 from entrypoints.console.chart import Series, chart_geometry
+from entrypoints.ledger_csv import COLUMNS as CSV_COLUMNS
+from entrypoints.ledger_csv import write_ledger_csv
 from entrypoints.ledger_fold import (
     AXES,
     BUCKETS,
@@ -47,42 +48,11 @@ LEDGER_FOLD_ENTRIES_MAX = 100_000
 CHART_POINTS_DEFAULT = 24
 CHART_POINTS_MAX = 200
 CHART_STEPS_MAX = 2000  # entry instants drawn as steps, beyond the sampled points
-CSV_TEXT_FIELDS = (
-    "type",
-    "occurred_at",
-    "recorded_at",
-    "source",
-    "message_id",
-    "request_id",
-    "correlation_id",
-    "actor",
-    "reservation_id",
-    "transfer_id",
-    "lot_id",
-    "reason",
-)
-CSV_COLUMNS = (
-    "position",
-    "version",
-    "type",
-    "qty",
-    "delta",
-    "counted",
-    "occurred_at",
-    "recorded_at",
-    "source",
-    "message_id",
-    "request_id",
-    "correlation_id",
-    "actor",
-    "reservation_id",
-    "transfer_id",
-    "lot_id",
-    "reason",
-    "late",
-    "stale_count",
-    *BUCKETS,
-)
+# How long the console follows one VerifyLedger stream (the whole ledger may take long; a
+# browser that goes away cancels it sooner).
+VERIFY_TIMEOUT_SECONDS = 3600.0
+# Verification is started only from the console's own pages (or a typed address).
+VERIFY_FETCH_SITES = ("same-origin", "none")
 
 
 # ---- input ---------------------------------------------------------------------------------
@@ -333,28 +303,34 @@ class LedgerRows:
 
 
 async def ledger_rows(visit: Visit, query: LedgerQuery) -> LedgerRows:
-    """Every entry of the position up to the window's end (ListMovements order on the axis),
-    folded from the first, then the window and page cut out: so each row's balance is the
-    position's after that entry, whatever the window starts at."""
-    entries = await _entries_until(visit, query)
+    """The position's entries (ListMovements order on the axis) folded from the first, then
+    the window and page cut out: so each row's balance is the position's after that entry,
+    whatever the window starts at. Whether an entry is late depends on every entry before it
+    in ledger order: on the recorded axis those all lie before the window's end (recorded_at
+    never decreases along the ledger); on the effective axis they may lie after it, so there
+    every entry is fetched and the end is cut afterwards, as ``ledger audit history`` does.
+    The fold runs off the event loop (100,000 entries take most of a second)."""
+    end = query.end if query.axis == "recorded" else None
+    entries = await entries_before(visit, query.sku, query.location_id, query.axis, end)
     through = query.through
     if through is None:
         through = max((int(entry.position) for entry in entries), default=0)
     else:
         entries = [entry for entry in entries if entry.position <= through]
-    folded = running_balances(entries, query.axis)
-    window = [
-        row
-        for row in folded
-        if query.start is None or entry_time(row.entry, query.axis) >= query.start
-    ]
+    window = await asyncio.to_thread(_folded_window, entries, query)
     first = (query.page - 1) * query.page_size
     pages = max(1, -(-len(window) // query.page_size))
     return LedgerRows(window[first : first + query.page_size], through, len(window), pages)
 
 
-async def _entries_until(visit: Visit, query: LedgerQuery) -> list[Any]:
-    return await entries_before(visit, query.sku, query.location_id, query.axis, query.end)
+def _folded_window(entries: list[Any], query: LedgerQuery) -> list[BalanceRow]:
+    """The running balances of ``entries``, then the rows inside the window."""
+    return [
+        row
+        for row in running_balances(entries, query.axis)
+        if (query.start is None or entry_time(row.entry, query.axis) >= query.start)
+        and (query.end is None or entry_time(row.entry, query.axis) < query.end)
+    ]
 
 
 async def entries_before(
@@ -376,8 +352,8 @@ async def entries_before(
         entries.extend(page.entries)
         if len(entries) > LEDGER_FOLD_ENTRIES_MAX:
             raise InputError(
-                f"the position has more than {LEDGER_FOLD_ENTRIES_MAX} entries before the "
-                "window's end; give an earlier end or use `ledger audit history`"
+                f"the position has more than {LEDGER_FOLD_ENTRIES_MAX} entries to fold; "
+                "use `ledger audit history`"
             )
         token = page.next_page_token
         if not token:
@@ -388,6 +364,7 @@ def _row_view(row: BalanceRow) -> dict[str, Any]:
     entry = row.entry
     return {
         "position": int(entry.position),
+        "ledger_position": int(entry.ledger_position),
         "version": int(entry.version),
         "type": entry_type_name(entry),
         "qty": int(entry.qty),
@@ -413,7 +390,7 @@ def _row_view(row: BalanceRow) -> dict[str, Any]:
 
 def _entry_details(entry: Any) -> list[tuple[str, str]]:
     """Every other field the entry has set, as (name, text), for the details disclosure."""
-    shown = set(CSV_COLUMNS) | {"sku", "location_id"}
+    shown = (set(CSV_COLUMNS) - {"ledger_position"}) | {"sku", "location_id"}
     details = []
     for descriptor, value in entry.ListFields():
         if descriptor.name in shown:
@@ -465,21 +442,11 @@ async def stock_ledger(request: Request, visit: Visit) -> Response:
     )
 
 
-def _csv_cell(name: str, value: Any) -> str:
-    text = str(value).lower() if isinstance(value, bool) else str(value)
-    # A text cell starting like a formula is opened as one by spreadsheets: quote it.
-    if name in CSV_TEXT_FIELDS and text[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + text
-    return text
-
-
 def ledger_csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows' CSV: the columns and cells of ``ledger audit history --csv``
+    (entrypoints.ledger_csv)."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
-    for row in rows:
-        values = {**row, **row["balance"]}
-        writer.writerow([_csv_cell(name, values[name]) for name in CSV_COLUMNS])
+    write_ledger_csv(out, ({**row, **row["balance"]} for row in rows))
     return out.getvalue()
 
 
@@ -589,7 +556,7 @@ async def _chart(
             entries = [e for e in entries if entry_time(e, "recorded") <= known_at]
         changes = {entry_time(e, axis) for e in entries if start < entry_time(e, axis) < end}
         instants = sorted(set(samples) | set(sorted(changes)[:CHART_STEPS_MAX]))
-        balances = balances_at(entries, axis, instants)
+        balances = await asyncio.to_thread(balances_at, entries, axis, instants)
         for bucket in ("on_hand", "available"):
             values = [(t, int(getattr(b, bucket))) for t, b in zip(instants, balances, strict=True)]
             series.append(Series(axis=axis, bucket=bucket, values=values))
@@ -655,12 +622,54 @@ def _progress_view(progress: Any) -> dict[str, Any]:
     }
 
 
+def _cross_site(request: Request, visit: Visit) -> Response | None:
+    """A 403 page when another site's page asks to start a verification (an image or an
+    EventSource pointing here: with open mode on loopback no cookie would be needed); None
+    when the request comes from the console itself, a typed address or a browser that does
+    not say (``Sec-Fetch-Site``)."""
+    site = request.headers.get("sec-fetch-site")
+    if site is None or site in VERIFY_FETCH_SITES:
+        return None
+    return visit.console.error_page(
+        request,
+        visit.session,
+        403,
+        "Not started",
+        "A verification is started from the console's own verify page; this request came "
+        f"from another site ({site}). Nothing was started.",
+    )
+
+
+async def _until_disconnected(request: Request, stream: Any) -> None:
+    """Cancel ``stream`` (the VerifyLedger call) once the browser goes away."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    stream.cancel()
+
+
+def _verify_stream(visit: Visit, sku: str, location_id: str) -> Any:
+    return visit.client.verify_ledger(
+        sku=sku, location_id=location_id, timeout=VERIFY_TIMEOUT_SECONDS
+    )
+
+
 async def verify_run(request: Request, visit: Visit) -> Response:
     """Without script: run the verification to its end, then show the result."""
+    refused = _cross_site(request, visit)
+    if refused is not None:
+        return refused
     sku, location_id = _verify_target(request)
     last: Any = None
-    async for progress in visit.client.verify_ledger(sku=sku, location_id=location_id):
-        last = progress
+    stream = _verify_stream(visit, sku, location_id)
+    watcher = asyncio.create_task(_until_disconnected(request, stream))
+    try:
+        async for progress in stream:
+            last = progress
+    finally:
+        watcher.cancel()
+        await stream.aclose()
+    if last is None or not last.done:
+        return Response(status_code=204)  # the browser went away: nobody reads a page
     return visit.console.render(
         request,
         visit.session,
@@ -676,11 +685,15 @@ async def verify_run(request: Request, visit: Visit) -> Response:
 async def verify_events(request: Request, visit: Visit) -> Response:
     """Server-sent events: ``progress`` while the ledger verifies, then ``result`` with the
     result block rendered as on :func:`verify_run`'s page (static/verify.js shows them)."""
+    refused = _cross_site(request, visit)
+    if refused is not None:
+        return refused
     sku, location_id = _verify_target(request)
-    stream = visit.client.verify_ledger(sku=sku, location_id=location_id)
+    stream = _verify_stream(visit, sku, location_id)
     template = visit.console.templates.get_template("verify_result.html")
 
     async def events() -> AsyncIterator[str]:
+        watcher = asyncio.create_task(_until_disconnected(request, stream))
         try:
             async for progress in stream:
                 view = _progress_view(progress)
@@ -692,6 +705,8 @@ async def verify_events(request: Request, visit: Visit) -> Response:
         except LedgerError as error:
             yield _event("failure", {"message": str(error)})
         finally:
+            stream.cancel()  # before any await: this may run in a cancelled scope
+            watcher.cancel()
             await stream.aclose()
 
     return StreamingResponse(

@@ -353,7 +353,7 @@ async def reconcile_form(request: Request, visit: Visit) -> Response:
 async def reconcile_upload(request: Request, visit: Visit) -> Response:
     """POST (CSRF-checked): compare the uploaded counts; keep the report in the session for
     the confirmation step."""
-    form = await request.form(max_files=1, max_fields=10)
+    form = await request.form()  # parsed by form_page: at most one file, a few fields
     upload = form.get("counts")
     as_of_text = str(form.get("as_of") or "").strip()
     try:
@@ -374,7 +374,7 @@ async def reconcile_upload(request: Request, visit: Visit) -> Response:
             secrets.token_urlsafe(16), upload.filename or "upload.csv", as_of, len(rows)
         )
         await compare(visit, report, rows)
-        visit.session.pending[PENDING_KEY] = report
+        visit.console.pending(visit.session)[PENDING_KEY] = report
         context.update(_report_context(report))
         context["may_post"] = bool(report.variances) and await missing_scope(visit) is None
     status_code = 400 if problems else 200
@@ -386,13 +386,21 @@ async def reconcile_upload(request: Request, visit: Visit) -> Response:
 async def reconcile_post(request: Request, visit: Visit) -> Response:
     """POST (CSRF-checked): post the session's pending report once it is confirmed."""
     form = await request.form()
-    report = visit.session.pending.get(PENDING_KEY)
+    pending = visit.console.pending(visit.session)
+    report = pending.get(PENDING_KEY)
     if not isinstance(report, Report) or form.get("report_id") != report.report_id:
         raise InputError("no such report is waiting to be posted; upload the counts again")
     if form.get("confirm") != "yes":
         raise InputError("tick the confirmation to post the counts; nothing was posted")
-    scope = await missing_scope(visit)
+    # Taken before the first await: of two confirmations at once, one finds it gone (400).
+    del pending[PENDING_KEY]
+    try:
+        scope = await missing_scope(visit)
+    except BaseException:
+        pending.setdefault(PENDING_KEY, report)
+        raise
     if scope is not None:
+        pending.setdefault(PENDING_KEY, report)  # not posted: it may still be, by an admin
         return visit.console.error_page(
             request,
             visit.session,
@@ -402,7 +410,6 @@ async def reconcile_post(request: Request, visit: Visit) -> Response:
             "was posted.",
             missing_scope="admin",
         )
-    del visit.session.pending[PENDING_KEY]  # posted once, even if the button is pressed twice
     outcomes = await post(visit, report)
     context = {**_report_context(report), "posted": outcomes, "problems": []}
     return visit.console.render(request, visit.session, "reconcile.html", context)

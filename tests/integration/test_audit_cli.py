@@ -207,7 +207,7 @@ def test_history_running_balance_is_the_ledger_balance(
         compared += 1
     assert compared >= 10
     # Late facts are marked (the backdated adjustment, count and return).
-    late = {r["type"] for r in rows if r["late"] == "True"}
+    late = {r["type"] for r in rows if r["late"] == "true"}
     assert {"adjustment", "cycle_count", "return_receipt"} <= late
     if axis == "recorded":
         # The last row is the current position.
@@ -215,7 +215,7 @@ def test_history_running_balance_is_the_ledger_balance(
         assert {b: int(rows[-1][b]) for b in BUCKETS} == {
             b: int(getattr(current, b)) for b in BUCKETS
         }
-        assert any(r["stale_count"] == "True" for r in rows)
+        assert any(r["stale_count"] == "true" for r in rows)
 
 
 def test_history_table_and_window_show_the_same_rows(served: tuple[LedgerProcess, Any]) -> None:

@@ -12,9 +12,9 @@ import pytest
 from entrypoints.console import reconcile
 from entrypoints.console.app import safe_next
 from entrypoints.console.chart import Series, chart_geometry
-from entrypoints.console.cli import is_loopback, split_listen
+from entrypoints.console.cli import is_loopback, split_listen, trusted_hosts
 from entrypoints.console.pages import ledger_csv_text
-from entrypoints.console.sessions import SessionStore
+from entrypoints.console.sessions import CsrfSigner, SessionStore, well_formed_id
 from ledger.config import ConfigError
 
 T0 = dt.datetime(2026, 3, 31, 23, 59, tzinfo=dt.UTC)
@@ -22,18 +22,41 @@ T0 = dt.datetime(2026, 3, 31, 23, 59, tzinfo=dt.UTC)
 
 def test_sessions_are_random_bounded_and_expire():
     store = SessionStore(sessions_max=2, idle_seconds_max=0.05, age_seconds_max=60)
-    first, second = store.create(token="a"), store.create()
+    first, second = store.create(token="a"), store.create(token="b")
     assert first.session_id != second.session_id and first.csrf_token != second.csrf_token
     assert len(first.session_id) >= 40 and store.get(first.session_id) is first
-    store.create()  # a third: the least recently used (second) goes
+    store.create(token="c")  # a third: the least recently used (second) goes
     assert store.get(second.session_id) is None and len(store) == 2
     time.sleep(0.08)
     assert store.get(first.session_id) is None  # idle too long
     assert store.get(None) is None and store.get("") is None
+    with pytest.raises(ValueError):
+        store.create(token="")  # only signed-in sessions are stored
+
+
+def test_one_principal_keeps_a_bounded_number_of_sessions_and_evicts_only_its_own():
+    store = SessionStore(per_principal_max=3)
+    other = store.create(token="tok-b", principal="bob")
+    alice = [store.create(token="tok-a", principal="alice") for _ in range(5)]
+    assert [store.get(s.session_id) is not None for s in alice] == [False, False, True, True, True]
+    assert store.get(other.session_id) is other and len(store) == 4
+    # Unnamed (the ledger did not say who): counted by token.
+    unnamed = [store.create(token="tok-x") for _ in range(4)]
+    assert store.get(unnamed[0].session_id) is None and store.get(other.session_id) is other
+
+
+def test_visitor_csrf_tokens_are_stateless_hmacs_of_the_cookie():
+    signer, another = CsrfSigner(), CsrfSigner()
+    visitor = signer.visitor("v" * 43)
+    assert visitor.csrf_matches(signer.token_for("v" * 43)) and not visitor.signed_in
+    assert not visitor.csrf_matches(signer.token_for("w" * 43))
+    assert not visitor.csrf_matches(another.token_for("v" * 43))  # another process's secret
+    assert well_formed_id("A-_" * 11) and not well_formed_id("short")
+    assert not well_formed_id("x" * 43 + ";") and not well_formed_id(None)
 
 
 def test_csrf_tokens_match_only_exactly():
-    session = SessionStore().create()
+    session = SessionStore().create(token="t")
     assert session.csrf_matches(session.csrf_token)
     for presented in (None, "", session.csrf_token[:-1], session.csrf_token + "x", "forged"):
         assert not session.csrf_matches(presented)
@@ -64,9 +87,40 @@ def test_listen_addresses_and_loopback():
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1")
 
 
+def test_the_console_answers_its_own_names_only():
+    loopback = {"localhost", "127.0.0.1", "[::1]"}
+    assert set(trusted_hosts("127.0.0.1", [])) == loopback
+    assert set(trusted_hosts("::1", [])) == loopback
+    assert set(trusted_hosts("10.0.0.5", ["Console.Example"])) == {
+        "10.0.0.5",
+        "console.example",
+        *loopback,
+    }
+    assert set(trusted_hosts("0.0.0.0", ["console.example"])) == {"console.example", *loopback}
+    # A wildcard address without names: any name (sign-in is required there; cookies never
+    # follow a foreign name).
+    assert trusted_hosts("0.0.0.0", []) == () and trusted_hosts("::", []) == ()
+
+
+def test_csv_cells_are_one_rule_for_the_cli_and_the_console():
+    from entrypoints.ledger_csv import csv_cell
+
+    assert [csv_cell(v, text=True) for v in ("=1+1", "+1", "-1", "@A", "\tx", "ok")] == [
+        "'=1+1",
+        "'+1",
+        "'-1",
+        "'@A",
+        "'\tx",
+        "ok",
+    ]
+    assert csv_cell(-2, text=False) == "-2" and csv_cell(True, text=False) == "true"
+    assert csv_cell(False, text=True) == "false"
+
+
 def test_csv_quotes_text_that_spreadsheets_would_run_but_keeps_numbers():
     row = {
         "position": 3,
+        "ledger_position": 17,
         "version": 2,
         "type": "adjustment",
         "qty": 0,
