@@ -23,17 +23,26 @@ bulk batch. Each fetched batch is handled as follows:
 
 A crash anywhere (before commit, between commit and ack) therefore only causes redelivery,
 which the ledger turns into DUPLICATE outcomes.
+
+:meth:`IngestBridge.run` overlaps step 1 of the next batch with steps 2-3 of the current
+one (issue 20): while the ledger commits a batch, the next is fetched and parsed (and held
+by heartbeats from its fetch on); it is handed to the ledger as soon as the current one is
+answered (committed or failed; its acks then run beside the next commit), so the ledger
+still sees one batch at a time, in fetch order. If the store failed (step 4), the waiting
+batch is nak-ed untried with the same delay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ingest.message import InvalidMessage, parse_message
@@ -90,6 +99,27 @@ class BridgeCounters:
     batches: int = 0
 
 
+@dataclass
+class _Batch:
+    """One fetch: its valid messages (parsed) and the heartbeat that holds them."""
+
+    lane: Lane
+    fetched: int  # messages in the fetch, dead-lettered ones included
+    started: float  # perf_counter at the fetch (ledger_ingest_batch_seconds)
+    valid: list[tuple[Any, Movement]] = dataclasses.field(default_factory=list)
+    heartbeat: asyncio.Task[None] | None = None
+    # Set by IngestBridge._apply once the ledger answered (True: committed, False: the store
+    # failed and the batch is nak-ed), before the acks: the next batch may go to the ledger.
+    answered: asyncio.Future[bool] | None = None
+
+    async def stop_heartbeat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.heartbeat
+            self.heartbeat = None
+
+
 def canonical_json(payload: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -119,6 +149,24 @@ async def pause(stop_event: asyncio.Event, seconds: float) -> None:
     """Sleep ``seconds``, or less if ``stop_event`` is set meanwhile."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop_event.wait(), seconds)
+
+
+# A JetStream v1 ack subject: $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer
+# seq>.<timestamp ns>.<pending> (nats-py's Msg.Metadata reads the same tokens).
+_V1_ACK_TOKENS = 9
+
+
+def _delivery(msg: Any) -> tuple[int, float]:
+    """How many times the message was delivered, and its stream timestamp (Unix seconds):
+    read off the ack subject directly for the common v1 form (Msg.metadata builds a datetime
+    and two dataclasses per message), else through nats-py."""
+    reply = msg.reply
+    if reply and reply.startswith("$JS.ACK."):
+        tokens = reply.split(".")
+        if len(tokens) == _V1_ACK_TOKENS:
+            return int(tokens[4]), int(tokens[7]) / 1_000_000_000
+    metadata = msg.metadata
+    return metadata.num_delivered, metadata.timestamp.timestamp()
 
 
 def _header_value(text: str) -> str:
@@ -171,7 +219,6 @@ class IngestBridge:
         self.counters = BridgeCounters()
         self._consecutive_failures = 0
         self._subscriptions: dict[Lane, Any] = {}
-        self._heartbeat_task: asyncio.Task[None] | None = None
 
     # counters as attributes, for callers that do not care about the dataclass
     @property
@@ -218,22 +265,30 @@ class IngestBridge:
         """Fetch and handle one batch of a lane; returns how many messages it held (0: none
         arrived within ``timeout``, default ``fetch_timeout``). Raises only for broker
         problems (fetch/DLQ publish)."""
+        batch = await self._fetch(batch_size, lane, timeout)
+        if batch is None:
+            return 0
+        await self._apply(batch)
+        return batch.fetched
+
+    async def _fetch(self, batch_size: int, lane: Lane, timeout: float | None) -> _Batch | None:
+        """Fetch a batch, dead-letter its invalid messages and start the heartbeat of the
+        others; None when no message arrived within ``timeout``."""
         psub = await self._subscription(lane)
         try:
             messages = await psub.fetch(
                 batch_size, timeout=self.fetch_timeout if timeout is None else timeout
             )
         except TimeoutError:  # nats-py also raises the builtin one when the fetch's deadline
-            return 0  # runs out just as the server answers "no messages": not broker trouble
+            return None  # runs out just as the server answers "no messages": not broker trouble
         if not messages:
-            return 0
+            return None
         self.counters.batches += 1
-        started = time.perf_counter()
-        valid: list[tuple[Any, Movement]] = []
+        batch = _Batch(lane, len(messages), time.perf_counter())
+        redelivered = 0
         for msg in messages:
-            if msg.metadata.num_delivered > 1:
-                self.counters.redeliveries += 1
-                metrics.INGEST_REDELIVERIES.labels(lane.value).inc()
+            if _delivery(msg)[0] > 1:
+                redelivered += 1
             try:
                 movement = parse_message(msg.data, self.units)
             except InvalidMessage as error:
@@ -241,16 +296,32 @@ class IngestBridge:
                     msg, error.reason_code, error.field, error.description, lane
                 )
                 continue
-            valid.append((msg, movement))
-        if valid:
-            await self._apply(valid, lane)
-        metrics.INGEST_BATCH_SECONDS.labels(lane.value).observe(time.perf_counter() - started)
-        return len(messages)
+            batch.valid.append((msg, movement))
+        if redelivered:
+            self.counters.redeliveries += redelivered
+            metrics.INGEST_REDELIVERIES.labels(lane.value).inc(redelivered)
+        if batch.valid:
+            # From now until its acks: a batch waiting for the one before it is held too.
+            batch.heartbeat = asyncio.get_running_loop().create_task(
+                self._heartbeat([msg for msg, _ in batch.valid])
+            )
+        return batch
 
-    async def _apply(self, valid: Sequence[tuple[Any, Movement]], lane: Lane = Lane.LIVE) -> None:
-        heartbeat = self._heartbeat_task = asyncio.create_task(
-            self._heartbeat([msg for msg, _ in valid])
-        )
+    async def _apply(self, batch: _Batch) -> bool:
+        """Record the batch's valid messages in one call, then settle each; False (and every
+        valid message nak-ed) when the store failed."""
+        try:
+            return await self._record(batch) if batch.valid else True
+        finally:
+            # Conservative if it ended otherwise (cancelled, a bug): nothing overtakes it.
+            self._answer(batch, False)
+            await batch.stop_heartbeat()
+            metrics.INGEST_BATCH_SECONDS.labels(batch.lane.value).observe(
+                time.perf_counter() - batch.started
+            )
+
+    async def _record(self, batch: _Batch) -> bool:
+        valid, lane = batch.valid, batch.lane
         try:
             future = self.service.record_movements(
                 self.ctx, [movement for _, movement in valid], reject_reused=False
@@ -268,48 +339,59 @@ class IngestBridge:
                 delay,
                 one_line(error),
             )
-            for msg, _ in valid:
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=delay)
-            return
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-            self._heartbeat_task = None
+            await self._nak_all(batch, delay)
+            self._answer(batch, False)
+            return False
         self._consecutive_failures = 0
+        self._answer(batch, True)
         # Committed: now (and only now) acknowledge.
-        for (msg, movement), result in zip(valid, results, strict=True):
-            if result.outcome == INVALID:
-                # Only the writer knows the SKU's tracking: poison like a schema violation.
-                await self._dead_letter(
-                    msg, REASON_TRACKING, result.field, result.description, lane
-                )
-                continue
-            if result.outcome == REUSED:
-                await self._dead_letter(
-                    msg,
-                    REASON_REUSED,
-                    "message_id",
-                    f"{movement.source}/{movement.message_id} was recorded before with another"
-                    " payload",
-                    lane,
-                )
-                continue
-            if result.outcome == RECORDED:
-                self.counters.processed += 1
-                metrics.INGEST_MESSAGES.labels(lane.value, "processed").inc()
-                metrics.observe_recorded(
-                    movement.source,
-                    lane.value,
-                    msg.metadata.timestamp.timestamp(),
-                    movement.occurred_at,
-                    committed,
-                )
-            elif result.outcome == DUPLICATE:
-                self.counters.duplicates += 1
-                metrics.INGEST_MESSAGES.labels(lane.value, "duplicate").inc()
-            await msg.ack()
+        processed = duplicates = 0
+        recorded: list[tuple[str, float, datetime | None]] = []
+        try:
+            for (msg, movement), result in zip(valid, results, strict=True):
+                outcome = result.outcome
+                if outcome == RECORDED:
+                    processed += 1
+                    recorded.append((movement.source, _delivery(msg)[1], movement.occurred_at))
+                elif outcome == DUPLICATE:
+                    duplicates += 1
+                elif outcome == INVALID:
+                    # Only the writer knows the SKU's tracking: poison like a schema violation.
+                    await self._dead_letter(
+                        msg, REASON_TRACKING, result.field, result.description, lane
+                    )
+                    continue
+                elif outcome == REUSED:
+                    await self._dead_letter(
+                        msg,
+                        REASON_REUSED,
+                        "message_id",
+                        f"{movement.source}/{movement.message_id} was recorded before with another"
+                        " payload",
+                        lane,
+                    )
+                    continue
+                await msg.ack()
+        finally:  # one metric update per batch, even when an ack failed midway
+            metrics.observe_recorded_batch(lane.value, committed, recorded)
+            if processed:
+                self.counters.processed += processed
+                metrics.INGEST_MESSAGES.labels(lane.value, "processed").inc(processed)
+            if duplicates:
+                self.counters.duplicates += duplicates
+                metrics.INGEST_MESSAGES.labels(lane.value, "duplicate").inc(duplicates)
+        return True
+
+    @staticmethod
+    def _answer(batch: _Batch, stored: bool) -> None:
+        if batch.answered is not None and not batch.answered.done():
+            batch.answered.set_result(stored)
+
+    @staticmethod
+    async def _nak_all(batch: _Batch, delay: float) -> None:
+        for msg, _ in batch.valid:
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=delay)
 
     async def _heartbeat(self, messages: Sequence[Any]) -> None:
         while True:
@@ -375,28 +457,87 @@ class IngestBridge:
         self, stop_event: asyncio.Event, batch_size: int = 100, bulk_batch_size: int | None = None
     ) -> None:
         """Handle batches until ``stop_event`` is set: live first, bulk when live is caught
-        up (see the module docstring)."""
+        up (see the module docstring).
+
+        Pipelined one batch deep: the next batch is fetched, parsed and its invalid messages
+        dead-lettered while the ledger commits the one before; it is handed to the ledger as
+        soon as that one is answered (the acks of a committed batch then run beside the next
+        commit, in the task of their batch), so batches still reach the ledger one at a time
+        and in fetch order. If the store failed, the waiting batch is nak-ed with the same
+        delay, untried, and the lanes are read again after the back-off."""
         bulk_batch_size = bulk_batch_size or batch_size
         bulk_may_have_work = True
-        while not stop_event.is_set():
-            failures_before = self.counters.store_failures
-            try:
-                if bulk_may_have_work and not await self._has_pending(Lane.LIVE):
-                    live = 0  # one consumer-info round trip instead of an idle long-poll
-                else:
-                    live = await self.run_once(
-                        batch_size,
-                        Lane.LIVE,
-                        QUICK_FETCH_SECONDS if bulk_may_have_work else self.fetch_timeout,
-                    )
-                if live < batch_size and self.counters.store_failures == failures_before:
-                    bulk = await self.run_once(bulk_batch_size, Lane.BULK, QUICK_FETCH_SECONDS)
-                    bulk_may_have_work = bulk > 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # broker trouble: wait a moment, then carry on
+        bulk_next = False  # the live lane came back short: the bulk lane gets the next fetch
+        in_ledger: _Batch | None = None  # handed to the ledger, not answered yet
+        tasks: set[asyncio.Task[bool]] = set()  # one per batch handed over, until acked
+        try:
+            while not stop_event.is_set():
+                batch: _Batch | None = None
+                broker_trouble = False
+                try:
+                    if bulk_next:
+                        bulk_next = False
+                        batch = await self._fetch(bulk_batch_size, Lane.BULK, QUICK_FETCH_SECONDS)
+                        bulk_may_have_work = batch is not None
+                    elif bulk_may_have_work and not await self._has_pending(Lane.LIVE):
+                        bulk_next = True  # one consumer-info round trip, not an idle long-poll
+                        continue
+                    else:
+                        timeout = QUICK_FETCH_SECONDS if bulk_may_have_work else self.fetch_timeout
+                        batch = await self._fetch(batch_size, Lane.LIVE, timeout)
+                        bulk_next = (batch.fetched if batch is not None else 0) < batch_size
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # broker trouble: settle, wait a moment, carry on
+                    log.warning("ingest batch failed: %s", one_line(error))
+                    broker_trouble = True
+                    bulk_next = False
+                stored = True
+                if in_ledger is not None:
+                    try:
+                        assert in_ledger.answered is not None
+                        stored = await asyncio.shield(in_ledger.answered)
+                    except BaseException:
+                        if batch is not None:  # cancelled: it comes back after AckWait
+                            await asyncio.shield(batch.stop_heartbeat())
+                        raise
+                    in_ledger = None
+                broker_trouble |= self._reap(tasks)
+                if not stored:
+                    if batch is not None:
+                        await self._release(batch, self.next_backoff())
+                    bulk_next = False
+                    await pause(stop_event, self.next_backoff())
+                    continue
+                if batch is not None:
+                    batch.answered = asyncio.get_running_loop().create_future()
+                    tasks.add(asyncio.create_task(self._apply(batch)))
+                    in_ledger = batch
+                if broker_trouble:
+                    await pause(stop_event, self.backoff_max)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+        if tasks:  # stopping: the last batches' commits and acks
+            await asyncio.wait(tasks)
+        self._reap(tasks)
+
+    @staticmethod
+    def _reap(tasks: set[asyncio.Task[bool]]) -> bool:
+        """Forget the batches fully handled; True if the broker failed while one was acked
+        or dead-lettered (logged here)."""
+        trouble = False
+        for task in [task for task in tasks if task.done()]:
+            tasks.discard(task)
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
                 log.warning("ingest batch failed: %s", one_line(error))
-                await pause(stop_event, self.backoff_max)
-                continue
-            if self.counters.store_failures != failures_before:
-                await pause(stop_event, self.next_backoff())
+                trouble = True
+        return trouble
+
+    async def _release(self, batch: _Batch, delay: float) -> None:
+        """A fetched batch that is not tried now (the one before it failed): nak-ed untried,
+        so it comes back after the batch before it."""
+        await batch.stop_heartbeat()
+        await self._nak_all(batch, delay)

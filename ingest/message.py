@@ -22,6 +22,7 @@ import json
 import re
 from typing import Annotated, Any
 
+import orjson
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -52,6 +53,11 @@ NESTING_DEPTH_MAX = 8
 # (so CPython's 4300-digit int limit and quadratic parsing never come into play).
 INTEGER_DIGITS_MAX = 32
 UOM_LENGTH_MAX = 32
+
+# Without a table only the base unit is known (one table, not one per message).
+_BASE_UNITS_ONLY = UnitTable()
+# decode_json's fast path declines: the checked path decides.
+_SLOW = object()
 
 # Whole-payload problems carry this instead of a field name.
 PAYLOAD = ""
@@ -221,6 +227,50 @@ def _integer(literal: str) -> int:
     return int(literal)
 
 
+def _string_count(value: Any) -> int | None:
+    """How many strings (keys included) a decoded value holds; None if it holds a float."""
+    if isinstance(value, str):
+        return 1
+    if isinstance(value, dict):
+        count = len(value)
+        items: Any = value.values()
+    elif isinstance(value, list):
+        count, items = 0, value
+    elif isinstance(value, float):
+        return None
+    else:
+        return 0
+    for item in items:
+        if isinstance(item, str):
+            count += 1
+        elif isinstance(item, dict | list | float):
+            inner = _string_count(item)
+            if inner is None:
+                return None
+            count += inner
+    return count
+
+
+def _decode_plain(data: bytes) -> Any:
+    """The common payload through orjson, or _SLOW when the full checks must decide.
+
+    Taken only where orjson's value is the one the checked path below would return: no
+    backslash (so no escape at all, hence no lone surrogate, and every ``"`` delimits a
+    string); as many ``"`` as twice the strings of the value (so no key was given twice,
+    which orjson would silently fold); no float (orjson reads integers beyond 64 bits as
+    floats; every integer it returns has at most 20 digits). Invalid UTF-8, NaN and the
+    rest make orjson fail, and the checked path names the problem. The caller has bounded
+    the nesting already."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _SLOW
+    strings = _string_count(value)
+    if strings is None or 2 * strings != data.count(b'"'):
+        return _SLOW
+    return value
+
+
 def decode_json(raw: bytes | bytearray | memoryview) -> Any:
     """The payload's JSON value, or InvalidMessage for every byte- or JSON-level problem."""
     if not isinstance(raw, bytes | bytearray | memoryview):
@@ -230,6 +280,16 @@ def decode_json(raw: bytes | bytearray | memoryview) -> Any:
         raise InvalidMessage(
             "TOO_LARGE", PAYLOAD, f"payload is {len(data)} bytes, limit {PAYLOAD_BYTES_MAX}"
         )
+    # Fewer brackets than the depth limit cannot nest too deep: no scan needed.
+    if data.count(b"{") + data.count(b"[") <= NESTING_DEPTH_MAX and b"\\" not in data:
+        value = _decode_plain(data)
+        if value is not _SLOW:
+            return value
+    return _decode_checked(data)
+
+
+def _decode_checked(data: bytes) -> Any:
+    """decode_json's full path: every check, in the standard library's parser."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -287,7 +347,7 @@ def parse_message(raw: bytes | bytearray | memoryview, units: UnitTable | None =
         raise _first_error(error) from None
 
     uom = message.uom or BASE_UNIT
-    factor = (units or UnitTable()).factor(message.sku, uom)
+    factor = (units or _BASE_UNITS_ONLY).factor(message.sku, uom)
     if factor is None:
         raise InvalidMessage("UNKNOWN_UNIT", "uom", f"unit {uom!r} is not known for this SKU")
 

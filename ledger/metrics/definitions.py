@@ -227,6 +227,25 @@ def observe_recorded(
         MOVEMENT_AGE.labels(label, via).observe(max(0.0, committed - occurred_at.timestamp()))
 
 
+def observe_recorded_batch(
+    via: str, committed: float, recorded: Iterable[tuple[str, float, datetime | None]]
+) -> None:
+    """:func:`observe_recorded` for the ``(source, handed_over, occurred_at)`` of movements
+    committed together (an ingest batch): each source's label children looked up once."""
+    children: dict[str, tuple[Any, Any]] = {}
+    for source, handed_over, occurred_at in recorded:
+        pair = children.get(source)
+        if pair is None:
+            label = SOURCES(source)
+            pair = children[source] = (
+                MOVEMENT_LAG.labels(label, via),
+                MOVEMENT_AGE.labels(label, via),
+            )
+        pair[0].observe(max(0.0, committed - handed_over))
+        if occurred_at is not None:
+            pair[1].observe(max(0.0, committed - occurred_at.timestamp()))
+
+
 DEAD_LETTERS = Counter(
     "ledger_dead_letters",
     "Dead letters the ingest bridge published to INVENTORY_DLQ (and terminated), by source"
