@@ -49,7 +49,7 @@ async def _start_api(settings: Settings) -> bootstrap.Api:
     return api
 
 
-def _tune_process(tuning: ProcessTuning) -> None:
+def tune_process(tuning: ProcessTuning) -> None:
     """Once a long-running process has built what it keeps: garbage collector and the
     interpreter's switch interval (ledger.gc_tuning, ledger.gil_tuning)."""
     from ledger.gc_tuning import tune_after_startup
@@ -65,7 +65,7 @@ async def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
 
     stop = stop_on_signals()  # first: a signal during start-up stops the start
     api = await _start_api(settings)
-    _tune_process(settings.tuning)
+    tune_process(settings.tuning)
     writer_watch = None
     if api.writer_process is not None:
         writer_watch = ChildWatch(api.writer_process, "writer")
@@ -98,7 +98,7 @@ async def run_projections(settings: Settings, batch_size: int | None = None) -> 
     store = await asyncio.to_thread(bootstrap.open_read_models, settings)
     runner = await asyncio.to_thread(bootstrap.open_projection_runner, app, store, batch_size)
     runner.start()
-    _tune_process(settings.tuning)
+    tune_process(settings.tuning)
     listener = bootstrap.follow_commits(settings, app, runner)
     metrics = bootstrap.projection_metrics(settings, app, runner)
     log.info(
@@ -135,7 +135,7 @@ async def run_ingest(
     metrics = None
     try:
         metrics = start_endpoint(settings.metrics_listen)
-        _tune_process(settings.tuning)
+        tune_process(settings.tuning)
         await _ingest_until(
             stop,
             service,

@@ -73,9 +73,13 @@ def _hold_seat(
 ) -> bool:
     """Write for the ledger while the seat is ours. True: the seat was lost (wait for it
     again); False: asked to stop."""
+    from entrypoints.cli.processes import tune_process
     from ledger.writer.server import WriterServer
 
     app, writer = bootstrap.open_writer(settings)
+    # The pipeline thread shares the interpreter with the socket threads: the short switch
+    # interval gets it back soon after each database round trip (ledger.gil_tuning).
+    tune_process(settings.tuning)
     authkey = secrets.token_bytes(32)
     server = WriterServer(writer, host, port, authkey)
     lost = False
