@@ -27,9 +27,13 @@ from pydantic import (
 from ledger.domain import limits
 from ledger.domain.movements import Disposition, FromBucket, Movement, MovementType
 
+# C0 and C1 control characters (and DEL); one compiled search instead of a Python loop per
+# character (about a tenth of the ingest process's CPU, run on every identifier).
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
 
 def _no_control_characters(value: str) -> str:
-    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in value):
+    if _CONTROL_CHARACTERS.search(value):
         raise ValueError("must not contain control characters")
     return value
 
