@@ -1024,3 +1024,19 @@ def test_invalid_arguments_name_the_field(client: Client) -> None:
         ),
         "share_percent",
     )
+
+
+def test_hundreds_of_bad_movements_are_invalid_argument_not_a_metadata_overflow(
+    client: Client,
+) -> None:
+    """500 malformed adjustments (one bad field each): the status lists the first violations
+    and counts the rest, small enough for the client's 16 KiB metadata limit (before, the
+    client saw RESOURCE_EXHAUSTED "received metadata size exceeds hard limit")."""
+    bad = [movement("adjustment", "SKU-MANY", "DC-1", qty=1) for _ in range(500)]
+    error = failure(client.record, *bad)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert "and 495 more" in error.details()
+    violations = status_details(error)["BadRequest"].field_violations
+    assert len(violations) == 50
+    assert [v.field.split(".")[0] for v in violations] == [f"movements[{i}]" for i in range(50)]
+    assert client.buckets("SKU-MANY", "DC-1")["on_hand"] == 0
