@@ -393,7 +393,8 @@ def test_two_confirmations_at_once_post_the_report_once(ledger, console):
 # ---- 4 and 5. the CSV and late marks ------------------------------------------------------------
 
 
-def _cli_history(ledger: LedgerProcess, *args: str) -> list[dict[str, str]]:
+def _cli_history_csv(ledger: LedgerProcess, *args: str) -> str:
+    """What ``ledger audit history --csv`` prints for the test position."""
     env = {**os.environ, "LEDGER_TOKEN": AUDITOR}
     env.pop("LEDGER_TARGET", None)
     done = subprocess.run(
@@ -420,54 +421,32 @@ def _cli_history(ledger: LedgerProcess, *args: str) -> list[dict[str, str]]:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    return list(csv.DictReader(io.StringIO(done.stdout)))
+    return done.stdout
+
+
+def _cli_history(ledger: LedgerProcess, *args: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(_cli_history_csv(ledger, *args))))
 
 
 def test_the_cli_csv_is_the_consoles_and_quotes_formulas(ledger, console):
     """Goal: ``ledger audit history --csv`` and the console's CSV are one format: the same
     header, the same cells (``true``/``false``), and a text cell starting with = + - @
     quoted (the CLI wrote a reason ``=HYPERLINK(...)`` as it was, a formula)."""
-    cli = _cli_history(ledger)
+    printed = _cli_history_csv(ledger)
+    cli = list(csv.DictReader(io.StringIO(printed)))
     auditor = signed_in(console, AUDITOR)
     download = auditor.get(
         "/ledger.csv", {"sku": SKU, "location_id": LOCATION, "page_size": "1000"}
     )
     assert download.status == 200
     console_rows = list(csv.DictReader(io.StringIO(download.text)))
-    assert download.text.split("\r\n")[0] == _cli_header(ledger)
+    assert download.text.split("\r\n")[0] == printed.splitlines()[0]
     assert cli == console_rows
     reasons = {row["reason"] for row in cli}
     assert '\'=HYPERLINK("http://x.example","y")' in reasons and "'@SUM(A1)" in reasons
     assert any(row["message_id"] == "'+a2" for row in cli)
     assert {row["late"] for row in cli} == {"true", "false"}
     assert [row["delta"] for row in cli if row["type"] == "adjustment"] == ["-1", "1"]
-
-
-def _cli_header(ledger: LedgerProcess) -> str:
-    env = {**os.environ, "LEDGER_TOKEN": AUDITOR}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "entrypoints.cli",
-            "audit",
-            "history",
-            "--target",
-            ledger.address,
-            "--sku",
-            SKU,
-            "--location-id",
-            LOCATION,
-            "--csv",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
-    return done.stdout.splitlines()[0]
 
 
 def test_late_marks_on_the_effective_axis_do_not_depend_on_the_window_end(ledger, console):
