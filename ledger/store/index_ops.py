@@ -44,6 +44,9 @@ class ReservationIndexed:
 IndexOp = PositionIndexed | ReservationIndexed
 # (aggregate id, after version, up to version): a slice of one aggregate's events.
 EventRange = tuple[UUID, int, int]
+# "After version" of a range that reads a whole aggregate: its newest snapshot, if it has
+# one, then the events after it (what the library's repository reads, for many at once).
+FROM_SNAPSHOT = -1
 
 
 @dataclass(frozen=True)

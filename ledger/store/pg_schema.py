@@ -31,6 +31,11 @@ class LedgerTables:
         return Identifier(self.events_table_name)
 
     @property
+    def snapshots(self) -> Identifier:
+        # The library names each recorder's table prefix + "_" + purpose.
+        return Identifier(f"{self.prefix}_snapshots")
+
+    @property
     def positions(self) -> Identifier:
         return Identifier(f"{self.prefix}_position_index")
 

@@ -141,14 +141,26 @@ class LedgerPostgresRecorder(EntryQueries, SerialisedDDL, PostgresApplicationRec
                 s=self._schema, t=self._entries
             )
         )
+        # A range whose gt is FROM_SNAPSHOT (negative) reads the aggregate's newest snapshot
+        # and the events after it: a batch's uncached aggregates in this one statement,
+        # instead of two round trips each through the library's repository.
         self._select_ranges_statement = _rendered(
             SQL(
-                "SELECT e.originator_id, e.originator_version, e.topic, e.state"
+                "SELECT r.id AS originator_id, x.originator_version, x.topic, x.state"
                 " FROM unnest(%b::uuid[], %b::integer[], %b::integer[]) AS r(id, gt, lte)"
-                " JOIN {s}.{t} e ON e.originator_id = r.id"
-                " AND e.originator_version > r.gt AND e.originator_version <= r.lte"
-                " ORDER BY e.originator_id, e.originator_version"
-            ).format(s=self._schema, t=self._events)
+                " LEFT JOIN LATERAL (SELECT originator_version, topic, state FROM {s}.{n}"
+                " WHERE r.gt < 0 AND originator_id = r.id"
+                " ORDER BY originator_version DESC LIMIT 1) AS snap ON true"
+                # Lateral, so each range is an index lookup: as a join the planner hashed
+                # the whole events table once the batch held a few hundred ranges.
+                " CROSS JOIN LATERAL (SELECT snap.originator_version, snap.topic, snap.state"
+                " WHERE snap.originator_version IS NOT NULL"
+                " UNION ALL SELECT e.originator_version, e.topic, e.state FROM {s}.{t} e"
+                " WHERE e.originator_id = r.id"
+                " AND e.originator_version > coalesce(snap.originator_version, greatest(r.gt, 0))"
+                " AND e.originator_version <= r.lte) AS x"
+                " ORDER BY r.id, x.originator_version"
+            ).format(s=self._schema, t=self._events, n=tables.snapshots)
         )
         # Read by the writer mutex with the lock: whether anything was committed since the
         # writer's own last commit, and which aggregates (ledger.pipeline, "synced").
@@ -315,7 +327,8 @@ class LedgerPostgresRecorder(EntryQueries, SerialisedDDL, PostgresApplicationRec
 
     def select_events_batch(self, ranges: Sequence[EventRange]) -> list[StoredEvent]:
         """Events of many aggregates in one query: those of each ``(id, gt, lte)``, ordered
-        by aggregate and version (the writer's per-batch fast-forward and key lookups)."""
+        by aggregate and version (the writer's per-batch fast-forward and key lookups); for
+        a ``gt`` of FROM_SNAPSHOT, the newest snapshot first and the events after it."""
         if not ranges:
             return []
         # One statement outside a transaction block (the library's pooled connections are

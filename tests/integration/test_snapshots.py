@@ -13,6 +13,7 @@ from ledger.application import SNAPSHOT_INTERVAL
 from ledger.domain.movements import Movement, MovementType
 from ledger.domain.position import position_id
 from ledger.service import LedgerService
+from ledger.unit_of_work import AggregateCache
 from ledger.use_cases.context import CallContext
 from ledger.use_cases.reservations import ReserveInput, ReserveLine
 
@@ -107,3 +108,50 @@ def test_a_snapshot_that_cannot_be_written_does_not_fail_the_write(
     service.record_movements(CTX, _receipts_more).result()
     # Still due: the next save takes it.
     assert _snapshot_versions(service) == [SNAPSHOT_INTERVAL + 31]
+
+
+def test_uncached_aggregates_are_read_whole_in_one_batch_read(
+    service: LedgerService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's cache reads what it does not hold (its newest snapshot, then the events
+    after it) in the batch's one store read: no repository read per aggregate, which under
+    a cache churned by new reservations made the writer's turn collapse (issue 20)."""
+    _receipts(service, SNAPSHOT_INTERVAL + 25)  # snapshotted at 201, 25 events after it
+    others = [f"OTHER-{n}" for n in range(5)]
+    service.record_movements(
+        CTX, [Movement("snap", f"o-{s}", MovementType.RECEIPT, s, LOCATION, qty=3) for s in others]
+    ).result()
+    assert _snapshot_versions(service) == [SNAPSHOT_INTERVAL + 1]
+    app = service.app
+    ids = [position_id(SKU, LOCATION), *(position_id(s, LOCATION) for s in others)]
+    never = position_id("NEVER-RECEIVED", LOCATION)
+    expected = {i: app.repository.get(i) for i in ids}
+
+    repository_reads: list[object] = []
+    original_get = app.repository.get
+
+    def counting_get(*args: object, **kwargs: object) -> object:
+        repository_reads.append(args)
+        return original_get(*args, **kwargs)  # type: ignore[arg-type]
+
+    batch_reads: list[int] = []
+    original_batch = app.events_batch
+
+    def counting_batch(ranges: list[tuple[object, int, int]]) -> list[object]:
+        batch_reads.append(len(ranges))
+        return original_batch(ranges)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app.repository, "get", counting_get)
+    monkeypatch.setattr(app, "events_batch", counting_batch)
+    cache = AggregateCache(app)
+    cache.prefetch([*ids, never])
+    assert batch_reads == [len(ids) + 1]
+    assert repository_reads == []
+    for aggregate_id in ids:
+        loaded = cache.load(aggregate_id)
+        assert loaded is not None
+        assert loaded.version == expected[aggregate_id].version
+        assert vars(loaded) == vars(expected[aggregate_id])
+    assert cache.load(position_id(SKU, LOCATION)).on_hand == SNAPSHOT_INTERVAL + 25
+    assert cache.load(never) is None
+    assert repository_reads == []  # all current after the batch read
