@@ -13,6 +13,7 @@ from eventsourcing.application import (
     ProcessingEvent,
     Recording,
 )
+from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import ApplicationRecorder, EventStore
 
 from ledger.domain.position import Position
@@ -26,6 +27,12 @@ log = logging.getLogger(__name__)
 SNAPSHOT_INTERVAL = 200
 READ_CACHE_SIZE = 10_000
 TRANSCODER_TOPIC = "ledger.store.transcoder:LedgerTranscoder"
+
+
+def starts_an_aggregate(event: Any) -> bool:
+    """A snapshot, or the event that created the aggregate: either folds from nothing (the
+    first row of a FROM_SNAPSHOT read)."""
+    return isinstance(event, Snapshot) or event.originator_version == 1
 
 
 def _ledger_recorder(recorder: ApplicationRecorder) -> LedgerRecorder:

@@ -26,11 +26,11 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 
-from ledger.application import READ_CACHE_SIZE, InventoryLedger
+from ledger.application import READ_CACHE_SIZE, InventoryLedger, starts_an_aggregate
 from ledger.domain.hold_book import book_of
 from ledger.domain.lots import lots_of
 from ledger.domain.position import Position
-from ledger.store.index_ops import EventRange
+from ledger.store.index_ops import FROM_SNAPSHOT, EventRange
 
 _NO_LIMIT = 2**31 - 1
 
@@ -83,9 +83,13 @@ class ReadCache:
             for i, entry in entries.items():
                 if entry is not None:
                     self._items.move_to_end(i)
-        # Cached: the events after its version. Not cached: whether it has any (its first).
+        # Cached: the events after its version. Not cached: all of it, from its newest
+        # snapshot, in the same statement (a rebuild through the repository afterwards cost
+        # two more round trips per aggregate).
         ranges: list[EventRange] = [
-            (i, int(entry.aggregate.version), _NO_LIMIT) if entry is not None else (i, 0, 1)
+            (i, int(entry.aggregate.version), _NO_LIMIT)
+            if entry is not None
+            else (i, FROM_SNAPSHOT, _NO_LIMIT)
             for i, entry in entries.items()
         ]
         newer: defaultdict[UUID, list[Any]] = defaultdict(list)
@@ -96,6 +100,11 @@ class ReadCache:
             events = newer.get(i, [])
             if entry is not None:
                 found[i] = self._fast_forward(entry, events)
+            elif events and starts_an_aggregate(events[0]):
+                built = events[0].mutate(None)
+                for event in events[1:]:
+                    event.mutate(built)
+                found[i] = self._cached(i, _frozen(built))
             elif events:
                 found[i] = self._rebuild(i)
             else:
@@ -121,7 +130,10 @@ class ReadCache:
             aggregate: Any = self._app.repository.get(aggregate_id, version=_NO_LIMIT)
         except AggregateNotFoundError:
             return None
-        aggregate = _frozen(aggregate)
+        return self._cached(aggregate_id, _frozen(aggregate))
+
+    def _cached(self, aggregate_id: UUID, aggregate: Any) -> Any:
+        """Cache a rebuilt aggregate, unless a concurrent reader cached a newer one first."""
         with self._lock:
             entry = self._items.get(aggregate_id)
             if entry is None:

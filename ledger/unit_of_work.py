@@ -15,9 +15,9 @@ from typing import Any, TypeVar, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Recording
-from eventsourcing.domain import CanMutateAggregate, Snapshot
+from eventsourcing.domain import CanMutateAggregate
 
-from ledger.application import InventoryLedger
+from ledger.application import InventoryLedger, starts_an_aggregate
 from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
 from ledger.domain.idempotency import IdempotencyKey
 from ledger.domain.item_policy import ItemPolicy, item_policy_id
@@ -46,11 +46,6 @@ def _mutators(events: Iterable[Any]) -> Iterable[CanMutateAggregate[UUID]]:
 _NO_LIMIT = 2**31 - 1
 
 
-def _starts_an_aggregate(event: Any) -> bool:
-    """A snapshot, or the event that created the aggregate: either folds from nothing."""
-    return isinstance(event, Snapshot) or event.originator_version == 1
-
-
 class AggregateCache:
     """LRU of aggregates owned by the writer thread, fast-forwarded on every first touch.
 
@@ -65,6 +60,10 @@ class AggregateCache:
         self._app = app
         self._maxsize = maxsize
         self._items: OrderedDict[UUID, Any] = OrderedDict()
+        # Reservations and absent ids, oldest first: evicted before anything else. Every
+        # Reserve adds one, so in a plain LRU a few seconds of reservations pushed every
+        # position out, and the next turns paid to read them back (issue 20).
+        self._churn: OrderedDict[UUID, None] = OrderedDict()
         # Brought up to date by this unit of work's prefetch: no per-load query.
         self._fresh: set[UUID] = set()
         # Set by ``trust``: every cached entry but the stale ones is current for this unit.
@@ -87,8 +86,13 @@ class AggregateCache:
         """These may have events the cache has not seen: fast-forward them before use."""
         self._stale.update(i for i in aggregate_ids if i in self._items)
 
+    def __contains__(self, aggregate_id: object) -> bool:
+        """Whether ``aggregate_id`` is cached as an aggregate (not as known absent)."""
+        return self._items.get(aggregate_id, _ABSENT) is not _ABSENT  # type: ignore[call-overload]
+
     def clear(self) -> None:
         self._items.clear()
+        self._churn.clear()
         self._fresh.clear()
         self._stale.clear()
 
@@ -137,7 +141,7 @@ class AggregateCache:
             if aggregate is not None and aggregate is not _ABSENT:
                 for event in its_events:
                     event.mutate(aggregate)
-            elif _starts_an_aggregate(its_events[0]):
+            elif starts_an_aggregate(its_events[0]):
                 built = its_events[0].mutate(None)
                 for event in its_events[1:]:
                     event.mutate(built)
@@ -187,14 +191,24 @@ class AggregateCache:
     def _store(self, aggregate_id: UUID, aggregate: Any) -> None:
         self._items[aggregate_id] = aggregate
         self._items.move_to_end(aggregate_id)
+        if aggregate is _ABSENT or isinstance(aggregate, Reservation):
+            self._churn[aggregate_id] = None
+            self._churn.move_to_end(aggregate_id)
+        else:
+            self._churn.pop(aggregate_id, None)
         while len(self._items) > self._maxsize:
-            oldest, _ = self._items.popitem(last=False)
+            if self._churn:
+                oldest, _ = self._churn.popitem(last=False)
+                self._items.pop(oldest, None)
+            else:
+                oldest, _ = self._items.popitem(last=False)
             self._fresh.discard(oldest)
             self._stale.discard(oldest)
 
     def evict(self, aggregate_ids: Iterable[UUID]) -> None:
         for aggregate_id in aggregate_ids:
             self._items.pop(aggregate_id, None)
+            self._churn.pop(aggregate_id, None)
             self._fresh.discard(aggregate_id)
             self._stale.discard(aggregate_id)
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
+from uuid import UUID
 
 import pytest
 
 from ledger.application import SNAPSHOT_INTERVAL
 from ledger.domain.movements import Movement, MovementType
 from ledger.domain.position import position_id
+from ledger.read_cache import ReadCache
 from ledger.service import LedgerService
 from ledger.unit_of_work import AggregateCache
 from ledger.use_cases.context import CallContext
@@ -125,7 +128,7 @@ def test_uncached_aggregates_are_read_whole_in_one_batch_read(
     app = service.app
     ids = [position_id(SKU, LOCATION), *(position_id(s, LOCATION) for s in others)]
     never = position_id("NEVER-RECEIVED", LOCATION)
-    expected = {i: app.repository.get(i) for i in ids}
+    expected: dict[UUID, Any] = {i: app.repository.get(i) for i in ids}
 
     repository_reads: list[object] = []
     original_get = app.repository.get
@@ -152,6 +155,34 @@ def test_uncached_aggregates_are_read_whole_in_one_batch_read(
         assert loaded is not None
         assert loaded.version == expected[aggregate_id].version
         assert vars(loaded) == vars(expected[aggregate_id])
-    assert cache.load(position_id(SKU, LOCATION)).on_hand == SNAPSHOT_INTERVAL + 25
+    snapshotted: Any = cache.load(position_id(SKU, LOCATION))
+    assert snapshotted.on_hand == SNAPSHOT_INTERVAL + 25
     assert cache.load(never) is None
     assert repository_reads == []  # all current after the batch read
+
+
+def test_the_read_cache_reads_uncached_aggregates_whole_in_one_statement(
+    service: LedgerService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STRONG reads of positions a process has not cached: one batch read, no repository
+    rebuild (two more round trips each), and the same state the repository folds."""
+    _receipts(service, SNAPSHOT_INTERVAL + 25)
+    app = service.app
+    pid = position_id(SKU, LOCATION)
+    never = position_id("NEVER-RECEIVED", LOCATION)
+    expected: Any = app.repository.get(pid)
+    repository_reads: list[object] = []
+    original_get = app.repository.get
+
+    def counting_get(*args: object, **kwargs: object) -> object:
+        repository_reads.append(args)
+        return original_get(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app.repository, "get", counting_get)
+    found: Any
+    found, absent = ReadCache(app).get_many([pid, never])
+    assert repository_reads == []
+    assert absent is None
+    assert found.version == expected.version == SNAPSHOT_INTERVAL + 26
+    assert found.on_hand == SNAPSHOT_INTERVAL + 25
+    assert {k: v for k, v in vars(found).items()} == vars(expected)

@@ -1,0 +1,60 @@
+"""The writer's aggregate cache keeps its working set while reservations churn through it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from ledger.domain.movements import Movement, MovementType
+from ledger.domain.position import position_id
+from ledger.domain.reservation import parse_reservation_id
+from ledger.service import LedgerService
+from ledger.unit_of_work import AggregateCache
+from ledger.use_cases.context import CallContext
+from ledger.use_cases.reservations import ReserveInput, ReserveLine
+
+CTX = CallContext("cache-test", "corr")
+LOCATION = "DC"
+
+
+@pytest.fixture
+def service(database_url: str) -> Iterator[LedgerService]:
+    service = LedgerService.open(database_url)
+    yield service
+    service.close()
+
+
+def test_reservations_are_evicted_before_positions(service: LedgerService) -> None:
+    skus = [f"KEEP-{n}" for n in range(3)]
+    service.record_movements(
+        CTX, [Movement("c", f"r-{s}", MovementType.RECEIPT, s, LOCATION, qty=100) for s in skus]
+    ).result()
+    reservation_ids = [
+        parse_reservation_id(
+            service.reserve(
+                CTX,
+                ReserveInput(
+                    request_id=f"q-{n}",
+                    channel="web",
+                    order_ref=f"o-{n}",
+                    lines=(ReserveLine(skus[n % 3], LOCATION, 1),),
+                    ttl=timedelta(hours=1),
+                ),
+            )
+            .result()
+            .reservation_id
+        )
+        for n in range(20)
+    ]
+    positions = [position_id(s, LOCATION) for s in skus]
+    cache = AggregateCache(service.app, maxsize=8)
+    cache.prefetch(positions)
+    assert all(p in cache for p in positions)
+    # 20 reservations read after the positions, through a cache of 8 entries.
+    for reservation_id in reservation_ids:
+        cache.prefetch([reservation_id])
+    assert all(p in cache for p in positions), "a position was evicted before a reservation"
+    assert sum(r in cache for r in reservation_ids) == 5  # the newest ones
+    assert reservation_ids[-1] in cache
