@@ -25,6 +25,7 @@ from multiprocessing import AuthenticationError
 from typing import Any
 
 from ledger.domain.errors import StoreUnavailable
+from ledger.pipeline import PipelineOverloaded
 from ledger.use_cases.context import CallContext
 from ledger.writer import wire
 from ledger.writer.election import WriterAdvert
@@ -71,6 +72,8 @@ class _Link:
         self._lock = threading.Lock()
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.lost = threading.Event()
+        # The writer's last word on its queue: (seconds a call would wait, when it was said).
+        self._load: tuple[float, float] = (0.0, 0.0)
         threading.Thread(target=self._send, name="writer-link-out", daemon=True).start()
         threading.Thread(target=self._receive, name="writer-link-in", daemon=True).start()
 
@@ -88,6 +91,12 @@ class _Link:
                 return
             self._pending[call_id] = future
             self._outbox.put(message)
+
+    def expected_wait(self) -> float:
+        """The writer's latest estimate, less the time since it was given (its queue drains
+        meanwhile): 0 once stale, so a quiet link never refuses on old news."""
+        seconds, said_at = self._load
+        return max(0.0, seconds - (time.monotonic() - said_at))
 
     def cancel(self, call_id: int) -> None:
         with self._lock:
@@ -126,6 +135,9 @@ class _Link:
 
     def _handle(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
+        if kind == wire.LOAD:
+            self._load = (message[1], time.monotonic())
+            return
         if kind == wire.COMMITTED:
             self._on_commit()
             return
@@ -200,6 +212,17 @@ class RemoteWriter:
                 self._parked[call_id] = (message, future, time.monotonic() + wait)
                 self._has_parked.set()
                 return future
+        remaining = ctx.time_remaining_seconds
+        if remaining is not None:
+            # Refused here, as the writer would refuse it, without the trip there and back:
+            # under overload most calls are refused, and each one sent cost both processes.
+            wait = link.expected_wait()
+            if wait > remaining:
+                raise PipelineOverloaded(
+                    f"the write queue is about {wait * 1000:.0f} ms deep, longer than the"
+                    f" {max(remaining, 0) * 1000:.0f} ms left before this call's deadline",
+                    retry_after_seconds=min(max(wait, 0.05), 5.0),
+                )
         link.call(call_id, message, future)
         return future
 

@@ -41,5 +41,8 @@ class LocalWriter:
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         self.pipeline.add_commit_listener(listener)
 
+    def expected_wait(self) -> float:
+        return self.pipeline.expected_wait()
+
     def close(self) -> None:
         self.pipeline.close()

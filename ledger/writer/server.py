@@ -132,6 +132,8 @@ class _Peer:
                     messages.append(_answer(*item))
             try:
                 if messages:
+                    # The queue's depth rides on every message (admission in the API process).
+                    messages.insert(0, (wire.LOAD, self._writer.expected_wait()))
                     self._connection.send_bytes(_dumps(messages))
             except (OSError, ValueError):
                 closing = True

@@ -6,8 +6,10 @@ burst of calls or answers costs one write and one read, not one per call.
 
 API process -> writer: ``(CALL, call_id, use_case, ctx, args, kwargs)`` and
 ``(CANCEL, call_id)``. Writer -> API process: ``(ANSWER, call_id, result)``,
-``(FAILED, call_id, portable error)`` and ``(COMMITTED,)`` (events were committed: wake the
-ledger's followers).
+``(FAILED, call_id, portable error)``, ``(COMMITTED,)`` (events were committed: wake the
+ledger's followers) and ``(LOAD, seconds)`` at the head of every message (how long a call
+queued now would wait: the API process refuses calls whose deadline is nearer, without
+sending them; see ``ledger.writer.client``).
 
 Errors cross as (module, class name, args, attributes) and are rebuilt without calling the
 class's ``__init__``, so exceptions whose constructor takes other arguments than their
@@ -27,6 +29,7 @@ CANCEL = 2
 ANSWER = 3
 FAILED = 4
 COMMITTED = 5
+LOAD = 6
 
 _REBUILDABLE = ("ledger.", "eventsourcing.", "concurrent.futures")
 

@@ -14,6 +14,7 @@ import pytest
 
 from ledger.config import Settings
 from ledger.domain.errors import StoreUnavailable
+from ledger.pipeline import PipelineOverloaded
 from ledger.service import LedgerService
 from ledger.use_cases.context import CallContext
 from ledger.writer.client import RemoteWriter
@@ -151,5 +152,37 @@ def test_a_writer_that_stops_disconnects_its_clients_and_no_threads_pile_up(
                 time.sleep(0.02)
         time.sleep(0.2)
         assert _link_threads() <= 2  # at most one link's sender and receiver, winding down
+    finally:
+        client.close()
+
+
+def test_a_call_the_writer_could_not_reach_in_time_is_refused_without_being_sent(
+    service: LedgerService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's queue estimate rides on its answers; the API process refuses what would
+    wait past its deadline (RESOURCE_EXHAUSTED) itself, and forgets the estimate as it ages."""
+    assert isinstance(service.writer, LocalWriter)
+    monkeypatch.setattr(service.writer, "expected_wait", lambda: 0.6)
+    server = _server(service)
+    seat = Seat()
+    seat.hold(server)
+    client = RemoteWriter(seat)
+    try:
+        first = client.submit(CTX, "set_safety_stock", ("r-1", "SKU-A", "DC-1", 4), {})
+        assert first.result(timeout=5).safety_stock == 4  # its answer said: 0.6 s deep
+        short = CallContext("tester", time_remaining_seconds=0.2)
+        with pytest.raises(PipelineOverloaded) as refused:
+            client.submit(short, "set_safety_stock", ("r-2", "SKU-B", "DC-1", 6), {})
+        assert refused.value.retry_after_seconds >= 0.05
+        assert "ms deep" in str(refused.value)
+        # A call with time enough is sent as before.
+        long = client.submit(CTX, "set_safety_stock", ("r-3", "SKU-C", "DC-1", 7), {})
+        assert long.result(timeout=5).safety_stock == 7
+        assert _safety_stock(service, "SKU-B") == 0  # the refused call never reached it
+        time.sleep(0.7)  # the estimate has aged out: the same short call is sent
+        later = client.submit(short, "set_safety_stock", ("r-4", "SKU-B", "DC-1", 5), {})
+        assert later.result(timeout=5).safety_stock == 5
+        server.drain()
+        server.close()
     finally:
         client.close()
