@@ -88,7 +88,9 @@ class AggregateCache:
 
     def __contains__(self, aggregate_id: object) -> bool:
         """Whether ``aggregate_id`` is cached as an aggregate (not as known absent)."""
-        return self._items.get(aggregate_id, _ABSENT) is not _ABSENT  # type: ignore[call-overload]
+        if not isinstance(aggregate_id, UUID):
+            return False
+        return self._items.get(aggregate_id, _ABSENT) is not _ABSENT
 
     def clear(self) -> None:
         self._items.clear()

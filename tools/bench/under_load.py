@@ -1,4 +1,5 @@
-"""``python -m tools.bench.under_load [--figures A,B] [--seconds N] [--py-spy PATH] [--out DIR]``
+"""``python -m tools.bench.under_load [--figures A,B] [--seconds N] [--py-spy PATH] [--out DIR]
+[--writer thread|process]``
 
 Profiles one ``ledger serve`` while the bench's load runs against it: starts the embedded
 PostgreSQL, one ``ledger serve`` and ``ledger projections`` (as ``tools.bench`` does), seeds
@@ -156,11 +157,22 @@ def _params(bench: Bench, kind: str, extra: dict[str, str]) -> dict[str, object]
     return {"skus": skus[:256], "location": LOCATION, **extra}
 
 
-def run(names: Sequence[str], seconds: float, py_spy: str, out: Path, mode: list[str]) -> int:
+def _children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (Linux), e.g. the `ledger writer` of a serve."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def run(
+    names: Sequence[str], seconds: float, py_spy: str, out: Path, mode: list[str], writer: str
+) -> int:
     out.mkdir(parents=True, exist_ok=True)
     profile = replace(FULL, seconds=seconds, processes=(1,))
     with WorkerPool(profile.workers) as pool, infra.postgres(None) as database:
-        cluster = Cluster(database, 1)
+        cluster = Cluster(database, 1, writer)
         try:
             cluster.start()
             layout = Layout.make(profile.positions, [], profile.record_positions)
@@ -172,19 +184,25 @@ def run(names: Sequence[str], seconds: float, py_spy: str, out: Path, mode: list
                 kind, in_flight, extra = FIGURES[name]
                 if kind != "reserve":
                     figures.wait_for_projections(bench)
-                raw = out / f"{name}.txt"
-                # Starts once the load generators have warmed up, ends with the window.
-                command = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--threads"]
-                # --nonblocking: no pauses of the server (py-spy refuses it with --native).
-                pause = [] if "--native" in mode else ["--nonblocking"]
-                command += ["--rate", "100", *pause, "--duration", str(int(seconds))]
-                command += ["-o", str(raw), *mode]
-                progress(f"{name}: {in_flight} in flight, {' '.join(command)}")
-                recorder = subprocess.Popen(
-                    ["sh", "-c", f"sleep {profile.warmup}; exec {' '.join(command)}"],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                )
+                # The serve, and with --writer process its writer child too (name-writer.txt).
+                targets = [(pid, out / f"{name}.txt")]
+                targets += [(child, out / f"{name}-writer.txt") for child in _children(pid)]
+                recorders = []
+                for target, raw in targets:
+                    # Starts once the load generators have warmed up, ends with the window.
+                    command = [py_spy, "record", "--pid", str(target), "--format", "raw"]
+                    # --nonblocking: no pauses of the server (py-spy refuses it with --native).
+                    pause = [] if "--native" in mode else ["--nonblocking"]
+                    command += ["--threads", "--rate", "100", *pause]
+                    command += ["--duration", str(int(seconds)), "-o", str(raw), *mode]
+                    progress(f"{name}: {in_flight} in flight, {' '.join(command)}")
+                    recorders.append(
+                        subprocess.Popen(
+                            ["sh", "-c", f"sleep {profile.warmup}; exec {' '.join(command)}"],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE,
+                        )
+                    )
                 figure = bench.load(
                     kind,
                     _params(bench, kind, extra),
@@ -193,15 +211,17 @@ def run(names: Sequence[str], seconds: float, py_spy: str, out: Path, mode: list
                     split_skus=kind == "reserve",
                     tag=f"profile-{name}",
                 )
-                _, errors = recorder.communicate(timeout=seconds + 60)
                 progress(f"  {figure['rate']:,.0f}/s p50 {figure.get('p50_ms')} ms"
                          f" cpu {figure.get('cpu_cores')}")  # fmt: skip
-                if recorder.returncode != 0:
-                    progress(f"  py-spy failed: {errors.decode(errors='replace')[-2000:]}")
-                    return 1
-                print(f"== {name}: {figure['rate']:,.0f} calls/s, p50 {figure.get('p50_ms')} ms")
-                print(summarise(raw))
-                print()
+                for recorder, (_, raw) in zip(recorders, targets, strict=True):
+                    _, errors = recorder.communicate(timeout=seconds + 60)
+                    if recorder.returncode != 0:
+                        progress(f"  py-spy failed: {errors.decode(errors='replace')[-2000:]}")
+                        return 1
+                    print(f"== {raw.stem}: {figure['rate']:,.0f} calls/s,"
+                          f" p50 {figure.get('p50_ms')} ms")  # fmt: skip
+                    print(summarise(raw))
+                    print()
         finally:
             cluster.close()
     return 0
@@ -219,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         "where the interpreter's CPU goes; '--idle' for wall time of every thread)",
     )
     parser.add_argument("--out", default="profiles", help="directory of the raw profiles")
+    parser.add_argument(
+        "--writer",
+        choices=("thread", "process"),
+        default="thread",
+        help="`ledger serve --writer`; process: its writer child is profiled too",
+    )
     parser.add_argument("--summarise", help="only summarise this raw profile")
     args = parser.parse_args(argv)
     if args.summarise:
@@ -228,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in names if name not in FIGURES]
     if unknown:
         parser.error(f"unknown figures {unknown}; known: {', '.join(FIGURES)}")
-    return run(names, args.seconds, args.py_spy, Path(args.out), args.mode.split())
+    return run(names, args.seconds, args.py_spy, Path(args.out), args.mode.split(), args.writer)
 
 
 if __name__ == "__main__":
