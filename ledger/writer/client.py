@@ -40,6 +40,8 @@ _NO_WRITER = "no writer process is reachable; retry with the same request id"
 RECONNECT_DELAY_SECONDS = 0.1
 RECONNECT_DELAY_MAX_SECONDS = 1.0
 _CLOSE = object()
+# How long the writer's word on its queue is trusted for refusing calls here.
+LOAD_FRESH_SECONDS = 0.1
 
 Locate = Callable[[], WriterAdvert | None]
 
@@ -93,10 +95,14 @@ class _Link:
             self._outbox.put(message)
 
     def expected_wait(self) -> float:
-        """The writer's latest estimate, less the time since it was given (its queue drains
-        meanwhile): 0 once stale, so a quiet link never refuses on old news."""
+        """The writer's latest estimate, less the time since it was given; 0 once older than
+        LOAD_FRESH_SECONDS. A busy writer says it again within milliseconds (every answer
+        and commit carries it); a refusing link sends nothing to hear back from, and the
+        queue empties faster than the estimate says when callers give up, so old news must
+        not keep refusing (a 30 s estimate once refused every call of a bench figure)."""
         seconds, said_at = self._load
-        return max(0.0, seconds - (time.monotonic() - said_at))
+        age = time.monotonic() - said_at
+        return 0.0 if age > LOAD_FRESH_SECONDS else max(0.0, seconds - age)
 
     def cancel(self, call_id: int) -> None:
         with self._lock:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import subprocess
 import sys
 import threading
@@ -28,6 +29,7 @@ from inventory.ledger.v1 import (
     reservation_service_pb2,
 )
 
+from entrypoints.cli.writer import WRITER_PRIORITY_BOOST
 from testbed.server import LedgerProcess
 from testbed.writer import HOLDS_SEAT, WriterProcess
 from tests.integration.test_grpc_ledger import DUPLICATE, RECORDED, Client, line, movement
@@ -209,6 +211,10 @@ def test_serve_with_its_own_writer_process(postgres_database_url: str) -> None:
         Client(first).receive("SKU-P", "DC-1", 5)
         Client(second).receive("SKU-P", "DC-1", 7)
         assert Client(second).buckets("SKU-P", "DC-1")["on_hand"] == 12
+        # The writer runs ahead of the API processes it serves (when allowed to: root).
+        (writer,) = psutil.Process(first.process.pid).children()
+        boost = WRITER_PRIORITY_BOOST if os.geteuid() == 0 else 0
+        assert writer.nice() == psutil.Process(first.process.pid).nice() - boost
         # The second child may still be starting: the holder's address was already there.
         deadline = time.monotonic() + 20
         while "standby: another writer holds the seat" not in second.log_text():
