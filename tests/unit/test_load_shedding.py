@@ -44,6 +44,26 @@ def test_a_call_left_less_than_twice_the_recent_latency_is_refused() -> None:
     assert shedder.in_flight == 1
 
 
+def test_a_stale_latency_lets_one_call_through_to_refresh_it() -> None:
+    """Only completed calls update the latency: a server that refuses everything on an old,
+    high estimate must still let one call through once it has been quiet that long."""
+    clock = FakeClock()
+    shedder = LoadShedder(1000, clock)
+    _served(shedder, clock, 200, 0.8)  # latency about 0.8 s: above half a 1 s deadline
+    with pytest.raises(ServerOverloaded):
+        shedder.admit(1.0)
+    clock.now += 0.5  # quiet, but not yet for as long as the estimate
+    with pytest.raises(ServerOverloaded):
+        shedder.admit(1.0)
+    clock.now += 0.4
+    probe = shedder.admit(1.0)  # nothing in flight, nothing answered for 0.9 s: a probe
+    with pytest.raises(ServerOverloaded):
+        shedder.admit(1.0)  # one at a time
+    clock.now += 0.01
+    shedder.done(probe)
+    assert shedder.in_flight == 0
+
+
 def test_a_crowd_in_flight_that_needs_longer_than_the_deadline_allows_refuses_it() -> None:
     clock = FakeClock()
     shedder = LoadShedder(10_000, clock)

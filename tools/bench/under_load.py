@@ -10,7 +10,7 @@ CPU goes), and prints where the samples went (``summarise``). The figures run in
 given; put a Reserve figure first so the read figures meet positions with holds, as in a
 full bench run.
 
-Figures: ``reserve_distinct_c64``, ``get_position_c16``, ``get_availability_c16``,
+Figures: ``reserve_distinct_c64``, ``reserve_hot_c64``, ``get_position_c16``, ``get_availability_c16``,
 ``get_availability_strong_c16``. ``python -m tools.bench.under_load --summarise FILE`` only
 summarises an existing raw profile. py-spy is not a dependency: give its path.
 """
@@ -36,6 +36,8 @@ from tools.bench.service import LOCATION, Cluster, Layout, receive
 # figure -> (load kind, calls in flight, extra params)
 FIGURES: dict[str, tuple[str, int, dict[str, str]]] = {
     "reserve_distinct_c64": ("reserve", 64, {}),
+    # Every call on one position (the bench's hot figures).
+    "reserve_hot_c64": ("reserve", 64, {"hot": "1"}),
     "get_position_c16": ("get_position", 16, {}),
     "get_availability_c16": ("availability", 16, {"channel": "web"}),
     "get_availability_strong_c16": (
@@ -148,7 +150,7 @@ def _params(bench: Bench, kind: str, extra: dict[str, str]) -> dict[str, object]
     skus = bench.layout.distinct
     if kind == "reserve":
         return {
-            "skus": skus,
+            "skus": skus[:1] if extra.get("hot") else skus,
             "location": LOCATION,
             "qty": [1],
             "ttl_seconds": bench.profile.ttl_seconds,
