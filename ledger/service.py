@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from eventsourcing.persistence import InterfaceError, OperationalError
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 
 from ledger.application import InventoryLedger
 from ledger.audit import trace, verify
@@ -28,7 +28,7 @@ from ledger.domain.reservation import Reservation, parse_reservation_id
 from ledger.domain.serial_unit import SerialUnit, serial_unit_id
 from ledger.pipeline import CommandPipeline
 from ledger.read_cache import ReadCache
-from ledger.store.index_ops import to_micros
+from ledger.store.index_ops import EventRange, to_micros
 from ledger.use_cases.context import CallContext
 from ledger.use_cases.reservations import ReserveInput
 from ledger.views import (
@@ -191,6 +191,18 @@ class LedgerService:
         return self._position_view(
             sku, location_id, self.reads.get(position_id(sku, location_id)), include_holds
         )
+
+    async def get_position_async(
+        self,
+        sku: str,
+        location_id: str,
+        select: Callable[[Sequence[EventRange]], Awaitable[list[StoredEvent]]],
+        *,
+        include_holds: bool = False,
+    ) -> PositionView:
+        """``get_position`` with its store read awaited (``select``: an AsyncRangeReader's)."""
+        (position,) = await self.reads.get_many_async([position_id(sku, location_id)], select)
+        return self._position_view(sku, location_id, position, include_holds)
 
     def _position_view(
         self, sku: str, location_id: str, position: object, include_holds: bool

@@ -19,6 +19,7 @@ from entrypoints.grpc.page_tokens import PageTokens, page_size_of
 from entrypoints.grpc.rpc import server_stream, unary
 from ledger import inputs
 from ledger.service import LedgerService
+from ledger.store.async_ranges import AsyncRangeReader
 from ledger.use_cases.context import CallContext
 from projections.queries import ReadModelQueries
 from projections.watch import WatchHub
@@ -34,12 +35,15 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
         read_models: ReadModelQueries,
         page_tokens: PageTokens,
         watch_hub: WatchHub | None = None,
+        position_reads: AsyncRangeReader | None = None,
     ) -> None:
         self._service = service
         self._read = read_models
         self._tokens = page_tokens
         # Without a hub (started by entrypoints.grpc.server.start_server) one is made on first use.
         self._watch = watch_hub
+        # PostgreSQL: GetPosition's one statement awaited on the loop (no thread-pool hop).
+        self._position_reads = position_reads
 
     @unary
     async def GetPosition(
@@ -48,12 +52,20 @@ class QueryServicer(query_service_pb2_grpc.InventoryQueryServiceServicer):
         query = convert.validate_request(
             inputs.GetPositionModel, request, "sku location_id include_holds"
         )
-        view = await asyncio.to_thread(
-            self._service.get_position,
-            query.sku,
-            query.location_id,
-            include_holds=query.include_holds,
-        )
+        if self._position_reads is not None:
+            view = await self._service.get_position_async(
+                query.sku,
+                query.location_id,
+                self._position_reads.select,
+                include_holds=query.include_holds,
+            )
+        else:
+            view = await asyncio.to_thread(
+                self._service.get_position,
+                query.sku,
+                query.location_id,
+                include_holds=query.include_holds,
+            )
         return convert.position_message(view)
 
     @unary

@@ -32,6 +32,7 @@ from entrypoints.grpc.transport import bind
 from ledger.audit.tail import LedgerTail
 from ledger.config import Settings
 from ledger.service import LedgerService
+from ledger.store.async_ranges import AsyncRangeReader
 from projections.commit_listener import CommitListener
 from projections.queries import ReadModelQueries
 from projections.watch import WatchHub
@@ -55,6 +56,7 @@ class RunningServer:
     ledger_listener: CommitListener | None = None
     guard: CallGuard | None = None  # authentication; .reload() re-reads the token file
     read_models: ReadModelQueries | None = None  # stops its availability cache's poll
+    position_reads: AsyncRangeReader | None = None  # its connections close after the calls
 
     async def stop(self, grace_seconds: float) -> None:
         """Report NOT_SERVING first so load balancers drain us, then finish in-flight calls.
@@ -70,6 +72,8 @@ class RunningServer:
         if self.watch_hub is not None:
             await self.watch_hub.close()
         await self.server.stop(grace_seconds)
+        if self.position_reads is not None:
+            await self.position_reads.close()
 
 
 async def start_server(
@@ -123,8 +127,9 @@ async def start_server(
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
         AuditServicer(service, tokens, tail), server
     )
+    position_reads = service.app.ledger_recorder.async_range_reader()
     query_service_pb2_grpc.add_InventoryQueryServiceServicer_to_server(
-        QueryServicer(service, read_models, tokens, watch_hub), server
+        QueryServicer(service, read_models, tokens, watch_hub, position_reads), server
     )
     reservation_service_pb2_grpc.add_ReservationServiceServicer_to_server(
         ReservationServicer(service, tokens), server
@@ -149,5 +154,13 @@ async def start_server(
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(
-        server, port, health_servicer, watch_hub, listener, ledger_listener, guard, read_models
+        server,
+        port,
+        health_servicer,
+        watch_hub,
+        listener,
+        ledger_listener,
+        guard,
+        read_models,
+        position_reads,
     )

@@ -8,12 +8,15 @@ starts, that its recorder is one of them, so callers need no attribute guesses.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 
 from ledger.store.index_ops import EntryRow, EventRange, ReservationRow
+
+if TYPE_CHECKING:
+    from ledger.store.async_ranges import AsyncRangeReader
 
 
 @runtime_checkable
@@ -21,6 +24,8 @@ class LedgerRecorder(Protocol):
     # ---- events and positions ------------------------------------------------------------
 
     def select_events_batch(self, ranges: Sequence[EventRange]) -> list[StoredEvent]: ...
+
+    def async_range_reader(self) -> AsyncRangeReader | None: ...
 
     def notification_id_of(self, originator_id: UUID, version: int) -> int | None: ...
 

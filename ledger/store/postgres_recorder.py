@@ -21,6 +21,7 @@ from psycopg import Cursor
 from psycopg.rows import DictRow, dict_row
 from psycopg.sql import SQL, Composed, Identifier
 
+from ledger.store.async_ranges import AsyncRangeReader
 from ledger.store.entry_queries import EntryQueries
 from ledger.store.index_ops import (
     EntryIndexed,
@@ -430,15 +431,22 @@ class LedgerPostgresRecorder(EntryQueries, SerialisedDDL, PostgresApplicationRec
 
     # ---- ledger entries -------------------------------------------------------------------------
 
-    def writer_mutex(self) -> PostgresWriterMutex:
-        """The writers' turn-taking lock of this ledger (ledger.store.writer_mutex), on a
-        connection of its own with this store's credentials."""
+    def _conninfo(self) -> dict[str, Any]:
+        """This store's connection arguments (credentials included), rows as tuples."""
         kwargs = self.datastore.pool.kwargs or {}
         if callable(kwargs):  # psycopg_pool also takes a function returning them
             kwargs = kwargs()
-        conninfo = {k: v for k, v in kwargs.items() if k != "row_factory"}
+        return {k: v for k, v in kwargs.items() if k != "row_factory"}
+
+    def async_range_reader(self) -> AsyncRangeReader:
+        """``select_events_batch`` for an event loop (ledger.store.async_ranges)."""
+        return AsyncRangeReader(self._conninfo(), self._select_ranges_statement)
+
+    def writer_mutex(self) -> PostgresWriterMutex:
+        """The writers' turn-taking lock of this ledger (ledger.store.writer_mutex), on a
+        connection of its own with this store's credentials."""
         return PostgresWriterMutex(
-            conninfo,
+            self._conninfo(),
             self.datastore.schema,
             self._entries_name,
             self._head_statement,

@@ -116,6 +116,10 @@ class LedgerSQLiteRecorder(EntryQueries, SQLiteApplicationRecorder):
             state=bytes(row[2]),
         )
 
+    def async_range_reader(self) -> None:
+        """Embedded SQLite has no network wait to take off a thread."""
+        return None
+
     def notification_id_of(self, originator_id: UUID, version: int) -> int | None:
         with self.datastore.transaction(commit=False) as c:
             c.execute(
