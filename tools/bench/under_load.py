@@ -10,9 +10,10 @@ CPU goes), and prints where the samples went (``summarise``). The figures run in
 given; put a Reserve figure first so the read figures meet positions with holds, as in a
 full bench run.
 
-Figures: ``reserve_distinct_c64``, ``reserve_hot_c64``, ``get_position_c16``, ``get_availability_c16``,
-``get_availability_strong_c16``. ``python -m tools.bench.under_load --summarise FILE`` only
-summarises an existing raw profile. py-spy is not a dependency: give its path.
+Figures: ``reserve_distinct_c64``, ``reserve_hot_c64``, ``get_position_c16``,
+``get_availability_c16``, ``get_availability_strong_c16``. ``python -m tools.bench.under_load
+--summarise FILE`` only summarises an existing raw profile. py-spy is not a dependency: give
+its path. ``--writer process`` also profiles the serve's writer child (``NAME-writer.txt``).
 """
 
 from __future__ import annotations
