@@ -99,9 +99,9 @@ class AggregateCache:
         self._stale.clear()
 
     def _current(self, aggregate_id: UUID) -> bool:
-        return aggregate_id in self._fresh or (
-            self._trusted and aggregate_id in self._items and aggregate_id not in self._stale
-        )
+        if aggregate_id not in self._items:
+            return False
+        return aggregate_id in self._fresh or (self._trusted and aggregate_id not in self._stale)
 
     def prefetch(self, aggregate_ids: Iterable[UUID]) -> None:
         wanted, ranges = self.ranges_for(aggregate_ids)
@@ -147,18 +147,21 @@ class AggregateCache:
                 built = its_events[0].mutate(None)
                 for event in its_events[1:]:
                     event.mutate(built)
-                self._store(aggregate_id, built)
+                self._store(aggregate_id, built, trim=False)
             else:
-                # Planned against a cached entry that is gone since (evicted meanwhile):
-                # rebuilt from the store, from its snapshot if it has one.
-                self._fetch(aggregate_id)
+                # Planned against a cached entry that is gone since: rebuilt from the
+                # store, from its snapshot if it has one.
+                self._fetch(aggregate_id, trim=False)
         for aggregate_id in wanted:
             if aggregate_id not in self._items:
-                self._store(aggregate_id, _ABSENT)
+                self._store(aggregate_id, _ABSENT, trim=False)
             else:
                 self._items.move_to_end(aggregate_id)
         self._fresh.update(wanted)
         self._stale.difference_update(wanted)
+        # Only now: evicting while folding could drop an entry this read is about to fold
+        # into (or have it stored as absent); one evicted here is simply read again on use.
+        self._trim()
 
     def load(self, aggregate_id: UUID) -> Any | None:
         aggregate = self._items.get(aggregate_id)
@@ -173,13 +176,13 @@ class AggregateCache:
             self._stale.discard(aggregate_id)
         return None if aggregate is _ABSENT else aggregate
 
-    def _fetch(self, aggregate_id: UUID) -> Any:
+    def _fetch(self, aggregate_id: UUID, *, trim: bool = True) -> Any:
         aggregate: Any
         try:
             aggregate = self._app.repository.get(aggregate_id)
         except AggregateNotFoundError:
             aggregate = _ABSENT
-        self._store(aggregate_id, aggregate)
+        self._store(aggregate_id, aggregate, trim=trim)
         self._stale.discard(aggregate_id)
         return aggregate
 
@@ -190,7 +193,7 @@ class AggregateCache:
     def put(self, aggregate: Any) -> None:
         self._store(aggregate.id, aggregate)
 
-    def _store(self, aggregate_id: UUID, aggregate: Any) -> None:
+    def _store(self, aggregate_id: UUID, aggregate: Any, *, trim: bool = True) -> None:
         self._items[aggregate_id] = aggregate
         self._items.move_to_end(aggregate_id)
         if aggregate is _ABSENT or isinstance(aggregate, Reservation):
@@ -198,12 +201,20 @@ class AggregateCache:
             self._churn.move_to_end(aggregate_id)
         else:
             self._churn.pop(aggregate_id, None)
+        if trim:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Back to the size bound: reservations and absent ids first while they are more
+        than a tenth of it (so a working set of positions larger than the cache still
+        turns over, least recently used first, instead of starving reservations)."""
         while len(self._items) > self._maxsize:
-            if self._churn:
+            if len(self._churn) > self._maxsize // 10:
                 oldest, _ = self._churn.popitem(last=False)
-                self._items.pop(oldest, None)
+                del self._items[oldest]
             else:
                 oldest, _ = self._items.popitem(last=False)
+                self._churn.pop(oldest, None)
             self._fresh.discard(oldest)
             self._stale.discard(oldest)
 

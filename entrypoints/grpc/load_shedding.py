@@ -66,6 +66,7 @@ class LoadShedder:
         self._window_done = 0
         self._window_idle = True
         self._last_done = clock()
+        self._probe_started: float | None = None
 
     def admit(self, time_remaining: float | None) -> float:
         """Count the call in and return its start time (for ``done``), or raise
@@ -77,8 +78,14 @@ class LoadShedder:
             )
         if time_remaining is not None:
             needed = max(self._latency, self.expected_wait())
-            if needed > time_remaining * WAIT_SHARE and not self._probe_due():
-                raise self._refusal("calls arrive with too little of their deadline left", needed)
+            if needed > time_remaining * WAIT_SHARE:
+                if not self._probe_due():
+                    raise self._refusal(
+                        "calls arrive with too little of their deadline left", needed
+                    )
+                self.in_flight += 1
+                self._probe_started = self._clock()
+                return self._probe_started
         self.in_flight += 1
         return self._clock()
 
@@ -110,7 +117,12 @@ class LoadShedder:
         self._window_done += 1
         now = self._clock()
         self._last_done = now
-        self._latency += LATENCY_SMOOTHING * ((now - started) - self._latency)
+        if started == self._probe_started:
+            # A probe's answer replaces the stale estimate (averaging it in would take
+            # dozens of probes, one at a time, to undo a spike).
+            self._latency, self._probe_started = now - started, None
+        else:
+            self._latency += LATENCY_SMOOTHING * ((now - started) - self._latency)
         if self.in_flight == 0:
             self._window_idle = True
         elapsed = now - self._window_start

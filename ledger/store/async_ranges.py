@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 from eventsourcing.persistence import OperationalError, StoredEvent
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ledger.store.index_ops import EventRange
 
@@ -43,17 +43,24 @@ class AsyncRangeReader:
         if not ranges:
             return []
         pool = await self._opened()
-        try:
-            async with pool.connection() as connection:
-                cursor = await connection.execute(
-                    self._statement,
-                    ([r[0] for r in ranges], [r[1] for r in ranges], [r[2] for r in ranges]),
-                    binary=True,
-                )
-                rows = await cursor.fetchall()
-        except (psycopg.Error, TimeoutError) as error:
-            # As the library reports its own store errors: UNAVAILABLE to the caller.
-            raise OperationalError(f"position read: {error}") from error
+        params = ([r[0] for r in ranges], [r[1] for r in ranges], [r[2] for r in ranges])
+        # A connection the server dropped (a restart, a failover) is only found out on use:
+        # the read is tried again on another (the pool discards the broken one), up to
+        # every pooled connection plus a new one, since a restart drops them all. A check
+        # per checkout would cost a round trip per read.
+        attempts = self._max_connections + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                async with pool.connection() as connection:
+                    cursor = await connection.execute(self._statement, params, binary=True)
+                    rows = await cursor.fetchall()
+                break
+            except psycopg.OperationalError as error:
+                if attempt == attempts or isinstance(error, PoolTimeout):
+                    raise OperationalError(f"position read: {error}") from error
+            except (psycopg.Error, TimeoutError) as error:
+                # As the library reports its own store errors: UNAVAILABLE to the caller.
+                raise OperationalError(f"position read: {error}") from error
         return [
             StoredEvent(originator_id=r[0], originator_version=r[1], topic=r[2], state=bytes(r[3]))
             for r in rows

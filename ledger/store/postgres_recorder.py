@@ -150,7 +150,7 @@ class LedgerPostgresRecorder(EntryQueries, SerialisedDDL, PostgresApplicationRec
                 "SELECT r.id AS originator_id, x.originator_version, x.topic, x.state"
                 " FROM unnest(%b::uuid[], %b::integer[], %b::integer[]) AS r(id, gt, lte)"
                 " LEFT JOIN LATERAL (SELECT originator_version, topic, state FROM {s}.{n}"
-                " WHERE r.gt < 0 AND originator_id = r.id"
+                " WHERE r.gt < 0 AND originator_id = r.id AND originator_version <= r.lte"
                 " ORDER BY originator_version DESC LIMIT 1) AS snap ON true"
                 # Lateral, so each range is an index lookup: as a join the planner hashed
                 # the whole events table once the batch held a few hundred ranges.

@@ -90,21 +90,22 @@ class LedgerSQLiteRecorder(EntryQueries, SQLiteApplicationRecorder):
         events: list[StoredEvent] = []
         for originator_id, gt, lte in sorted(ranges):
             if gt < 0:  # FROM_SNAPSHOT: the newest snapshot, then the events after it
-                snapshot = self._newest_snapshot(originator_id)
+                snapshot = self._newest_snapshot(originator_id, lte)
                 gt = 0 if snapshot is None else snapshot.originator_version
                 if snapshot is not None:
                     events.append(snapshot)
             events.extend(self.select_events(originator_id, gt=gt, lte=lte))
         return events
 
-    def _newest_snapshot(self, originator_id: UUID) -> StoredEvent | None:
+    def _newest_snapshot(self, originator_id: UUID, lte: int) -> StoredEvent | None:
         # The library names each recorder's table "stored_" + purpose, in one database.
         table = self.events_table_name.removesuffix("_events") + "_snapshots"
         with self.datastore.transaction(commit=False) as c:
             c.execute(
                 f"SELECT originator_version, topic, state FROM {table}"
-                " WHERE originator_id=? ORDER BY originator_version DESC LIMIT 1",
-                (originator_id.hex,),
+                " WHERE originator_id=? AND originator_version<=?"
+                " ORDER BY originator_version DESC LIMIT 1",
+                (originator_id.hex, lte),
             )
             row = c.fetchone()
         if row is None:

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Iterator
 from datetime import timedelta
 
+import psycopg
 import pytest
 from eventsourcing.persistence import OperationalError
 
@@ -83,6 +84,34 @@ def test_an_unreachable_store_is_an_operational_error(service: LedgerService) ->
         try:
             with pytest.raises(OperationalError):
                 await asyncio.wait_for(reader.select([(position_id("X", "DC"), 0, 1)]), timeout=20)
+        finally:
+            await reader.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_the_server_dropped_is_replaced_not_reported(
+    service: LedgerService, postgres_database_url: str
+) -> None:
+    """After a PostgreSQL restart or an idle session killed, the pool's connection is dead
+    until used: that read is retried once on a new connection, not failed UNAVAILABLE."""
+    service.record_movements(
+        CTX, [Movement("a", "r-drop", MovementType.RECEIPT, SKUS[0], "DC", qty=5)]
+    ).result()
+    reader = service.app.ledger_recorder.async_range_reader()
+    assert isinstance(reader, AsyncRangeReader)
+    pid = position_id(SKUS[0], "DC")
+
+    async def scenario() -> None:
+        try:
+            assert len(await reader.select([(pid, 0, 1)])) == 1
+            with psycopg.connect(postgres_database_url, autocommit=True) as admin:
+                killed = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).fetchone()
+            assert killed is not None and killed[0] >= 1
+            assert len(await reader.select([(pid, 0, 1)])) == 1
         finally:
             await reader.close()
 

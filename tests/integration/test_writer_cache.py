@@ -58,3 +58,39 @@ def test_reservations_are_evicted_before_positions(service: LedgerService) -> No
     assert all(p in cache for p in positions), "a position was evicted before a reservation"
     assert sum(r in cache for r in reservation_ids) == 5  # the newest ones
     assert reservation_ids[-1] in cache
+
+
+def test_a_full_cache_never_loses_what_a_batch_read_is_folding(service: LedgerService) -> None:
+    """Eviction waits until a batch read is folded: evicting while folding dropped a
+    reservation the batch had just read (then cached as absent: NOT_FOUND for a live one)
+    or left it marked current but gone (KeyError on use)."""
+    skus = [f"FULL-{n}" for n in range(3)]
+    service.record_movements(
+        CTX, [Movement("c", f"r-{s}", MovementType.RECEIPT, s, LOCATION, qty=100) for s in skus]
+    ).result()
+    first, second = (
+        parse_reservation_id(
+            service.reserve(
+                CTX,
+                ReserveInput(
+                    request_id=f"full-{n}",
+                    channel="web",
+                    order_ref=f"o-{n}",
+                    lines=(ReserveLine(skus[n], LOCATION, 1),),
+                    ttl=timedelta(hours=1),
+                ),
+            )
+            .result()
+            .reservation_id
+        )
+        for n in range(2)
+    )
+    cache = AggregateCache(service.app, maxsize=4)
+    cache.prefetch([position_id(s, LOCATION) for s in skus])
+    cache.prefetch([first])  # full: three positions and the oldest reservation
+    cache.begin()
+    cache.prefetch([first, second])  # one batch: the cached one and one read now
+    for reservation_id in (first, second):
+        loaded = cache.load(reservation_id)
+        assert loaded is not None, "a live reservation was cached as absent"
+        assert loaded.id == reservation_id

@@ -62,6 +62,8 @@ def test_a_stale_latency_lets_one_call_through_to_refresh_it() -> None:
     clock.now += 0.01
     shedder.done(probe)
     assert shedder.in_flight == 0
+    shedder.admit(1.0)  # the probe's 10 ms replaced the stale estimate: admitted at once
+    assert shedder.in_flight == 1
 
 
 def test_a_crowd_in_flight_that_needs_longer_than_the_deadline_allows_refuses_it() -> None:
