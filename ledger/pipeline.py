@@ -70,6 +70,18 @@ class PipelineOverloaded(Exception):
         self.retry_after_seconds = retry_after_seconds
 
 
+def admit(wait: float, time_remaining: float) -> None:
+    """Refuse (PipelineOverloaded) a command that would wait ``wait`` seconds for the writer
+    with only ``time_remaining`` before its caller's deadline: the writer's own admission,
+    and an API process's on the writer's last estimate."""
+    if wait > time_remaining:
+        raise PipelineOverloaded(
+            f"the write queue is about {wait * 1000:.0f} ms deep, longer than the"
+            f" {max(time_remaining, 0) * 1000:.0f} ms left before this call's deadline",
+            retry_after_seconds=min(max(wait, 0.05), 5.0),
+        )
+
+
 # Weight of the newest batch in the writer's running cost estimate.
 _COST_SMOOTHING = 0.2
 
@@ -147,13 +159,7 @@ class CommandPipeline:
         return (queued + 1) * self._seconds_per_command + self._seconds_per_batch
 
     def _admit(self, time_remaining: float) -> None:
-        wait = self.expected_wait()
-        if wait > time_remaining:
-            raise PipelineOverloaded(
-                f"the write queue is about {wait * 1000:.0f} ms deep, longer than the"
-                f" {max(time_remaining, 0) * 1000:.0f} ms left before this call's deadline",
-                retry_after_seconds=min(max(wait, 0.05), 5.0),
-            )
+        admit(self.expected_wait(), time_remaining)
 
     def _measured(self, commands: int, seconds: float) -> None:
         if commands <= 0:

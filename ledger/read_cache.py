@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from copy import deepcopy
 from typing import Any
@@ -28,7 +28,13 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import StoredEvent
 
-from ledger.application import READ_CACHE_SIZE, InventoryLedger, starts_an_aggregate
+from ledger.application import (
+    READ_CACHE_SIZE,
+    InventoryLedger,
+    by_aggregate,
+    folded,
+    starts_an_aggregate,
+)
 from ledger.domain.hold_book import book_of
 from ledger.domain.lots import lots_of
 from ledger.domain.position import Position
@@ -80,7 +86,7 @@ class ReadCache:
         store: aggregates read together are mutually consistent (plus a rebuild of each one
         not cached yet, which sees at least as much)."""
         entries, ranges = self._plan(aggregate_ids)
-        return self._settle(aggregate_ids, entries, self._app.events_batch(ranges))
+        return self._settle(aggregate_ids, entries, by_aggregate(self._app.events_batch(ranges)))
 
     async def get_many_async(
         self,
@@ -92,10 +98,11 @@ class ReadCache:
         hop. The rare rebuild through the repository (blocking) goes to a thread."""
         entries, ranges = self._plan(aggregate_ids)
         to_domain = self._app.mapper.to_domain_event
-        events = [to_domain(stored) for stored in await select(ranges)]
-        if self._needs_rebuild(entries, events):
+        newer = by_aggregate(to_domain(stored) for stored in await select(ranges))
+        if any(entries[i] is None and not starts_an_aggregate(e[0]) for i, e in newer.items()):
+            # An uncached aggregate its rows do not start: rebuilt, blocking (see _settle).
             return await asyncio.to_thread(self.get_many, aggregate_ids)
-        return self._settle(aggregate_ids, entries, events)
+        return self._settle(aggregate_ids, entries, newer)
 
     def _plan(
         self, aggregate_ids: Sequence[UUID]
@@ -117,36 +124,19 @@ class ReadCache:
         ]
         return entries, ranges
 
-    @staticmethod
-    def _needs_rebuild(entries: dict[UUID, _Entry | None], events: Iterable[Any]) -> bool:
-        """An uncached aggregate whose rows do not start it (see ``_settle``)."""
-        firsts: dict[UUID, Any] = {}
-        for event in events:
-            firsts.setdefault(event.originator_id, event)
-        return any(
-            entries.get(i, 0) is None and not starts_an_aggregate(first)
-            for i, first in firsts.items()
-        )
-
     def _settle(
         self,
         aggregate_ids: Sequence[UUID],
         entries: dict[UUID, _Entry | None],
-        events: Iterable[Any],
+        newer: dict[UUID, list[Any]],
     ) -> list[Any | None]:
-        newer: defaultdict[UUID, list[Any]] = defaultdict(list)
-        for event in events:
-            newer[event.originator_id].append(event)
         found: dict[UUID, Any | None] = {}
         for i, entry in entries.items():
             its_events = newer.get(i, [])
             if entry is not None:
                 found[i] = self._fast_forward(entry, its_events)
             elif its_events and starts_an_aggregate(its_events[0]):
-                built = its_events[0].mutate(None)
-                for event in its_events[1:]:
-                    event.mutate(built)
-                found[i] = self._cached(i, _frozen(built))
+                found[i] = self._cached(i, _frozen(folded(its_events)))
             elif its_events:
                 found[i] = self._rebuild(i)
             else:

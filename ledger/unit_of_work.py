@@ -17,7 +17,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError, Recording
 from eventsourcing.domain import CanMutateAggregate
 
-from ledger.application import InventoryLedger, starts_an_aggregate
+from ledger.application import InventoryLedger, by_aggregate, folded, starts_an_aggregate
 from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
 from ledger.domain.idempotency import IdempotencyKey
 from ledger.domain.item_policy import ItemPolicy, item_policy_id
@@ -135,19 +135,13 @@ class AggregateCache:
 
     def absorb(self, wanted: list[UUID], events: Iterable[Any]) -> None:
         """Fold the events read for ``ranges_for(wanted)`` into the cache."""
-        by_aggregate: dict[UUID, list[Any]] = {}
-        for event in events:
-            by_aggregate.setdefault(event.originator_id, []).append(event)
-        for aggregate_id, its_events in by_aggregate.items():
+        for aggregate_id, its_events in by_aggregate(events).items():
             aggregate = self._items.get(aggregate_id)
             if aggregate is not None and aggregate is not _ABSENT:
                 for event in its_events:
                     event.mutate(aggregate)
             elif starts_an_aggregate(its_events[0]):
-                built = its_events[0].mutate(None)
-                for event in its_events[1:]:
-                    event.mutate(built)
-                self._store(aggregate_id, built, trim=False)
+                self._store(aggregate_id, folded(its_events), trim=False)
             else:
                 # Planned against a cached entry that is gone since: rebuilt from the
                 # store, from its snapshot if it has one.

@@ -17,7 +17,7 @@ import psycopg
 from eventsourcing.persistence import OperationalError, StoredEvent
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ledger.store.index_ops import EventRange
+from ledger.store.index_ops import EventRange, stored_events
 
 # Connections of one API process's pool: reads wait on the network, not on the loop.
 MAX_CONNECTIONS = 4
@@ -61,10 +61,7 @@ class AsyncRangeReader:
             except (psycopg.Error, TimeoutError) as error:
                 # As the library reports its own store errors: UNAVAILABLE to the caller.
                 raise OperationalError(f"position read: {error}") from error
-        return [
-            StoredEvent(originator_id=r[0], originator_version=r[1], topic=r[2], state=bytes(r[3]))
-            for r in rows
-        ]
+        return stored_events(rows)
 
     async def _opened(self) -> AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]]:
         if self._pool is not None:

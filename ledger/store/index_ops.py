@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
@@ -44,6 +45,17 @@ class ReservationIndexed:
 IndexOp = PositionIndexed | ReservationIndexed
 # (aggregate id, after version, up to version): a slice of one aggregate's events.
 EventRange = tuple[UUID, int, int]
+
+
+def stored_events(rows: Sequence[Sequence[Any]]) -> list[StoredEvent]:
+    """Rows of the ranges statement, (originator_id, originator_version, topic, state) as
+    tuples, as the library's stored events."""
+    return [
+        StoredEvent(originator_id=r[0], originator_version=r[1], topic=r[2], state=bytes(r[3]))
+        for r in rows
+    ]
+
+
 # "After version" of a range that reads a whole aggregate: its newest snapshot, if it has
 # one, then the events after it (what the library's repository reads, for many at once).
 FROM_SNAPSHOT = -1

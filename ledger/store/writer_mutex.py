@@ -35,7 +35,7 @@ from eventsourcing.persistence import OperationalError, StoredEvent
 from psycopg.sql import Composed
 
 from ledger.metrics.definitions import WRITER_MUTEX_WAIT_SECONDS, WRITER_TURN_SECONDS
-from ledger.store.index_ops import EventRange
+from ledger.store.index_ops import EventRange, stored_events
 from ledger.store.pg_ddl import advisory_key
 
 log = logging.getLogger(__name__)
@@ -256,16 +256,7 @@ class PostgresWriterMutex:
                     continue
                 log.warning("writer mutex unavailable: %s", error)
                 raise OperationalError(f"writer mutex: {error}") from error
-            self._prefetched = (
-                [
-                    StoredEvent(
-                        originator_id=r[0], originator_version=r[1], topic=r[2], state=bytes(r[3])
-                    )
-                    for r in rows
-                ]
-                if read
-                else None
-            )
+            self._prefetched = stored_events(rows) if read else None
             self._turn = Turn(connection)
             self._notification_head = None if counted is None else int(counted[0])
             return 0 if row is None else int(row[1])

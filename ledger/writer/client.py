@@ -25,7 +25,7 @@ from multiprocessing import AuthenticationError
 from typing import Any
 
 from ledger.domain.errors import StoreUnavailable
-from ledger.pipeline import PipelineOverloaded
+from ledger.pipeline import admit
 from ledger.use_cases.context import CallContext
 from ledger.writer import wire
 from ledger.writer.election import WriterAdvert
@@ -222,13 +222,7 @@ class RemoteWriter:
         if remaining is not None:
             # Refused here, as the writer would refuse it, without the trip there and back:
             # under overload most calls are refused, and each one sent cost both processes.
-            wait = link.expected_wait()
-            if wait > remaining:
-                raise PipelineOverloaded(
-                    f"the write queue is about {wait * 1000:.0f} ms deep, longer than the"
-                    f" {max(remaining, 0) * 1000:.0f} ms left before this call's deadline",
-                    retry_after_seconds=min(max(wait, 0.05), 5.0),
-                )
+            admit(link.expected_wait(), remaining)
         link.call(call_id, message, future)
         return future
 
