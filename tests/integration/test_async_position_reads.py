@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import timedelta
 
 import psycopg
 import pytest
@@ -18,7 +17,7 @@ from ledger.read_cache import ReadCache
 from ledger.service import LedgerService
 from ledger.store.async_ranges import AsyncRangeReader
 from ledger.use_cases.context import CallContext
-from ledger.use_cases.reservations import ReserveInput, ReserveLine
+from tests.support.reservations import one_unit
 
 CTX = CallContext("async-reads", "corr")
 SKUS = [f"ASYNC-{n}" for n in range(4)]
@@ -32,16 +31,7 @@ def service(postgres_database_url: str) -> Iterator[LedgerService]:
 
 
 def _reserve(service: LedgerService, n: int) -> None:
-    service.reserve(
-        CTX,
-        ReserveInput(
-            request_id=f"q-{n}",
-            channel="web",
-            order_ref=f"o-{n}",
-            lines=(ReserveLine(SKUS[n % 2], "DC", 1),),
-            ttl=timedelta(hours=1),
-        ),
-    ).result()
+    service.reserve(CTX, one_unit(f"q-{n}", f"o-{n}", SKUS[n % 2], "DC")).result()
 
 
 def test_awaited_reads_equal_threaded_reads_cached_or_not(service: LedgerService) -> None:

@@ -5,7 +5,6 @@ from its whole history."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -18,7 +17,7 @@ from ledger.read_cache import ReadCache
 from ledger.service import LedgerService
 from ledger.unit_of_work import AggregateCache
 from ledger.use_cases.context import CallContext
-from ledger.use_cases.reservations import ReserveInput, ReserveLine
+from tests.support.reservations import one_unit
 
 CTX = CallContext("snapshot-test", "corr")
 SKU, LOCATION = "SNAP", "DC"
@@ -59,17 +58,7 @@ def test_a_position_with_many_holds_is_snapshotted_less_often_and_loads_exactly(
     holds = 3 * SNAPSHOT_INTERVAL
     _receipts(service, holds)  # snapshots at 201, 401 and 601, while no hold is open
     futures = [
-        service.reserve(
-            CTX,
-            ReserveInput(
-                request_id=f"q-{n}",
-                channel="web",
-                order_ref=f"o-{n}",
-                lines=(ReserveLine(SKU, LOCATION, 1),),
-                ttl=timedelta(hours=1),
-            ),
-        )
-        for n in range(holds)
+        service.reserve(CTX, one_unit(f"q-{n}", f"o-{n}", SKU, LOCATION)) for n in range(holds)
     ]
     for future in futures:
         future.result()

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 
 import pytest
 
 from ledger.domain.movements import Movement, MovementType
 from ledger.domain.position import position_id
-from ledger.domain.reservation import parse_reservation_id
 from ledger.service import LedgerService
 from ledger.unit_of_work import AggregateCache
 from ledger.use_cases.context import CallContext
-from ledger.use_cases.reservations import ReserveInput, ReserveLine
+from tests.support.reservations import one_unit, reserved_id
 
 CTX = CallContext("cache-test", "corr")
 LOCATION = "DC"
@@ -32,20 +30,7 @@ def test_reservations_are_evicted_before_positions(service: LedgerService) -> No
         CTX, [Movement("c", f"r-{s}", MovementType.RECEIPT, s, LOCATION, qty=100) for s in skus]
     ).result()
     reservation_ids = [
-        parse_reservation_id(
-            service.reserve(
-                CTX,
-                ReserveInput(
-                    request_id=f"q-{n}",
-                    channel="web",
-                    order_ref=f"o-{n}",
-                    lines=(ReserveLine(skus[n % 3], LOCATION, 1),),
-                    ttl=timedelta(hours=1),
-                ),
-            )
-            .result()
-            .reservation_id
-        )
+        reserved_id(service, CTX, one_unit(f"q-{n}", f"o-{n}", skus[n % 3], LOCATION))
         for n in range(20)
     ]
     positions = [position_id(s, LOCATION) for s in skus]
@@ -69,20 +54,7 @@ def test_a_full_cache_never_loses_what_a_batch_read_is_folding(service: LedgerSe
         CTX, [Movement("c", f"r-{s}", MovementType.RECEIPT, s, LOCATION, qty=100) for s in skus]
     ).result()
     first, second = (
-        parse_reservation_id(
-            service.reserve(
-                CTX,
-                ReserveInput(
-                    request_id=f"full-{n}",
-                    channel="web",
-                    order_ref=f"o-{n}",
-                    lines=(ReserveLine(skus[n], LOCATION, 1),),
-                    ttl=timedelta(hours=1),
-                ),
-            )
-            .result()
-            .reservation_id
-        )
+        reserved_id(service, CTX, one_unit(f"full-{n}", f"o-{n}", skus[n], LOCATION))
         for n in range(2)
     )
     cache = AggregateCache(service.app, maxsize=4)
