@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -37,6 +38,8 @@ TRACKING_EVENT_FIELDS = (
 POSITION_NAMESPACE = UUID("6f1c1e6e-3f0b-4a51-9d43-5b9a4f7c2a10")
 
 
+# Every call that names a position derives its id (a SHA-1 each): the hot ones are kept.
+@lru_cache(maxsize=65_536)
 def position_id(sku: str, location_id: str) -> UUID:
     """Deterministic id: the same SKU-location always maps to the same aggregate."""
     return uuid5(POSITION_NAMESPACE, f"{len(sku)}:{sku}|{location_id}")

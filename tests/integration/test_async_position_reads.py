@@ -5,17 +5,18 @@ it (UNAVAILABLE), not as an internal error."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import psycopg
 import pytest
-from eventsourcing.persistence import OperationalError
+from eventsourcing.persistence import OperationalError, StoredEvent
 
 from ledger.domain.movements import Movement, MovementType
 from ledger.domain.position import position_id
 from ledger.read_cache import ReadCache
 from ledger.service import LedgerService
 from ledger.store.async_ranges import AsyncRangeReader
+from ledger.store.index_ops import FROM_SNAPSHOT, EventRange
 from ledger.use_cases.context import CallContext
 from tests.support.reservations import one_unit
 
@@ -104,5 +105,68 @@ def test_a_connection_the_server_dropped_is_replaced_not_reported(
             assert len(await reader.select([(pid, 0, 1)])) == 1
         finally:
             await reader.close()
+
+    asyncio.run(scenario())
+
+
+def _rows(events: list[StoredEvent]) -> list[tuple[object, int, str]]:
+    return [(e.originator_id, e.originator_version, e.topic) for e in events]
+
+
+def test_reads_that_wait_for_a_connection_share_a_statement_and_get_their_own_rows(
+    service: LedgerService,
+) -> None:
+    """While every connection is busy, the reads asked for go out together on the next one
+    freed; a read that wants an aggregate from another version than a read already waiting
+    goes in the statement after; a caller that gives up does not take the others' answers
+    with it."""
+    service.record_movements(
+        CTX, [Movement("a", f"r-share-{s}", MovementType.RECEIPT, s, "DC", qty=50) for s in SKUS]
+    ).result()
+    for n in range(6):
+        _reserve(service, n)
+    pooled = service.app.ledger_recorder.async_range_reader()
+    assert isinstance(pooled, AsyncRangeReader)
+    reader = AsyncRangeReader(pooled._conninfo, pooled._statement, max_connections=1)
+    first, second, third = (position_id(s, "DC") for s in SKUS[:3])
+    everything = 2**31 - 1
+    asks: list[list[EventRange]] = [
+        [(first, 0, everything)],
+        [(second, FROM_SNAPSHOT, everything), (third, 0, everything)],
+        [(first, 0, everything)],  # the same range again: the same statement
+        [(first, 2, everything)],  # another range of an aggregate waiting: the next one
+        [(position_id("NEVER-RECEIVED", "DC"), 0, everything)],
+    ]
+    statements: list[list[EventRange]] = []
+    select_one = reader._select
+
+    async def counted(ranges: Sequence[EventRange]) -> list[StoredEvent]:
+        statements.append(list(ranges))
+        return await select_one(ranges)
+
+    async def scenario() -> None:
+        try:
+            alone = [await select_one(ranges) for ranges in asks]  # one statement each
+            reader._select = counted  # type: ignore[method-assign]
+            busy = asyncio.ensure_future(reader.select([(second, 0, everything)]))
+            await asyncio.sleep(0)  # it holds the one connection
+            gave_up = asyncio.ensure_future(reader.select([(third, 0, everything)]))
+            together = asyncio.gather(*(reader.select(ranges) for ranges in asks))
+            await asyncio.sleep(0)  # all asked for, none sent yet
+            gave_up.cancel()
+            shared = await together
+            assert [_rows(s) for s in shared] == [_rows(a) for a in alone]
+            assert len(shared[3]) == len(shared[0]) - 2 > 0 and shared[4] == []
+            assert len(await busy) > 0
+            # The busy read; three aggregates (the one given up on included); the other
+            # range of the first aggregate with the read asked for after it.
+            assert [len(s) for s in statements] == [1, 3, 2], statements
+            assert gave_up.cancelled()
+            # Unloaded, a read goes out at once, on its own.
+            assert _rows(await reader.select(asks[0])) == _rows(alone[0])
+            assert len(statements) == 4
+        finally:
+            await reader.close()
+            await pooled.close()
 
     asyncio.run(scenario())

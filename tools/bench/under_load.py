@@ -170,12 +170,18 @@ def _children(pid: int) -> list[int]:
 
 
 def run(
-    names: Sequence[str], seconds: float, py_spy: str, out: Path, mode: list[str], writer: str
+    names: Sequence[str],
+    seconds: float,
+    py_spy: str,
+    out: Path,
+    mode: list[str],
+    writer: str,
+    api_processes: int = 1,
 ) -> int:
     out.mkdir(parents=True, exist_ok=True)
     profile = replace(FULL, seconds=seconds, processes=(1,))
     with WorkerPool(profile.workers) as pool, infra.postgres(None) as database:
-        cluster = Cluster(database, 1, writer)
+        cluster = Cluster(database, 1, writer, api_processes)
         try:
             cluster.start()
             layout = Layout.make(profile.positions, [], profile.record_positions)
@@ -248,6 +254,13 @@ def main(argv: list[str] | None = None) -> int:
         default="thread",
         help="`ledger serve --writer`; process: its writer child is profiled too",
     )
+    parser.add_argument(
+        "--api-processes",
+        type=int,
+        default=1,
+        help="`ledger serve --api-processes` (above 1 needs --writer process); the API "
+        "children are profiled like the writer child",
+    )
     parser.add_argument("--summarise", help="only summarise this raw profile")
     args = parser.parse_args(argv)
     if args.summarise:
@@ -257,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in names if name not in FIGURES]
     if unknown:
         parser.error(f"unknown figures {unknown}; known: {', '.join(FIGURES)}")
-    return run(names, args.seconds, args.py_spy, Path(args.out), args.mode.split(), args.writer)
+    mode = args.mode.split()
+    out = Path(args.out)
+    return run(names, args.seconds, args.py_spy, out, mode, args.writer, args.api_processes)
 
 
 if __name__ == "__main__":
