@@ -6,8 +6,9 @@ a gRPC call is being served carries that call's ``correlation_id`` (and ``princi
 ``code`` and ``duration_ms``.
 
 Records are queued (``logging.handlers.QueueHandler``) and formatted and written by one
-listener thread, so a call's access line costs the event loop a record and a queue put, not
-a JSON encoding and a write. Lines therefore reach stderr a moment after they are logged;
+listener thread, so a line costs the event loop a record and a queue put, not a JSON
+encoding and a write; a call's access line costs a tuple and a queue put
+(``ledger.access_lines``). Lines therefore reach stderr a moment after they are logged;
 :func:`flush_logs` waits for them, and the listener drains the queue at exit.
 """
 
@@ -25,6 +26,14 @@ import sys
 import threading
 from datetime import UTC, datetime
 from typing import Any
+
+from ledger.access_lines import (
+    ACCESS_LOGGER,
+    AccessFields,
+    TextLines,
+    access_record,
+    json_line,
+)
 
 LOG_FORMATS = ("text", "json")
 DEFAULT_LOG_FORMAT = "text"
@@ -87,9 +96,6 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-ACCESS_LOGGER = "ledger.access"
-
-
 # Argument types a record may keep until the listener formats it: nothing can change them.
 _IMMUTABLE = (str, int, float, bool, type(None), bytes)
 
@@ -126,6 +132,15 @@ class _Listener:
         self._flushed: list[threading.Event] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="ledger-log-writer", daemon=True)
+        formatter = handler.formatter
+        # Access lines queued as fields: formatted here without a record, in the same format.
+        self._access_line = (
+            json_line
+            if isinstance(formatter, JsonFormatter)
+            else TextLines(formatter).line
+            if isinstance(formatter, TextFormatter)
+            else self._access_via_record
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -163,6 +178,11 @@ class _Listener:
                 record = self.queue.get_nowait()
             except queue.Empty:
                 break
+            if type(record) is AccessFields:
+                if record.level >= handler.level and not handler.filters:
+                    lines.append(self._access_line(record) + handler.terminator)
+                    continue
+                record = access_record(record)
             if record.levelno < handler.level or not handler.filter(record):
                 continue
             try:
@@ -178,9 +198,38 @@ class _Listener:
             except Exception:
                 handler.handleError(record)
 
+    def _access_via_record(self, fields: AccessFields) -> str:
+        return self.handler.format(access_record(fields))
+
 
 _listener: _Listener | None = None
 _queue_handler: _QueueHandler | None = None
+_access_logger = logging.getLogger(ACCESS_LOGGER)
+_ledger_logger = logging.getLogger("ledger")
+
+
+def log_access(fields: AccessFields) -> None:
+    """Write the access line of a call (the caller has checked the level is enabled).
+
+    Queued as its fields when the line would only reach the listener anyway (logging set up
+    by :func:`configure_logging`, nothing added since); otherwise logged as a record, so a
+    handler or filter added to these loggers or the root (tests capturing records) gets it.
+    """
+    handler = _queue_handler
+    if (
+        handler is not None
+        and _listener is not None
+        and not _access_logger.handlers
+        and not _access_logger.filters
+        and not _ledger_logger.handlers
+        and _access_logger.propagate
+        and _ledger_logger.propagate
+        and len(logging.root.handlers) == 1
+        and logging.root.handlers[0] is handler
+    ):
+        handler.queue.put_nowait(fields)
+    else:
+        _access_logger.handle(access_record(fields))
 
 
 def configure_logging(level: str, log_format: str = DEFAULT_LOG_FORMAT) -> None:

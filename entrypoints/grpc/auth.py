@@ -44,8 +44,9 @@ from entrypoints.grpc.load_shedding import LoadShedder, shed
 from entrypoints.grpc.metrics_interceptor import RpcMetrics, final_code, timed
 from entrypoints.grpc.rpc import CORRELATION_HEADER, CURRENT_CALL, Call, correlation_id_of
 from entrypoints.grpc.tokens import ANONYMOUS_PRINCIPAL, Principal, TokenRegistry
+from ledger.access_lines import AccessFields
 from ledger.config import DEFAULT_MAX_CALLS_IN_FLIGHT, Settings
-from ledger.logs import ACCESS_LOGGER, CALL_FIELDS
+from ledger.logs import ACCESS_LOGGER, CALL_FIELDS, log_access
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
@@ -421,35 +422,18 @@ class GuardedServer(grpc.aio.Server):
         return await self._server.wait_for_termination(timeout)
 
 
-_ACCESS_FORMAT = "rpc %s %s principal=%s correlation_id=%s duration_ms=%.3f"
-
-
 def _log_call(call: Call, code: str, seconds: float) -> None:
-    """The access line: method, principal, correlation id, status code, duration.
-
-    Built with ``makeRecord`` + ``handle``, which is ``Logger.log`` without its walk up the
-    stack for the caller's file and line (neither log format prints them); the handler only
-    queues the record (``ledger.logs``): formatting and writing happen on another thread.
-    """
+    """The access line: method, principal, correlation id, status code, duration (queued as
+    its fields; the log listener writes it: ``ledger.logs.log_access``)."""
     level = logging.WARNING if code in _SERVER_SIDE else logging.INFO
-    if not access_log.isEnabledFor(level):
-        return
-    duration_ms = round(seconds * 1000, 3)
-    principal = call.principal.name
-    record = access_log.makeRecord(
-        access_log.name,
-        level,
-        "",
-        0,
-        _ACCESS_FORMAT,
-        (call.method, code, principal, call.correlation_id, duration_ms),
-        None,
-        extra={
-            "method": call.method,
-            "code": code,
-            "principal": principal,
-            "correlation_id": call.correlation_id,
-            "duration_ms": duration_ms,
-        },
-    )
-    access_log.handle(record)
+    if access_log.isEnabledFor(level):
+        fields = AccessFields(
+            time.time(),
+            level,
+            call.method,
+            code,
+            call.principal.name,
+            call.correlation_id,
+            round(seconds * 1000, 3),
+        )
+        log_access(fields)

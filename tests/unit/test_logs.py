@@ -18,6 +18,7 @@ from entrypoints.grpc.auth import _log_call
 from entrypoints.grpc.rpc import Call
 from entrypoints.grpc.tokens import Principal
 from ledger import logs
+from ledger.access_lines import AccessFields, TextLines, access_record, json_line
 
 
 class _Stderr(io.StringIO):
@@ -122,3 +123,63 @@ def test_lines_queued_when_the_process_exits_are_written() -> None:
     assert result.returncode == 0, result.stderr
     messages = [json.loads(line)["message"] for line in result.stderr.splitlines()]
     assert messages == [*(f"line {n}" for n in range(2000)), "late"]
+
+
+ACCESS_CASES = [
+    AccessFields(1_796_000_000.0004, logging.INFO, "/svc/Get", "OK", "web-shop", "c-1", 0.021),
+    AccessFields(1_796_000_000.9996, logging.WARNING, "/svc/Put", "INTERNAL", "ünï", "c/2", 12.5),
+    AccessFields(1_796_000_059.5, logging.INFO, "/svc/Put", "NOT_FOUND", "(none)", "x", 1234.0),
+]
+
+
+@pytest.mark.parametrize("fields", ACCESS_CASES)
+def test_access_lines_made_from_fields_equal_the_records_lines(fields: AccessFields) -> None:
+    text, as_json = logs.TextFormatter(), logs.JsonFormatter()
+    record = access_record(fields)
+    assert TextLines(text).line(fields) == text.format(record)
+    assert json_line(fields) == as_json.format(record)
+    lines = TextLines(text)  # the second's text is kept: the next line of that second too
+    lines.line(fields)
+    assert lines.line(fields._replace(created=fields.created + 0.0001)) == text.format(
+        access_record(fields._replace(created=fields.created + 0.0001))
+    )
+
+
+def test_access_lines_queue_as_fields_unless_logging_was_set_up_otherwise(
+    stderr: _Stderr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    call = Call("/inventory.ledger.v1.InventoryQueryService/GetPosition", "order-7")
+    with monkeypatch.context() as no_records:
+
+        def no_record(fields: AccessFields) -> logging.LogRecord:
+            raise AssertionError("an access line was made a record")
+
+        no_records.setattr(logs, "access_record", no_record)
+        # Only the configured handler (pytest adds its own to the root for each test phase).
+        no_records.setattr(logging.getLogger(), "handlers", [logs._queue_handler])
+        logging.getLogger("ledger.test").info("before")
+        _log_call(call, "OK", 0.002)
+        logging.getLogger("ledger.test").info("after")
+        assert [line["message"][:6] for line in _lines(stderr)] == ["before", "rpc /i", "after"]
+
+    class Kept(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    kept = Kept()
+    logging.getLogger("ledger.access").addHandler(kept)
+    try:
+        _log_call(call, "UNAVAILABLE", 0.5)
+    finally:
+        logging.getLogger("ledger.access").removeHandler(kept)
+    [record] = kept.records
+    assert (record.levelname, record.code, record.correlation_id) == (  # type: ignore[attr-defined]
+        "WARNING",
+        "UNAVAILABLE",
+        "order-7",
+    )
+    assert _lines(stderr)[-1]["code"] == "UNAVAILABLE"  # and still written by the listener
