@@ -164,6 +164,11 @@ class AsyncRangeReader:
         return self._pool
 
     async def close(self) -> None:
+        """Close the pool; reads still waiting for a connection get UNAVAILABLE's error."""
+        while self._waiting:
+            for _, answer in self._waiting.popleft().waiters:
+                if not answer.done():
+                    answer.set_exception(OperationalError("position read: the reader closed"))
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()

@@ -170,3 +170,25 @@ def test_reads_that_wait_for_a_connection_share_a_statement_and_get_their_own_ro
             await pooled.close()
 
     asyncio.run(scenario())
+
+
+def test_reads_still_waiting_when_the_reader_closes_fail_as_unavailable(
+    service: LedgerService,
+) -> None:
+    pooled = service.app.ledger_recorder.async_range_reader()
+    assert isinstance(pooled, AsyncRangeReader)
+    reader = AsyncRangeReader(pooled._conninfo, pooled._statement, max_connections=1)
+    wanted: list[EventRange] = [(position_id(SKUS[0], "DC"), 0, 2**31 - 1)]
+
+    async def scenario() -> None:
+        busy = asyncio.ensure_future(reader.select(wanted))
+        await asyncio.sleep(0)  # it holds the one connection
+        waiting = asyncio.ensure_future(reader.select(wanted))
+        await asyncio.sleep(0)
+        await reader.close()
+        with pytest.raises(OperationalError, match="closed"):
+            await asyncio.wait_for(waiting, timeout=20)
+        await asyncio.gather(busy, return_exceptions=True)
+        await pooled.close()
+
+    asyncio.run(scenario())
