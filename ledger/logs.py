@@ -136,9 +136,9 @@ class _Listener:
         # Access lines queued as fields: formatted here without a record, in the same format.
         self._access_line = (
             json_line
-            if isinstance(formatter, JsonFormatter)
+            if type(formatter) is JsonFormatter
             else TextLines(formatter).line
-            if isinstance(formatter, TextFormatter)
+            if type(formatter) is TextFormatter
             else self._access_via_record
         )
 
@@ -180,7 +180,10 @@ class _Listener:
                 break
             if type(record) is AccessFields:
                 if record.level >= handler.level and not handler.filters:
-                    lines.append(self._access_line(record) + handler.terminator)
+                    try:
+                        lines.append(self._access_line(record) + handler.terminator)
+                    except Exception:
+                        handler.handleError(access_record(record))
                     continue
                 record = access_record(record)
             if record.levelno < handler.level or not handler.filter(record):
@@ -216,9 +219,13 @@ def log_access(fields: AccessFields) -> None:
     handler or filter added to these loggers or the root (tests capturing records) gets it.
     """
     handler = _queue_handler
+    # The record path would add CALL_FIELDS' keys: the guard sets exactly the three that
+    # AccessFields carries, so the lines are the same either way.
     if (
         handler is not None
         and _listener is not None
+        and fields.level >= handler.level
+        and len(handler.filters) == 1  # CallFieldsFilter only
         and not _access_logger.handlers
         and not _access_logger.filters
         and not _ledger_logger.handlers

@@ -125,9 +125,7 @@ def test_reads_that_wait_for_a_connection_share_a_statement_and_get_their_own_ro
     ).result()
     for n in range(6):
         _reserve(service, n)
-    pooled = service.app.ledger_recorder.async_range_reader()
-    assert isinstance(pooled, AsyncRangeReader)
-    reader = AsyncRangeReader(pooled._conninfo, pooled._statement, max_connections=1)
+    pooled, reader = _one_connection_reader(service)
     first, second, third = (position_id(s, "DC") for s in SKUS[:3])
     everything = 2**31 - 1
     asks: list[list[EventRange]] = [
@@ -172,23 +170,74 @@ def test_reads_that_wait_for_a_connection_share_a_statement_and_get_their_own_ro
     asyncio.run(scenario())
 
 
+def _one_connection_reader(
+    service: LedgerService, connection_wait: float = 20.0
+) -> tuple[AsyncRangeReader, AsyncRangeReader]:
+    pooled = service.app.ledger_recorder.async_range_reader()
+    assert isinstance(pooled, AsyncRangeReader)
+    reader = AsyncRangeReader(
+        pooled._conninfo, pooled._statement, max_connections=1, connection_wait=connection_wait
+    )
+    return pooled, reader
+
+
 def test_reads_still_waiting_when_the_reader_closes_fail_as_unavailable(
     service: LedgerService,
 ) -> None:
-    pooled = service.app.ledger_recorder.async_range_reader()
-    assert isinstance(pooled, AsyncRangeReader)
-    reader = AsyncRangeReader(pooled._conninfo, pooled._statement, max_connections=1)
+    service.record_movements(
+        CTX, [Movement("a", "r-close", MovementType.RECEIPT, SKUS[0], "DC", qty=5)]
+    ).result()
+    pooled, reader = _one_connection_reader(service)
     wanted: list[EventRange] = [(position_id(SKUS[0], "DC"), 0, 2**31 - 1)]
 
     async def scenario() -> None:
+        assert await reader.select(wanted)  # the pool is open
         busy = asyncio.ensure_future(reader.select(wanted))
         await asyncio.sleep(0)  # it holds the one connection
         waiting = asyncio.ensure_future(reader.select(wanted))
         await asyncio.sleep(0)
+        assert reader._waiting, "the second read should be waiting for the connection"
         await reader.close()
-        with pytest.raises(OperationalError, match="closed"):
+        with pytest.raises(OperationalError, match="the reader closed"):
             await asyncio.wait_for(waiting, timeout=20)
         await asyncio.gather(busy, return_exceptions=True)
+        with pytest.raises(OperationalError, match="is closed"):
+            await reader.select(wanted)
+        assert reader._pool is None  # nothing reopened it
         await pooled.close()
+
+    asyncio.run(scenario())
+
+
+def test_reads_waiting_behind_a_stuck_statement_are_unavailable_not_hung(
+    service: LedgerService, postgres_database_url: str
+) -> None:
+    """A statement blocked (here behind an exclusive lock on the events table): the reads
+    queued behind it fail as a read waiting on the pool would, and the blocked one still
+    gets its answer once the lock goes."""
+    service.record_movements(
+        CTX, [Movement("a", "r-stuck", MovementType.RECEIPT, SKUS[0], "DC", qty=5)]
+    ).result()
+    pooled, reader = _one_connection_reader(service, connection_wait=0.5)
+    wanted: list[EventRange] = [(position_id(SKUS[0], "DC"), 0, 2**31 - 1)]
+
+    async def scenario() -> None:
+        try:
+            expected = len(await reader.select(wanted))  # the pool is open
+            assert expected > 0
+            with psycopg.connect(postgres_database_url) as locker:
+                locker.execute("LOCK TABLE ledger_events IN ACCESS EXCLUSIVE MODE")
+                blocked = asyncio.ensure_future(reader.select(wanted))
+                await asyncio.sleep(0.2)
+                assert not blocked.done()
+                with pytest.raises(OperationalError, match=r"no connection free in 0\.5 s"):
+                    await asyncio.wait_for(reader.select(wanted), timeout=20)
+                locker.rollback()
+            assert len(await asyncio.wait_for(blocked, timeout=20)) == expected
+            assert reader._in_flight == 0 and not reader._waiting
+            assert len(await reader.select(wanted)) == expected  # and the reader still reads
+        finally:
+            await reader.close()
+            await pooled.close()
 
     asyncio.run(scenario())
