@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -11,6 +12,8 @@ from eventsourcing.domain import Aggregate
 CHANNEL_NAMESPACE = UUID("a3d5c3c4-52a9-4bd4-8f3c-7f1de0b6a0c2")
 
 
+# Derived on every command that names it (a SHA-1 each): the busy ones are kept.
+@lru_cache(maxsize=65_536)
 def channel_policy_id(channel: str) -> UUID:
     return uuid5(CHANNEL_NAMESPACE, channel)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -22,6 +23,8 @@ class Tracking(StrEnum):
     SERIAL = "SERIAL"
 
 
+# Derived on every command that names it (a SHA-1 each): the busy ones are kept.
+@lru_cache(maxsize=65_536)
 def item_policy_id(sku: str) -> UUID:
     return uuid5(ITEM_NAMESPACE, sku)
 

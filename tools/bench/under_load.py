@@ -10,10 +10,11 @@ CPU goes), and prints where the samples went (``summarise``). The figures run in
 given; put a Reserve figure first so the read figures meet positions with holds, as in a
 full bench run.
 
-Figures: ``reserve_distinct_c64``, ``reserve_hot_c64``, ``get_position_c16``,
-``get_availability_c16``, ``get_availability_strong_c16``. ``python -m tools.bench.under_load
---summarise FILE`` only summarises an existing raw profile. py-spy is not a dependency: give
-its path. ``--writer process`` also profiles the serve's writer child (``NAME-writer.txt``).
+Figures: ``reserve_distinct_c64``, ``reserve_hot_c64``, ``record_movements_batch``,
+``get_position_c16``, ``get_availability_c16``, ``get_availability_strong_c16``.
+``python -m tools.bench.under_load --summarise FILE`` only summarises an existing raw
+profile. py-spy is not a dependency: give its path. ``--writer process`` also profiles
+the serve's writer child (``NAME-writer.txt``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ FIGURES: dict[str, tuple[str, int, dict[str, str]]] = {
     "reserve_distinct_c64": ("reserve", 64, {}),
     # Every call on one position (the bench's hot figures).
     "reserve_hot_c64": ("reserve", 64, {"hot": "1"}),
+    # RecordMovements of 100 receipts, 4 calls in flight (the bench's batched figure).
+    "record_movements_batch": ("record", 4, {}),
     "get_position_c16": ("get_position", 16, {}),
     "get_availability_c16": ("availability", 16, {"channel": "web"}),
     "get_availability_strong_c16": (
@@ -157,6 +160,8 @@ def _params(bench: Bench, kind: str, extra: dict[str, str]) -> dict[str, object]
             "ttl_seconds": bench.profile.ttl_seconds,
             "channel": "web",
         }
+    if kind == "record":
+        return {"skus": bench.layout.record, "location": LOCATION, "per_call": 100}
     return {"skus": skus[:256], "location": LOCATION, **extra}
 
 
@@ -191,7 +196,7 @@ def run(
             pid = cluster.server_pids[0]
             for name in names:
                 kind, in_flight, extra = FIGURES[name]
-                if kind != "reserve":
+                if kind not in ("reserve", "record"):
                     figures.wait_for_projections(bench)
                 # The serve, and with --writer process its writer child too (name-writer.txt).
                 targets = [(pid, out / f"{name}.txt")]
