@@ -193,7 +193,7 @@ class AsyncRangeReader:
                         kwargs={**self._conninfo, "autocommit": True},
                         min_size=1,
                         max_size=self._max_connections,
-                        timeout=CONNECTION_WAIT_SECONDS,
+                        timeout=self._connection_wait,
                         open=False,
                     )
                 )

@@ -69,7 +69,7 @@ def test_awaited_reads_equal_threaded_reads_cached_or_not(service: LedgerService
 
 def test_an_unreachable_store_is_an_operational_error(service: LedgerService) -> None:
     conninfo = {"host": "127.0.0.1", "port": 1, "dbname": "none", "connect_timeout": 1}
-    reader = AsyncRangeReader(conninfo, b"SELECT 1")
+    reader = AsyncRangeReader(conninfo, b"SELECT 1", connection_wait=1.0)
 
     async def scenario() -> None:
         try:
