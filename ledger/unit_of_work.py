@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -108,11 +108,15 @@ class AggregateCache:
         self.absorb(wanted, self._app.events_batch(ranges))
 
     def ranges_for(
-        self, aggregate_ids: Iterable[UUID], *, trusting: bool = False
+        self,
+        aggregate_ids: Iterable[UUID],
+        *,
+        trusting: bool = False,
+        unsnapshotted: Container[UUID] = frozenset(),
     ) -> tuple[list[UUID], list[EventRange]]:
-        """What a fast-forward must read: cached aggregates' newer events, and for the
-        others whether they exist (their first event only). ``trusting``: planned for a
-        unit that will be trusted, so cached entries not stale need nothing."""
+        """What a fast-forward must read: cached aggregates' newer events, the others
+        whole. ``trusting``: planned for a unit that will be trusted, so cached entries not
+        stale need nothing. ``unsnapshotted``: ids that have no snapshots to look for."""
         fresh = self._fresh
         if trusting:
             items, stale = self._items, self._stale
@@ -127,8 +131,12 @@ class AggregateCache:
         # in the batch's one read: rebuilding each through the repository cost two round
         # trips apiece inside the writer's turn, which a cache churned by new reservations
         # turned into 285-390 ms turns (issue 20, the first open loop's collapse).
+        # Each snapshot looked for is an index probe of its own in the statement (a batch of
+        # new reservations' absent item policies made most of them).
         ranges = [
-            (i, self._version(i), _NO_LIMIT) if i in self._items else (i, FROM_SNAPSHOT, _NO_LIMIT)
+            (i, self._version(i), _NO_LIMIT)
+            if i in self._items
+            else (i, 0 if i in unsnapshotted else FROM_SNAPSHOT, _NO_LIMIT)
             for i in wanted
         ]
         return wanted, ranges
@@ -226,6 +234,10 @@ class Reads:
 
     keys: tuple[UUID, ...] = ()
     aggregates: tuple[UUID, ...] = ()
+    # Those of ``aggregates`` that never have snapshots (policies, reservations, lots,
+    # serial units: only positions are snapshotted): read from their first event when not
+    # cached, without probing the snapshots for one. Listed or not, the state is the same.
+    unsnapshotted: tuple[UUID, ...] = ()
 
 
 def declare_reads(command: Any, reads: Reads) -> Any:
@@ -243,6 +255,7 @@ class Prefetch:
     ranges: list[EventRange]
     # Every aggregate declared (``wanted`` may leave out cached ones: see ``trusting``).
     declared: list[UUID]
+    unsnapshotted: frozenset[UUID] = frozenset()
 
 
 T = TypeVar("T")
@@ -296,18 +309,26 @@ class UnitOfWork:
         trusted (``AggregateCache.trust``), so its current entries are not read."""
         key_ids: list[UUID] = []
         aggregate_ids: list[UUID] = []
+        unsnapshotted: set[UUID] = set()
         for read in reads:
             key_ids.extend(read.keys)
             aggregate_ids.extend(read.aggregates)
+            unsnapshotted.update(read.unsnapshotted)
         keys = list(dict.fromkeys(key_ids))
-        wanted, ranges = self._cache.ranges_for(aggregate_ids, trusting=trusting)
-        return Prefetch(keys, wanted, [(key_id, 0, 1) for key_id in keys] + ranges, aggregate_ids)
+        plain = frozenset(unsnapshotted)
+        wanted, ranges = self._cache.ranges_for(
+            aggregate_ids, trusting=trusting, unsnapshotted=plain
+        )
+        key_ranges: list[EventRange] = [(key_id, 0, 1) for key_id in keys]
+        return Prefetch(keys, wanted, key_ranges + ranges, aggregate_ids, plain)
 
     def plan_rest(self, plan: Prefetch) -> Prefetch:
         """After ``plan`` was read and the cache trusted: what its declared aggregates still
         need (those found stale or dropped meanwhile)."""
-        wanted, ranges = self._cache.ranges_for(plan.declared, trusting=True)
-        return Prefetch([], wanted, ranges, plan.declared)
+        wanted, ranges = self._cache.ranges_for(
+            plan.declared, trusting=True, unsnapshotted=plan.unsnapshotted
+        )
+        return Prefetch([], wanted, ranges, plan.declared, plan.unsnapshotted)
 
     def absorb_prefetch(self, plan: Prefetch, events: Iterable[Any]) -> None:
         """Take in the events read for ``plan.ranges`` (domain events)."""

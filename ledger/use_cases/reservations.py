@@ -285,7 +285,11 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Command[ReservationView]
     items = tuple(item_policy_id(ln.sku) for ln in request.lines)
     return declare_reads(
         command,
-        Reads(keys=(key.key_id,), aggregates=(channel_policy_id(request.channel), *named, *items)),
+        Reads(
+            keys=(key.key_id,),
+            aggregates=(channel_policy_id(request.channel), *named, *items),
+            unsnapshotted=(channel_policy_id(request.channel), *items),
+        ),
     )
 
 
@@ -367,7 +371,8 @@ def _transition(
         aggregates: tuple[UUID, ...] = (parse_reservation_id(reservation_id),)
     except ReservationNotFound:
         aggregates = ()  # the command reports it
-    return declare_reads(command, Reads(keys=(key.key_id,), aggregates=aggregates))
+    reads = Reads(keys=(key.key_id,), aggregates=aggregates, unsnapshotted=aggregates)
+    return declare_reads(command, reads)
 
 
 def commit(

@@ -9,6 +9,7 @@ import pytest
 from ledger.domain.movements import Movement, MovementType
 from ledger.domain.position import position_id
 from ledger.service import LedgerService
+from ledger.store.index_ops import FROM_SNAPSHOT
 from ledger.unit_of_work import AggregateCache
 from ledger.use_cases.context import CallContext
 from tests.support.reservations import one_unit, reserved_id
@@ -66,3 +67,27 @@ def test_a_full_cache_never_loses_what_a_batch_read_is_folding(service: LedgerSe
         loaded = cache.load(reservation_id)
         assert loaded is not None, "a live reservation was cached as absent"
         assert loaded.id == reservation_id
+
+
+def test_aggregates_without_snapshots_are_read_whole_without_looking_for_one(
+    service: LedgerService,
+) -> None:
+    """Only positions are snapshotted: a reservation (or a policy) not cached is read from
+    its first event, without a snapshot probe, into the same state."""
+    service.record_movements(
+        CTX, [Movement("c", "r-plain", MovementType.RECEIPT, "PLAIN", LOCATION, qty=10)]
+    ).result()
+    reservation = reserved_id(service, CTX, one_unit("plain-1", "o-plain", "PLAIN", LOCATION))
+    position = position_id("PLAIN", LOCATION)
+    plain, probing = AggregateCache(service.app), AggregateCache(service.app)
+    wanted, ranges = plain.ranges_for([position, reservation], unsnapshotted={reservation})
+    assert ranges == [(position, FROM_SNAPSHOT, 2**31 - 1), (reservation, 0, 2**31 - 1)]
+    plain.absorb(wanted, service.app.events_batch(ranges))
+    probing.prefetch([position, reservation])  # every uncached id from its newest snapshot
+    for aggregate_id in (position, reservation):
+        assert vars(plain.load(aggregate_id)) == vars(probing.load(aggregate_id))
+    # Cached, it is read from its version on, listed or not.
+    plain.begin()
+    assert plain.ranges_for([reservation], unsnapshotted={reservation})[1] == [
+        (reservation, plain.load(reservation).version, 2**31 - 1)
+    ]
