@@ -233,11 +233,11 @@ class Reads:
     """What a command will read, declared so a batch can fetch it all at once."""
 
     keys: tuple[UUID, ...] = ()
+    # Positions: the only aggregates with snapshots, read from the newest when not cached.
+    positions: tuple[UUID, ...] = ()
+    # The others (policies, reservations, lots, serial units): read from their first event
+    # when not cached, without probing the snapshots for one.
     aggregates: tuple[UUID, ...] = ()
-    # Those of ``aggregates`` that never have snapshots (policies, reservations, lots,
-    # serial units: only positions are snapshotted): read from their first event when not
-    # cached, without probing the snapshots for one. Listed or not, the state is the same.
-    unsnapshotted: tuple[UUID, ...] = ()
 
 
 def declare_reads(command: Any, reads: Reads) -> Any:
@@ -312,8 +312,9 @@ class UnitOfWork:
         unsnapshotted: set[UUID] = set()
         for read in reads:
             key_ids.extend(read.keys)
+            aggregate_ids.extend(read.positions)
             aggregate_ids.extend(read.aggregates)
-            unsnapshotted.update(read.unsnapshotted)
+            unsnapshotted.update(read.aggregates)
         keys = list(dict.fromkeys(key_ids))
         plain = frozenset(unsnapshotted)
         wanted, ranges = self._cache.ranges_for(

@@ -104,14 +104,14 @@ def record_movements(
         return finish
 
     keys = tuple(movement_key_id(m.source, m.message_id) for m in movements)
-    positions = [position_id(m.sku, m.location_id) for m in movements]
+    positions = tuple(position_id(m.sku, m.location_id) for m in movements)
     # The item master of every SKU (absent for most: remembered as absent, no read each time)
     # and the ledger-wide record of every lot named.
     others = [item_policy_id(m.sku) for m in movements]
     others.extend(lot_record_id(m.sku, m.lot_id) for m in movements if m.lot_id)
     # The serial index entry of every unit listed.
     others.extend(serial_unit_id(m.sku, s) for m in movements for s in m.serial_numbers)
-    reads = Reads(keys=keys, aggregates=(*positions, *others), unsnapshotted=tuple(others))
+    reads = Reads(keys=keys, positions=positions, aggregates=tuple(others))
     return declare_reads(command, reads)
 
 

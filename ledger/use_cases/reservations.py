@@ -287,8 +287,8 @@ def reserve(ctx: CallContext, request: ReserveInput) -> Command[ReservationView]
         command,
         Reads(
             keys=(key.key_id,),
-            aggregates=(channel_policy_id(request.channel), *named, *items),
-            unsnapshotted=(channel_policy_id(request.channel), *items),
+            positions=named,
+            aggregates=(channel_policy_id(request.channel), *items),
         ),
     )
 
@@ -371,8 +371,7 @@ def _transition(
         aggregates: tuple[UUID, ...] = (parse_reservation_id(reservation_id),)
     except ReservationNotFound:
         aggregates = ()  # the command reports it
-    reads = Reads(keys=(key.key_id,), aggregates=aggregates, unsnapshotted=aggregates)
-    return declare_reads(command, reads)
+    return declare_reads(command, Reads(keys=(key.key_id,), aggregates=aggregates))
 
 
 def commit(
