@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 
-from testbed.processes import free_tcp_port, make_preexec, pid_alive, terminate
+from testbed.processes import free_tcp_port, launched, pid_alive, terminate
 
 T = TypeVar("T")
 OWNER_FILE = "owner.pid"
@@ -81,15 +81,16 @@ class ManagedProcess:
         *,
         death_signal: int | None = None,
         die_with_parent: bool = True,
+        user: tuple[int, int] | None = None,
         **popen: Any,
     ) -> subprocess.Popen[bytes]:
-        """Start ``argv`` with its output appended to the log. A server (``death_signal``
-        given) gets a session of its own, so a terminal's Ctrl-C does not reach it, and that
-        signal when the thread that started it dies (``die_with_parent``, Linux)."""
+        """Start ``argv`` with its output appended to the log, as ``user`` (uid, gid) when
+        given. A server (``death_signal`` given) gets a session of its own, so a terminal's
+        Ctrl-C does not reach it, and that signal when the thread that started it dies
+        (``die_with_parent``, Linux)."""
         if death_signal is not None:
-            popen.update(
-                start_new_session=True, preexec_fn=make_preexec(die_with_parent, death_signal)
-            )
+            popen.update(start_new_session=True)
+        argv = launched(argv, death_signal=death_signal if die_with_parent else None, user=user)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **popen

@@ -47,7 +47,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from testbed.managed import EmbeddedServer, ExternalServer, serve_until_signalled
 from testbed.postgres_binaries import PostgresStartError, binaries_for, system_user
-from testbed.processes import pid_alive
+from testbed.processes import launched, pid_alive
 
 ENV_DSN = "LEDGER_TEST_POSTGRES_DSN"
 SUPERUSER = "postgres"
@@ -269,17 +269,17 @@ class EmbeddedPostgres(EmbeddedServer):
         self._initialized = False
 
     def _popen_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"cwd": self.base_dir, "env": _subprocess_env()}
-        if self._user is not None:
-            _name, uid, gid = self._user
-            kwargs.update(user=uid, group=gid, extra_groups=[])
-        return kwargs
+        return {"cwd": self.base_dir, "env": _subprocess_env()}
+
+    def _server_user(self) -> tuple[int, int] | None:
+        """The unprivileged user the binaries run as when we are root (uid, gid)."""
+        return None if self._user is None else (self._user[1], self._user[2])
 
     def _run(self, args: list[str], timeout: float) -> None:
         with open(self.log_path, "ab") as log:
             subprocess.run(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                timeout=timeout, check=True, **self._popen_kwargs(),
+                launched(args, user=self._server_user()), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, timeout=timeout, check=True, **self._popen_kwargs(),
             )  # fmt: skip
 
     def _prepare(self) -> None:
@@ -319,6 +319,7 @@ class EmbeddedPostgres(EmbeddedServer):
             args,
             death_signal=int(signal.SIGQUIT),
             die_with_parent=self.die_with_parent,
+            user=self._server_user(),
             **self._popen_kwargs(),
         )
 

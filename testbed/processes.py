@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
-
-_PR_SET_PDEATHSIG = 1
+from collections.abc import Sequence
 
 
 def free_tcp_port(host: str = "127.0.0.1") -> int:
@@ -41,17 +39,45 @@ def terminate(process: subprocess.Popen, timeout: float) -> int:
     return process.returncode
 
 
-def make_preexec(die_with_parent: bool, death_signal: int) -> Callable[[], None] | None:
-    """preexec_fn arming PR_SET_PDEATHSIG: the server gets ``death_signal`` when the thread
-    that started it dies (Linux ties it to the thread, not the process)."""
-    if not (die_with_parent and sys.platform.startswith("linux")):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork
-    parent = os.getpid()
+# Runs in a fresh interpreter between the spawn and the server's exec: takes the server's
+# user, then arms the parent-death signal (a change of user clears it) and checks that the
+# parent did not die before it took effect.
+_LAUNCHER = """
+import ctypes, os, sys
+uid, gid, death_signal, parent = (int(arg) for arg in sys.argv[1:5])
+if gid >= 0:
+    os.setgroups([])
+    os.setregid(gid, gid)
+if uid >= 0:
+    os.setreuid(uid, uid)
+if death_signal:
+    if ctypes.CDLL(None, use_errno=True).prctl(1, death_signal, 0, 0, 0) != 0:
+        sys.exit("prctl(PR_SET_PDEATHSIG) failed: " + os.strerror(ctypes.get_errno()))
+    if os.getppid() != parent:
+        os._exit(1)
+os.execv(sys.argv[5], sys.argv[5:])
+"""
 
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
-        if os.getppid() != parent:  # parent already gone before prctl took effect
-            os._exit(1)
 
-    return preexec
+def launched(
+    argv: Sequence[str], *, death_signal: int | None = None, user: tuple[int, int] | None = None
+) -> list[str]:
+    """``argv`` started through a launcher that runs it as ``user`` (uid, gid, no
+    supplementary groups) and arms PR_SET_PDEATHSIG: the server gets ``death_signal`` when
+    the thread that started it dies (Linux ties it to the thread, not the process). The pid
+    stays the server's: the launcher execs it.
+
+    Not ``preexec_fn`` or Popen's ``user=``: either makes subprocess fork() this
+    multi-threaded process instead of vfork(), and gRPC's fork handlers then run in the
+    child, where they abort ("Epoll1Poller ... epoll_wait error: Bad file descriptor") about
+    once in 40 spawns while another thread is in a call: the child dies before it runs."""
+    if death_signal is not None and not sys.platform.startswith("linux"):
+        death_signal = None
+    if death_signal is None and user is None:
+        return list(argv)
+    uid, gid = user if user is not None else (-1, -1)
+    # Looked up here: the launcher may no longer read the stdlib once it is another user.
+    program = shutil.which(argv[0]) or argv[0]
+    launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER]
+    arming = [str(uid), str(gid), str(int(death_signal or 0)), str(os.getpid())]
+    return [*launcher, *arming, program, *argv[1:]]

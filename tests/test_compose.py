@@ -51,7 +51,7 @@ from typing import Any
 import pytest
 
 from ledger.local_nats import nats_server_binary
-from testbed.processes import free_tcp_port, make_preexec
+from testbed.processes import free_tcp_port, launched
 from testbed.prometheus import PrometheusBinaries
 
 REPO = Path(__file__).resolve().parent.parent
@@ -917,12 +917,11 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], directory: Path) -> 
     log = directory / f"{name}.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            argv,
+            launched(argv, death_signal=signal.SIGKILL),
             env=env,
             cwd=directory,
             stdout=output,
             stderr=subprocess.STDOUT,
-            preexec_fn=make_preexec(True, signal.SIGKILL),
         )
     return _Running(name, process, log, env)
 
