@@ -8,7 +8,10 @@ example while reconnecting) delays a batch by one poll interval, never loses it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import select
+import socket
 import threading
 from collections.abc import Callable
 
@@ -44,6 +47,9 @@ class CommitListener:
         self._on_commit = on_commit
         self._on_payload = on_payload
         self._stop = threading.Event()
+        # stop() writes to one end so the listener's wait returns at once (a shutdown does
+        # not sit out a poll interval per listener).
+        self._wake_reader, self._wake_writer = socket.socketpair()
         self._thread = threading.Thread(target=self._run, name="commit-listener", daemon=True)
 
     def start(self) -> None:
@@ -51,7 +57,12 @@ class CommitListener:
 
     def stop(self) -> None:
         self._stop.set()
+        with contextlib.suppress(OSError):  # already stopped: the socket is closed
+            self._wake_writer.send(b"\0")
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._wake_reader.close()
+            self._wake_writer.close()
 
     def _run(self) -> None:
         failures = 0
@@ -61,7 +72,10 @@ class CommitListener:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                     failures = 0
                     while not self._stop.is_set():
-                        for note in conn.notifies(timeout=1.0):
+                        if not self._readable(conn):
+                            continue
+                        # Takes what arrived without waiting (a closed connection raises).
+                        for note in conn.notifies(timeout=0):
                             if self._on_payload is not None:
                                 self._on_payload(note.payload)
                             self._on_commit()
@@ -75,3 +89,9 @@ class CommitListener:
                     delay,
                 )
                 self._stop.wait(delay)
+
+    def _readable(self, conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+        """Whether the connection has input, waiting at most a second or until stop()."""
+        connection = conn.pgconn.socket
+        ready, _, _ = select.select([connection, self._wake_reader.fileno()], [], [], 1.0)
+        return connection in ready
