@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 
 class CommitListener:
+    # The longest one wait lasts without input: a safety net, as stop() wakes it at once.
+    wait_seconds = 1.0
+
     def __init__(
         self,
         database_url: str,
@@ -57,29 +60,39 @@ class CommitListener:
 
     def stop(self) -> None:
         self._stop.set()
-        with contextlib.suppress(OSError):  # already stopped: the socket is closed
+        with contextlib.suppress(OSError):  # the listener has ended and closed the socket
             self._wake_writer.send(b"\0")
-        self._thread.join(5)
-        if not self._thread.is_alive():
+        if self._thread.ident is not None:  # started
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        try:
+            self._listen()
+        finally:
             self._wake_reader.close()
             self._wake_writer.close()
 
-    def _run(self) -> None:
+    def _listen(self) -> None:
         failures = 0
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as conn:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                     failures = 0
+                    # poll(), not select(): a process with many sockets open may give this
+                    # connection a descriptor above select()'s 1024.
+                    waiter = select.poll()
+                    waiter.register(conn.pgconn.socket, select.POLLIN)
+                    waiter.register(self._wake_reader, select.POLLIN)
                     while not self._stop.is_set():
-                        if not self._readable(conn):
-                            continue
-                        # Takes what arrived without waiting (a closed connection raises).
+                        # What has arrived, without waiting (the LISTEN's own answer may have
+                        # brought some); a lost connection raises here.
                         for note in conn.notifies(timeout=0):
                             if self._on_payload is not None:
                                 self._on_payload(note.payload)
                             self._on_commit()
-            except psycopg.Error as error:
+                        waiter.poll(self.wait_seconds * 1000)
+            except Exception as error:  # reconnect after a pause, never leave for good
                 failures += 1
                 delay = retry_delay(failures)
                 log.warning(
@@ -87,11 +100,6 @@ class CommitListener:
                     one_line(error),
                     failures,
                     delay,
+                    exc_info=not isinstance(error, psycopg.Error),
                 )
                 self._stop.wait(delay)
-
-    def _readable(self, conn: psycopg.Connection[tuple[object, ...]]) -> bool:
-        """Whether the connection has input, waiting at most a second or until stop()."""
-        connection = conn.pgconn.socket
-        ready, _, _ = select.select([connection, self._wake_reader.fileno()], [], [], 1.0)
-        return connection in ready

@@ -90,7 +90,8 @@ class ManagedProcess:
         (``die_with_parent``, Linux)."""
         if death_signal is not None:
             popen.update(start_new_session=True)
-        argv = launched(argv, death_signal=death_signal if die_with_parent else None, user=user)
+        death_signal = death_signal if die_with_parent else None
+        argv = launched(argv, death_signal=death_signal, user=user, env=popen.get("env"))
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **popen

@@ -276,11 +276,14 @@ class EmbeddedPostgres(EmbeddedServer):
         return None if self._user is None else (self._user[1], self._user[2])
 
     def _run(self, args: list[str], timeout: float) -> None:
+        popen = self._popen_kwargs()
         with open(self.log_path, "ab") as log:
-            subprocess.run(
-                launched(args, user=self._server_user()), stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, timeout=timeout, check=True, **self._popen_kwargs(),
+            done = subprocess.run(
+                launched(args, user=self._server_user(), env=popen["env"]), stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout, **popen,
             )  # fmt: skip
+        if done.returncode != 0:  # named by its own argv, not the launcher's
+            raise subprocess.CalledProcessError(done.returncode, args)
 
     def _prepare(self) -> None:
         if self._initialized:

@@ -917,7 +917,7 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], directory: Path) -> 
     log = directory / f"{name}.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            launched(argv, death_signal=signal.SIGKILL),
+            launched(argv, death_signal=signal.SIGKILL, env=env),
             env=env,
             cwd=directory,
             stdout=output,

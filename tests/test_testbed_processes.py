@@ -4,6 +4,7 @@ gRPC is safe."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import signal
@@ -21,19 +22,40 @@ from testbed.processes import launched, pid_alive
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_the_server_keeps_its_pid_and_dies_with_the_thread_that_started_it() -> None:
+def _nobody() -> tuple[int, int]:
+    entry = pwd.getpwnam("nobody")
+    return entry.pw_uid, entry.pw_gid
+
+
+@pytest.mark.parametrize("as_nobody", [False, True], ids=["same-user", "nobody"])
+def test_the_server_keeps_its_pid_and_dies_with_the_thread_that_started_it(
+    as_nobody: bool,
+) -> None:
+    """Also as another user: a change of user clears the parent-death signal, so the
+    launcher must arm it after the switch."""
+    if as_nobody and os.geteuid() != 0:
+        pytest.fail("switching user needs root (the embedded PostgreSQL needs it too)")
     started: list[subprocess.Popen[bytes]] = []
+    server_running = threading.Event()
 
     def start() -> None:
-        argv = launched([sys.executable, "-c", "import time; time.sleep(60)"], death_signal=9)
-        started.append(subprocess.Popen(argv))
-        time.sleep(1.0)  # the launcher has exec'd the server by then
+        user = _nobody() if as_nobody else None
+        server = subprocess.Popen(launched(["sleep", "60"], death_signal=9, user=user))
+        started.append(server)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the launcher has exec'd the server: same pid
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{server.pid}/cmdline").read_bytes() == b"sleep\x0060\x00":
+                    server_running.set()
+                    return
+            time.sleep(0.01)
 
     thread = threading.Thread(target=start)
     thread.start()
     thread.join()
     server = started[0]
     try:
+        assert server_running.is_set(), "the server never ran under the launcher's pid"
         # The thread is gone: the kernel sent SIGKILL to the pid Popen reported.
         assert server.wait(10) == -signal.SIGKILL
     finally:
@@ -46,14 +68,46 @@ def test_with_nothing_to_arm_the_argv_is_unchanged() -> None:
     assert launched(["nats-server", "-p", "1"]) == ["nats-server", "-p", "1"]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
 def test_the_server_runs_as_the_given_user_without_supplementary_groups() -> None:
-    nobody = pwd.getpwnam("nobody")
-    argv = launched(
-        ["sh", "-c", "id -u; id -g; id -G"], user=(nobody.pw_uid, nobody.pw_gid), death_signal=9
-    )
+    assert os.geteuid() == 0, "switching user needs root (the embedded PostgreSQL needs it too)"
+    uid, gid = _nobody()
+    argv = launched(["sh", "-c", "id -u; id -g; id -G"], user=(uid, gid), death_signal=9)
     ids = subprocess.run(argv, capture_output=True, text=True, check=True, cwd="/").stdout
-    assert ids.split() == [str(nobody.pw_uid), str(nobody.pw_gid), str(nobody.pw_gid)]
+    assert ids.split() == [str(uid), str(gid), str(gid)]
+
+
+@pytest.mark.parametrize("ctype", [None, "C"])
+def test_the_server_gets_the_signals_and_locale_popen_would_give_it(ctype: str | None) -> None:
+    """Python's start-up ignores SIGPIPE and SIGXFSZ and may coerce LC_CTYPE; the launcher
+    undoes both before the exec."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LC_") and k != "LANG"}
+    if ctype is not None:
+        env["LC_CTYPE"] = ctype
+    status = subprocess.run(
+        launched(["cat", "/proc/self/status"], death_signal=9, env=env),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    ignored = next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn"))
+    assert int(ignored, 16) == 0, status
+    environ = subprocess.run(
+        launched(["env"], death_signal=9, env=env), env=env, capture_output=True, text=True
+    ).stdout.splitlines()
+    assert [line for line in environ if line.startswith("LC_CTYPE=")] == (
+        [] if ctype is None else [f"LC_CTYPE={ctype}"]
+    )
+
+
+def test_a_server_that_cannot_be_executed_is_named() -> None:
+    missing = subprocess.run(
+        launched(["/nonexistent/server", "--flag"], death_signal=9), capture_output=True, text=True
+    )
+    assert missing.returncode == 127
+    assert missing.stderr == (
+        "launcher: cannot execute /nonexistent/server: No such file or directory\n"
+    )
 
 
 def test_spawning_while_another_thread_is_in_grpc_never_kills_the_child() -> None:
