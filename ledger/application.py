@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -33,14 +33,6 @@ def starts_an_aggregate(event: Any) -> bool:
     """A snapshot, or the event that created the aggregate: either folds from nothing (the
     first row of a FROM_SNAPSHOT read)."""
     return isinstance(event, Snapshot) or event.originator_version == 1
-
-
-def by_aggregate(events: Iterable[Any]) -> dict[UUID, list[Any]]:
-    """Events read in one statement, by aggregate (each aggregate's in version order)."""
-    grouped: dict[UUID, list[Any]] = {}
-    for event in events:
-        grouped.setdefault(event.originator_id, []).append(event)
-    return grouped
 
 
 def folded(events: Sequence[Any]) -> Any:

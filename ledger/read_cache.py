@@ -31,14 +31,13 @@ from eventsourcing.persistence import StoredEvent
 from ledger.application import (
     READ_CACHE_SIZE,
     InventoryLedger,
-    by_aggregate,
     folded,
     starts_an_aggregate,
 )
 from ledger.domain.hold_book import book_of
 from ledger.domain.lots import lots_of
 from ledger.domain.position import Position
-from ledger.store.index_ops import FROM_SNAPSHOT, EventRange
+from ledger.store.index_ops import FROM_SNAPSHOT, EventRange, by_aggregate
 
 _NO_LIMIT = 2**31 - 1
 

@@ -17,7 +17,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError, Recording
 from eventsourcing.domain import CanMutateAggregate
 
-from ledger.application import InventoryLedger, by_aggregate, folded, starts_an_aggregate
+from ledger.application import InventoryLedger, folded, starts_an_aggregate
 from ledger.domain.channel_policy import ChannelPolicy, channel_policy_id
 from ledger.domain.idempotency import IdempotencyKey
 from ledger.domain.item_policy import ItemPolicy, item_policy_id
@@ -31,6 +31,7 @@ from ledger.store.index_ops import (
     EventRange,
     IndexOp,
     PositionIndexed,
+    by_aggregate,
     to_micros,
 )
 

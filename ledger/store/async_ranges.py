@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -29,7 +29,7 @@ import psycopg
 from eventsourcing.persistence import OperationalError, StoredEvent
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ledger.store.index_ops import EventRange, stored_events
+from ledger.store.index_ops import EventRange, by_aggregate, stored_events
 
 # Connections of one API process's pool: reads wait on the network, not on the loop.
 MAX_CONNECTIONS = 4
@@ -62,9 +62,7 @@ class _Batch:
                 answer.set_exception(failure)
 
     def answer(self, rows: Sequence[StoredEvent]) -> None:
-        of_aggregate: defaultdict[UUID | str, list[StoredEvent]] = defaultdict(list)
-        for stored in rows:
-            of_aggregate[stored.originator_id].append(stored)
+        of_aggregate = by_aggregate(rows)
         for ranges, answer in self.waiters:
             if not answer.done():
                 # In the statement's order: by aggregate, then version.

@@ -6,7 +6,7 @@ reservations of a channel, reservations due to expire) cheap without a projectio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,6 +45,15 @@ class ReservationIndexed:
 IndexOp = PositionIndexed | ReservationIndexed
 # (aggregate id, after version, up to version): a slice of one aggregate's events.
 EventRange = tuple[UUID, int, int]
+
+
+def by_aggregate(events: Iterable[Any]) -> dict[UUID, list[Any]]:
+    """Events read in one statement (stored or domain), by aggregate (each aggregate's in
+    version order)."""
+    grouped: dict[UUID, list[Any]] = {}
+    for event in events:
+        grouped.setdefault(event.originator_id, []).append(event)
+    return grouped
 
 
 def stored_events(rows: Sequence[Sequence[Any]]) -> list[StoredEvent]:
